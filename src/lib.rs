@@ -1,0 +1,4 @@
+//! RingMQ: a thread-per-core, persistent MQTT broker.
+
+pub mod codec;
+pub mod router;
