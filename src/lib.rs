@@ -1,4 +1,5 @@
 //! RingMQ: a thread-per-core, persistent MQTT broker.
 
 pub mod codec;
+pub mod config;
 pub mod router;

@@ -1,0 +1,420 @@
+//! Broker configuration: every limit and setting, its default, and loading from TOML and the
+//! command line.
+//!
+//! Owns: the `Config` value handed to the shards at start. Defaults follow DESIGN.md
+//! ("Security and limits"). Every field is a TOML key of the same name; unknown keys are an
+//! error so that a typo never silently leaves a default in place.
+//!
+//! Must never: panic on user input; every error is a `ConfigError` with a message that names
+//! the offending argument, key or value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Which I/O driver the shards use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// io_uring where the kernel (and seccomp) allow it, epoll otherwise.
+    #[default]
+    Auto,
+    /// Always epoll (the `legacy` driver).
+    Epoll,
+}
+
+/// Protocol and resource limits enforced per client. Plain data shared by the session state
+/// machine (sans-IO) and the shard runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest packet accepted from a client, fixed header included (bytes). Checked against
+    /// the declared remaining length before any allocation. Advertised to v5 clients.
+    pub max_packet_size: u32,
+    /// Seconds a new connection has to deliver its CONNECT.
+    pub connect_timeout_secs: u32,
+    /// Largest CONNECT packet accepted (bytes); before CONNECT the client is unauthenticated.
+    pub max_connect_size: u32,
+    /// Outbound QoS 1/2 messages in flight per client (capped further by a v5 client's
+    /// Receive Maximum).
+    pub max_inflight: u16,
+    /// Our Receive Maximum: inbound QoS 1/2 publishes a client may have unacknowledged.
+    /// Exceeding it is answered with DISCONNECT 0x93 (v5) or a close (3.x).
+    pub receive_maximum: u16,
+    /// When true, exceeding `receive_maximum` is only logged instead of disconnecting.
+    pub receive_maximum_log_only: bool,
+    /// Inbound QoS 2 packet ids awaiting PUBREL per client.
+    pub max_awaiting_rel: usize,
+    /// Messages queued per session while offline or while the inflight window is full.
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session.
+    pub max_queued_bytes: usize,
+    /// Whether QoS 0 messages are queued for offline persistent sessions.
+    pub queue_qos0_offline: bool,
+    /// Most topic levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Longest topic name or filter (bytes).
+    pub max_topic_len: usize,
+    /// Longest client id (bytes).
+    pub max_client_id_len: usize,
+    /// Subscriptions per client; more are refused with SUBACK 0x97 (quota exceeded).
+    pub max_subscriptions: usize,
+    /// User properties per packet.
+    pub max_user_properties: usize,
+    /// Topic aliases a v5 client may use towards us (our Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// Largest keep alive accepted (seconds). A v5 client asking for more (or 0) is told this
+    /// value as Server Keep Alive; a 3.x client asking for more is refused with CONNACK 0x02.
+    pub max_keep_alive: u16,
+    /// Largest session expiry interval granted to v5 clients (seconds).
+    pub max_session_expiry: u32,
+    /// Whether retained messages are accepted (0x9A when not).
+    pub retain_available: bool,
+    /// Highest QoS accepted from clients.
+    pub max_qos: u8,
+    /// Whether shared subscriptions are accepted.
+    pub shared_subscriptions: bool,
+    /// Whether wildcard subscriptions are accepted.
+    pub wildcard_subscriptions: bool,
+    /// Whether v5 subscription identifiers are accepted.
+    pub subscription_identifiers: bool,
+    /// Bytes of encoded output buffered per connection before the connection counts as slow:
+    /// QoS 0 messages are then dropped (and counted); a connection that stays over the limit
+    /// for `slow_consumer_timeout_secs` is disconnected.
+    pub max_output_buffer: usize,
+    /// Seconds a connection may keep its output over `max_output_buffer`.
+    pub slow_consumer_timeout_secs: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_packet_size: 1024 * 1024,
+            connect_timeout_secs: 10,
+            max_connect_size: 64 * 1024,
+            max_inflight: 32,
+            receive_maximum: 32,
+            receive_maximum_log_only: false,
+            max_awaiting_rel: 100,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_qos0_offline: false,
+            max_topic_levels: 128,
+            max_topic_len: 4096,
+            max_client_id_len: 256,
+            max_subscriptions: 1000,
+            max_user_properties: 64,
+            topic_alias_maximum: 10,
+            max_keep_alive: 3600,
+            max_session_expiry: u32::MAX,
+            retain_available: true,
+            max_qos: 2,
+            shared_subscriptions: true,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
+            max_output_buffer: 4 * 1024 * 1024,
+            slow_consumer_timeout_secs: 30,
+        }
+    }
+}
+
+/// Everything the broker needs to start.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Number of shards (threads); 0 means one per available core.
+    pub shards: usize,
+    /// I/O driver choice; the `RINGMQ_DRIVER=epoll` environment variable forces epoll.
+    pub driver: DriverKind,
+    /// Pin each shard thread to a core.
+    pub pin_threads: bool,
+    /// Per-client limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            shards: 0,
+            driver: DriverKind::Auto,
+            pin_threads: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Usage(String),
+    #[error("invalid value {value:?} for {what}")]
+    Value { what: &'static str, value: String },
+}
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+/// The `--help` text.
+pub const USAGE: &str = "\
+ringmq: MQTT broker (3.1, 3.1.1, 5.0)
+
+USAGE:
+    ringmq [OPTIONS]
+
+OPTIONS:
+    --listen HOST:PORT   TCP listener (repeatable; default 127.0.0.1:1883)
+    --shards N           shard threads (default: one per core)
+    --config FILE        TOML configuration file (see README for every key)
+    --epoll              force the epoll driver (also RINGMQ_DRIVER=epoll)
+    --no-pin             do not pin shard threads to cores
+    -h, --help           print this help
+    -V, --version        print the version
+";
+
+impl Config {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies environment overrides (`RINGMQ_DRIVER=epoll|auto`).
+    pub fn apply_env(&mut self, driver: Option<&str>) -> Result<(), ConfigError> {
+        match driver {
+            None => Ok(()),
+            Some("epoll") => {
+                self.driver = DriverKind::Epoll;
+                Ok(())
+            }
+            Some("auto") | Some("") => {
+                self.driver = DriverKind::Auto;
+                Ok(())
+            }
+            Some(other) => Err(ConfigError::Value {
+                what: "RINGMQ_DRIVER",
+                value: other.to_owned(),
+            }),
+        }
+    }
+
+    /// The shard count to run with.
+    pub fn effective_shards(&self) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// Parses command-line arguments (without the program name). `--config` is read first so
+/// that flags given on the command line override the file whatever their order.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
+    let args: Vec<String> = args.into_iter().collect();
+    let mut listen = Vec::new();
+    let mut shards = None;
+    let mut config_path = None;
+    let mut epoll = false;
+    let mut no_pin = false;
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].as_str();
+        let mut value = |name: &'static str| -> Result<String, ConfigError> {
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value")))
+        };
+        match arg {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--listen" => {
+                let v = value("--listen")?;
+                let addr = v.parse().map_err(|_| ConfigError::Value {
+                    what: "--listen",
+                    value: v,
+                })?;
+                listen.push(addr);
+            }
+            "--shards" => {
+                let v = value("--shards")?;
+                let n: usize = v.parse().map_err(|_| ConfigError::Value {
+                    what: "--shards",
+                    value: v.clone(),
+                })?;
+                if n == 0 || n > 64 {
+                    return Err(ConfigError::Value {
+                        what: "--shards (1..=64)",
+                        value: v,
+                    });
+                }
+                shards = Some(n);
+            }
+            "--config" => config_path = Some(PathBuf::from(value("--config")?)),
+            "--epoll" => epoll = true,
+            "--no-pin" => no_pin = true,
+            other => {
+                return Err(ConfigError::Usage(format!(
+                    "unknown argument {other:?}; see ringmq --help"
+                )));
+            }
+        }
+        i += 1;
+    }
+    let mut config = match &config_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Config::from_toml(&text, path)?
+        }
+        None => Config::default(),
+    };
+    if !listen.is_empty() {
+        config.listen = listen;
+    }
+    if let Some(n) = shards {
+        config.shards = n;
+    }
+    if epoll {
+        config.driver = DriverKind::Epoll;
+    }
+    if no_pin {
+        config.pin_threads = false;
+    }
+    config.validate()?;
+    Ok(Command::Run(Box::new(config)))
+}
+
+impl Config {
+    /// Rejects values the broker cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let bad = |what: &'static str, v: &dyn std::fmt::Display| {
+            Err(ConfigError::Value {
+                what,
+                value: v.to_string(),
+            })
+        };
+        if self.listen.is_empty() {
+            return bad("listen (at least one address)", &"[]");
+        }
+        if self.shards > 64 {
+            return bad("shards (0..=64)", &self.shards);
+        }
+        if l.max_packet_size < 64 || l.max_packet_size > 268_435_460 {
+            return bad(
+                "limits.max_packet_size (64..=268435460)",
+                &l.max_packet_size,
+            );
+        }
+        if l.receive_maximum == 0 {
+            return bad("limits.receive_maximum (1..=65535)", &l.receive_maximum);
+        }
+        if l.max_inflight == 0 {
+            return bad("limits.max_inflight (1..=65535)", &l.max_inflight);
+        }
+        if l.max_qos > 2 {
+            return bad("limits.max_qos (0..=2)", &l.max_qos);
+        }
+        if l.max_topic_levels == 0 || l.max_topic_len == 0 {
+            return bad("limits.max_topic_levels / max_topic_len (> 0)", &0);
+        }
+        if l.connect_timeout_secs == 0 {
+            return bad("limits.connect_timeout_secs (> 0)", &0);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_1883() {
+        let Command::Run(c) = parse_args(args("")).expect("parse") else {
+            panic!("not run")
+        };
+        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().expect("addr")]);
+        assert_eq!(c.limits.max_packet_size, 1024 * 1024);
+        assert_eq!(c.limits.receive_maximum, 32);
+    }
+
+    #[test]
+    fn repeated_listen_and_shards() {
+        let cmd =
+            parse_args(args("--listen 127.0.0.1:1 --listen [::1]:2 --shards 4")).expect("parse");
+        let Command::Run(c) = cmd else {
+            panic!("not run")
+        };
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.shards, 4);
+        assert_eq!(c.effective_shards(), 4);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_not_panics() {
+        for bad in [
+            "--listen",
+            "--listen nope",
+            "--shards 0",
+            "--shards x",
+            "--frobnicate",
+        ] {
+            assert!(parse_args(args(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn toml_overrides_and_rejects_unknown_keys() {
+        let p = std::path::Path::new("t.toml");
+        let c = Config::from_toml("shards = 2\n[limits]\nmax_inflight = 7\n", p).expect("toml");
+        assert_eq!(c.shards, 2);
+        assert_eq!(c.limits.max_inflight, 7);
+        assert_eq!(c.limits.receive_maximum, 32, "unset keys keep defaults");
+        assert!(Config::from_toml("[limits]\nmax_inflite = 7\n", p).is_err());
+        assert!(Config::from_toml("listen = [\"not an addr\"]\n", p).is_err());
+    }
+
+    #[test]
+    fn validate_rejects_zero_receive_maximum() {
+        let mut c = Config::default();
+        c.limits.receive_maximum = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn env_forces_epoll() {
+        let mut c = Config::default();
+        c.apply_env(Some("epoll")).expect("env");
+        assert_eq!(c.driver, DriverKind::Epoll);
+        assert!(c.apply_env(Some("bogus")).is_err());
+    }
+}
