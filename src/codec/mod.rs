@@ -30,7 +30,10 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits { max_packet_size: 1024 * 1024, max_user_properties: 64 }
+        DecodeLimits {
+            max_packet_size: 1024 * 1024,
+            max_user_properties: 64,
+        }
     }
 }
 

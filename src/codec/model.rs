@@ -326,7 +326,11 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(packet_id: PacketId) -> Ack {
-        Ack { packet_id, reason: ReasonCode::Success, properties: AckProperties::default() }
+        Ack {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: AckProperties::default(),
+        }
     }
 }
 
@@ -410,7 +414,10 @@ pub struct Disconnect {
 
 impl Disconnect {
     pub fn new(reason: ReasonCode) -> Disconnect {
-        Disconnect { reason, properties: DisconnectProperties::default() }
+        Disconnect {
+            reason,
+            properties: DisconnectProperties::default(),
+        }
     }
 }
 
