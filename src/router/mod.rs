@@ -6,6 +6,7 @@
 
 pub mod delivery;
 pub mod interest;
+pub mod retained;
 pub mod shared;
 pub mod topic;
 pub mod trie;
