@@ -147,6 +147,8 @@ fn bench_fanout(c: &mut Criterion) {
         let t = TopicName::from_static("route/t");
         let mut stack = MatchStack::default();
         let mut fan = Fanout::default();
+        fan.collect(&trie, &t, Some(0), QoS::AtLeastOnce, &mut stack);
+        assert_eq!(fan.deliveries().len(), k as usize);
         group.throughput(Throughput::Elements(u64::from(k)));
         group.bench_function(BenchmarkId::from_parameter(k), |b| {
             b.iter(|| {
@@ -154,7 +156,6 @@ fn bench_fanout(c: &mut Criterion) {
                 black_box(fan.deliveries().len())
             })
         });
-        assert_eq!(fan.deliveries().len(), k as usize);
     }
     group.finish();
 }
@@ -204,6 +205,22 @@ fn bench_interest(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % topics.len();
             black_box(cache.shards_for(&index, &topics[i], &mut stack))
+        })
+    });
+    // Worst case for the cache: 100k distinct topics in a row, every lookup a miss that also
+    // inserts (and the cache starts over every `INTEREST_CACHE_CAPACITY` topics).
+    let cold: Vec<TopicName> = (0..100_000).map(|j| topic(Shape::Exact.topic(j))).collect();
+    group.bench_function("uncached_cold", |b| {
+        b.iter(|| {
+            i = (i + 1) % cold.len();
+            black_box(index.shards_for(&cold[i], &mut stack))
+        })
+    });
+    let mut cold_cache = InterestCache::new();
+    group.bench_function("cached_all_miss", |b| {
+        b.iter(|| {
+            i = (i + 1) % cold.len();
+            black_box(cold_cache.shards_for(&index, &cold[i], &mut stack))
         })
     });
     group.finish();
