@@ -131,12 +131,15 @@ impl Session {
         let (protocol, limit) = (c.protocol, c.client_max_packet);
         let publish = self.publish_packet(entry, packet_id, dup, now_ms);
         let start = out.len();
-        codec::encode(&Packet::Publish(publish), protocol, out);
+        let packet = Packet::Publish(publish);
+        codec::encode(&packet, protocol, out);
         if out.len() - start > limit {
             out.truncate(start);
             self.stats.dropped_too_large += 1;
             return false;
         }
+        #[cfg(test)]
+        self.wire.borrow_mut().push(packet);
         true
     }
 
