@@ -213,11 +213,6 @@ pub(super) fn disconnect(code: ReasonCode) -> Packet {
     Packet::Disconnect(crate::codec::Disconnect::new(code))
 }
 
-/// The actions of a server-side close with the will handled and no will set.
-pub(super) fn closed() -> Vec<Action> {
-    vec![Action::Close { will: true }]
-}
-
 /// Unwraps the PUBLISH packets of a list.
 pub(super) fn publishes(packets: &[Packet]) -> Vec<&Publish> {
     packets
