@@ -109,6 +109,11 @@ impl MqttStr {
         &self.0
     }
 
+    /// The underlying bytes (zero-copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// The string; the bytes were validated as UTF-8 on construction, so the fallback is
     /// unreachable in practice.
     pub fn as_str(&self) -> &str {
@@ -326,7 +331,11 @@ pub struct Ack {
 
 impl Ack {
     pub fn new(packet_id: PacketId) -> Ack {
-        Ack { packet_id, reason: ReasonCode::Success, properties: AckProperties::default() }
+        Ack {
+            packet_id,
+            reason: ReasonCode::Success,
+            properties: AckProperties::default(),
+        }
     }
 }
 
@@ -410,7 +419,10 @@ pub struct Disconnect {
 
 impl Disconnect {
     pub fn new(reason: ReasonCode) -> Disconnect {
-        Disconnect { reason, properties: DisconnectProperties::default() }
+        Disconnect {
+            reason,
+            properties: DisconnectProperties::default(),
+        }
     }
 }
 
