@@ -135,10 +135,6 @@ pub struct Session {
     /// Protocol level of the last connection (kept while offline, for `protocol()`).
     protocol: Option<ProtocolVersion>,
     stats: SessionStats,
-    /// Test-only copy of every packet written to `out`, so unit tests can assert on packets
-    /// before the codec exists (byte-level tests decode `out` itself).
-    #[cfg(test)]
-    wire: std::cell::RefCell<Vec<Packet>>,
 }
 
 impl Session {
@@ -152,8 +148,6 @@ impl Session {
             data: SessionData::default(),
             protocol: None,
             stats: SessionStats::default(),
-            #[cfg(test)]
-            wire: Default::default(),
         }
     }
 
@@ -178,8 +172,6 @@ impl Session {
             data,
             protocol: None,
             stats: SessionStats::default(),
-            #[cfg(test)]
-            wire: Default::default(),
         }
     }
 
@@ -336,15 +328,8 @@ impl Session {
     /// Encodes one packet for the current connection (no-op when none is attached).
     fn send(&self, packet: &Packet, out: &mut BytesMut) {
         if let State::Connected(c) = &self.state {
-            self.encode(packet, c.protocol, out);
+            codec::encode(packet, c.protocol, out);
         }
-    }
-
-    /// The one place packets are written.
-    fn encode(&self, packet: &Packet, protocol: ProtocolVersion, out: &mut BytesMut) {
-        codec::encode(packet, protocol, out);
-        #[cfg(test)]
-        self.wire.borrow_mut().push(packet.clone());
     }
 }
 

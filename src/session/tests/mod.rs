@@ -6,6 +6,7 @@ mod inbound;
 mod lifecycle;
 mod outbound;
 mod subscribe;
+mod wire;
 
 use std::sync::Arc;
 
@@ -188,10 +189,10 @@ impl Harness {
         self.s.connection_lost(self.now, &mut self.actions);
     }
 
-    /// Packets written since the last call, and actions emitted.
+    /// Packets written to `out` since the last call (decoded back from the bytes, as the
+    /// client would), and the actions emitted.
     pub fn take(&mut self) -> (Vec<Packet>, Vec<Action>) {
-        self.out.clear();
-        let packets = std::mem::take(&mut *self.s.wire.borrow_mut());
+        let packets = decode_all(&mut self.out, self.s.protocol());
         (packets, std::mem::take(&mut self.actions))
     }
 
@@ -206,6 +207,28 @@ impl Harness {
         assert!(p.is_empty(), "unexpected packets {p:?}");
         a
     }
+}
+
+/// Decodes every packet in `out` as a client of protocol `version` would; the buffer must
+/// hold whole packets only.
+pub(super) fn decode_all(out: &mut BytesMut, version: Option<ProtocolVersion>) -> Vec<Packet> {
+    let limits = crate::codec::DecodeLimits {
+        max_packet_size: u32::MAX,
+        role: crate::codec::Role::Client,
+        ..Default::default()
+    };
+    let mut packets = Vec::new();
+    if out.is_empty() {
+        return packets;
+    }
+    let version = version.expect("packets are only written on a connection");
+    while !out.is_empty() {
+        match crate::codec::decode(out, Some(version), &limits) {
+            Ok(Some(p)) => packets.push(p),
+            other => panic!("undecodable output {other:?}: {out:02x?}"),
+        }
+    }
+    packets
 }
 
 /// The packet for a v5 DISCONNECT with `code`.
