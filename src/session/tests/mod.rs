@@ -5,6 +5,7 @@ mod connect;
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod random;
 mod subscribe;
 mod wire;
 
