@@ -37,7 +37,7 @@ fn step(h: &mut Harness, rng: &mut Rng, v: ProtocolVersion) {
         3 => h.packet(Packet::PubRec(ack(id))),
         4 => h.packet(Packet::PubRel(ack(id))),
         5 => h.packet(Packet::PubComp(ack(id))),
-        6 | 7 | 8 => {
+        6..=8 => {
             let qos = rng.qos();
             let m = message(["a", "b/c"][rng.below(2) as usize], rng.qos());
             h.deliver(&m, &live(qos));
