@@ -119,7 +119,7 @@ impl Session {
 
     /// The session is over: `Ended`, nothing kept but the subscriptions (for the shard's
     /// router cleanup through `subscriptions()`).
-    fn end_session(&mut self, actions: &mut Vec<Action>) {
+    pub(super) fn end_session(&mut self, actions: &mut Vec<Action>) {
         let subscriptions = std::mem::take(&mut self.data.subscriptions);
         self.data.clear();
         self.data.subscriptions = subscriptions;

@@ -259,6 +259,26 @@ impl Session {
         self.shut_down(out, actions);
     }
 
+    /// Ends the session now (the shard creates a new one for a clean start, or an
+    /// administrator removes it): a connection still attached is closed as by the server
+    /// (v5: no DISCONNECT is written; use `taken_over` first for that), a pending delayed
+    /// will is published because its session ends [MQTT-3.1.3-9], then `Ended`. No-op once
+    /// ended.
+    pub fn discard(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        match self.state {
+            State::Connected(_) => {
+                actions.push(Action::Close { will: true });
+                self.detach(lifecycle::Detach::WithWill, now_ms, actions);
+            }
+            State::Detached | State::Offline(_) => {}
+            State::Ended => return,
+        }
+        if !matches!(self.state, State::Ended) {
+            self.publish_will(now_ms, actions);
+            self.end_session(actions);
+        }
+    }
+
     /// Next broker-clock instant at which `handle_timeout` must be called: keep-alive expiry
     /// (1.5 × keep alive after the last packet [MQTT-3.1.2-24]), will delay or session
     /// expiry. `None`: no timer.

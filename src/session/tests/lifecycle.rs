@@ -352,3 +352,30 @@ fn session_expiry_is_capped() {
     h.lost();
     assert_eq!(h.s.next_deadline(), Some(h.now + 60_000));
 }
+
+#[test]
+fn discard_publishes_a_pending_will_and_ends() {
+    // The shard's path for a clean start after a takeover: the old session is dropped.
+    let c = with_will(ProtocolVersion::V5, false, Some(100), Some(10));
+    let mut h = Harness::connected(Limits::default(), c);
+    h.s.taken_over(h.now, &mut h.out, &mut h.actions);
+    let (_, actions) = h.take();
+    assert!(will_published(&actions).is_empty(), "delayed");
+    h.s.discard(h.now, &mut h.actions);
+    let actions = h.actions();
+    assert_eq!(will_published(&actions).len(), 1);
+    assert_eq!(actions.last(), Some(&Action::Ended));
+    assert!(h.s.is_ended());
+    h.s.discard(h.now, &mut h.actions);
+    assert_eq!(h.actions(), []);
+    // Discarding a connected session closes it with its will.
+    let mut h = Harness::connected(
+        Limits::default(),
+        with_will(ProtocolVersion::V311, false, None, None),
+    );
+    h.s.discard(h.now, &mut h.actions);
+    let actions = h.actions();
+    assert_eq!(actions[0], Action::Close { will: true });
+    assert_eq!(will_published(&actions).len(), 1);
+    assert_eq!(actions.last(), Some(&Action::Ended));
+}
