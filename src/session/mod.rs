@@ -15,8 +15,10 @@
 //! 1. Decode CONNECT; `validate_connect` -> on `Err(code)` `refuse_connect` and close.
 //! 2. Find the client's session on its home shard. If it is connected, call `taken_over`
 //!    with the OLD connection's output buffer, flush and close that connection.
-//!    If the CONNECT asks for a clean start, or no session exists (or it emitted
-//!    `Action::Ended`), create one with `Session::new`.
+//!    If no session exists (or it emitted `Action::Ended`), create one with `Session::new`.
+//!    For a clean start either call `connect` on the existing session (it discards its
+//!    state, publishes a pending delayed will and emits `Unsubscribe`s) or `discard` it
+//!    and create a new one.
 //! 3. `connect`: writes CONNACK, resends and drains into `out`.
 //! 4. For each decoded packet `handle_packet`; for each routed message `deliver`; whenever
 //!    `now_ms >= next_deadline()` `handle_timeout`. After every call: execute `actions` in
