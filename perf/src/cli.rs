@@ -29,7 +29,9 @@ TARGET AND CONNECTIONS:
   --threads N          event-loop threads [number of cores]
   --source-ips N       bind connections to 127.0.0.1..N round-robin (loopback targets only);
                        0 = automatic: one per 20,000 connections [0]
-  --concurrency N      handshakes in flight at once, all threads together [512]
+  --concurrency N      handshakes in flight at once, all threads together; keep it below
+                       the broker's listen backlog or SYNs are dropped and retried after 1 s
+                       (reported as listen_overflows) [32]
   --pid PID            broker pid: report its CPU use (and RSS for idle)
 
 MESSAGING SCENARIOS:
@@ -209,7 +211,7 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         client_prefix: "bench".into(),
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         source_ips: 0,
-        concurrency: 512,
+        concurrency: 32,
         pid: None,
         publishers,
         subscribers,

@@ -58,6 +58,8 @@ pub struct ThreadReport {
     pub behind: u64,
     /// 5.0 acknowledgements with a failure reason code (>= 0x80).
     pub rejected: u64,
+    /// QoS 1/2 publishes the broker had not acknowledged when the run stopped.
+    pub unacked: u64,
     /// ns since epoch of the last connection becoming ready.
     pub last_ready_ns: u64,
 }
@@ -81,6 +83,7 @@ impl ThreadReport {
             foreign: 0,
             behind: 0,
             rejected: 0,
+            unacked: 0,
             last_ready_ns: 0,
         }
     }
@@ -111,6 +114,7 @@ impl ThreadReport {
         self.foreign += o.foreign;
         self.behind += o.behind;
         self.rejected += o.rejected;
+        self.unacked += o.unacked;
         self.last_ready_ns = self.last_ready_ns.max(o.last_ready_ns);
     }
 }

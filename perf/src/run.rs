@@ -37,12 +37,16 @@ pub fn run(cfg: Config) -> Result<i32, String> {
             .map_err(|e| format!("spawning a worker thread: {e}"))?;
         handles.push(h);
     }
-    let result = match sh.cfg.scenario {
+    let overflows0 = sys::listen_overflows();
+    let (mut report, status) = match sh.cfg.scenario {
         Scenario::Idle => run_idle(&sh, handles),
         Scenario::ConnectRate => run_connect_rate(&sh, handles),
         _ => run_messaging(&sh, handles),
     }?;
-    let (report, status) = result;
+    if let (Some(a), Some(b)) = (overflows0, sys::listen_overflows()) {
+        // Host-wide counter: another program's listen queue overflowing would count too.
+        report.int("listen_overflows", b.saturating_sub(a));
+    }
     if sh.cfg.json {
         println!("{}", report.json());
     } else {
@@ -148,6 +152,10 @@ fn run_messaging(
     if !ok || sh.failed.load(Ordering::Acquire) > 0 {
         return Err(setup_failure(sh, handles, !ok));
     }
+    progress(
+        sh,
+        &format!("all connected; topics rmqb/{:08x}/...; starting", sh.tag),
+    );
     let start = sh.now_ns() + START_DELAY_NS;
     let t = Timing::from_start(&sh.cfg, start);
     sh.start_ns.store(start, Ordering::Release);
@@ -269,6 +277,9 @@ fn messaging_report(
     rep.int("late", r.late);
     rep.int("foreign", r.foreign);
     rep.int("rejected", r.rejected);
+    if cfg.qos > 0 {
+        rep.int("unacked", r.unacked);
+    }
     if cfg.rate.is_some() {
         rep.int("behind_schedule", r.behind);
         rep.percentiles("send_lag", &r.send_lag);

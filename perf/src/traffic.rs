@@ -383,6 +383,7 @@ impl Worker {
             self.report.duplicates += t.duplicates;
             self.report.late += t.late;
         }
+        self.report.unacked += self.pubs.iter().map(|p| u64::from(p.inflight)).sum::<u64>();
         if let (Some(t), Some(_)) = (self.timing, self.sh.cfg.rate) {
             for p in &self.pubs {
                 let next = p.due(p.seq);

@@ -168,6 +168,7 @@ impl Worker {
 
     /// Runs until the main thread sets `stop`; returns what this thread measured.
     pub fn run(mut self) -> ThreadReport {
+        sys::tighten_timer_slack();
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
         loop {
             self.now = self.sh.now_ns();
