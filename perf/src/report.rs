@@ -60,6 +60,8 @@ pub struct ThreadReport {
     pub rejected: u64,
     /// QoS 1/2 publishes the broker had not acknowledged when the run stopped.
     pub unacked: u64,
+    /// Event-loop syscalls (epoll, read, send, eventfd): the generator's own cost per message.
+    pub syscalls: u64,
     /// ns since epoch of the last connection becoming ready.
     pub last_ready_ns: u64,
 }
@@ -84,6 +86,7 @@ impl ThreadReport {
             behind: 0,
             rejected: 0,
             unacked: 0,
+            syscalls: 0,
             last_ready_ns: 0,
         }
     }
@@ -115,6 +118,7 @@ impl ThreadReport {
         self.behind += o.behind;
         self.rejected += o.rejected;
         self.unacked += o.unacked;
+        self.syscalls += o.syscalls;
         self.last_ready_ns = self.last_ready_ns.max(o.last_ready_ns);
     }
 }

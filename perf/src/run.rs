@@ -286,6 +286,11 @@ fn messaging_report(
     }
     rep.percentiles("latency", &r.latency);
     errors(&mut rep, r);
+    let messages = (r.sent_total + r.received_total).max(1);
+    rep.num(
+        "generator_syscalls_per_msg",
+        r.syscalls as f64 / messages as f64,
+    );
     if let Some((gen_cpu, broker_cpu)) = cpu {
         rep.num("generator_cpu_pct", 100.0 * gen_cpu.as_secs_f64() / secs);
         if let Some(b) = broker_cpu {

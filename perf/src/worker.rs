@@ -186,6 +186,7 @@ impl Worker {
             let timeout = self.sleep_time();
             // Only EINTR-like failures are possible with valid arguments: treat as no events.
             let n = self.epoll.wait(&mut events, timeout).unwrap_or_default();
+            self.report.syscalls += 1;
             self.sh.threads[self.id]
                 .parked
                 .0
@@ -195,6 +196,7 @@ impl Worker {
                 let (token, bits) = (ev.u64, ev.events);
                 if token == WAKE_TOKEN {
                     self.sh.threads[self.id].wake.drain();
+                    self.report.syscalls += 1;
                 } else {
                     self.on_event(token as usize, bits);
                 }
@@ -322,6 +324,7 @@ impl Worker {
             let have = c.pending.len();
             scratch[..have].copy_from_slice(&c.pending);
             let space = scratch.len() - have;
+            self.report.syscalls += 1;
             let n = match sys::read(fd.raw(), &mut scratch[have..]) {
                 Ok(0) => Err(ErrorKind::Closed),
                 Ok(n) => Ok(n),
@@ -444,6 +447,7 @@ impl Worker {
             return;
         }
         let Some(fd) = c.fd.as_ref() else { return };
+        self.report.syscalls += 1;
         match sys::send(fd.raw(), &c.out[c.out_pos..]) {
             Ok(n) => {
                 c.out_pos += n;
@@ -496,6 +500,7 @@ impl Worker {
             let w = std::mem::take(&mut self.wake[t]);
             if w && t != self.id && self.sh.threads[t].parked.0.swap(false, Ordering::SeqCst) {
                 self.sh.threads[t].wake.notify();
+                self.report.syscalls += 1;
             }
         }
     }
