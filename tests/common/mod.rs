@@ -201,6 +201,12 @@ impl Client {
         self.stream.write_all(bytes).expect("write to broker");
     }
 
+    /// Like `send_bytes`, but a write the broker refused (it already closed) is returned, not
+    /// a panic: for inputs the broker may reject before reading all of them.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
     /// Next packet within `timeout`; `Err(closed)` when the broker closed the connection.
     pub fn recv_within(&mut self, timeout: Duration) -> Result<Option<Packet>, &'static str> {
         let deadline = Instant::now() + timeout;
