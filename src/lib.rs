@@ -3,3 +3,4 @@
 pub mod codec;
 pub mod config;
 pub mod router;
+pub mod session;
