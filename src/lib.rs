@@ -3,3 +3,5 @@
 pub mod codec;
 pub mod config;
 pub mod router;
+pub mod session;
+pub mod shard;

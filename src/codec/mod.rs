@@ -2,21 +2,53 @@
 //!
 //! Owns: bytes <-> `Packet`. `decode` is streaming and total: any byte sequence yields a
 //! packet, `Ok(None)` (need more bytes) or a typed `DecodeError`; nothing is allocated for a
-//! packet whose declared length exceeds the limit. `encode` writes one packet.
+//! packet whose declared length exceeds the limit. `encode` writes one packet and
+//! `encoded_len` says how long it will be. `DecodeError::response` is the one place that
+//! decides what a client gets for a bad packet.
+//!
+//! Layout: `reader` (bounded field reading, variable byte integers), `string` (UTF-8 rules),
+//! `properties` (v5 properties), one module per packet family (`connect`, `publish`, `ack`,
+//! `subscribe`, `disconnect`), `encode` (sinks and the fixed header), `error`, `reason`.
 //!
 //! Must never: touch a socket or the clock, panic on input, or use `unsafe`.
 #![forbid(unsafe_code)]
 
+mod ack;
+mod connect;
+mod disconnect;
+pub mod encode;
 pub mod error;
 pub mod model;
+mod properties;
+mod publish;
+pub mod reader;
 pub mod reason;
 pub mod string;
+mod subscribe;
 
-pub use error::{DecodeError, ErrorResponse};
+#[cfg(test)]
+mod tests;
+
+pub use encode::{encode, encoded_len};
+pub use error::{DecodeError, ErrorResponse, Malformation};
 pub use model::*;
 pub use reason::{ReasonCode, ReasonContext};
 
 use bytes::BytesMut;
+
+use reader::{Reader, Vbi, parse_vbi};
+
+/// Which end of the connection decodes. Only one rule differs by direction: a PUBLISH may
+/// carry Subscription Identifiers from server to client but not from client to server
+/// [MQTT-3.3.4-6].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Role {
+    /// The broker: decodes what clients send.
+    #[default]
+    Server,
+    /// A client or a test tool: decodes what the broker sends.
+    Client,
+}
 
 /// Limits the decoder enforces before and while parsing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +58,8 @@ pub struct DecodeLimits {
     pub max_packet_size: u32,
     /// Most user properties accepted in one packet (BAD_INPUTS #26).
     pub max_user_properties: usize,
+    /// Which end decodes.
+    pub role: Role,
 }
 
 impl Default for DecodeLimits {
@@ -33,24 +67,119 @@ impl Default for DecodeLimits {
         DecodeLimits {
             max_packet_size: 1024 * 1024,
             max_user_properties: 64,
+            role: Role::Server,
         }
     }
+}
+
+/// Checks the first byte of the fixed header, before the remaining length is read, so that
+/// a wrong first packet or wrong flags fail at once (BAD_INPUTS #2, #3).
+fn check_first_byte(b: u8, version: Option<ProtocolVersion>) -> Result<(), DecodeError> {
+    let packet_type = b >> 4;
+    let flags = b & 0x0F;
+    match (version, packet_type) {
+        // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+        (None, 1) => {}
+        (None, _) => return Err(DecodeError::FirstPacketNotConnect),
+        // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
+        (Some(_), 1) => return Err(DecodeError::SecondConnect),
+        (Some(_), 0) => return Err(DecodeError::ReservedPacketType),
+        // Type 15 is reserved in 3.1.1 (2.2.1).
+        (Some(v), 15) if !v.is_v5() => return Err(DecodeError::UnexpectedAuthOnV3),
+        (Some(_), _) => {}
+    }
+    // [MQTT-2.1.3-1]: flags as table 2-2 lists them; PUBLISH flags are DUP, QoS, RETAIN.
+    let expected = match packet_type {
+        3 => {
+            let qos = (flags >> 1) & 0x03;
+            if qos == 3 {
+                return Err(DecodeError::InvalidQoS); // [MQTT-3.3.1-4]
+            }
+            if qos == 0 && flags & 0x08 != 0 {
+                return Err(DecodeError::DupOnQoS0); // [MQTT-3.3.1-2]
+            }
+            return Ok(());
+        }
+        6 | 8 | 10 => 0x02, // [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1]
+        _ => 0x00,
+    };
+    if flags != expected {
+        return Err(DecodeError::InvalidFixedHeaderFlags(b));
+    }
+    Ok(())
 }
 
 /// Decodes one packet from the front of `src`.
 ///
 /// `version` is `None` until CONNECT has been decoded: then only CONNECT is accepted.
-/// On success the packet's bytes are split off `src` (payloads are zero-copy views).
+/// On success the packet's bytes are split off `src` (payloads, topics, strings and binary
+/// properties are zero-copy views of them). `Ok(None)`: more bytes are needed; nothing is
+/// consumed. The declared size is checked against `limits.max_packet_size` as soon as the
+/// remaining length is known, before the body is waited for [BAD_INPUTS #2], and a remaining
+/// length is refused at its fourth byte if that byte says a fifth follows [MQTT-1.5.5-1].
+/// After an error the connection must be closed (see `DecodeError::response`); `src` is then
+/// in an unspecified state.
 pub fn decode(
     src: &mut BytesMut,
     version: Option<ProtocolVersion>,
     limits: &DecodeLimits,
 ) -> Result<Option<Packet>, DecodeError> {
-    let _ = (src, version, limits);
-    Err(DecodeError::MalformedPacket)
+    let Some(&first) = src.first() else {
+        return Ok(None);
+    };
+    check_first_byte(first, version)?;
+    let (remaining, len_bytes) = match parse_vbi(&src[1..]) {
+        Vbi::Complete(v, n) => (v as usize, n),
+        Vbi::Incomplete => return Ok(None),
+        Vbi::TooLong => return Err(DecodeError::RemainingLengthTooLong),
+    };
+    let header = 1 + len_bytes;
+    let total = header + remaining;
+    if total > limits.max_packet_size as usize {
+        return Err(DecodeError::PacketTooLarge);
+    }
+    if src.len() < total {
+        return Ok(None);
+    }
+    let mut packet = src.split_to(total).freeze();
+    let body = Reader::new(packet.split_off(header));
+    decode_body(first, body, version, limits).map(Some)
 }
 
-/// Appends the encoding of `packet` for protocol level `version` to `dst`.
-pub fn encode(packet: &Packet, version: ProtocolVersion, dst: &mut BytesMut) {
-    let _ = (packet, version, dst);
+/// Decodes a body whose first byte passed `check_first_byte`.
+fn decode_body(
+    first: u8,
+    r: Reader,
+    version: Option<ProtocolVersion>,
+    limits: &DecodeLimits,
+) -> Result<Packet, DecodeError> {
+    let Some(v) = version else {
+        // `check_first_byte` let only CONNECT through.
+        return connect::decode_connect(r, limits);
+    };
+    let packet = match first >> 4 {
+        2 => connect::decode_connack(r, v, limits)?,
+        3 => publish::decode_publish(first, r, v, limits)?,
+        4 => Packet::PubAck(ack::decode_ack(ReasonContext::PubAck, r, v, limits)?),
+        5 => Packet::PubRec(ack::decode_ack(ReasonContext::PubRec, r, v, limits)?),
+        6 => Packet::PubRel(ack::decode_ack(ReasonContext::PubRel, r, v, limits)?),
+        7 => Packet::PubComp(ack::decode_ack(ReasonContext::PubComp, r, v, limits)?),
+        8 => subscribe::decode_subscribe(r, v, limits)?,
+        9 => subscribe::decode_suback(r, v, limits)?,
+        10 => subscribe::decode_unsubscribe(r, v, limits)?,
+        11 => subscribe::decode_unsuback(r, v, limits)?,
+        12 => {
+            r.finish()?;
+            Packet::PingReq
+        }
+        13 => {
+            r.finish()?;
+            Packet::PingResp
+        }
+        14 => disconnect::decode_disconnect(r, v, limits)?,
+        15 => disconnect::decode_auth(r, limits)?,
+        // Types 0 and 1 were refused by `check_first_byte`.
+        _ => return Err(DecodeError::ReservedPacketType),
+    };
+    Ok(packet)
 }

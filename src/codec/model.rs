@@ -109,6 +109,11 @@ impl MqttStr {
         &self.0
     }
 
+    /// The underlying bytes (zero-copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// The string; the bytes were validated as UTF-8 on construction, so the fallback is
     /// unreachable in practice.
     pub fn as_str(&self) -> &str {

@@ -4,4 +4,9 @@
 //! Must never: touch a socket or the clock, or use `unsafe`.
 #![forbid(unsafe_code)]
 
+pub mod delivery;
+pub mod interest;
+pub mod retained;
+pub mod shared;
 pub mod topic;
+pub mod trie;

@@ -1,0 +1,569 @@
+//! The filter trie: topic filters -> entries `(K, V)`, matched against topic names.
+//!
+//! Owns the tree of filter levels and the entries hung on it. One instance per use: a shard's
+//! local subscriptions (`Trie<SessionKey, Subscription>`), the shared-subscription groups and
+//! the shard-interest index are all tries with different entry types.
+//!
+//! Layout: an arena of nodes addressed by `u32`; each node has a hash map of literal children
+//! (allocated only when it has one), one `+` child, and two entry lists: filters that end at
+//! this node and filters that end with `/#` below it (a `#` level never has children
+//! [MQTT-4.7.1-2], so it needs no node of its own).
+//!
+//! Must never: recurse (filters and topics may have tens of thousands of levels, BAD_INPUTS
+//! #38), allocate while matching once the caller's `MatchStack` has grown, or keep a node that
+//! no filter reaches (BAD_INPUTS #58/#59: removal frees empty nodes).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use super::topic::{TopicFilter, TopicName};
+
+/// Index of a non-root node. The root is node 0 and is never a child, so child links use
+/// `NonZeroU32` and `Option<NodeId>` costs four bytes.
+type NodeId = NonZeroU32;
+
+const ROOT: usize = 0;
+
+#[derive(Debug)]
+struct Node<K, V> {
+    /// Literal children by level bytes; `None` until the first child, so leaves stay small.
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes per leaf instead of 48: most nodes of a large trie are leaves"
+    )]
+    children: Option<Box<HashMap<Box<[u8]>, NodeId>>>,
+    /// The `+` child.
+    plus: Option<NodeId>,
+    /// Entries of filters that end exactly here.
+    exact: Vec<(K, V)>,
+    /// Entries of filters that end here with a further `/#` (or `#` alone at the root).
+    hash: Vec<(K, V)>,
+}
+
+impl<K, V> Node<K, V> {
+    fn new() -> Self {
+        Node {
+            children: None,
+            plus: None,
+            exact: Vec::new(),
+            hash: Vec::new(),
+        }
+    }
+
+    fn is_unused(&self) -> bool {
+        self.exact.is_empty()
+            && self.hash.is_empty()
+            && self.plus.is_none()
+            && self.children.as_ref().is_none_or(|c| c.is_empty())
+    }
+}
+
+/// What `insert` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inserted<V> {
+    /// A new entry. `first_for_filter`: the filter had no entry before (a shard announces
+    /// its interest in the filter now).
+    New { first_for_filter: bool },
+    /// The key already had an entry for this filter; it was replaced [MQTT-3.8.4-3].
+    Replaced(V),
+}
+
+/// What `remove` removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed<V> {
+    pub value: V,
+    /// The filter has no entry left (a shard withdraws its interest in the filter now).
+    pub last_for_filter: bool,
+}
+
+/// Reusable work space for matching: the explicit stack that replaces recursion. Keep one per
+/// shard and pass it to every match; it only grows.
+#[derive(Debug, Default)]
+pub struct MatchStack {
+    /// (node, byte offset of the next topic level; `topic.len() + 1` once all are consumed).
+    frames: Vec<(u32, u32)>,
+}
+
+/// Topic filters mapped to entries `(K, V)`; at most one entry per (filter, key).
+#[derive(Debug)]
+pub struct Trie<K, V> {
+    nodes: Vec<Node<K, V>>,
+    /// Freed node slots, reused before the arena grows.
+    free: Vec<u32>,
+    /// Number of entries over all filters.
+    len: usize,
+}
+
+impl<K: Copy + Eq, V> Default for Trie<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One step of the path from the root to a filter's node: the parent and the edge taken.
+enum Edge<'a> {
+    Literal(&'a [u8]),
+    Plus,
+}
+
+impl<K: Copy + Eq, V> Trie<K, V> {
+    pub fn new() -> Self {
+        Trie {
+            nodes: vec![Node::new()],
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Number of entries (filter, key) over all filters.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Live nodes, root included: 1 when empty. For leak tests and memory figures.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len() - self.free.len()
+    }
+
+    /// Adds or replaces the entry of `key` under the matched part of `filter`
+    /// (`filter_bytes()`: the caller keeps `$share` groups apart, see `shared.rs`).
+    pub fn insert(&mut self, filter: &TopicFilter, key: K, value: V) -> Inserted<V> {
+        let mut node = ROOT;
+        let mut in_hash = false;
+        for level in filter.levels() {
+            match level {
+                // Valid filters have `#` only as the last level.
+                b"#" => in_hash = true,
+                b"+" => node = self.plus_child_or_insert(node),
+                _ => node = self.literal_child_or_insert(node, level),
+            }
+        }
+        let n = &mut self.nodes[node];
+        let list = if in_hash { &mut n.hash } else { &mut n.exact };
+        if let Some(slot) = list.iter_mut().find(|(k, _)| *k == key) {
+            return Inserted::Replaced(std::mem::replace(&mut slot.1, value));
+        }
+        let first_for_filter = list.is_empty();
+        list.push((key, value));
+        self.len += 1;
+        Inserted::New { first_for_filter }
+    }
+
+    /// Removes the entry of `key` under `filter`, then frees the nodes left unused.
+    pub fn remove(&mut self, filter: &TopicFilter, key: K) -> Option<Removed<V>> {
+        let mut path: Vec<(usize, Edge<'_>)> = Vec::new();
+        let mut node = ROOT;
+        let mut in_hash = false;
+        for level in filter.levels() {
+            let next = match level {
+                b"#" => {
+                    in_hash = true;
+                    continue;
+                }
+                b"+" => {
+                    let next = self.nodes[node].plus?;
+                    path.push((node, Edge::Plus));
+                    next
+                }
+                _ => {
+                    let next = *self.nodes[node].children.as_ref()?.get(level)?;
+                    path.push((node, Edge::Literal(level)));
+                    next
+                }
+            };
+            node = next.get() as usize;
+        }
+        let n = &mut self.nodes[node];
+        let list = if in_hash { &mut n.hash } else { &mut n.exact };
+        let pos = list.iter().position(|(k, _)| *k == key)?;
+        let (_, value) = list.swap_remove(pos);
+        let last_for_filter = list.is_empty();
+        if list.is_empty() {
+            // Give the capacity back: a filter that had subscribers once may never again.
+            *list = Vec::new();
+        }
+        self.len -= 1;
+        self.prune(node, path);
+        Some(Removed {
+            value,
+            last_for_filter,
+        })
+    }
+
+    /// Frees `node` and its ancestors while they are unused, bottom-up along `path`.
+    fn prune(&mut self, mut node: usize, mut path: Vec<(usize, Edge<'_>)>) {
+        while node != ROOT && self.nodes[node].is_unused() {
+            let Some((parent, edge)) = path.pop() else {
+                return;
+            };
+            let p = &mut self.nodes[parent];
+            match edge {
+                Edge::Plus => p.plus = None,
+                Edge::Literal(level) => {
+                    if let Some(children) = p.children.as_mut() {
+                        children.remove(level);
+                        if children.is_empty() {
+                            p.children = None;
+                        }
+                    }
+                }
+            }
+            self.nodes[node] = Node::new();
+            // Node ids fit in u32: `alloc` never hands out more.
+            self.free.push(node as u32);
+            node = parent;
+        }
+    }
+
+    /// The entry of `key` under `filter`, if any.
+    pub fn get(&self, filter: &TopicFilter, key: K) -> Option<&V> {
+        let (node, in_hash) = self.find(filter)?;
+        let n = &self.nodes[node];
+        let list = if in_hash { &n.hash } else { &n.exact };
+        list.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Mutable access to the entry of `key` under `filter`, if any.
+    pub fn get_mut(&mut self, filter: &TopicFilter, key: K) -> Option<&mut V> {
+        let (node, in_hash) = self.find(filter)?;
+        let n = &mut self.nodes[node];
+        let list = if in_hash { &mut n.hash } else { &mut n.exact };
+        list.iter_mut().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Number of entries under `filter`.
+    pub fn filter_len(&self, filter: &TopicFilter) -> usize {
+        match self.find(filter) {
+            Some((node, true)) => self.nodes[node].hash.len(),
+            Some((node, false)) => self.nodes[node].exact.len(),
+            None => 0,
+        }
+    }
+
+    /// The node of `filter` and whether its entries are in the `#` list.
+    fn find(&self, filter: &TopicFilter) -> Option<(usize, bool)> {
+        let mut node = ROOT;
+        for level in filter.levels() {
+            let next = match level {
+                b"#" => return Some((node, true)),
+                b"+" => self.nodes[node].plus?,
+                _ => *self.nodes[node].children.as_ref()?.get(level)?,
+            };
+            node = next.get() as usize;
+        }
+        Some((node, false))
+    }
+
+    /// Calls `visit` once for every entry whose filter matches `topic` [MQTT-4.7]; wildcards
+    /// at the first level skip `$` topics [MQTT-4.7.2-1]. Order is unspecified.
+    pub fn match_topic(
+        &self,
+        topic: &TopicName,
+        stack: &mut MatchStack,
+        mut visit: impl FnMut(K, &V),
+    ) {
+        let t = topic.as_bytes();
+        // Topic names are at most 65535 bytes, so offsets fit in u32.
+        let end = t.len() as u32 + 1;
+        let dollar = topic.is_dollar();
+        stack.frames.clear();
+        stack.frames.push((ROOT as u32, 0));
+        while let Some((node, pos)) = stack.frames.pop() {
+            let n = &self.nodes[node as usize];
+            if pos == end {
+                // All levels consumed: filters ending here, and `x/#` matching its parent `x`.
+                n.exact
+                    .iter()
+                    .chain(&n.hash)
+                    .for_each(|(k, v)| visit(*k, v));
+                continue;
+            }
+            let wildcards_ok = !(dollar && pos == 0);
+            if wildcards_ok {
+                n.hash.iter().for_each(|(k, v)| visit(*k, v));
+            }
+            let start = pos as usize;
+            let level_end = t[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(t.len(), |i| start + i);
+            let next = level_end as u32 + 1;
+            if let (true, Some(plus)) = (wildcards_ok, n.plus) {
+                stack.frames.push((plus.get(), next));
+            }
+            if let Some(child) = n
+                .children
+                .as_ref()
+                .and_then(|c| c.get(&t[start..level_end]))
+            {
+                stack.frames.push((child.get(), next));
+            }
+        }
+    }
+
+    fn alloc(&mut self) -> NodeId {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.nodes.push(Node::new());
+                // More than 4e9 nodes cannot fit in memory long before this overflows.
+                u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        // Slot 0 is the root and is never freed, so `idx >= 1`.
+        NodeId::new(idx).unwrap_or(NodeId::MIN)
+    }
+
+    fn plus_child_or_insert(&mut self, node: usize) -> usize {
+        if let Some(p) = self.nodes[node].plus {
+            return p.get() as usize;
+        }
+        let id = self.alloc();
+        self.nodes[node].plus = Some(id);
+        id.get() as usize
+    }
+
+    fn literal_child_or_insert(&mut self, node: usize, level: &[u8]) -> usize {
+        if let Some(c) = self.nodes[node]
+            .children
+            .as_ref()
+            .and_then(|c| c.get(level))
+        {
+            return c.get() as usize;
+        }
+        let id = self.alloc();
+        self.nodes[node]
+            .children
+            .get_or_insert_with(Default::default)
+            .insert(level.into(), id);
+        id.get() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &'static str) -> TopicFilter {
+        TopicFilter::from_static(s)
+    }
+
+    fn matches(trie: &Trie<u32, u8>, topic: &'static str) -> Vec<(u32, u8)> {
+        let mut out = Vec::new();
+        let mut stack = MatchStack::default();
+        trie.match_topic(&TopicName::from_static(topic), &mut stack, |k, v| {
+            out.push((k, *v))
+        });
+        out.sort_unstable();
+        out
+    }
+
+    fn sample() -> Trie<u32, u8> {
+        let mut t = Trie::new();
+        let filters = [
+            "#",
+            "+",
+            "+/+",
+            "/#",
+            "a",
+            "a/#",
+            "a/+",
+            "a/b",
+            "a//b",
+            "a/+/c",
+            "$SYS/#",
+            "+/monitor/Clients",
+            "$SYS/monitor/+",
+            "sport/tennis/player1/#",
+        ];
+        for (i, filter) in filters.iter().enumerate() {
+            assert_eq!(
+                t.insert(&f(filter), i as u32, 0),
+                Inserted::New {
+                    first_for_filter: true
+                }
+            );
+        }
+        t
+    }
+
+    fn keys(v: Vec<(u32, u8)>) -> Vec<u32> {
+        v.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn match_agrees_with_spec_cases() {
+        let t = sample();
+        // Indices into `sample()`'s filter list.
+        assert_eq!(keys(matches(&t, "a")), [0, 1, 4, 5]);
+        assert_eq!(keys(matches(&t, "a/b")), [0, 2, 5, 6, 7]);
+        assert_eq!(keys(matches(&t, "a/")), [0, 2, 5, 6]);
+        assert_eq!(keys(matches(&t, "a//b")), [0, 5, 8]);
+        assert_eq!(keys(matches(&t, "a/x/c")), [0, 5, 9]);
+        assert_eq!(keys(matches(&t, "/x")), [0, 2, 3]);
+        assert_eq!(keys(matches(&t, "/")), [0, 2, 3]);
+        assert_eq!(keys(matches(&t, "$SYS/monitor/Clients")), [10, 12]);
+        assert_eq!(keys(matches(&t, "$SYS")), [10]);
+        assert_eq!(keys(matches(&t, "$other")), Vec::<u32>::new());
+        assert_eq!(keys(matches(&t, "x/monitor/Clients")), [0, 11]);
+        assert_eq!(keys(matches(&t, "sport/tennis/player1")), [0, 13]);
+        assert_eq!(
+            keys(matches(&t, "sport/tennis/player1/score/wimbledon")),
+            [0, 13]
+        );
+    }
+
+    #[test]
+    fn match_agrees_with_topic_matches() {
+        let t = sample();
+        let filters = [
+            "#",
+            "+",
+            "+/+",
+            "/#",
+            "a",
+            "a/#",
+            "a/+",
+            "a/b",
+            "a//b",
+            "a/+/c",
+            "$SYS/#",
+            "+/monitor/Clients",
+            "$SYS/monitor/+",
+            "sport/tennis/player1/#",
+        ];
+        let topics = [
+            "a",
+            "a/b",
+            "a/",
+            "/",
+            "//",
+            "a/b/c",
+            "$SYS/x",
+            "b",
+            "a/x/c/d",
+            "x/monitor/Clients",
+        ];
+        for topic in topics {
+            let want: Vec<u32> = (0..filters.len() as u32)
+                .filter(|&i| {
+                    super::super::topic::topic_matches(
+                        filters[i as usize].as_bytes(),
+                        topic.as_bytes(),
+                    )
+                })
+                .collect();
+            assert_eq!(keys(matches(&t, topic)), want, "topic {topic:?}");
+        }
+    }
+
+    #[test]
+    fn insert_replaces_per_key_and_reports_first_and_last() {
+        let mut t: Trie<u32, u8> = Trie::new();
+        assert_eq!(
+            t.insert(&f("a/+"), 1, 10),
+            Inserted::New {
+                first_for_filter: true
+            }
+        );
+        assert_eq!(
+            t.insert(&f("a/+"), 2, 20),
+            Inserted::New {
+                first_for_filter: false
+            }
+        );
+        assert_eq!(t.insert(&f("a/+"), 1, 11), Inserted::Replaced(10));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.filter_len(&f("a/+")), 2);
+        assert_eq!(t.get(&f("a/+"), 1), Some(&11));
+        if let Some(v) = t.get_mut(&f("a/+"), 2) {
+            *v = 21;
+        }
+        assert_eq!(matches(&t, "a/x"), [(1, 11), (2, 21)]);
+        assert_eq!(
+            t.remove(&f("a/+"), 1),
+            Some(Removed {
+                value: 11,
+                last_for_filter: false
+            })
+        );
+        assert_eq!(t.remove(&f("a/+"), 1), None);
+        assert_eq!(
+            t.remove(&f("a/+"), 2),
+            Some(Removed {
+                value: 21,
+                last_for_filter: true
+            })
+        );
+        assert!(t.is_empty());
+        assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn exact_and_hash_under_same_node_are_distinct_filters() {
+        let mut t: Trie<u32, u8> = Trie::new();
+        t.insert(&f("a"), 1, 0);
+        t.insert(&f("a/#"), 1, 1);
+        assert_eq!(matches(&t, "a"), [(1, 0), (1, 1)]);
+        assert_eq!(
+            t.remove(&f("a/#"), 1).map(|r| r.last_for_filter),
+            Some(true)
+        );
+        assert_eq!(matches(&t, "a"), [(1, 0)]);
+        assert_eq!(t.remove(&f("a"), 1).map(|r| r.value), Some(0));
+        assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn remove_of_unknown_filter_changes_nothing() {
+        let mut t: Trie<u32, u8> = Trie::new();
+        t.insert(&f("a/b"), 1, 0);
+        assert_eq!(t.remove(&f("a/c"), 1), None);
+        assert_eq!(t.remove(&f("a/+"), 1), None);
+        assert_eq!(t.remove(&f("a/#"), 1), None);
+        assert_eq!(t.remove(&f("a/b"), 2), None);
+        assert_eq!(t.node_count(), 3);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn subscribe_unsubscribe_sequence_frees_nodes() {
+        // BAD_INPUTS #59: SUB three filters, UNSUB the first, SUB the third again.
+        let mut t: Trie<u32, u8> = Trie::new();
+        for filter in ["drash/1/#", "erash/2/#", "crash/3/#"] {
+            t.insert(&f(filter), 7, 0);
+        }
+        assert!(t.remove(&f("drash/1/#"), 7).is_some());
+        assert_eq!(t.insert(&f("crash/3/#"), 7, 1), Inserted::Replaced(0));
+        assert_eq!(keys(matches(&t, "crash/3")), [7]);
+        assert_eq!(keys(matches(&t, "drash/1/x")), Vec::<u32>::new());
+        for filter in ["erash/2/#", "crash/3/#"] {
+            assert!(t.remove(&f(filter), 7).is_some());
+        }
+        assert_eq!((t.len(), t.node_count()), (0, 1));
+        // Freed slots are reused rather than growing the arena.
+        let before = t.nodes.len();
+        t.insert(&f("x/y/z"), 1, 0);
+        assert_eq!(t.nodes.len(), before);
+    }
+
+    #[test]
+    fn deep_filters_do_not_recurse() {
+        // BAD_INPUTS #38.
+        let mut t: Trie<u32, u8> = Trie::new();
+        let deep: &'static str = Box::leak(("x/".repeat(20_000) + "#").into_boxed_str());
+        let plus: &'static str = Box::leak(("+/".repeat(20_000) + "x").into_boxed_str());
+        t.insert(&f(deep), 1, 0);
+        t.insert(&f(plus), 2, 0);
+        let topic: &'static str = Box::leak(("x/".repeat(20_000) + "x").into_boxed_str());
+        assert_eq!(keys(matches(&t, topic)), [1, 2]);
+        assert!(t.remove(&f(deep), 1).is_some());
+        assert!(t.remove(&f(plus), 2).is_some());
+        assert_eq!(t.node_count(), 1);
+        drop(t);
+    }
+}

@@ -1,0 +1,182 @@
+//! `SessionData`: everything of a session that outlives its network connection and that the
+//! storage layer saves and loads: subscriptions, outbound QoS 1/2 messages in flight with
+//! their state, the message queue, inbound QoS 2 ids awaiting PUBREL, the will and the
+//! session expiry interval.
+//!
+//! Plain data with public fields so that storage can (de)serialize it; the methods here keep
+//! the bounds and invariants documented on each field.
+//!
+//! Must never: hold connection-bound state (protocol level, topic aliases, keep alive,
+//! receive-maximum counters), touch a socket or the clock.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::codec::{PacketId, QoS, Will};
+use crate::router::topic::TopicFilter;
+
+use super::types::{Message, Subscription};
+
+/// One message waiting for delivery to this session, with the per-delivery parameters fixed
+/// when it was routed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub message: Arc<Message>,
+    /// Delivery QoS: `min(message.qos, granted)`.
+    pub qos: QoS,
+    /// RETAIN flag of the outgoing PUBLISH [MQTT-3.3.1-9], [MQTT-3.3.1-12], [MQTT-3.3.1-13].
+    pub retain: bool,
+    /// v5 Subscription Identifiers [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<u32>,
+}
+
+impl QueuedMessage {
+    /// Bytes this entry counts against `Limits::max_queued_bytes` (the payload; topics and
+    /// properties are small next to the limit and shared).
+    pub fn cost(&self) -> usize {
+        self.message.payload.len()
+    }
+}
+
+/// An outbound QoS 1/2 message in flight, in the state of its flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2). Resent with DUP on
+    /// reconnect [MQTT-4.4.0-1].
+    Published {
+        packet_id: PacketId,
+        delivery: QueuedMessage,
+    },
+    /// QoS 2: PUBREC received and PUBREL sent, waiting for PUBCOMP. The message itself is
+    /// no longer needed [MQTT-4.3.3-... the sender discards it once PUBREC arrives].
+    Released { packet_id: PacketId },
+}
+
+impl Outbound {
+    pub fn packet_id(&self) -> PacketId {
+        match self {
+            Outbound::Published { packet_id, .. } | Outbound::Released { packet_id } => *packet_id,
+        }
+    }
+}
+
+/// The persistent part of a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionData {
+    /// Filter -> subscription. Ordered, so iteration (and thus behaviour) is deterministic.
+    pub subscriptions: BTreeMap<TopicFilter, Subscription>,
+    /// Outbound QoS 1/2 messages in flight, in the order they were first sent (resent in that
+    /// order [MQTT-4.6.0-1]). Packet ids are unique within it.
+    pub inflight: VecDeque<Outbound>,
+    /// Messages waiting for a free inflight slot or for the client to come back, oldest first.
+    pub queue: VecDeque<QueuedMessage>,
+    /// Sum of `QueuedMessage::cost` over `queue`.
+    pub queued_bytes: usize,
+    /// Inbound QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived: a
+    /// PUBLISH reusing one is a duplicate and is not routed again [MQTT-4.3.3-... method B],
+    /// BAD_INPUTS #53. Bounded by `Limits::max_awaiting_rel`.
+    pub awaiting_rel: BTreeSet<PacketId>,
+    /// Last packet id handed out for an outbound flow; allocation continues after it.
+    pub last_packet_id: u16,
+    /// The will of the current connection, or of the last one while its Will Delay Interval
+    /// runs (the due time is in the offline state). `None` once published or discarded.
+    pub will: Option<Will>,
+    /// Will Delay Interval of `will` in seconds (v5; 0 for 3.x).
+    pub will_delay_secs: u32,
+    /// Session Expiry Interval in seconds as granted (capped by `max_session_expiry`);
+    /// 0 ends the session with its connection, `u32::MAX` never expires [MQTT-3.1.2-11].
+    pub session_expiry_secs: u32,
+}
+
+/// Outcome of offering a message to the bounded queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Stored; `evicted_qos0` older QoS 0 messages were dropped to make room.
+    Stored { evicted_qos0: u64 },
+    /// Not stored: the queue is full of QoS 1/2 messages (or the message alone is larger
+    /// than the byte bound).
+    Rejected,
+}
+
+impl SessionData {
+    /// Appends `entry` to the queue within `max_messages` / `max_bytes`. When full, the
+    /// oldest queued QoS 0 messages are evicted first; a QoS 0 message never evicts
+    /// anything; a QoS 1/2 message that still does not fit is rejected.
+    pub(crate) fn enqueue(
+        &mut self,
+        entry: QueuedMessage,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Enqueued {
+        let cost = entry.cost();
+        if cost > max_bytes || max_messages == 0 {
+            return Enqueued::Rejected;
+        }
+        let fits = |d: &SessionData| {
+            d.queue.len() < max_messages && d.queued_bytes.saturating_add(cost) <= max_bytes
+        };
+        let mut evicted_qos0 = 0;
+        if entry.qos != QoS::AtMostOnce {
+            while !fits(self) {
+                let Some(pos) = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) else {
+                    break;
+                };
+                if let Some(old) = self.queue.remove(pos) {
+                    self.queued_bytes -= old.cost();
+                    evicted_qos0 += 1;
+                }
+            }
+        }
+        if !fits(self) {
+            return Enqueued::Rejected;
+        }
+        self.queued_bytes += cost;
+        self.queue.push_back(entry);
+        Enqueued::Stored { evicted_qos0 }
+    }
+
+    /// Removes and returns the oldest queued message.
+    pub(crate) fn dequeue(&mut self) -> Option<QueuedMessage> {
+        let entry = self.queue.pop_front()?;
+        self.queued_bytes -= entry.cost();
+        Some(entry)
+    }
+
+    /// Puts messages back at the front of the queue, keeping their order (used when a
+    /// resumed connection has a smaller inflight window than the one they were sent in).
+    /// The bounds are not applied: these messages were already accepted.
+    pub(crate) fn requeue_front(&mut self, entries: Vec<QueuedMessage>) {
+        for entry in entries.into_iter().rev() {
+            self.queued_bytes += entry.cost();
+            self.queue.push_front(entry);
+        }
+    }
+
+    /// The next packet id not used by an outbound flow, after `last_packet_id`, wrapping and
+    /// skipping 0 [MQTT-2.2.1-3] and ids in use [MQTT-2.2.1-4]. `None` only when all 65535
+    /// ids are in flight (callers never let the window grow that far).
+    pub(crate) fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        let mut candidate = self.last_packet_id;
+        for _ in 0..u16::MAX {
+            candidate = candidate.wrapping_add(1);
+            let Some(id) = PacketId::new(candidate) else {
+                continue;
+            };
+            if !self.inflight.iter().any(|o| o.packet_id() == id) {
+                self.last_packet_id = candidate;
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Position of the outbound flow using `id`.
+    pub(crate) fn inflight_position(&self, id: PacketId) -> Option<usize> {
+        self.inflight.iter().position(|o| o.packet_id() == id)
+    }
+
+    /// Clears everything: a clean start or the end of a session.
+    pub(crate) fn clear(&mut self) {
+        *self = SessionData::default();
+    }
+}

@@ -1,0 +1,358 @@
+//! Sans-IO per-client session state machine: every MQTT 3.1/3.1.1/5.0 rule that concerns one
+//! client after its CONNECT has been decoded.
+//!
+//! Owns: QoS 0/1/2 flows in both directions, packet-id allocation, the outbound inflight
+//! window and message queue, our Receive Maximum, inbound topic aliases, keep alive, the will
+//! and its delay, session expiry, and the CONNECT-level decisions taken before a session
+//! exists (`validate_connect`, `refuse_connect`, `assign_client_id`).
+//!
+//! Must never: touch a socket or the clock (time comes in as `now_ms`, milliseconds on the
+//! broker's monotonic clock), use `unsafe`, or depend on anything but its inputs: the same
+//! calls give the same bytes and actions.
+//!
+//! # Call order (for the shard)
+//!
+//! 1. Decode CONNECT; `validate_connect` -> on `Err(code)` `refuse_connect` and close.
+//! 2. Find the client's session on its home shard. If it is connected, call `taken_over`
+//!    with the OLD connection's output buffer, flush and close that connection.
+//!    If the CONNECT asks for a clean start, or no session exists (or it emitted
+//!    `Action::Ended`), create one with `Session::new`.
+//! 3. `connect`: writes CONNACK, resends and drains into `out`.
+//! 4. For each decoded packet `handle_packet`; for each routed message `deliver`; whenever
+//!    `now_ms >= next_deadline()` `handle_timeout`. After every call: execute `actions` in
+//!    order, then flush `out`.
+//! 5. When the socket fails or closes without DISCONNECT: `connection_lost`.
+//!
+//! Everything that must survive a restart is in `SessionData` (`Session::data`), separate
+//! from the connection-bound state in `Connection`.
+#![forbid(unsafe_code)]
+
+mod connect;
+mod data;
+mod inbound;
+mod lifecycle;
+mod outbound;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::codec::{self, Connect, Packet, ProtocolVersion, QoS, ReasonCode};
+use crate::config::Limits;
+use crate::router::topic::{TopicFilter, TopicName};
+
+pub use connect::{ConnectDecision, refuse_connect, validate_connect};
+pub use data::{Outbound, QueuedMessage, SessionData};
+pub use types::{
+    ASSIGNED_ID_PREFIX, ClientId, ClientIdError, Delivery, Message, SessionStats, Subscription,
+    assign_client_id,
+};
+
+/// What the shard must do after a session call, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Route this message to its subscribers; when `message.retain` also update the retained
+    /// store (an empty payload deletes the retained message [MQTT-3.3.1-6]).
+    Publish(Arc<Message>),
+    /// Insert (or replace, when `existed`) this session's subscription in the router, then,
+    /// per `sub.options.retain_handling` and `existed`, look up retained messages and call
+    /// `deliver` with `from_retained_store: true` [MQTT-3.3.1-9..11]. Never for a shared
+    /// subscription's retained messages [MQTT-3.8.4-... retained messages are not sent for
+    /// shared subscriptions].
+    Subscribe {
+        filter: TopicFilter,
+        sub: Subscription,
+        existed: bool,
+    },
+    /// Remove this session's subscription from the router.
+    Unsubscribe { filter: TopicFilter },
+    /// Flush `out`, then close the socket. `will` tells whether the will was (or is being)
+    /// handled: the session has already emitted `Publish` for an immediate will or scheduled
+    /// a delayed one; the shard has nothing more to do for it.
+    Close { will: bool },
+    /// The session is over (clean session, expiry 0, or expired): remove it from the
+    /// registry and its subscriptions (`Session::subscriptions`) from the router.
+    Ended,
+}
+
+/// Connection-bound state: valid only while a network connection is attached, never
+/// persisted.
+#[derive(Clone, Debug)]
+struct Connection {
+    protocol: ProtocolVersion,
+    /// 1.5 × the effective keep alive in ms [MQTT-3.1.2-24]; `None` when keep alive is off.
+    keep_alive_timeout_ms: Option<u64>,
+    /// When the last packet arrived (or the connection was attached).
+    last_packet_ms: u64,
+    /// Inbound topic aliases (v5), index `alias - 1`; grows on demand up to our Topic Alias
+    /// Maximum. Per connection, never persisted [MQTT-3.3.2-... aliases end with the
+    /// connection], BAD_INPUTS #39.
+    aliases: Vec<Option<TopicName>>,
+    /// Outbound QoS 1/2 window: `min(max_inflight, client Receive Maximum)` [MQTT-3.3.4-7..9].
+    send_window: usize,
+    /// Largest packet the client accepts (v5 Maximum Packet Size) [MQTT-3.1.2-24..25].
+    client_max_packet: usize,
+    /// Session Expiry Interval requested in CONNECT was 0: a DISCONNECT may then not set a
+    /// non-zero one [MQTT-3.14.2-2] (BAD_INPUTS #65).
+    connect_expiry_was_zero: bool,
+}
+
+/// When an offline session's timers fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Offline {
+    /// Broker-clock ms at which the session ends; `None` never.
+    expires_at_ms: Option<u64>,
+    /// When the delayed will (in `SessionData::will`) is published [MQTT-3.1.3-9]; `None`
+    /// when there is no pending will.
+    will_due_ms: Option<u64>,
+}
+
+/// The session's lifecycle.
+#[derive(Clone, Debug)]
+enum State {
+    /// Created by `new`, `connect` not called yet.
+    Detached,
+    /// A network connection is attached and CONNACK was sent.
+    Connected(Connection),
+    /// No connection; the session persists until `expires_at_ms`.
+    Offline(Offline),
+    /// The session is over; `Action::Ended` was emitted. Every input is ignored.
+    Ended,
+}
+
+/// One client's session. See the module documentation for the call order.
+#[derive(Debug)]
+pub struct Session {
+    client_id: ClientId,
+    limits: Limits,
+    state: State,
+    /// Persistent state, saved and loaded by storage.
+    data: SessionData,
+    /// Protocol level of the last connection (kept while offline, for `protocol()`).
+    protocol: Option<ProtocolVersion>,
+    stats: SessionStats,
+    /// Test-only copy of every packet written to `out`, so unit tests can assert on packets
+    /// before the codec exists (byte-level tests decode `out` itself).
+    #[cfg(test)]
+    wire: std::cell::RefCell<Vec<Packet>>,
+}
+
+impl Session {
+    /// New session for a decoded CONNECT whose client id is already settled (assigned if
+    /// empty and allowed).
+    pub fn new(client_id: ClientId, limits: &Limits) -> Session {
+        Session {
+            client_id,
+            limits: limits.clone(),
+            state: State::Detached,
+            data: SessionData::default(),
+            protocol: None,
+            stats: SessionStats::default(),
+            #[cfg(test)]
+            wire: Default::default(),
+        }
+    }
+
+    /// A session restored by storage: offline, with its persistent data. `expires_at_ms` is
+    /// when it ends on the broker clock (`None`: never). A restored will is not published
+    /// by the session (the connection it belonged to ended with the previous broker run);
+    /// storage decides whether to keep `data.will`.
+    pub fn restore(
+        client_id: ClientId,
+        limits: &Limits,
+        data: SessionData,
+        expires_at_ms: Option<u64>,
+    ) -> Session {
+        let will_due_ms = None;
+        Session {
+            client_id,
+            limits: limits.clone(),
+            state: State::Offline(Offline {
+                expires_at_ms,
+                will_due_ms,
+            }),
+            data,
+            protocol: None,
+            stats: SessionStats::default(),
+            #[cfg(test)]
+            wire: Default::default(),
+        }
+    }
+
+    /// Attach a connection (new, or resuming this session after `taken_over` or while
+    /// offline). Applies clean start / session expiry; writes CONNACK into `out` with
+    /// `session_present` (true only when the shard resumes an existing session and the
+    /// client did not ask for a clean start [MQTT-3.2.2-2..3]) and the v5 properties; then
+    /// resends unacknowledged QoS 1/2 PUBLISH with DUP and PUBREL for flows past PUBREC
+    /// [MQTT-4.4.0-1], then drains the queue.
+    ///
+    /// `assigned_client_id`: the id was assigned by the server; v5 CONNACK carries it
+    /// [MQTT-3.2.2-16].
+    pub fn connect(
+        &mut self,
+        connect: Connect,
+        session_present: bool,
+        assigned_client_id: bool,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.attach(
+            connect,
+            session_present,
+            assigned_client_id,
+            now_ms,
+            out,
+            actions,
+        );
+    }
+
+    /// One decoded packet from the client. Ignored unless connected.
+    pub fn handle_packet(
+        &mut self,
+        packet: Packet,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.dispatch(packet, now_ms, out, actions);
+    }
+
+    /// A routed message for this client (live, or from the retained store). Delivery QoS is
+    /// `min(message.qos, delivery.qos)`; RETAIN per [MQTT-3.3.1-9], [MQTT-3.3.1-12..13].
+    /// Queued when offline (persistent session; QoS 0 only with `queue_qos0_offline`) or when
+    /// the inflight window is full, within `max_queued_messages` / `max_queued_bytes` (QoS 0
+    /// evicted first, drops counted). A packet larger than the client's Maximum Packet Size
+    /// is dropped and counted [MQTT-3.1.2-25]; expired messages are dropped [MQTT-3.3.2-5].
+    pub fn deliver(
+        &mut self,
+        message: &Arc<Message>,
+        delivery: &Delivery,
+        now_ms: u64,
+        out: &mut BytesMut,
+    ) {
+        self.route_in(message, delivery, now_ms, out);
+    }
+
+    /// The connection closed without DISCONNECT (network error, or the shard closed it):
+    /// will handling and session expiry start; a session with expiry 0 emits `Ended`.
+    /// No-op when no connection is attached (e.g. after a DISCONNECT or a violation, which
+    /// already detached it).
+    pub fn connection_lost(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        if matches!(self.state, State::Connected(_)) {
+            self.detach(lifecycle::Detach::WithWill, now_ms, actions);
+        }
+    }
+
+    /// Takeover by a new connection for this client id [MQTT-3.1.4-3]: v5 -> DISCONNECT 0x8E
+    /// into `out` (the OLD connection's buffer), then `Close { will: true }`; the will is
+    /// handled as for any abnormal end (delayed wills are cancelled if the new connection
+    /// resumes this session in time [MQTT-3.1.3-9]). With session expiry 0 the session ends
+    /// (`Ended`) and the new connection gets a fresh one.
+    pub fn taken_over(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
+        self.server_disconnect(ReasonCode::SessionTakenOver, now_ms, out, actions);
+    }
+
+    /// Server shutdown: v5 -> DISCONNECT 0x8B into `out`, then `Close { will: false }`.
+    ///
+    /// Choice: the will is NOT published. The broker is stopping and every shard with it, so
+    /// a will could not reach anyone reliably; a persistent session keeps it in
+    /// `SessionData::will` for storage. A session with expiry 0 ends (`Ended`); a persistent
+    /// one goes offline with no timer (storage saves it; expiry restarts on `restore`).
+    pub fn shutdown(&mut self, out: &mut BytesMut, actions: &mut Vec<Action>) {
+        self.shut_down(out, actions);
+    }
+
+    /// Next broker-clock instant at which `handle_timeout` must be called: keep-alive expiry
+    /// (1.5 × keep alive after the last packet [MQTT-3.1.2-24]), will delay or session
+    /// expiry. `None`: no timer.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.state {
+            State::Connected(c) => c
+                .keep_alive_timeout_ms
+                .map(|t| c.last_packet_ms.saturating_add(t)),
+            State::Offline(o) => match (o.will_due_ms, o.expires_at_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            State::Detached | State::Ended => None,
+        }
+    }
+
+    /// Fires the timers due at `now_ms` (early calls are harmless).
+    pub fn handle_timeout(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
+        self.timeout(now_ms, out, actions);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected(_))
+    }
+
+    /// The session ended (`Action::Ended` was emitted).
+    pub fn is_ended(&self) -> bool {
+        matches!(self.state, State::Ended)
+    }
+
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// Protocol level of the current or last connection.
+    pub fn protocol(&self) -> Option<ProtocolVersion> {
+        self.protocol
+    }
+
+    /// Subscriptions, ordered by filter (for router cleanup on `Ended`).
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &Subscription)> {
+        self.data.subscriptions.iter()
+    }
+
+    /// The persistent state, for storage.
+    pub fn data(&self) -> &SessionData {
+        &self.data
+    }
+
+    /// When an offline session ends (`None`: connected, or never expires).
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        match &self.state {
+            State::Offline(o) => o.expires_at_ms,
+            State::Detached | State::Connected(_) | State::Ended => None,
+        }
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Highest QoS we accept and grant, from `Limits::max_qos`.
+    fn max_qos(&self) -> QoS {
+        max_qos(&self.limits)
+    }
+
+    /// Encodes one packet for the current connection (no-op when none is attached).
+    fn send(&self, packet: &Packet, out: &mut BytesMut) {
+        if let State::Connected(c) = &self.state {
+            self.encode(packet, c.protocol, out);
+        }
+    }
+
+    /// The one place packets are written.
+    fn encode(&self, packet: &Packet, protocol: ProtocolVersion, out: &mut BytesMut) {
+        codec::encode(packet, protocol, out);
+        #[cfg(test)]
+        self.wire.borrow_mut().push(packet.clone());
+    }
+}
+
+/// `Limits::max_qos` as a `QoS` (values above 2 mean 2).
+fn max_qos(limits: &Limits) -> QoS {
+    match limits.max_qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}

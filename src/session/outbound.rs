@@ -1,0 +1,273 @@
+//! Messages to the client: delivery parameters, the bounded queue, the inflight window,
+//! packet-id allocation, the Maximum Packet Size check, and the acknowledgements the client
+//! sends for our QoS 1/2 flows (PUBACK, PUBREC, PUBCOMP).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::codec::{self, Ack, AckProperties, Packet, PacketId, Publish, QoS, ReasonCode};
+
+use super::data::{Enqueued, Outbound, QueuedMessage};
+use super::types::{Delivery, Message};
+use super::{Action, Session, State};
+
+impl Session {
+    /// Body of `Session::deliver`.
+    pub(super) fn route_in(
+        &mut self,
+        message: &Arc<Message>,
+        delivery: &Delivery,
+        now_ms: u64,
+        out: &mut BytesMut,
+    ) {
+        if message.is_expired(now_ms) {
+            self.stats.dropped_expired += 1;
+            return;
+        }
+        let entry = QueuedMessage {
+            message: Arc::clone(message),
+            qos: message.qos.min(delivery.qos),
+            // [MQTT-3.3.1-9]: retained-store deliveries keep RETAIN; live ones keep it only
+            // with Retain As Published [MQTT-3.3.1-12..13] (always 0 for 3.x).
+            retain: message.retain
+                && (delivery.from_retained_store || delivery.retain_as_published),
+            subscription_ids: delivery.subscription_ids.to_vec(),
+        };
+        match &self.state {
+            State::Connected(c) => {
+                if entry.qos == QoS::AtMostOnce {
+                    if out.len() >= self.limits.max_output_buffer {
+                        // Slow consumer: QoS 0 is the first thing to give up.
+                        self.stats.dropped_qos0 += 1;
+                    } else {
+                        self.write_publish(&entry, None, false, now_ms, out);
+                    }
+                } else if self.data.queue.is_empty() && self.data.inflight.len() < c.send_window {
+                    self.start_flow(entry, now_ms, out);
+                } else {
+                    self.enqueue(entry);
+                }
+            }
+            State::Offline(_) => {
+                if entry.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+                    self.stats.dropped_qos0 += 1;
+                } else {
+                    self.enqueue(entry);
+                }
+            }
+            State::Detached | State::Ended => {}
+        }
+    }
+
+    /// Queues within the limits, counting what is dropped.
+    fn enqueue(&mut self, entry: QueuedMessage) {
+        let qos = entry.qos;
+        let l = &self.limits;
+        match self
+            .data
+            .enqueue(entry, l.max_queued_messages, l.max_queued_bytes)
+        {
+            Enqueued::Stored { evicted_qos0 } => self.stats.dropped_qos0 += evicted_qos0,
+            Enqueued::Rejected if qos == QoS::AtMostOnce => self.stats.dropped_qos0 += 1,
+            Enqueued::Rejected => self.stats.dropped_queue_full += 1,
+        }
+    }
+
+    /// Sends a QoS 1/2 message under a new packet id and records the flow.
+    fn start_flow(&mut self, entry: QueuedMessage, now_ms: u64, out: &mut BytesMut) {
+        let Some(packet_id) = self.data.allocate_packet_id() else {
+            // Unreachable while the window is below 65535; keep the message.
+            self.enqueue(entry);
+            return;
+        };
+        if self.write_publish(&entry, Some(packet_id), false, now_ms, out) {
+            self.data.inflight.push_back(Outbound::Published {
+                packet_id,
+                delivery: entry,
+            });
+        }
+    }
+
+    /// The PUBLISH for one delivery: Message Expiry Interval rewritten to what remains
+    /// [MQTT-3.3.2-6], subscription identifiers of this delivery, no topic alias.
+    pub(super) fn publish_packet(
+        &self,
+        entry: &QueuedMessage,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        now_ms: u64,
+    ) -> Publish {
+        let m = &entry.message;
+        let mut properties = m.properties.clone();
+        properties.message_expiry_interval = m.remaining_expiry_secs(now_ms);
+        properties.subscription_identifiers = entry.subscription_ids.clone();
+        properties.topic_alias = None;
+        Publish {
+            dup,
+            qos: entry.qos,
+            retain: entry.retain,
+            topic: m.topic.clone(),
+            packet_id,
+            properties,
+            payload: m.payload.clone(),
+        }
+    }
+
+    /// Encodes the PUBLISH into `out` unless it exceeds the client's Maximum Packet Size
+    /// [MQTT-3.1.2-25] (BAD_INPUTS #29): then nothing is written, the drop is counted and
+    /// `false` returned.
+    pub(super) fn write_publish(
+        &mut self,
+        entry: &QueuedMessage,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        now_ms: u64,
+        out: &mut BytesMut,
+    ) -> bool {
+        let State::Connected(c) = &self.state else {
+            return false;
+        };
+        let (protocol, limit) = (c.protocol, c.client_max_packet);
+        let publish = self.publish_packet(entry, packet_id, dup, now_ms);
+        let start = out.len();
+        let packet = Packet::Publish(publish);
+        codec::encode(&packet, protocol, out);
+        if out.len() - start > limit {
+            out.truncate(start);
+            self.stats.dropped_too_large += 1;
+            return false;
+        }
+        #[cfg(test)]
+        self.wire.borrow_mut().push(packet);
+        true
+    }
+
+    /// Sends queued messages while the window has room (QoS 0 entries need none); expired
+    /// ones are dropped [MQTT-3.3.2-5].
+    pub(super) fn drain_queue(&mut self, now_ms: u64, out: &mut BytesMut) {
+        let window = match &self.state {
+            State::Connected(c) => c.send_window,
+            State::Detached | State::Offline(_) | State::Ended => return,
+        };
+        while let Some(front) = self.data.queue.front() {
+            let needs_slot = front.qos != QoS::AtMostOnce;
+            if needs_slot && self.data.inflight.len() >= window {
+                break;
+            }
+            let Some(entry) = self.data.dequeue() else {
+                break;
+            };
+            if entry.message.is_expired(now_ms) {
+                self.stats.dropped_expired += 1;
+            } else if needs_slot {
+                self.start_flow(entry, now_ms, out);
+            } else {
+                self.write_publish(&entry, None, false, now_ms, out);
+            }
+        }
+    }
+
+    /// PUBACK for our QoS 1 flow [MQTT-4.3.2]. A PUBACK for a QoS 2 flow is the wrong ack
+    /// (BAD_INPUTS #50); an unknown id is tolerated and counted.
+    pub(super) fn on_puback(
+        &mut self,
+        ack: Ack,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        match self.flow(ack.packet_id) {
+            Some((pos, Awaiting::Ack)) => {
+                self.data.inflight.remove(pos);
+                self.drain_queue(now_ms, out);
+            }
+            Some((_, Awaiting::Rec | Awaiting::Comp)) => {
+                self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
+            }
+            None => self.stats.unknown_acks += 1,
+        }
+    }
+
+    /// PUBREC for our QoS 2 flow [MQTT-4.3.3]: success -> PUBREL (resent for a duplicate
+    /// PUBREC, BAD_INPUTS #51); a failure code ends the flow [MQTT-4.3.3-... reason >= 0x80];
+    /// an unknown id gets PUBREL (v5 0x92); PUBREC for a QoS 1 flow is the wrong ack (#50).
+    pub(super) fn on_pubrec(
+        &mut self,
+        ack: Ack,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        let id = ack.packet_id;
+        match self.flow(id) {
+            Some((pos, Awaiting::Rec)) => {
+                if ack.reason.is_error() {
+                    self.data.inflight.remove(pos);
+                    self.drain_queue(now_ms, out);
+                } else {
+                    self.data.inflight[pos] = Outbound::Released { packet_id: id };
+                    self.send(&Packet::PubRel(Ack::new(id)), out);
+                }
+            }
+            Some((_, Awaiting::Comp)) => self.send(&Packet::PubRel(Ack::new(id)), out),
+            Some((_, Awaiting::Ack)) => {
+                self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
+            }
+            None => {
+                self.stats.unknown_acks += 1;
+                let rel = Ack {
+                    packet_id: id,
+                    reason: ReasonCode::PacketIdentifierNotFound,
+                    properties: AckProperties::default(),
+                };
+                self.send(&Packet::PubRel(rel), out);
+            }
+        }
+    }
+
+    /// PUBCOMP ends our QoS 2 flow [MQTT-4.3.3]. Before PUBREC, or for a QoS 1 flow, it is
+    /// the wrong ack (BAD_INPUTS #50); an unknown id is tolerated.
+    pub(super) fn on_pubcomp(
+        &mut self,
+        ack: Ack,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        match self.flow(ack.packet_id) {
+            Some((pos, Awaiting::Comp)) => {
+                self.data.inflight.remove(pos);
+                self.drain_queue(now_ms, out);
+            }
+            Some((_, Awaiting::Ack | Awaiting::Rec)) => {
+                self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
+            }
+            None => self.stats.unknown_acks += 1,
+        }
+    }
+
+    /// Where the outbound flow for `id` stands.
+    fn flow(&self, id: PacketId) -> Option<(usize, Awaiting)> {
+        let pos = self.data.inflight_position(id)?;
+        let flow = match &self.data.inflight[pos] {
+            Outbound::Published { delivery, .. } if delivery.qos == QoS::ExactlyOnce => {
+                Awaiting::Rec
+            }
+            Outbound::Published { .. } => Awaiting::Ack,
+            Outbound::Released { .. } => Awaiting::Comp,
+        };
+        Some((pos, flow))
+    }
+}
+
+/// The acknowledgement an outbound flow waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awaiting {
+    /// PUBACK (QoS 1 published).
+    Ack,
+    /// PUBREC (QoS 2 published).
+    Rec,
+    /// PUBCOMP (QoS 2 released).
+    Comp,
+}

@@ -1,0 +1,230 @@
+//! Unit tests of the session state machine: literal packets in, exact packets and actions
+//! out, a fake clock. `Harness` drives one session like the shard would.
+
+mod connect;
+mod inbound;
+mod lifecycle;
+mod outbound;
+mod subscribe;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::codec::{
+    Ack, AckProperties, ConnectProperties, MqttStr, PacketId, Publish, PublishProperties,
+    SubscriptionOptions, Will, WillProperties,
+};
+
+pub(super) fn pid(n: u16) -> PacketId {
+    PacketId::new(n).expect("non-zero packet id")
+}
+
+pub(super) fn topic(s: &'static str) -> TopicName {
+    TopicName::from_static(s)
+}
+
+pub(super) fn filter(s: &'static str) -> TopicFilter {
+    TopicFilter::from_static(s)
+}
+
+pub(super) fn mstr(s: &str) -> MqttStr {
+    MqttStr::try_from_str(s).expect("valid MQTT string")
+}
+
+pub(super) fn client(s: &str) -> ClientId {
+    ClientId::new(mstr(s), &Limits::default()).expect("valid client id")
+}
+
+/// A CONNECT with everything at its default: keep alive 60 s, no will, no properties.
+pub(super) fn connect_packet(v: ProtocolVersion, id: &str, clean: bool) -> Connect {
+    Connect {
+        protocol: v,
+        clean_start: clean,
+        keep_alive: 60,
+        client_id: mstr(id),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+pub(super) fn will(t: &'static str, qos: QoS, delay: Option<u32>) -> Will {
+    Will {
+        topic: topic(t),
+        payload: Bytes::from_static(b"gone"),
+        qos,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: delay,
+            ..WillProperties::default()
+        },
+    }
+}
+
+/// An inbound PUBLISH.
+pub(super) fn publish(t: &'static str, qos: QoS, id: Option<u16>) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic(t),
+        packet_id: id.map(pid),
+        properties: PublishProperties::default(),
+        payload: Bytes::from_static(b"hello"),
+    }
+}
+
+/// A routed message from another client.
+pub(super) fn message(t: &'static str, qos: QoS) -> Arc<Message> {
+    Arc::new(Message {
+        topic: topic(t),
+        payload: Bytes::from_static(b"payload"),
+        qos,
+        retain: false,
+        properties: PublishProperties::default(),
+        expires_at_ms: None,
+        origin: Some(client("publisher")),
+    })
+}
+
+pub(super) fn ack(id: u16) -> Ack {
+    Ack::new(pid(id))
+}
+
+pub(super) fn ack_with(id: u16, reason: ReasonCode) -> Ack {
+    Ack {
+        packet_id: pid(id),
+        reason,
+        properties: AckProperties::default(),
+    }
+}
+
+pub(super) fn live(qos: QoS) -> Delivery<'static> {
+    Delivery {
+        qos,
+        retain_as_published: false,
+        subscription_ids: &[],
+        from_retained_store: false,
+    }
+}
+
+pub(super) fn sub_opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    }
+}
+
+/// One session plus the buffers and clock a shard would hold.
+pub(super) struct Harness {
+    pub s: Session,
+    pub out: BytesMut,
+    pub actions: Vec<Action>,
+    pub now: u64,
+}
+
+impl Harness {
+    pub fn new(limits: Limits) -> Harness {
+        Harness {
+            s: Session::new(client("c1"), &limits),
+            out: BytesMut::new(),
+            actions: Vec::new(),
+            now: 1_000,
+        }
+    }
+
+    /// A session connected with `connect`, CONNACK and actions already taken.
+    pub fn connected(limits: Limits, connect: Connect) -> Harness {
+        let mut h = Harness::new(limits);
+        h.connect(connect, false);
+        h.take();
+        h
+    }
+
+    pub fn v5() -> Harness {
+        Harness::connected(
+            Limits::default(),
+            connect_packet(ProtocolVersion::V5, "c1", true),
+        )
+    }
+
+    pub fn v311() -> Harness {
+        Harness::connected(
+            Limits::default(),
+            connect_packet(ProtocolVersion::V311, "c1", true),
+        )
+    }
+
+    pub fn connect(&mut self, connect: Connect, session_present: bool) {
+        self.s.connect(
+            connect,
+            session_present,
+            false,
+            self.now,
+            &mut self.out,
+            &mut self.actions,
+        );
+    }
+
+    pub fn packet(&mut self, p: Packet) {
+        self.s
+            .handle_packet(p, self.now, &mut self.out, &mut self.actions);
+    }
+
+    pub fn deliver(&mut self, m: &Arc<Message>, d: &Delivery) {
+        self.s.deliver(m, d, self.now, &mut self.out);
+    }
+
+    pub fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        self.s
+            .handle_timeout(self.now, &mut self.out, &mut self.actions);
+    }
+
+    pub fn lost(&mut self) {
+        self.s.connection_lost(self.now, &mut self.actions);
+    }
+
+    /// Packets written since the last call, and actions emitted.
+    pub fn take(&mut self) -> (Vec<Packet>, Vec<Action>) {
+        self.out.clear();
+        let packets = std::mem::take(&mut *self.s.wire.borrow_mut());
+        (packets, std::mem::take(&mut self.actions))
+    }
+
+    pub fn packets(&mut self) -> Vec<Packet> {
+        let (p, a) = self.take();
+        assert!(a.is_empty(), "unexpected actions {a:?}");
+        p
+    }
+
+    pub fn actions(&mut self) -> Vec<Action> {
+        let (p, a) = self.take();
+        assert!(p.is_empty(), "unexpected packets {p:?}");
+        a
+    }
+}
+
+/// The packet for a v5 DISCONNECT with `code`.
+pub(super) fn disconnect(code: ReasonCode) -> Packet {
+    Packet::Disconnect(crate::codec::Disconnect::new(code))
+}
+
+/// The actions of a server-side close with the will handled and no will set.
+pub(super) fn closed() -> Vec<Action> {
+    vec![Action::Close { will: true }]
+}
+
+/// Unwraps the PUBLISH packets of a list.
+pub(super) fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+    packets
+        .iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect()
+}

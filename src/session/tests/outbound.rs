@@ -1,0 +1,439 @@
+//! Outbound delivery: QoS and RETAIN per delivery, packet ids, the inflight window, the
+//! queue and its bounds, acknowledgements from the client, Maximum Packet Size, expiry,
+//! resend on resume.
+
+use super::*;
+
+fn persistent(v: ProtocolVersion) -> Connect {
+    let mut c = connect_packet(v, "c1", false);
+    if v.is_v5() {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+#[test]
+fn delivery_qos_is_the_minimum_and_ids_are_allocated() {
+    let mut h = Harness::v5();
+    h.deliver(&message("t", QoS::ExactlyOnce), &live(QoS::AtLeastOnce));
+    h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::ExactlyOnce));
+    h.deliver(&message("t", QoS::ExactlyOnce), &live(QoS::AtMostOnce));
+    let packets = h.packets();
+    let p = publishes(&packets);
+    assert_eq!(
+        p.iter().map(|p| (p.qos, p.packet_id)).collect::<Vec<_>>(),
+        [
+            (QoS::AtLeastOnce, Some(pid(1))),
+            (QoS::AtLeastOnce, Some(pid(2))),
+            (QoS::AtMostOnce, None),
+        ]
+    );
+    assert!(p.iter().all(|p| !p.dup && p.topic == topic("t")));
+    assert_eq!(h.s.data().inflight.len(), 2);
+}
+
+#[test]
+fn retain_flag_follows_retain_as_published_and_retained_store() {
+    // [MQTT-3.3.1-9], [MQTT-3.3.1-12], [MQTT-3.3.1-13].
+    let mut h = Harness::v5();
+    let mut m = (*message("t", QoS::AtMostOnce)).clone();
+    m.retain = true;
+    let m = Arc::new(m);
+    let rap = Delivery {
+        retain_as_published: true,
+        ..live(QoS::AtMostOnce)
+    };
+    let stored = Delivery {
+        from_retained_store: true,
+        ..live(QoS::AtMostOnce)
+    };
+    h.deliver(&m, &live(QoS::AtMostOnce));
+    h.deliver(&m, &rap);
+    h.deliver(&m, &stored);
+    h.deliver(&message("t", QoS::AtMostOnce), &stored);
+    let packets = h.packets();
+    let flags: Vec<bool> = publishes(&packets).iter().map(|p| p.retain).collect();
+    assert_eq!(flags, [false, true, true, false]);
+}
+
+#[test]
+fn subscription_ids_and_remaining_expiry_are_per_delivery() {
+    let mut h = Harness::v5();
+    let mut m = (*message("t", QoS::AtMostOnce)).clone();
+    m.properties.message_expiry_interval = Some(10);
+    m.expires_at_ms = Some(h.now + 10_000);
+    let m = Arc::new(m);
+    h.now += 2_500;
+    let d = Delivery {
+        subscription_ids: &[4, 9],
+        ..live(QoS::AtMostOnce)
+    };
+    h.deliver(&m, &d);
+    let packets = h.packets();
+    let p = publishes(&packets)[0];
+    assert_eq!(p.properties.subscription_identifiers, [4, 9]);
+    // 7.5 s remain: rounded up so an unexpired message never says 0 [MQTT-3.3.2-6].
+    assert_eq!(p.properties.message_expiry_interval, Some(8));
+    h.now += 7_500;
+    h.deliver(&m, &d);
+    assert!(h.packets().is_empty());
+    assert_eq!(h.s.stats().dropped_expired, 1);
+}
+
+#[test]
+fn puback_frees_the_window_and_drains_the_queue() {
+    let limits = Limits {
+        max_inflight: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V311, "c1", true));
+    for _ in 0..4 {
+        h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    }
+    assert_eq!(h.packets().len(), 2);
+    assert_eq!(h.s.data().queue.len(), 2);
+    // QoS 0 is not held back by the window.
+    h.deliver(&message("q0", QoS::AtMostOnce), &live(QoS::AtMostOnce));
+    assert_eq!(h.packets().len(), 1);
+    h.packet(Packet::PubAck(ack(1)));
+    let packets = h.packets();
+    let p = publishes(&packets);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].packet_id, Some(pid(3)));
+    h.packet(Packet::PubAck(ack(2)));
+    h.packet(Packet::PubAck(ack(3)));
+    let packets = h.packets();
+    assert_eq!(publishes(&packets)[0].packet_id, Some(pid(4)));
+    assert!(h.s.data().queue.is_empty());
+    assert_eq!(h.s.data().inflight.len(), 1);
+}
+
+#[test]
+fn client_receive_maximum_caps_the_window() {
+    // [MQTT-3.3.4-7..9].
+    let mut c = connect_packet(ProtocolVersion::V5, "c1", true);
+    c.properties.receive_maximum = Some(1);
+    let mut h = Harness::connected(Limits::default(), c);
+    h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    assert_eq!(h.packets().len(), 1);
+    assert_eq!(h.s.data().queue.len(), 1);
+}
+
+#[test]
+fn qos2_outbound_flow_and_duplicate_pubrec() {
+    let mut h = Harness::v5();
+    h.deliver(&message("t", QoS::ExactlyOnce), &live(QoS::ExactlyOnce));
+    h.take();
+    h.packet(Packet::PubRec(ack(1)));
+    assert_eq!(h.packets(), vec![Packet::PubRel(ack(1))]);
+    // BAD_INPUTS #51: PUBREC again -> PUBREL again.
+    h.packet(Packet::PubRec(ack(1)));
+    assert_eq!(h.packets(), vec![Packet::PubRel(ack(1))]);
+    assert_eq!(
+        h.s.data().inflight,
+        [Outbound::Released { packet_id: pid(1) }]
+    );
+    h.packet(Packet::PubComp(ack(1)));
+    assert!(h.packets().is_empty());
+    assert!(h.s.data().inflight.is_empty());
+}
+
+#[test]
+fn pubrec_with_error_code_ends_the_flow() {
+    let mut h = Harness::v5();
+    h.deliver(&message("t", QoS::ExactlyOnce), &live(QoS::ExactlyOnce));
+    h.take();
+    h.packet(Packet::PubRec(ack_with(1, ReasonCode::QuotaExceeded)));
+    assert!(h.packets().is_empty());
+    assert!(h.s.data().inflight.is_empty());
+}
+
+#[test]
+fn wrong_ack_for_the_flow_is_a_protocol_error() {
+    // BAD_INPUTS #50: QoS 1 answered with PUBREC or PUBCOMP; QoS 2 with PUBACK or an early
+    // PUBCOMP; PUBREC -> PUBREL -> PUBACK.
+    let cases: [(QoS, Vec<Packet>); 5] = [
+        (QoS::AtLeastOnce, vec![Packet::PubRec(ack(1))]),
+        (QoS::AtLeastOnce, vec![Packet::PubComp(ack(1))]),
+        (QoS::ExactlyOnce, vec![Packet::PubAck(ack(1))]),
+        (QoS::ExactlyOnce, vec![Packet::PubComp(ack(1))]),
+        (
+            QoS::ExactlyOnce,
+            vec![Packet::PubRec(ack(1)), Packet::PubAck(ack(1))],
+        ),
+    ];
+    for (qos, acks) in cases {
+        for v in [ProtocolVersion::V5, ProtocolVersion::V311] {
+            let mut h = Harness::connected(Limits::default(), connect_packet(v, "c1", true));
+            h.deliver(&message("t", qos), &live(qos));
+            h.take();
+            for a in acks.clone() {
+                h.packet(a);
+            }
+            let (packets, actions) = h.take();
+            let last = packets.last().cloned();
+            if v.is_v5() {
+                assert_eq!(
+                    last,
+                    Some(disconnect(ReasonCode::ProtocolError)),
+                    "{acks:?}"
+                );
+            } else {
+                assert!(!matches!(last, Some(Packet::Disconnect(_))));
+            }
+            assert_eq!(
+                actions,
+                [Action::Close { will: true }, Action::Ended],
+                "{acks:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn acks_for_unknown_ids_are_tolerated() {
+    let mut h = Harness::v5();
+    h.packet(Packet::PubAck(ack(5)));
+    h.packet(Packet::PubComp(ack(6)));
+    assert!(h.packets().is_empty());
+    h.packet(Packet::PubRec(ack(7)));
+    assert_eq!(
+        h.packets(),
+        vec![Packet::PubRel(ack_with(
+            7,
+            ReasonCode::PacketIdentifierNotFound
+        ))]
+    );
+    assert_eq!(h.s.stats().unknown_acks, 3);
+    assert!(h.s.is_connected());
+}
+
+#[test]
+fn packet_ids_skip_ids_in_use_and_wrap() {
+    let limits = Limits {
+        max_inflight: 3,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V5, "c1", true));
+    h.s.data.last_packet_id = u16::MAX - 1;
+    for _ in 0..3 {
+        h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    }
+    let ids = |h: &mut Harness| -> Vec<u16> {
+        let packets = h.packets();
+        publishes(&packets)
+            .iter()
+            .map(|p| p.packet_id.map_or(0, |i| i.get()))
+            .collect()
+    };
+    assert_eq!(ids(&mut h), [u16::MAX, 1, 2]);
+    // Free 1, keep 65535 and 2 in use: from 65534 the next id skips 65535 and 0 and reuses 1.
+    h.s.data.last_packet_id = u16::MAX - 1;
+    h.packet(Packet::PubAck(ack(1)));
+    h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    assert_eq!(ids(&mut h), [1]);
+}
+
+#[test]
+fn offline_queue_and_qos0_setting() {
+    for queue_qos0 in [false, true] {
+        let limits = Limits {
+            queue_qos0_offline: queue_qos0,
+            ..Limits::default()
+        };
+        let mut h = Harness::connected(limits, persistent(ProtocolVersion::V311));
+        h.lost();
+        assert_eq!(h.actions(), vec![]);
+        h.deliver(&message("a", QoS::AtMostOnce), &live(QoS::AtMostOnce));
+        h.deliver(&message("b", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+        h.deliver(&message("c", QoS::ExactlyOnce), &live(QoS::ExactlyOnce));
+        h.connect(persistent(ProtocolVersion::V311), true);
+        let (packets, _) = h.take();
+        assert!(matches!(&packets[0], Packet::ConnAck(c) if c.session_present));
+        let topics: Vec<&str> = publishes(&packets[1..])
+            .iter()
+            .map(|p| p.topic.as_str())
+            .collect();
+        if queue_qos0 {
+            assert_eq!(topics, ["a", "b", "c"]);
+        } else {
+            assert_eq!(topics, ["b", "c"]);
+            assert_eq!(h.s.stats().dropped_qos0, 1);
+        }
+    }
+}
+
+#[test]
+fn queue_bounds_evict_qos0_first() {
+    let limits = Limits {
+        max_queued_messages: 2,
+        queue_qos0_offline: true,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, persistent(ProtocolVersion::V5));
+    h.lost();
+    h.take();
+    h.deliver(&message("q0", QoS::AtMostOnce), &live(QoS::AtMostOnce));
+    h.deliver(&message("a", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    // Full: a QoS 1 message evicts the QoS 0 one; a QoS 0 message is dropped itself.
+    h.deliver(&message("b", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.deliver(&message("q0b", QoS::AtMostOnce), &live(QoS::AtMostOnce));
+    // Full of QoS 1: another is dropped.
+    h.deliver(&message("c", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    let queued: Vec<&str> =
+        h.s.data()
+            .queue
+            .iter()
+            .map(|q| q.message.topic.as_str())
+            .collect();
+    assert_eq!(queued, ["a", "b"]);
+    let stats = h.s.stats();
+    assert_eq!((stats.dropped_qos0, stats.dropped_queue_full), (2, 1));
+}
+
+#[test]
+fn queue_byte_bound() {
+    let limits = Limits {
+        max_queued_bytes: 10,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, persistent(ProtocolVersion::V5));
+    h.lost();
+    h.take();
+    // "payload" is 7 bytes: one fits, the second does not.
+    h.deliver(&message("a", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.deliver(&message("b", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    assert_eq!(h.s.data().queue.len(), 1);
+    assert_eq!(h.s.data().queued_bytes, 7);
+    assert_eq!(h.s.stats().dropped_queue_full, 1);
+}
+
+#[test]
+fn expired_queued_messages_are_dropped_at_dequeue() {
+    let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V5));
+    h.lost();
+    h.take();
+    let mut m = (*message("t", QoS::AtLeastOnce)).clone();
+    m.expires_at_ms = Some(h.now + 1_000);
+    h.deliver(&Arc::new(m), &live(QoS::AtLeastOnce));
+    h.now += 1_000;
+    h.connect(persistent(ProtocolVersion::V5), true);
+    let (packets, _) = h.take();
+    assert_eq!(packets.len(), 1, "only CONNACK: {packets:?}");
+    assert_eq!(h.s.stats().dropped_expired, 1);
+}
+
+#[test]
+fn resume_resends_with_dup_and_pubrel_in_order() {
+    // [MQTT-4.4.0-1], [MQTT-4.6.0-1].
+    let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V5));
+    h.deliver(&message("a", QoS::ExactlyOnce), &live(QoS::ExactlyOnce));
+    h.deliver(&message("b", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.packet(Packet::PubRec(ack(1)));
+    h.lost();
+    h.take();
+    h.deliver(&message("c", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.connect(persistent(ProtocolVersion::V5), true);
+    let (packets, actions) = h.take();
+    assert!(actions.is_empty());
+    assert!(matches!(&packets[0], Packet::ConnAck(c) if c.session_present));
+    assert_eq!(packets[1], Packet::PubRel(ack(1)));
+    let p = publishes(&packets[2..]);
+    assert_eq!(
+        p.iter()
+            .map(|p| (p.topic.as_str(), p.dup, p.packet_id))
+            .collect::<Vec<_>>(),
+        [("b", true, Some(pid(2))), ("c", false, Some(pid(3)))]
+    );
+}
+
+#[test]
+fn resume_with_smaller_receive_maximum_requeues_the_excess() {
+    let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V5));
+    for t in ["a", "b", "c"] {
+        h.deliver(&message(t, QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    }
+    h.lost();
+    h.take();
+    let mut c = persistent(ProtocolVersion::V5);
+    c.properties.receive_maximum = Some(1);
+    h.connect(c, true);
+    let packets = h.take().0;
+    let p = publishes(&packets[1..]);
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].topic.as_str(), p[0].dup), ("a", true));
+    h.packet(Packet::PubAck(ack(1)));
+    let packets = h.packets();
+    let p = publishes(&packets);
+    // Re-queued: a fresh flow, not a duplicate.
+    assert_eq!((p[0].topic.as_str(), p[0].dup), ("b", false));
+}
+
+#[test]
+fn clean_start_discards_queued_and_inflight() {
+    let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V311));
+    h.deliver(&message("a", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.lost();
+    h.deliver(&message("b", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.take();
+    h.connect(connect_packet(ProtocolVersion::V311, "c1", true), true);
+    let packets = h.take().0;
+    assert_eq!(packets.len(), 1);
+    assert!(matches!(&packets[0], Packet::ConnAck(c) if !c.session_present));
+    assert_eq!(h.s.data(), &SessionData::default());
+}
+
+#[test]
+fn slow_consumer_drops_qos0() {
+    let limits = Limits {
+        max_output_buffer: 4,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V5, "c1", true));
+    h.out.extend_from_slice(b"full");
+    h.s.deliver(
+        &message("t", QoS::AtMostOnce),
+        &live(QoS::AtMostOnce),
+        h.now,
+        &mut h.out,
+    );
+    assert!(h.packets().is_empty());
+    assert_eq!(h.s.stats().dropped_qos0, 1);
+}
+
+#[test]
+fn merge_applies_no_local_and_picks_max_qos() {
+    let me = client("c1");
+    let mut own = (*message("t", QoS::ExactlyOnce)).clone();
+    own.origin = Some(me.clone());
+    let subs = [
+        Subscription {
+            options: SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                no_local: true,
+                ..SubscriptionOptions::default()
+            },
+            id: Some(1),
+        },
+        Subscription {
+            options: SubscriptionOptions {
+                qos: QoS::AtLeastOnce,
+                retain_as_published: true,
+                ..SubscriptionOptions::default()
+            },
+            id: Some(2),
+        },
+    ];
+    let mut ids = Vec::new();
+    let d = Delivery::merge(&subs, &own, &me, &mut ids).expect("one subscription left");
+    assert_eq!(d.qos, QoS::AtLeastOnce);
+    assert!(d.retain_as_published);
+    assert_eq!(d.subscription_ids, [2]);
+    let mut ids = Vec::new();
+    let d =
+        Delivery::merge(&subs, &message("t", QoS::ExactlyOnce), &me, &mut ids).expect("both match");
+    assert_eq!((d.qos, d.subscription_ids), (QoS::ExactlyOnce, &[1, 2][..]));
+    let mut ids = Vec::new();
+    assert!(Delivery::merge(&subs[..1], &own, &me, &mut ids).is_none());
+}
