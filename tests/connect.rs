@@ -11,7 +11,10 @@ use ringmq::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 fn connack_then_ping_then_disconnect(v: ProtocolVersion, shards: usize) {
     let broker = Broker::start(shards);
     let (mut c, ack) = Client::connect(broker.addr, v, "ping-client", true);
-    assert!(!ack.session_present, "clean start never has a session [MQTT-3.2.2-2]");
+    assert!(
+        !ack.session_present,
+        "clean start never has a session [MQTT-3.2.2-2]"
+    );
     c.ping();
     c.ping();
     c.disconnect();
@@ -28,7 +31,10 @@ fn session_present_only_for_resumed_sessions(v: ProtocolVersion, shards: usize) 
     assert!(!ack.session_present, "no session existed yet");
     c.disconnect();
     let (c, ack) = Client::connect_with(broker.addr, first);
-    assert!(ack.session_present, "persistent session resumed [MQTT-3.2.2-3]");
+    assert!(
+        ack.session_present,
+        "persistent session resumed [MQTT-3.2.2-3]"
+    );
     c.disconnect();
     let (_c, ack) = Client::connect(broker.addr, v, "resumer", true);
     assert!(!ack.session_present, "clean start discards the session");
@@ -39,7 +45,10 @@ fn empty_client_id(v: ProtocolVersion, shards: usize) {
     // Clean session with an empty id: accepted; v5 gets an assigned identifier.
     let (mut c, ack) = Client::connect(broker.addr, v, "", true);
     if v == ProtocolVersion::V5 {
-        let assigned = ack.properties.assigned_client_identifier.expect("assigned id [MQTT-3.2.2-16]");
+        let assigned = ack
+            .properties
+            .assigned_client_identifier
+            .expect("assigned id [MQTT-3.2.2-16]");
         assert!(!assigned.is_empty());
     }
     c.ping();
@@ -62,7 +71,10 @@ fn second_connect_is_a_protocol_violation(v: ProtocolVersion, shards: usize) {
             "v5 gets DISCONNECT 0x82 [MQTT-3.1.0-2], got {got:?}"
         );
     } else {
-        assert!(got.is_empty(), "3.1.1 is closed without a packet, got {got:?}");
+        assert!(
+            got.is_empty(),
+            "3.1.1 is closed without a packet, got {got:?}"
+        );
     }
 }
 
@@ -74,8 +86,14 @@ fn keep_alive_is_enforced_at_one_and_a_half(v: ProtocolVersion, shards: usize) {
     let started = Instant::now();
     let got = c.expect_closed();
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(1400), "closed too early: {waited:?}");
-    assert!(waited <= Duration::from_millis(3500), "closed too late: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_millis(3500),
+        "closed too late: {waited:?}"
+    );
     if v == ProtocolVersion::V5 {
         assert!(
             matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::KeepAliveTimeout),
@@ -103,7 +121,10 @@ fn takeover_closes_the_old_connection(v: ProtocolVersion, shards: usize) {
         let (mut old, _) = Client::connect(broker.addr, v, "taken", false);
         old.subscribe("takeover/t", QoS::AtLeastOnce);
         let (mut new, ack) = Client::connect(broker.addr, v, "taken", false);
-        assert!(ack.session_present, "round {round}: the new connection resumes the session");
+        assert!(
+            ack.session_present,
+            "round {round}: the new connection resumes the session"
+        );
         let got = old.expect_closed();
         if v == ProtocolVersion::V5 {
             assert!(
@@ -136,7 +157,9 @@ fn unknown_protocol_level_is_refused() {
     let broker = Broker::start(1);
     // MQTT level 6 does not exist: 3.x return code 0x01 [MQTT-3.1.2-2].
     let mut c = Client::tcp(broker.addr, ProtocolVersion::V311);
-    c.send_bytes(&[0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00]);
+    c.send_bytes(&[
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ]);
     let got = c.expect_closed();
     assert!(
         matches!(got.as_slice(), [Packet::ConnAck(a)] if a.reason == ReasonCode::UnsupportedProtocolVersion),
@@ -147,10 +170,17 @@ fn unknown_protocol_level_is_refused() {
 #[test]
 fn first_packet_must_be_connect() {
     let broker = Broker::start(1);
-    for bytes in [&[0xC0u8, 0x00][..], &[0x20, 0x02, 0x00, 0x00], &[0x00, 0x00]] {
+    for bytes in [
+        &[0xC0u8, 0x00][..],
+        &[0x20, 0x02, 0x00, 0x00],
+        &[0x00, 0x00],
+    ] {
         let mut c = Client::tcp(broker.addr, ProtocolVersion::V311);
         c.send_bytes(bytes);
-        assert!(c.expect_closed().is_empty(), "{bytes:02x?} closed without an answer");
+        assert!(
+            c.expect_closed().is_empty(),
+            "{bytes:02x?} closed without an answer"
+        );
     }
     // Other clients are unaffected.
     let (mut ok, _) = Client::connect(broker.addr, ProtocolVersion::V5, "bystander", true);

@@ -75,9 +75,18 @@ fn ordering_is_kept(v: ProtocolVersion, shards: usize) {
     let (mut publisher, _) = Client::connect(broker.addr, v, &pub_id, true);
     const N: u32 = 500;
     for i in 0..N {
-        let qos = if i % 2 == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        let qos = if i % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
         let id = (qos != QoS::AtMostOnce).then(|| publisher.next_packet_id());
-        publisher.send(&Packet::Publish(publish("order/t", &i.to_be_bytes(), qos, id)));
+        publisher.send(&Packet::Publish(publish(
+            "order/t",
+            &i.to_be_bytes(),
+            qos,
+            id,
+        )));
     }
     let mut acks = 0;
     while acks < N / 2 {
@@ -117,7 +126,10 @@ fn v5_subscription_ids_and_no_local(v: ProtocolVersion, shards: usize) {
     }
     let broker = Broker::start(shards);
     let (mut c, _) = Client::connect(broker.addr, v, "ids", true);
-    let opts = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
+    let opts = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
     c.subscribe_with("ids/+", opts, Some(7));
     c.subscribe_with("ids/#", opts, Some(9));
     let (mut publisher, _) = Client::connect(broker.addr, v, "ids-pub", true);
@@ -127,7 +139,11 @@ fn v5_subscription_ids_and_no_local(v: ProtocolVersion, shards: usize) {
     ids.sort_unstable();
     assert_eq!(ids, vec![7, 9]);
 
-    let no_local = SubscriptionOptions { qos: QoS::AtLeastOnce, no_local: true, ..Default::default() };
+    let no_local = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        ..Default::default()
+    };
     c.subscribe_with("mine/t", no_local, None);
     c.publish("mine/t", b"own", QoS::AtLeastOnce, false);
     c.expect_nothing();

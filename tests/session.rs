@@ -33,8 +33,14 @@ fn offline_messages_are_queued(v: ProtocolVersion, shards: usize) {
     assert!(ack.session_present);
     let first = sub.recv_publish();
     let second = sub.recv_publish();
-    assert_eq!((&first.payload[..], first.qos), (&b"one"[..], QoS::AtLeastOnce));
-    assert_eq!((&second.payload[..], second.qos), (&b"two"[..], QoS::ExactlyOnce));
+    assert_eq!(
+        (&first.payload[..], first.qos),
+        (&b"one"[..], QoS::AtLeastOnce)
+    );
+    assert_eq!(
+        (&second.payload[..], second.qos),
+        (&b"two"[..], QoS::ExactlyOnce)
+    );
     // QoS 0 is not queued for offline sessions by default.
     sub.expect_nothing();
 }
@@ -94,7 +100,10 @@ fn retained_messages(v: ProtocolVersion, shards: usize) {
         got.sort_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
         assert_eq!(&got[0].payload[..], b"second");
         assert_eq!(got[0].qos, QoS::AtLeastOnce);
-        assert!(got[0].retain, "sent because of the subscription: retain set [MQTT-3.3.1-8]");
+        assert!(
+            got[0].retain,
+            "sent because of the subscription: retain set [MQTT-3.3.1-8]"
+        );
         assert_eq!(&got[1].payload[..], b"bee");
         assert_eq!(got[1].qos, QoS::AtMostOnce);
         sub.expect_nothing();
@@ -157,7 +166,12 @@ fn shared_subscriptions(v: ProtocolVersion, shards: usize) {
     let (mut publisher, _) = Client::connect(broker.addr, v, &pub_id, true);
     const N: usize = 60;
     for i in 0..N {
-        publisher.publish(&format!("jobs/{i}"), format!("{i}").as_bytes(), QoS::AtLeastOnce, false);
+        publisher.publish(
+            &format!("jobs/{i}"),
+            format!("{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        );
     }
     let mut seen = vec![0u32; N];
     let mut per_member = Vec::new();
@@ -165,14 +179,23 @@ fn shared_subscriptions(v: ProtocolVersion, shards: usize) {
         let mut count = 0;
         while let Ok(Some(Packet::Publish(p))) = m.recv_within(Duration::from_millis(500)) {
             m.ack(&p);
-            let i: usize = std::str::from_utf8(&p.payload).expect("utf8").parse().expect("n");
+            let i: usize = std::str::from_utf8(&p.payload)
+                .expect("utf8")
+                .parse()
+                .expect("n");
             seen[i] += 1;
             count += 1;
         }
         per_member.push(count);
     }
-    assert!(seen.iter().all(|&n| n == 1), "each message exactly once: {seen:?}");
-    assert!(per_member.iter().all(|&n| n > 0), "every member gets work: {per_member:?}");
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "each message exactly once: {seen:?}"
+    );
+    assert!(
+        per_member.iter().all(|&n| n > 0),
+        "every member gets work: {per_member:?}"
+    );
 }
 
 matrix!(
@@ -209,7 +232,10 @@ fn v5_will_delay() {
     c.will = Some(w);
     let (gone, _) = Client::connect_with(broker.addr, c);
     gone.drop_connection();
-    assert!(matches!(watcher.recv_within(Duration::from_millis(500)), Ok(None)), "not before the delay");
+    assert!(
+        matches!(watcher.recv_within(Duration::from_millis(500)), Ok(None)),
+        "not before the delay"
+    );
     let got = watcher.recv_publish();
     assert_eq!(&got.payload[..], b"yes");
 }

@@ -7,8 +7,8 @@
 //! where they disagree the tests accept either code.
 
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use ringmq::codec::ReasonCode as R;
@@ -16,9 +16,9 @@ use ringmq::codec::{Packet, ProtocolVersion, QoS};
 
 use super::common::{Broker, Client, connect_packet};
 use super::{
-    SHARDS, cat, check_bystander, closes_after_connect, connect_bystander, connect_raw,
-    connected, exclusive_rss_guard, frame, lp, publish_raw, read_until_closed,
-    refused_at_connect, rss_kib, subscribe_raw, unique_id, with_bystander,
+    SHARDS, cat, check_bystander, closes_after_connect, connect_bystander, connect_raw, connected,
+    exclusive_rss_guard, frame, lp, publish_raw, read_until_closed, refused_at_connect, rss_kib,
+    subscribe_raw, unique_id, with_bystander,
 };
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -46,7 +46,10 @@ fn row_20_duplicate_single_instance_properties() {
         let cases: [(&str, Vec<u8>); 8] = [
             ("session expiry", vec![0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 1]),
             ("receive maximum", vec![0x21, 0, 10, 0x21, 0, 10]),
-            ("maximum packet size", vec![0x27, 0, 0, 0x10, 0, 0x27, 0, 0, 0x10, 0]),
+            (
+                "maximum packet size",
+                vec![0x27, 0, 0, 0x10, 0, 0x27, 0, 0, 0x10, 0],
+            ),
             ("topic alias maximum", vec![0x22, 0, 10, 0x22, 0, 10]),
             ("request response information", vec![0x19, 1, 0x19, 1]),
             ("request problem information", vec![0x17, 1, 0x17, 1]),
@@ -54,11 +57,29 @@ fn row_20_duplicate_single_instance_properties() {
             ("authentication data", cat(&[&method, &data, &data])),
         ];
         for (case, properties) in cases {
-            refused_at_connect(broker.addr, V5, &connect_with_props(&properties), &[R::ProtocolError], case);
+            refused_at_connect(
+                broker.addr,
+                V5,
+                &connect_with_props(&properties),
+                &[R::ProtocolError],
+                case,
+            );
         }
         // The row's literal property block: `0A 11 00000001 11 00000001`.
-        let literal = cat(&[&lp(b"MQTT"), &[5, 0x02, 0x00, 0x3C, 0x0A, 0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 1], &lp(b"p")]);
-        refused_at_connect(broker.addr, V5, &frame(0x10, &literal), &[R::ProtocolError], "row 20 literal");
+        let literal = cat(&[
+            &lp(b"MQTT"),
+            &[
+                5, 0x02, 0x00, 0x3C, 0x0A, 0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 1,
+            ],
+            &lp(b"p"),
+        ]);
+        refused_at_connect(
+            broker.addr,
+            V5,
+            &frame(0x10, &literal),
+            &[R::ProtocolError],
+            "row 20 literal",
+        );
     });
 }
 
@@ -75,7 +96,13 @@ fn row_21_forbidden_property_values() {
             ("request response information 2", &[0x19, 0x02]),
         ];
         for (case, properties) in cases {
-            refused_at_connect(broker.addr, V5, &connect_with_props(properties), &[R::ProtocolError], case);
+            refused_at_connect(
+                broker.addr,
+                V5,
+                &connect_with_props(properties),
+                &[R::ProtocolError],
+                case,
+            );
         }
     });
 }
@@ -98,11 +125,23 @@ fn row_22_properties_not_allowed_in_connect() {
             ("wildcard subscription available", vec![0x28, 0x01]),
         ];
         for (case, properties) in cases {
-            refused_at_connect(broker.addr, V5, &connect_with_props(&properties), &WRONG_PACKET_PROPERTY, case);
+            refused_at_connect(
+                broker.addr,
+                V5,
+                &connect_with_props(&properties),
+                &WRONG_PACKET_PROPERTY,
+                case,
+            );
         }
         for unknown in [0x04, 0x30, 0x7F] {
             let case = format!("unknown identifier {unknown:#04x}");
-            refused_at_connect(broker.addr, V5, &connect_with_props(&[unknown, 0x01]), &[R::MalformedPacket], &case);
+            refused_at_connect(
+                broker.addr,
+                V5,
+                &connect_with_props(&[unknown, 0x01]),
+                &[R::MalformedPacket],
+                &case,
+            );
         }
     });
 }
@@ -114,15 +153,40 @@ fn row_22_properties_not_allowed_in_connect() {
 fn row_23_authentication_properties() {
     with_bystander(V5, |broker| {
         let data_only = connect_with_props(&[0x16, 0x00, 0x00]);
-        refused_at_connect(broker.addr, V5, &data_only, &[R::ProtocolError], "auth data, no method");
-        let scram = connect_with_props(&cat(&[&str_prop(0x15, b"SCRAM-X"), &str_prop(0x16, b"n,,n=user")]));
-        refused_at_connect(broker.addr, V5, &scram, &[R::BadAuthenticationMethod], "method SCRAM-X");
+        refused_at_connect(
+            broker.addr,
+            V5,
+            &data_only,
+            &[R::ProtocolError],
+            "auth data, no method",
+        );
+        let scram = connect_with_props(&cat(&[
+            &str_prop(0x15, b"SCRAM-X"),
+            &str_prop(0x16, b"n,,n=user"),
+        ]));
+        refused_at_connect(
+            broker.addr,
+            V5,
+            &scram,
+            &[R::BadAuthenticationMethod],
+            "method SCRAM-X",
+        );
     });
 }
 
 /// A 5.0 CONNECT with a will carrying `will_props`.
 fn connect_with_will_props(will_props: &[u8]) -> Vec<u8> {
-    connect_raw(V5, 0x06, &[], &cat(&[&lp(b"w"), &super::props(V5, will_props), &lp(b"will/t"), &lp(b"x")]))
+    connect_raw(
+        V5,
+        0x06,
+        &[],
+        &cat(&[
+            &lp(b"w"),
+            &super::props(V5, will_props),
+            &lp(b"will/t"),
+            &lp(b"x"),
+        ]),
+    )
 }
 
 /// Row 24: will properties of the wrong kind (0x24 Maximum QoS, 0x11 Session Expiry, 0x23
@@ -131,16 +195,36 @@ fn connect_with_will_props(will_props: &[u8]) -> Vec<u8> {
 #[test]
 fn row_24_invalid_will_properties() {
     with_bystander(V5, |broker| {
-        for (case, will_props) in
-            [("maximum QoS", &[0x24u8, 0x01][..]), ("session expiry", &[0x11, 0, 0, 0, 1]), ("topic alias", &[0x23, 0, 1])]
-        {
+        for (case, will_props) in [
+            ("maximum QoS", &[0x24u8, 0x01][..]),
+            ("session expiry", &[0x11, 0, 0, 0, 1]),
+            ("topic alias", &[0x23, 0, 1]),
+        ] {
             let bytes = connect_with_will_props(will_props);
-            refused_at_connect(broker.addr, V5, &bytes, &WRONG_PACKET_PROPERTY, &format!("will {case}"));
+            refused_at_connect(
+                broker.addr,
+                V5,
+                &bytes,
+                &WRONG_PACKET_PROPERTY,
+                &format!("will {case}"),
+            );
         }
         let twice = connect_with_will_props(&[0x18, 0, 0, 0, 1, 0x18, 0, 0, 0, 1]);
-        refused_at_connect(broker.addr, V5, &twice, &[R::ProtocolError], "will delay twice");
+        refused_at_connect(
+            broker.addr,
+            V5,
+            &twice,
+            &[R::ProtocolError],
+            "will delay twice",
+        );
         let pfi = connect_with_will_props(&[0x01, 0x02]);
-        refused_at_connect(broker.addr, V5, &pfi, &[R::ProtocolError], "will payload format 2");
+        refused_at_connect(
+            broker.addr,
+            V5,
+            &pfi,
+            &[R::ProtocolError],
+            "will payload format 2",
+        );
     });
 }
 
@@ -165,8 +249,14 @@ fn rejected_connects() -> Vec<Vec<u8>> {
         &[0x16, 0x00, 0x00],
         &[0x26, 0x00, 0x03, b'a', b'b'],
     ];
-    let mut out: Vec<Vec<u8>> = tails.iter().map(|t| connect_with_props(&cat(&[&bulk, t]))).collect();
-    out.push(connect_with_props(&cat(&[&bulk, &str_prop(0x15, b"SCRAM-X")])));
+    let mut out: Vec<Vec<u8>> = tails
+        .iter()
+        .map(|t| connect_with_props(&cat(&[&bulk, t])))
+        .collect();
+    out.push(connect_with_props(&cat(&[
+        &bulk,
+        &str_prop(0x15, b"SCRAM-X"),
+    ])));
     out.push(connect_with_will_props(&cat(&[&bulk, &[0x24, 0x01]])));
     out
 }
@@ -206,12 +296,23 @@ fn row_25_rejected_connects_do_not_leak() {
     let _exclusive = exclusive_rss_guard();
     let broker = Broker::start(SHARDS);
     let mut bystander = connect_bystander(&broker, V5);
-    assert_eq!(reject_many(broker.addr, 2_000, 4), 0, "every refused CONNECT is closed");
+    assert_eq!(
+        reject_many(broker.addr, 2_000, 4),
+        0,
+        "every refused CONNECT is closed"
+    );
     let before = rss_kib();
-    assert_eq!(reject_many(broker.addr, 20_000, 4), 0, "every refused CONNECT is closed");
+    assert_eq!(
+        reject_many(broker.addr, 20_000, 4),
+        0,
+        "every refused CONNECT is closed"
+    );
     let after = rss_kib();
     let growth = after.saturating_sub(before);
-    assert!(growth < 8 * 1024, "RSS grew by {growth} KiB over 20,000 refused CONNECTs ({before} -> {after})");
+    assert!(
+        growth < 8 * 1024,
+        "RSS grew by {growth} KiB over 20,000 refused CONNECTs ({before} -> {after})"
+    );
     check_bystander(&broker, &mut bystander, V5);
 }
 
@@ -234,16 +335,36 @@ fn expect_any_refusal(c: &mut Client, case: &str) {
 fn row_26_thousands_of_user_properties() {
     with_bystander(V5, |broker| {
         let mut c = Client::tcp(broker.addr, V5);
-        c.send_bytes(&connect_raw(V5, 0x02, &user_props(64, b"v"), &lp(&unique_id("up").into_bytes())));
+        c.send_bytes(&connect_raw(
+            V5,
+            0x02,
+            &user_props(64, b"v"),
+            &lp(&unique_id("up").into_bytes()),
+        ));
         match c.recv() {
-            Packet::ConnAck(a) => assert_eq!(a.reason, R::Success, "64 user properties are within the cap"),
+            Packet::ConnAck(a) => assert_eq!(
+                a.reason,
+                R::Success,
+                "64 user properties are within the cap"
+            ),
             other => panic!("expected CONNACK, got {other:?}"),
         }
         c.subscribe("props/t", QoS::AtMostOnce);
         let mut publisher = connected(broker.addr, V5);
-        publisher.send_bytes(&publish_raw(V5, 0x30, b"props/t", None, &user_props(64, b"v"), b"x"));
+        publisher.send_bytes(&publish_raw(
+            V5,
+            0x30,
+            b"props/t",
+            None,
+            &user_props(64, b"v"),
+            b"x",
+        ));
         let got = c.recv_publish();
-        assert_eq!(got.properties.user_properties.len(), 64, "all 64 user properties forwarded");
+        assert_eq!(
+            got.properties.user_properties.len(),
+            64,
+            "all 64 user properties forwarded"
+        );
 
         let flood = user_prop_flood();
         let mut c = Client::tcp(broker.addr, V5);
@@ -264,11 +385,23 @@ fn row_26_thousands_of_user_properties() {
 fn row_27_user_property_shorter_than_its_length() {
     with_bystander(V5, |broker| {
         let short: &[u8] = &[0x26, 0x00, 0x03, b'a', b'b'];
-        refused_at_connect(broker.addr, V5, &connect_with_props(short), &[R::MalformedPacket], "CONNECT");
+        refused_at_connect(
+            broker.addr,
+            V5,
+            &connect_with_props(short),
+            &[R::MalformedPacket],
+            "CONNECT",
+        );
         let publish = publish_raw(V5, 0x30, b"t", None, short, b"payload");
         closes_after_connect(broker.addr, V5, &publish, &[R::MalformedPacket], "PUBLISH");
         let subscribe = subscribe_raw(V5, short, &[(b"a/b", 0)]);
-        closes_after_connect(broker.addr, V5, &subscribe, &[R::MalformedPacket], "SUBSCRIBE");
+        closes_after_connect(
+            broker.addr,
+            V5,
+            &subscribe,
+            &[R::MalformedPacket],
+            "SUBSCRIBE",
+        );
     });
 }
 
@@ -289,7 +422,11 @@ fn row_29_tiny_client_maximum_packet_size() {
             publisher.publish(&topic, &[b'x'; 200], qos, false);
             publisher.publish(&topic, b"0123456789", qos, false);
             let got = tiny.recv_publish();
-            assert_eq!(&got.payload[..], b"0123456789", "QoS {qos:?}: only the small message arrives");
+            assert_eq!(
+                &got.payload[..],
+                b"0123456789",
+                "QoS {qos:?}: only the small message arrives"
+            );
             tiny.expect_nothing();
             tiny.ping();
         }

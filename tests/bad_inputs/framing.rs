@@ -23,24 +23,58 @@ fn row_01_five_byte_variable_byte_integer(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         // Before CONNECT the level is unknown (it comes after the length): plain close.
         let mut c = Client::tcp(broker.addr, v);
-        c.send_bytes(&cat(&[&[0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], &lp(b"MQTT"), &[v.level()]]));
+        c.send_bytes(&cat(&[
+            &[0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+            &lp(b"MQTT"),
+            &[v.level()],
+        ]));
         let got = c.expect_closed();
-        assert!(got.is_empty(), "CONNECT with a 5-byte remaining length: no answer, got {got:?}");
+        assert!(
+            got.is_empty(),
+            "CONNECT with a 5-byte remaining length: no answer, got {got:?}"
+        );
 
         // After CONNECT: a PUBLISH whose remaining length has five bytes.
         let publish = cat(&[&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], &lp(b"t"), b"payload"]);
-        closes_after_connect(broker.addr, v, &publish, &[R::MalformedPacket], "PUBLISH remaining length");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &publish,
+            &[R::MalformedPacket],
+            "PUBLISH remaining length",
+        );
 
         if v.is_v5() {
             // Property length with five bytes, in CONNECT and in PUBLISH.
             let five = [0xFF, 0xFF, 0xFF, 0xFF, 0x7F];
-            let connect = frame(0x10, &cat(&[&lp(b"MQTT"), &[5, 0x02, 0x00, 0x3C], &five, &lp(b"c")]));
-            refused_at_connect(broker.addr, v, &connect, &[R::MalformedPacket], "CONNECT property length");
+            let connect = frame(
+                0x10,
+                &cat(&[&lp(b"MQTT"), &[5, 0x02, 0x00, 0x3C], &five, &lp(b"c")]),
+            );
+            refused_at_connect(
+                broker.addr,
+                v,
+                &connect,
+                &[R::MalformedPacket],
+                "CONNECT property length",
+            );
             let publish = frame(0x30, &cat(&[&lp(b"t"), &five, b"payload"]));
-            closes_after_connect(broker.addr, v, &publish, &[R::MalformedPacket], "PUBLISH property length");
+            closes_after_connect(
+                broker.addr,
+                v,
+                &publish,
+                &[R::MalformedPacket],
+                "PUBLISH property length",
+            );
             // Subscription Identifier with five bytes.
             let sub = subscribe_raw(v, &[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01], &[(b"a/b", 0)]);
-            closes_after_connect(broker.addr, v, &sub, &[R::MalformedPacket], "Subscription Identifier");
+            closes_after_connect(
+                broker.addr,
+                v,
+                &sub,
+                &[R::MalformedPacket],
+                "Subscription Identifier",
+            );
         }
     });
 }
@@ -52,7 +86,9 @@ fn stream_after_huge_header(addr: SocketAddr, header: [u8; 5]) -> bool {
     /// (15 sockets x 4 MiB = 60 MiB), small enough to stay fast.
     const STREAM: usize = 4 * 1024 * 1024;
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_write_timeout(Some(super::common::WAIT)).expect("write timeout");
+    stream
+        .set_write_timeout(Some(super::common::WAIT))
+        .expect("write timeout");
     if stream.write_all(&header).is_err() {
         return true;
     }
@@ -89,11 +125,18 @@ fn row_02_huge_remaining_length_before_connect() {
         .collect();
     for h in handles {
         let (packet_type, closed) = h.join().expect("streaming thread");
-        assert!(closed, "first byte {:#04x} with a 232 MiB length: connection not closed", packet_type << 4);
+        assert!(
+            closed,
+            "first byte {:#04x} with a 232 MiB length: connection not closed",
+            packet_type << 4
+        );
     }
     let after = rss_kib();
     let growth = after.saturating_sub(before);
-    assert!(growth < 20 * 1024, "RSS grew by {growth} KiB ({before} -> {after} KiB)");
+    assert!(
+        growth < 20 * 1024,
+        "RSS grew by {growth} KiB ({before} -> {after} KiB)"
+    );
     check_bystander(&broker, &mut bystander, v);
 }
 
@@ -116,7 +159,10 @@ fn row_03_non_connect_first_packet() {
             let mut c = Client::tcp(broker.addr, ProtocolVersion::V311);
             c.send_bytes(bytes);
             let got = c.expect_closed();
-            assert!(got.is_empty(), "{bytes:02x?} as first packet: no answer, got {got:?}");
+            assert!(
+                got.is_empty(),
+                "{bytes:02x?} as first packet: no answer, got {got:?}"
+            );
         }
     });
 }
@@ -127,8 +173,20 @@ fn row_03_non_connect_first_packet() {
 /// (3.15.2.2.2), so 0x82.
 fn row_04_reserved_packet_types(v: ProtocolVersion) {
     with_bystander(v, |broker| {
-        closes_after_connect(broker.addr, v, &[0x00, 0x00], &[R::MalformedPacket], "type 0");
-        closes_after_connect(broker.addr, v, &[0xF0, 0x00], &[R::ProtocolError], "type 15");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &[0x00, 0x00],
+            &[R::MalformedPacket],
+            "type 0",
+        );
+        closes_after_connect(
+            broker.addr,
+            v,
+            &[0xF0, 0x00],
+            &[R::ProtocolError],
+            "type 15",
+        );
     });
 }
 
@@ -139,7 +197,13 @@ fn row_05_wrong_fixed_header_flags(v: ProtocolVersion) {
         let connect = connect_raw(v, 0x02, &[], &lp(b"flags"));
         for first in [0x11, 0x12, 0x14, 0x18] {
             let bytes = cat(&[&[first], &connect[1..]]);
-            refused_at_connect(broker.addr, v, &bytes, &[R::MalformedPacket], &format!("CONNECT {first:#04x}"));
+            refused_at_connect(
+                broker.addr,
+                v,
+                &bytes,
+                &[R::MalformedPacket],
+                &format!("CONNECT {first:#04x}"),
+            );
         }
         let sub_body = cat(&[&[0x00, 0x01], &props(v, &[]), &lp(b"a/b"), &[0x00]]);
         let unsub_body = cat(&[&[0x00, 0x01], &props(v, &[]), &lp(b"a/b")]);
@@ -151,7 +215,10 @@ fn row_05_wrong_fixed_header_flags(v: ProtocolVersion) {
             cases.push((format!("SUBSCRIBE {first:#04x}"), frame(first, &sub_body)));
         }
         for first in [0xA0, 0xA3] {
-            cases.push((format!("UNSUBSCRIBE {first:#04x}"), frame(first, &unsub_body)));
+            cases.push((
+                format!("UNSUBSCRIBE {first:#04x}"),
+                frame(first, &unsub_body),
+            ));
         }
         cases.push(("PINGREQ 0xc1".into(), vec![0xC1, 0x00]));
         cases.push(("DISCONNECT 0xe1".into(), vec![0xE1, 0x00]));
@@ -169,9 +236,15 @@ fn row_06_length_disagrees_with_fields(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         let cases: Vec<(&str, Vec<u8>)> = if v.is_v5() {
             vec![
-                ("PUBREL long", vec![0x62, 0x05, 0x00, 0x01, 0x00, 0x00, 0xFF]),
+                (
+                    "PUBREL long",
+                    vec![0x62, 0x05, 0x00, 0x01, 0x00, 0x00, 0xFF],
+                ),
                 ("PUBREL short", vec![0x62, 0x01, 0x00]),
-                ("PUBACK long", vec![0x40, 0x05, 0x00, 0x01, 0x00, 0x00, 0xFF]),
+                (
+                    "PUBACK long",
+                    vec![0x40, 0x05, 0x00, 0x01, 0x00, 0x00, 0xFF],
+                ),
                 ("PINGREQ long", vec![0xC0, 0x01, 0x00]),
                 ("DISCONNECT long", vec![0xE0, 0x03, 0x00, 0x00, 0xFF]),
             ]
@@ -194,8 +267,17 @@ fn row_06_length_disagrees_with_fields(v: ProtocolVersion) {
 fn row_07_publish_cut_before_packet_id(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         let bytes = frame(0x32, &lp(b"topic"));
-        assert_eq!(bytes, [0x32, 0x07, 0x00, 0x05, b't', b'o', b'p', b'i', b'c']);
-        closes_after_connect(broker.addr, v, &bytes, &[R::MalformedPacket], "QoS 1 PUBLISH without id");
+        assert_eq!(
+            bytes,
+            [0x32, 0x07, 0x00, 0x05, b't', b'o', b'p', b'i', b'c']
+        );
+        closes_after_connect(
+            broker.addr,
+            v,
+            &bytes,
+            &[R::MalformedPacket],
+            "QoS 1 PUBLISH without id",
+        );
     });
 }
 
@@ -204,9 +286,18 @@ fn row_08_subscribe_without_options_byte(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         let bytes = frame(0x82, &cat(&[&[0x12, 0x34], &props(v, &[]), &lp(b"a/b")]));
         if !v.is_v5() {
-            assert_eq!(bytes, [0x82, 0x07, 0x12, 0x34, 0x00, 0x03, b'a', b'/', b'b']);
+            assert_eq!(
+                bytes,
+                [0x82, 0x07, 0x12, 0x34, 0x00, 0x03, b'a', b'/', b'b']
+            );
         }
-        closes_after_connect(broker.addr, v, &bytes, &[R::MalformedPacket], "SUBSCRIBE without options");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &bytes,
+            &[R::MalformedPacket],
+            "SUBSCRIBE without options",
+        );
     });
 }
 
@@ -226,21 +317,42 @@ fn row_09_malformed_property_blocks() {
         ];
         for (case, block) in cases {
             // `block` is the raw property length and properties, written as is.
-            let connect = frame(0x10, &cat(&[&lp(b"MQTT"), &[5, 0x02, 0x00, 0x0A], block, &lp(b"p")]));
-            refused_at_connect(broker.addr, v, &connect, &[R::MalformedPacket], &format!("CONNECT: {case}"));
+            let connect = frame(
+                0x10,
+                &cat(&[&lp(b"MQTT"), &[5, 0x02, 0x00, 0x0A], block, &lp(b"p")]),
+            );
+            refused_at_connect(
+                broker.addr,
+                v,
+                &connect,
+                &[R::MalformedPacket],
+                &format!("CONNECT: {case}"),
+            );
             let publish = frame(0x30, &cat(&[&lp(b"t"), block, b"x"]));
-            closes_after_connect(broker.addr, v, &publish, &[R::MalformedPacket], &format!("PUBLISH: {case}"));
+            closes_after_connect(
+                broker.addr,
+                v,
+                &publish,
+                &[R::MalformedPacket],
+                &format!("PUBLISH: {case}"),
+            );
         }
         // The example row as written: `10 10 0004 MQTT 05 02 000A 02 00 01 ...`.
         let literal = [
-            0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x0A, 0x02, 0x00, 0x01, 0x00, 0x01,
-            b'p',
+            0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x0A, 0x02, 0x00,
+            0x01, 0x00, 0x01, b'p',
         ];
-        refused_at_connect(broker.addr, v, &literal, &[R::MalformedPacket], "row 9 literal");
+        refused_at_connect(
+            broker.addr,
+            v,
+            &literal,
+            &[R::MalformedPacket],
+            "row 9 literal",
+        );
     });
 }
 
-super::both_versions!(
+both_versions!(
     row_01_five_byte_variable_byte_integer,
     row_04_reserved_packet_types,
     row_05_wrong_fixed_header_flags,

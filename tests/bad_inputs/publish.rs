@@ -5,8 +5,8 @@ use ringmq::codec::{Packet, ProtocolVersion, QoS};
 
 use super::common::{Client, QUIET, connect_packet, will};
 use super::{
-    cat, closes_after_connect, connect_raw, connected, expect_close, lp, props, publish_raw,
-    refused_at_connect, unique_id, with_bystander, with_bystander_config,
+    cat, closes_after_connect, connect_raw, connected, expect_close, expect_refused_for_size, lp,
+    props, publish_raw, refused_at_connect, unique_id, with_bystander, with_bystander_config,
 };
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -33,7 +33,13 @@ fn row_33_wildcards_in_publish_topic(v: ProtocolVersion) {
         for topic in [&b"+opic"[..], b"a/#", b"#", b"a/+/b", b"a+b", b"a#"] {
             let bytes = publish_raw(v, 0x30, topic, None, &[], b"payload");
             let case = format!("topic {:?}", String::from_utf8_lossy(topic));
-            closes_after_connect(broker.addr, v, &bytes, &[R::MalformedPacket, R::ProtocolError], &case);
+            closes_after_connect(
+                broker.addr,
+                v,
+                &bytes,
+                &[R::MalformedPacket, R::ProtocolError],
+                &case,
+            );
         }
     });
 }
@@ -52,7 +58,13 @@ fn row_35_packet_id_zero(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         for first in [0x32, 0x34] {
             let bytes = publish_raw(v, first, b"topic", Some(0), &[], b"payload");
-            closes_after_connect(broker.addr, v, &bytes, &[R::ProtocolError], &format!("{first:#04x} id 0"));
+            closes_after_connect(
+                broker.addr,
+                v,
+                &bytes,
+                &[R::ProtocolError],
+                &format!("{first:#04x} id 0"),
+            );
         }
     });
 }
@@ -62,7 +74,13 @@ fn row_35_packet_id_zero(v: ProtocolVersion) {
 fn row_36_dup_on_qos_0(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         let bytes = publish_raw(v, 0x38, b"topic", None, &[], b"payload");
-        closes_after_connect(broker.addr, v, &bytes, &[R::MalformedPacket, R::ProtocolError], "DUP on QoS 0");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &bytes,
+            &[R::MalformedPacket, R::ProtocolError],
+            "DUP on QoS 0",
+        );
     });
 }
 
@@ -86,7 +104,12 @@ fn row_37_dollar_topics(v: ProtocolVersion) {
         }
         publisher.ping();
         let mut connect = connect_packet(v, &unique_id("dollar-will"), true);
-        connect.will = Some(will("$CONTROL/will", b"forged will", QoS::AtMostOnce, false));
+        connect.will = Some(will(
+            "$CONTROL/will",
+            b"forged will",
+            QoS::AtMostOnce,
+            false,
+        ));
         let (c, ack) = Client::connect_with(broker.addr, connect);
         // Refusing the CONNECT is as good as dropping the will; if accepted, drop the
         // connection abnormally so that the will is due.
@@ -96,7 +119,11 @@ fn row_37_dollar_topics(v: ProtocolVersion) {
         wild.expect_nothing();
         sys.expect_nothing();
         publisher.publish("plain/bar", b"plain", QoS::AtMostOnce, false);
-        assert_eq!(&wild.recv_publish().payload[..], b"plain", "wildcards still match plain topics");
+        assert_eq!(
+            &wild.recv_publish().payload[..],
+            b"plain",
+            "wildcards still match plain topics"
+        );
     });
 }
 
@@ -114,12 +141,22 @@ fn row_38_topic_with_huge_number_of_levels(v: ProtocolVersion) {
         for levels in [10_000, 129] {
             let topic = deep_topic(levels);
             let publish = publish_raw(v, 0x30, &topic, None, &[], b"deep");
-            closes_after_connect(broker.addr, v, &publish, &[R::TopicNameInvalid], &format!("PUBLISH {levels} levels"));
+            closes_after_connect(
+                broker.addr,
+                v,
+                &publish,
+                &[R::TopicNameInvalid],
+                &format!("PUBLISH {levels} levels"),
+            );
             let mut c = connected(broker.addr, v);
             c.send_bytes(&super::subscribe_raw(v, &[], &[(&topic, 0)]));
             match c.recv_within(super::common::WAIT) {
                 Ok(Some(Packet::SubAck(ack))) => {
-                    let expected = if v.is_v5() { R::TopicFilterInvalid.code() } else { 0x80 };
+                    let expected = if v.is_v5() {
+                        R::TopicFilterInvalid.code()
+                    } else {
+                        0x80
+                    };
                     let codes: Vec<u8> = ack.reasons.iter().map(|r| r.code()).collect();
                     assert_eq!(codes, [expected], "SUBSCRIBE {levels} levels");
                     c.ping();
@@ -131,7 +168,11 @@ fn row_38_topic_with_huge_number_of_levels(v: ProtocolVersion) {
         let topic = String::from_utf8(deep_topic(128)).expect("ascii");
         let mut sub = connected(broker.addr, v);
         let ack = sub.subscribe(&topic, QoS::AtMostOnce);
-        assert_eq!(ack.reasons, [R::GrantedQoS0], "128 levels are within the limit");
+        assert_eq!(
+            ack.reasons,
+            [R::GrantedQoS0],
+            "128 levels are within the limit"
+        );
         connected(broker.addr, v).publish(&topic, b"deep", QoS::AtLeastOnce, false);
         assert_eq!(&sub.recv_publish().payload[..], b"deep");
     });
@@ -172,11 +213,27 @@ fn row_39_topic_alias_abuse() {
         c.drop_connection();
         let (mut c, _) = Client::connect_with(broker.addr, connect);
         c.send_bytes(&aliased(b"", 1, b"stale"));
-        expect_close(&mut c, &[R::TopicAliasInvalid, R::ProtocolError], "alias from the previous connection");
+        expect_close(
+            &mut c,
+            &[R::TopicAliasInvalid, R::ProtocolError],
+            "alias from the previous connection",
+        );
         let cases: [(&str, Vec<u8>, &[R]); 3] = [
-            ("alias 11 > maximum 10", aliased(b"alias/c", 11, b"x"), &[R::TopicAliasInvalid]),
-            ("alias 0", aliased(b"alias/c", 0, b"x"), &[R::TopicAliasInvalid, R::ProtocolError]),
-            ("unknown alias, empty topic", aliased(b"", 5, b"x"), &[R::TopicAliasInvalid, R::ProtocolError]),
+            (
+                "alias 11 > maximum 10",
+                aliased(b"alias/c", 11, b"x"),
+                &[R::TopicAliasInvalid],
+            ),
+            (
+                "alias 0",
+                aliased(b"alias/c", 0, b"x"),
+                &[R::TopicAliasInvalid, R::ProtocolError],
+            ),
+            (
+                "unknown alias, empty topic",
+                aliased(b"", 5, b"x"),
+                &[R::TopicAliasInvalid, R::ProtocolError],
+            ),
         ];
         for (case, bytes, codes) in cases {
             closes_after_connect(broker.addr, V5, &bytes, codes, case);
@@ -191,9 +248,28 @@ fn row_39_topic_alias_abuse() {
 fn row_40_subscription_identifier_in_publish() {
     with_bystander(V5, |broker| {
         let one = publish_raw(V5, 0x30, b"t", None, &[0x0B, 0x01], b"x");
-        closes_after_connect(broker.addr, V5, &one, &[R::ProtocolError], "subscription id 1");
-        let five = publish_raw(V5, 0x30, b"t", None, &[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01], b"x");
-        closes_after_connect(broker.addr, V5, &five, &[R::MalformedPacket], "5-byte subscription id");
+        closes_after_connect(
+            broker.addr,
+            V5,
+            &one,
+            &[R::ProtocolError],
+            "subscription id 1",
+        );
+        let five = publish_raw(
+            V5,
+            0x30,
+            b"t",
+            None,
+            &[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01],
+            b"x",
+        );
+        closes_after_connect(
+            broker.addr,
+            V5,
+            &five,
+            &[R::MalformedPacket],
+            "5-byte subscription id",
+        );
     });
 }
 
@@ -214,7 +290,13 @@ fn row_41_server_only_properties_in_publish() {
         ];
         for (case, property) in cases {
             let bytes = publish_raw(V5, 0x30, b"server-only/t", None, &property, b"x");
-            closes_after_connect(broker.addr, V5, &bytes, &[R::MalformedPacket, R::ProtocolError], case);
+            closes_after_connect(
+                broker.addr,
+                V5,
+                &bytes,
+                &[R::MalformedPacket, R::ProtocolError],
+                case,
+            );
         }
         sub.expect_nothing();
     });
@@ -231,17 +313,34 @@ fn row_42_payload_format_indicator() {
         let mut sub = connected(broker.addr, V5);
         sub.subscribe("pfi/t", QoS::AtMostOnce);
         let mut c = connected(broker.addr, V5);
-        c.send_bytes(&publish_raw(V5, 0x32, b"pfi/t", Some(7), &[0x01, 0x01], &[0xFF, 0xFE]));
+        c.send_bytes(&publish_raw(
+            V5,
+            0x32,
+            b"pfi/t",
+            Some(7),
+            &[0x01, 0x01],
+            &[0xFF, 0xFE],
+        ));
         let got = c.recv_within(super::common::WAIT);
         match got {
             Ok(Some(Packet::PubAck(a))) if a.reason == R::Success => {
                 let p = sub.recv_publish();
                 assert_eq!(&p.payload[..], [0xFF, 0xFE]);
-                assert_eq!(p.properties.payload_format_indicator, Some(true), "forwarded as sent");
+                assert_eq!(
+                    p.properties.payload_format_indicator,
+                    Some(true),
+                    "forwarded as sent"
+                );
             }
-            Ok(Some(Packet::PubAck(a))) if a.reason == R::PayloadFormatInvalid => sub.expect_nothing(),
-            Ok(Some(Packet::Disconnect(d))) if d.reason == R::PayloadFormatInvalid => sub.expect_nothing(),
-            other => panic!("PFI 1, payload FF FE: expected PUBACK 0x00/0x99 or DISCONNECT 0x99, got {other:?}"),
+            Ok(Some(Packet::PubAck(a))) if a.reason == R::PayloadFormatInvalid => {
+                sub.expect_nothing()
+            }
+            Ok(Some(Packet::Disconnect(d))) if d.reason == R::PayloadFormatInvalid => {
+                sub.expect_nothing()
+            }
+            other => panic!(
+                "PFI 1, payload FF FE: expected PUBACK 0x00/0x99 or DISCONNECT 0x99, got {other:?}"
+            ),
         }
     });
 }
@@ -258,7 +357,13 @@ fn row_43_bad_response_topic() {
             closes_after_connect(broker.addr, V5, &publish, &[R::ProtocolError], &case);
             let will_payload = cat(&[&lp(b"w"), &props(V5, &property), &lp(b"will/t"), &lp(b"x")]);
             let connect = connect_raw(V5, 0x06, &[], &will_payload);
-            refused_at_connect(broker.addr, V5, &connect, &[R::ProtocolError], &format!("will {case}"));
+            refused_at_connect(
+                broker.addr,
+                V5,
+                &connect,
+                &[R::ProtocolError],
+                &format!("will {case}"),
+            );
         }
     });
 }
@@ -266,34 +371,48 @@ fn row_43_bad_response_topic() {
 /// Row 44: with `max_packet_size` set to 1 KiB, a 1024-byte PUBLISH is delivered, a 1025-byte
 /// one, a 4 KiB one and one declaring 256 MiB (only 1 KiB sent: the limit is checked on the
 /// declared length) get 5.0 DISCONNECT 0x95 / 3.x close; a CONNECT with a 4 KiB will payload
-/// gets CONNACK 0x95 / close. 5.0 clients are told the limit in CONNACK.
+/// is refused (see `expect_refused_for_size`). 5.0 clients are told the limit in CONNACK.
 fn row_44_packet_larger_than_maximum(v: ProtocolVersion) {
-    with_bystander_config(v, |c| c.limits.max_packet_size = 1024, |broker| {
-        let mut sub = connected(broker.addr, v);
-        sub.subscribe("big", QoS::AtMostOnce);
-        // Fixed header 3 bytes (remaining length >= 128), topic 5, 5.0 property length 1.
-        let fits = 1024 - 3 - 5 - usize::from(v.is_v5());
-        let (mut c, ack) = Client::connect(broker.addr, v, &unique_id("big"), true);
-        if v.is_v5() {
-            assert_eq!(ack.properties.maximum_packet_size, Some(1024));
-        }
-        let exact = publish_raw(v, 0x30, b"big", None, &[], &vec![b'x'; fits]);
-        assert_eq!(exact.len(), 1024);
-        c.send_bytes(&exact);
-        assert_eq!(sub.recv_publish().payload.len(), fits, "a 1024-byte PUBLISH is within the limit");
-        for (case, payload) in [("1025 bytes", fits + 1), ("4 KiB", 4096)] {
-            let bytes = publish_raw(v, 0x30, b"big", None, &[], &vec![b'x'; payload]);
-            closes_after_connect(broker.addr, v, &bytes, &[R::PacketTooLarge], case);
-        }
-        let mut c = connected(broker.addr, v);
-        c.send_bytes(&cat(&[&[0x30, 0xFF, 0xFF, 0xFF, 0x7F], &lp(b"big")]));
-        let _ = c.try_send_bytes(&[b'x'; 1024]);
-        expect_close(&mut c, &[R::PacketTooLarge], "declared 256 MiB");
-        let will_payload = cat(&[&lp(b"w"), &props(v, &[]), &lp(b"will/t"), &lp(&[b'x'; 4096])]);
-        let connect = connect_raw(v, 0x06, &[], &will_payload);
-        refused_at_connect(broker.addr, v, &connect, &[R::PacketTooLarge], "4 KiB will");
-        sub.expect_nothing();
-    });
+    with_bystander_config(
+        v,
+        |c| c.limits.max_packet_size = 1024,
+        |broker| {
+            let mut sub = connected(broker.addr, v);
+            sub.subscribe("big", QoS::AtMostOnce);
+            // Fixed header 3 bytes (remaining length >= 128), topic 5, 5.0 property length 1.
+            let fits = 1024 - 3 - 5 - usize::from(v.is_v5());
+            let (mut c, ack) = Client::connect(broker.addr, v, &unique_id("big"), true);
+            if v.is_v5() {
+                assert_eq!(ack.properties.maximum_packet_size, Some(1024));
+            }
+            let exact = publish_raw(v, 0x30, b"big", None, &[], &vec![b'x'; fits]);
+            assert_eq!(exact.len(), 1024);
+            c.send_bytes(&exact);
+            assert_eq!(
+                sub.recv_publish().payload.len(),
+                fits,
+                "a 1024-byte PUBLISH is within the limit"
+            );
+            for (case, payload) in [("1025 bytes", fits + 1), ("4 KiB", 4096)] {
+                let bytes = publish_raw(v, 0x30, b"big", None, &[], &vec![b'x'; payload]);
+                closes_after_connect(broker.addr, v, &bytes, &[R::PacketTooLarge], case);
+            }
+            let mut c = connected(broker.addr, v);
+            c.send_bytes(&cat(&[&[0x30, 0xFF, 0xFF, 0xFF, 0x7F], &lp(b"big")]));
+            let _ = c.try_send_bytes(&[b'x'; 1024]);
+            expect_close(&mut c, &[R::PacketTooLarge], "declared 256 MiB");
+            let will_payload = cat(&[
+                &lp(b"w"),
+                &props(v, &[]),
+                &lp(b"will/t"),
+                &lp(&[b'x'; 4096]),
+            ]);
+            let mut c = Client::tcp(broker.addr, v);
+            c.send_bytes(&connect_raw(v, 0x06, &[], &will_payload));
+            expect_refused_for_size(&mut c, "CONNECT with a 4 KiB will");
+            sub.expect_nothing();
+        },
+    );
 }
 
 /// Row 45: retain disabled (`retain_available = false`). 5.0: CONNACK says Retain Available 0;
@@ -301,41 +420,51 @@ fn row_44_packet_larger_than_maximum(v: ProtocolVersion) {
 /// Retain gets CONNACK 0x9A [MQTT-3.2.2-13]. 3.1.1 cannot be told: the broker closes the
 /// connection or accepts the message without retaining it (a later subscriber gets nothing).
 fn row_45_retain_when_unavailable(v: ProtocolVersion) {
-    with_bystander_config(v, |c| c.limits.retain_available = false, |broker| {
-        let retained = publish_raw(v, 0x31, b"retain/t", None, &[], b"keep me");
-        let mut connect = connect_packet(v, &unique_id("retain-will"), true);
-        connect.will = Some(will("retain/will", b"keep me", QoS::AtMostOnce, true));
-        if v.is_v5() {
-            let (_, ack) = Client::connect(broker.addr, v, &unique_id("retain"), true);
-            assert_eq!(ack.properties.retain_available, Some(false));
-            closes_after_connect(broker.addr, v, &retained, &[R::RetainNotSupported], "retained PUBLISH");
-            let (mut c, ack) = Client::connect_with(broker.addr, connect);
-            assert_eq!(ack.reason, R::RetainNotSupported, "will retain");
-            assert!(c.expect_closed().is_empty());
-            return;
-        }
-        let mut c = connected(broker.addr, v);
-        c.send_bytes(&retained);
-        match c.recv_within(QUIET) {
-            Err(_) => {}
-            Ok(None) => c.ping(),
-            Ok(Some(p)) => panic!("retained PUBLISH (QoS 0): expected nothing, got {p:?}"),
-        }
-        let mut watcher = connected(broker.addr, v);
-        watcher.subscribe("retain/will", QoS::AtMostOnce);
-        let (c, ack) = Client::connect_with(broker.addr, connect);
-        if ack.reason == R::Success {
-            c.drop_connection();
-            // The will is published (not retained) before the late subscriber comes.
-            assert_eq!(&watcher.recv_publish().payload[..], b"keep me");
-        }
-        let mut late = connected(broker.addr, v);
-        late.subscribe("retain/#", QoS::AtMostOnce);
-        late.expect_nothing();
-    });
+    with_bystander_config(
+        v,
+        |c| c.limits.retain_available = false,
+        |broker| {
+            let retained = publish_raw(v, 0x31, b"retain/t", None, &[], b"keep me");
+            let mut connect = connect_packet(v, &unique_id("retain-will"), true);
+            connect.will = Some(will("retain/will", b"keep me", QoS::AtMostOnce, true));
+            if v.is_v5() {
+                let (_, ack) = Client::connect(broker.addr, v, &unique_id("retain"), true);
+                assert_eq!(ack.properties.retain_available, Some(false));
+                closes_after_connect(
+                    broker.addr,
+                    v,
+                    &retained,
+                    &[R::RetainNotSupported],
+                    "retained PUBLISH",
+                );
+                let (mut c, ack) = Client::connect_with(broker.addr, connect);
+                assert_eq!(ack.reason, R::RetainNotSupported, "will retain");
+                assert!(c.expect_closed().is_empty());
+                return;
+            }
+            let mut c = connected(broker.addr, v);
+            c.send_bytes(&retained);
+            match c.recv_within(QUIET) {
+                Err(_) => {}
+                Ok(None) => c.ping(),
+                Ok(Some(p)) => panic!("retained PUBLISH (QoS 0): expected nothing, got {p:?}"),
+            }
+            let mut watcher = connected(broker.addr, v);
+            watcher.subscribe("retain/will", QoS::AtMostOnce);
+            let (c, ack) = Client::connect_with(broker.addr, connect);
+            if ack.reason == R::Success {
+                c.drop_connection();
+                // The will is published (not retained) before the late subscriber comes.
+                assert_eq!(&watcher.recv_publish().payload[..], b"keep me");
+            }
+            let mut late = connected(broker.addr, v);
+            late.subscribe("retain/#", QoS::AtMostOnce);
+            late.expect_nothing();
+        },
+    );
 }
 
-super::both_versions!(
+both_versions!(
     row_32_zero_length_topic,
     row_33_wildcards_in_publish_topic,
     row_34_publish_qos_3,

@@ -7,8 +7,8 @@ use ringmq::codec::{Ack, Packet, ProtocolVersion, QoS};
 
 use super::common::{Broker, Client, pid, publish};
 use super::{
-    closes_after_connect, connect_bystander, check_bystander, connected, expect_close,
-    shared_rss_guard, unique_id, with_bystander, with_bystander_config, SHARDS,
+    SHARDS, check_bystander, closes_after_connect, connect_bystander, connected, expect_close,
+    shared_rss_guard, unique_id, with_bystander, with_bystander_config,
 };
 
 /// Sends a QoS 2 PUBLISH on `qos2/t`.
@@ -67,7 +67,11 @@ fn row_46_qos2_pubrel_starvation(v: ProtocolVersion) {
             expect_ack(&mut c, "PUBREC", id);
         }
         send_qos2(&mut c, 33, b"one too many", false);
-        expect_close(&mut c, &[R::ReceiveMaximumExceeded], "33rd unreleased QoS 2 message");
+        expect_close(
+            &mut c,
+            &[R::ReceiveMaximumExceeded],
+            "33rd unreleased QoS 2 message",
+        );
     });
 }
 
@@ -88,7 +92,11 @@ fn row_47_dup_retry_after_release(v: ProtocolVersion) {
         send_qos2(&mut c, 7, b"retry", true);
         expect_ack(&mut c, "PUBREC", 7);
         release(&mut c, 7);
-        assert_eq!(&sub.recv_publish().payload[..], b"retry", "the released id starts a new message");
+        assert_eq!(
+            &sub.recv_publish().payload[..],
+            b"retry",
+            "the released id starts a new message"
+        );
         sub.expect_nothing();
     });
 }
@@ -101,7 +109,11 @@ fn row_48_unsolicited_pubrel(v: ProtocolVersion) {
         let mut c = connected(broker.addr, v);
         c.send_bytes(&[0x62, 0x02, 0x00, 0x01]);
         let comp = expect_ack(&mut c, "PUBCOMP", 1);
-        let expected = if v.is_v5() { R::PacketIdentifierNotFound } else { R::Success };
+        let expected = if v.is_v5() {
+            R::PacketIdentifierNotFound
+        } else {
+            R::Success
+        };
         assert_eq!(comp.reason, expected);
         c.ping();
     });
@@ -129,7 +141,12 @@ enum WrongAck {
 
 /// Delivers one message at `qos` to a fresh subscriber, lets `misbehave` answer it wrongly,
 /// and reports what the broker did.
-fn wrong_ack_case(broker: &Broker, v: ProtocolVersion, qos: QoS, misbehave: fn(&mut Client, u16)) -> WrongAck {
+fn wrong_ack_case(
+    broker: &Broker,
+    v: ProtocolVersion,
+    qos: QoS,
+    misbehave: fn(&mut Client, u16),
+) -> WrongAck {
     let topic = unique_id("flow");
     let mut sub = connected(broker.addr, v);
     sub.subscribe(&topic, qos);
@@ -161,8 +178,12 @@ fn wrong_ack_case(broker: &Broker, v: ProtocolVersion, qos: QoS, misbehave: fn(&
 fn row_50_wrong_ack_for_the_flow(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         let outcomes = [
-            wrong_ack_case(broker, v, QoS::AtLeastOnce, |c, id| c.send(&Packet::PubRec(Ack::new(pid(id))))),
-            wrong_ack_case(broker, v, QoS::ExactlyOnce, |c, id| c.send(&Packet::PubAck(Ack::new(pid(id))))),
+            wrong_ack_case(broker, v, QoS::AtLeastOnce, |c, id| {
+                c.send(&Packet::PubRec(Ack::new(pid(id))))
+            }),
+            wrong_ack_case(broker, v, QoS::ExactlyOnce, |c, id| {
+                c.send(&Packet::PubAck(Ack::new(pid(id))))
+            }),
             wrong_ack_case(broker, v, QoS::ExactlyOnce, |c, id| {
                 c.send(&Packet::PubRec(Ack::new(pid(id))));
                 expect_ack(c, "PUBREL", id);
@@ -173,8 +194,12 @@ fn row_50_wrong_ack_for_the_flow(v: ProtocolVersion) {
             let all = outcomes.iter().all(|o| *o == WrongAck::Disconnected);
             assert!(all, "5.0: DISCONNECT 0x82 each time, got {outcomes:?}");
         } else {
-            let consistent = outcomes.iter().all(|o| *o == outcomes[0]) && outcomes[0] != WrongAck::Disconnected;
-            assert!(consistent, "3.x: close or ignore, consistently: {outcomes:?}");
+            let consistent =
+                outcomes.iter().all(|o| *o == outcomes[0]) && outcomes[0] != WrongAck::Disconnected;
+            assert!(
+                consistent,
+                "3.x: close or ignore, consistently: {outcomes:?}"
+            );
         }
     });
 }
@@ -208,21 +233,29 @@ fn row_51_duplicate_pubrec(v: ProtocolVersion) {
 /// 0x93 [MQTT-3.3.4-8], 3.x close. With `receive_maximum_log_only` it is only logged.
 /// (QoS 1 publishes are acknowledged at once, so only QoS 2 can hold slots from outside.)
 fn row_52_receive_maximum_exceeded(v: ProtocolVersion) {
-    with_bystander_config(v, |c| c.limits.receive_maximum = 10, |broker| {
-        let (mut c, ack) = Client::connect(broker.addr, v, &unique_id("eager"), true);
-        if v.is_v5() {
-            assert_eq!(ack.properties.receive_maximum, Some(10));
-        }
-        for id in 1..=10 {
-            send_qos2(&mut c, id, b"x", false);
-            expect_ack(&mut c, "PUBREC", id);
-        }
-        release(&mut c, 1);
-        send_qos2(&mut c, 11, b"x", false);
-        expect_ack(&mut c, "PUBREC", 11);
-        send_qos2(&mut c, 12, b"x", false);
-        expect_close(&mut c, &[R::ReceiveMaximumExceeded], "11 unreleased with Receive Maximum 10");
-    });
+    with_bystander_config(
+        v,
+        |c| c.limits.receive_maximum = 10,
+        |broker| {
+            let (mut c, ack) = Client::connect(broker.addr, v, &unique_id("eager"), true);
+            if v.is_v5() {
+                assert_eq!(ack.properties.receive_maximum, Some(10));
+            }
+            for id in 1..=10 {
+                send_qos2(&mut c, id, b"x", false);
+                expect_ack(&mut c, "PUBREC", id);
+            }
+            release(&mut c, 1);
+            send_qos2(&mut c, 11, b"x", false);
+            expect_ack(&mut c, "PUBREC", 11);
+            send_qos2(&mut c, 12, b"x", false);
+            expect_close(
+                &mut c,
+                &[R::ReceiveMaximumExceeded],
+                "11 unreleased with Receive Maximum 10",
+            );
+        },
+    );
     let _guard = shared_rss_guard();
     let broker = Broker::start_with(SHARDS, |c| {
         c.limits.receive_maximum = 10;
@@ -255,7 +288,7 @@ fn row_53_packet_id_reused_in_flight(v: ProtocolVersion) {
     });
 }
 
-super::both_versions!(
+both_versions!(
     row_46_qos2_pubrel_starvation,
     row_47_dup_retry_after_release,
     row_48_unsolicited_pubrel,

@@ -59,7 +59,13 @@ fn hex(text: &str) -> Vec<u8> {
 fn row_64_disconnect_with_server_only_reason_code() {
     with_bystander(V5, |broker| {
         for code in [0x01, 0x05, 0x87, 0x89, 0x8B, 0x8E] {
-            closes_after_connect(broker.addr, V5, &[0xE0, 0x01, code], &[R::ProtocolError], &format!("{code:#04x}"));
+            closes_after_connect(
+                broker.addr,
+                V5,
+                &[0xE0, 0x01, code],
+                &[R::ProtocolError],
+                &format!("{code:#04x}"),
+            );
         }
         let mut watcher = connected(broker.addr, V5);
         watcher.subscribe("last/words", QoS::AtMostOnce);
@@ -68,7 +74,11 @@ fn row_64_disconnect_with_server_only_reason_code() {
         let (mut c, _) = Client::connect_with(broker.addr, connect);
         c.send_bytes(&[0xE0, 0x01, 0x8E]);
         expect_close(&mut c, &[R::ProtocolError], "0x8E with a will");
-        assert_eq!(&watcher.recv_publish().payload[..], b"bye", "the will is published");
+        assert_eq!(
+            &watcher.recv_publish().payload[..],
+            b"bye",
+            "the will is published"
+        );
     });
 }
 
@@ -92,4 +102,4 @@ fn row_65_disconnect_raises_session_expiry() {
     });
 }
 
-super::both_versions!(row_63_server_only_packets_from_client);
+both_versions!(row_63_server_only_packets_from_client);

@@ -30,14 +30,38 @@ fn row_55_no_filters_or_empty_filter(v: ProtocolVersion) {
         if !v.is_v5() {
             assert_eq!(none, [0x82, 0x02, 0x12, 0x34]);
         }
-        closes_after_connect(broker.addr, v, &none, &[R::ProtocolError], "SUBSCRIBE without filters");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &none,
+            &[R::ProtocolError],
+            "SUBSCRIBE without filters",
+        );
         let unsub_none = unsubscribe_raw(v, &[]);
-        closes_after_connect(broker.addr, v, &unsub_none, &[R::ProtocolError], "UNSUBSCRIBE without filters");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &unsub_none,
+            &[R::ProtocolError],
+            "UNSUBSCRIBE without filters",
+        );
         let either = [R::MalformedPacket, R::ProtocolError];
         let empty = subscribe_raw(v, &[], &[(b"", 0)]);
-        closes_after_connect(broker.addr, v, &empty, &either, "SUBSCRIBE zero-length filter");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &empty,
+            &either,
+            "SUBSCRIBE zero-length filter",
+        );
         let unsub_empty = unsubscribe_raw(v, &[b""]);
-        closes_after_connect(broker.addr, v, &unsub_empty, &either, "UNSUBSCRIBE zero-length filter");
+        closes_after_connect(
+            broker.addr,
+            v,
+            &unsub_empty,
+            &either,
+            "UNSUBSCRIBE zero-length filter",
+        );
     });
 }
 
@@ -56,11 +80,19 @@ fn row_56_reserved_subscription_option_bits(v: ProtocolVersion) {
                 (0x30, R::ProtocolError),
             ]
         } else {
-            [0x04, 0x08, 0x30, 0x40, 0x80, 0xC0, 0x03].map(|o| (o, R::MalformedPacket)).to_vec()
+            [0x04, 0x08, 0x30, 0x40, 0x80, 0xC0, 0x03]
+                .map(|o| (o, R::MalformedPacket))
+                .to_vec()
         };
         for (options, code) in cases {
             let bytes = subscribe_raw(v, &[], &[(b"a/b", options)]);
-            closes_after_connect(broker.addr, v, &bytes, &[code], &format!("options {options:#04x}"));
+            closes_after_connect(
+                broker.addr,
+                v,
+                &bytes,
+                &[code],
+                &format!("options {options:#04x}"),
+            );
         }
     });
 }
@@ -71,7 +103,13 @@ fn row_56_reserved_subscription_option_bits(v: ProtocolVersion) {
 /// 3.1.1 has no Protocol Error code: SUBACK 0x80, or close.
 fn row_57_malformed_shared_subscriptions(v: ProtocolVersion) {
     with_bystander(v, |broker| {
-        for f in [&b"$share/p/"[..], b"$share//t", b"$share/p", b"$share/+/t", b"$share/#/t"] {
+        for f in [
+            &b"$share/p/"[..],
+            b"$share//t",
+            b"$share/p",
+            b"$share/+/t",
+            b"$share/#/t",
+        ] {
             let case = format!("filter {:?}", String::from_utf8_lossy(f));
             let bytes = subscribe_raw(v, &[], &[(f, 0)]);
             if v.is_v5() {
@@ -82,7 +120,11 @@ fn row_57_malformed_shared_subscriptions(v: ProtocolVersion) {
             c.send_bytes(&bytes);
             match c.recv_within(WAIT) {
                 Ok(Some(Packet::SubAck(a))) => {
-                    assert_eq!(a.reasons.iter().map(|r| r.code()).collect::<Vec<_>>(), [0x80], "{case}");
+                    assert_eq!(
+                        a.reasons.iter().map(|r| r.code()).collect::<Vec<_>>(),
+                        [0x80],
+                        "{case}"
+                    );
                 }
                 Err(_) => {}
                 other => panic!("{case}: expected SUBACK 0x80 or close, got {other:?}"),
@@ -91,9 +133,21 @@ fn row_57_malformed_shared_subscriptions(v: ProtocolVersion) {
         if v.is_v5() {
             let literal = [0x82, 0x0F, 0x12, 0x34, 0x00, 0x00, 0x09];
             let literal = cat(&[&literal, b"$share/p/", &[0x00]]);
-            closes_after_connect(broker.addr, v, &literal, &[R::ProtocolError], "row 57 literal");
+            closes_after_connect(
+                broker.addr,
+                v,
+                &literal,
+                &[R::ProtocolError],
+                "row 57 literal",
+            );
             let no_local = subscribe_raw(v, &[], &[(b"$share/g/t", 0x04)]);
-            closes_after_connect(broker.addr, v, &no_local, &[R::ProtocolError], "shared + no local");
+            closes_after_connect(
+                broker.addr,
+                v,
+                &no_local,
+                &[R::ProtocolError],
+                "shared + no local",
+            );
         }
     });
 }
@@ -141,11 +195,16 @@ fn row_58_shared_and_normal_same_filter(v: ProtocolVersion) {
 fn row_59_subscribe_unsubscribe_ordering(v: ProtocolVersion) {
     with_bystander(v, |broker| {
         let mut c = connected(broker.addr, v);
-        let options = SubscriptionOptions { qos: QoS::AtMostOnce, ..SubscriptionOptions::default() };
+        let options = SubscriptionOptions {
+            qos: QoS::AtMostOnce,
+            ..SubscriptionOptions::default()
+        };
         let id = pid(c.next_packet_id());
         c.send(&Packet::Subscribe(Subscribe {
             packet_id: id,
-            filters: ["drash/1/#", "erash/2/#", "crash/3/#"].map(|f| (filter(f), options)).to_vec(),
+            filters: ["drash/1/#", "erash/2/#", "crash/3/#"]
+                .map(|f| (filter(f), options))
+                .to_vec(),
             properties: Default::default(),
         }));
         match c.recv() {
@@ -158,7 +217,10 @@ fn row_59_subscribe_unsubscribe_ordering(v: ProtocolVersion) {
         for topic in ["drash/1/x", "erash/2/x", "crash/3/x"] {
             publisher.publish(topic, topic.as_bytes(), QoS::AtLeastOnce, false);
         }
-        assert_eq!(drain(&mut c), [b"erash/2/x".to_vec(), b"crash/3/x".to_vec()]);
+        assert_eq!(
+            drain(&mut c),
+            [b"erash/2/x".to_vec(), b"crash/3/x".to_vec()]
+        );
     });
 }
 
@@ -167,34 +229,66 @@ fn row_59_subscribe_unsubscribe_ordering(v: ProtocolVersion) {
 /// an existing filter again replaces it and is granted; after freeing a slot, 500 pipelined
 /// SUBSCRIBE/UNSUBSCRIBE pairs are all answered.
 fn row_61_subscription_flood(v: ProtocolVersion) {
-    with_bystander_config(v, |c| c.limits.max_subscriptions = 20, |broker| {
-        let mut c = connected(broker.addr, v);
-        for i in 0..20 {
-            assert_eq!(c.subscribe(&format!("flood/{i}"), QoS::AtMostOnce).reasons, [R::GrantedQoS0]);
-        }
-        let refused = c.subscribe("flood/20", QoS::AtMostOnce);
-        let expected = if v.is_v5() { R::QuotaExceeded.code() } else { 0x80 };
-        assert_eq!(refused.reasons.iter().map(|r| r.code()).collect::<Vec<_>>(), [expected]);
-        assert_eq!(c.subscribe("flood/0", QoS::AtLeastOnce).reasons, [R::GrantedQoS1], "replacement");
-        c.unsubscribe("flood/0");
-        let mut burst = Vec::new();
-        for i in 0..500u16 {
-            burst.extend(frame(0x82, &cat(&[&(2 * i + 1).to_be_bytes(), &props(v, &[]), &lp(b"churn"), &[0]])));
-            burst.extend(frame(0xA2, &cat(&[&(2 * i + 2).to_be_bytes(), &props(v, &[]), &lp(b"churn")])));
-        }
-        c.send_bytes(&burst);
-        for i in 0..500u16 {
-            match c.recv() {
-                Packet::SubAck(a) => assert_eq!((a.packet_id.get(), a.reasons.as_slice()), (2 * i + 1, &[R::GrantedQoS0][..])),
-                other => panic!("pair {i}: expected SUBACK, got {other:?}"),
+    with_bystander_config(
+        v,
+        |c| c.limits.max_subscriptions = 20,
+        |broker| {
+            let mut c = connected(broker.addr, v);
+            for i in 0..20 {
+                assert_eq!(
+                    c.subscribe(&format!("flood/{i}"), QoS::AtMostOnce).reasons,
+                    [R::GrantedQoS0]
+                );
             }
-            match c.recv() {
-                Packet::UnsubAck(a) => assert_eq!(a.packet_id.get(), 2 * i + 2),
-                other => panic!("pair {i}: expected UNSUBACK, got {other:?}"),
+            let refused = c.subscribe("flood/20", QoS::AtMostOnce);
+            let expected = if v.is_v5() {
+                R::QuotaExceeded.code()
+            } else {
+                0x80
+            };
+            assert_eq!(
+                refused.reasons.iter().map(|r| r.code()).collect::<Vec<_>>(),
+                [expected]
+            );
+            assert_eq!(
+                c.subscribe("flood/0", QoS::AtLeastOnce).reasons,
+                [R::GrantedQoS1],
+                "replacement"
+            );
+            c.unsubscribe("flood/0");
+            let mut burst = Vec::new();
+            for i in 0..500u16 {
+                burst.extend(frame(
+                    0x82,
+                    &cat(&[
+                        &(2 * i + 1).to_be_bytes(),
+                        &props(v, &[]),
+                        &lp(b"churn"),
+                        &[0],
+                    ]),
+                ));
+                burst.extend(frame(
+                    0xA2,
+                    &cat(&[&(2 * i + 2).to_be_bytes(), &props(v, &[]), &lp(b"churn")]),
+                ));
             }
-        }
-        c.ping();
-    });
+            c.send_bytes(&burst);
+            for i in 0..500u16 {
+                match c.recv() {
+                    Packet::SubAck(a) => assert_eq!(
+                        (a.packet_id.get(), a.reasons.as_slice()),
+                        (2 * i + 1, &[R::GrantedQoS0][..])
+                    ),
+                    other => panic!("pair {i}: expected SUBACK, got {other:?}"),
+                }
+                match c.recv() {
+                    Packet::UnsubAck(a) => assert_eq!(a.packet_id.get(), 2 * i + 2),
+                    other => panic!("pair {i}: expected UNSUBACK, got {other:?}"),
+                }
+            }
+            c.ping();
+        },
+    );
 }
 
 /// Row 62 (5.0): Subscription Identifier 0 is a Protocol Error (3.8.2.1.2); one encoded in 5
@@ -203,16 +297,28 @@ fn row_61_subscription_flood(v: ProtocolVersion) {
 fn row_62_subscription_identifier_out_of_range() {
     with_bystander(V5, |broker| {
         let zero = subscribe_raw(V5, &[0x0B, 0x00], &[(b"a/b", 0)]);
-        closes_after_connect(broker.addr, V5, &zero, &[R::ProtocolError], "subscription id 0");
+        closes_after_connect(
+            broker.addr,
+            V5,
+            &zero,
+            &[R::ProtocolError],
+            "subscription id 0",
+        );
         let five = subscribe_raw(V5, &[0x0B, 0x80, 0x80, 0x80, 0x80, 0x01], &[(b"a/b", 0)]);
-        closes_after_connect(broker.addr, V5, &five, &[R::MalformedPacket], "5-byte subscription id");
+        closes_after_connect(
+            broker.addr,
+            V5,
+            &five,
+            &[R::MalformedPacket],
+            "5-byte subscription id",
+        );
         let mut c = connected(broker.addr, V5);
         let ack = c.subscribe_with("a/b", SubscriptionOptions::default(), Some(268_435_455));
         assert_eq!(ack.reasons, [R::GrantedQoS0]);
     });
 }
 
-super::both_versions!(
+both_versions!(
     row_55_no_filters_or_empty_filter,
     row_56_reserved_subscription_option_bits,
     row_57_malformed_shared_subscriptions,

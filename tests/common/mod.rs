@@ -59,17 +59,23 @@ impl Broker {
     }
 
     pub fn start_with(shards: usize, adjust: impl FnOnce(&mut Config)) -> Broker {
-        let mut config = Config::default();
-        config.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
-        config.shards = shards;
-        config.pin_threads = false;
+        let mut config = Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            shards,
+            pin_threads: false,
+            ..Config::default()
+        };
         config
             .apply_env(std::env::var("RINGMQ_DRIVER").ok().as_deref())
             .expect("RINGMQ_DRIVER");
         adjust(&mut config);
         let handle = ringmq::shard::start(config).expect("broker starts");
         let addr = handle.local_addrs()[0];
-        Broker { handle: Some(handle), addr, shards }
+        Broker {
+            handle: Some(handle),
+            addr,
+            shards,
+        }
     }
 
     /// A client id whose home shard is `shard` (so tests can put clients on chosen shards).
@@ -83,7 +89,7 @@ impl Broker {
     /// Stops the broker and waits for its threads.
     pub fn stop(mut self) {
         if let Some(h) = self.handle.take() {
-            h.shutdown();
+            h.shutdown().expect("broker shuts down cleanly");
         }
     }
 }
@@ -91,7 +97,13 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(h) = self.handle.take() {
-            h.shutdown();
+            // A shard that panicked fails the test, unless it is already failing.
+            if let Err(e) = h.shutdown() {
+                assert!(
+                    std::thread::panicking(),
+                    "broker did not shut down cleanly: {e}"
+                );
+            }
         }
     }
 }
@@ -161,7 +173,12 @@ impl Client {
     pub fn tcp(addr: SocketAddr, version: ProtocolVersion) -> Client {
         let stream = TcpStream::connect(addr).expect("tcp connect");
         stream.set_nodelay(true).expect("nodelay");
-        Client { stream, buf: BytesMut::new(), version, next_id: 0 }
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            version,
+            next_id: 0,
+        }
     }
 
     /// Connects and returns the client with the CONNACK; panics unless CONNACK arrives.
@@ -210,7 +227,11 @@ impl Client {
     /// Next packet within `timeout`; `Err(closed)` when the broker closed the connection.
     pub fn recv_within(&mut self, timeout: Duration) -> Result<Option<Packet>, &'static str> {
         let deadline = Instant::now() + timeout;
-        let limits = DecodeLimits { max_packet_size: 268_435_460, max_user_properties: 10_000 };
+        let limits = DecodeLimits {
+            max_packet_size: 268_435_460,
+            max_user_properties: 10_000,
+            role: codec::Role::Client,
+        };
         loop {
             match codec::decode(&mut self.buf, Some(self.version), &limits) {
                 Ok(Some(p)) => return Ok(Some(p)),
@@ -221,7 +242,9 @@ impl Client {
             if now >= deadline {
                 return Ok(None);
             }
-            self.stream.set_read_timeout(Some(deadline - now)).expect("timeout");
+            self.stream
+                .set_read_timeout(Some(deadline - now))
+                .expect("timeout");
             let mut chunk = [0u8; 65_536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err("closed"),
@@ -267,7 +290,10 @@ impl Client {
 
     /// Subscribes to one filter and returns the SUBACK.
     pub fn subscribe(&mut self, filter_text: &str, qos: QoS) -> SubAck {
-        let options = SubscriptionOptions { qos, ..SubscriptionOptions::default() };
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
         self.subscribe_with(filter_text, options, None)
     }
 
@@ -281,7 +307,10 @@ impl Client {
         self.send(&Packet::Subscribe(Subscribe {
             packet_id,
             filters: vec![(filter(filter_text), options)],
-            properties: SubscribeProperties { subscription_identifier: id, ..Default::default() },
+            properties: SubscribeProperties {
+                subscription_identifier: id,
+                ..Default::default()
+            },
         }));
         match self.recv() {
             Packet::SubAck(ack) => {
@@ -367,7 +396,9 @@ impl Client {
     }
 
     pub fn disconnect(mut self) {
-        self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::NormalDisconnection)));
+        self.send(&Packet::Disconnect(Disconnect::new(
+            ReasonCode::NormalDisconnection,
+        )));
         let _ = self.stream.shutdown(Shutdown::Write);
     }
 
