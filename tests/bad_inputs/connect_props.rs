@@ -309,6 +309,7 @@ fn row_25_rejected_connects_do_not_leak() {
     );
     let after = rss_kib();
     let growth = after.saturating_sub(before);
+    eprintln!("row 25: RSS {before} -> {after} KiB");
     assert!(
         growth < 8 * 1024,
         "RSS grew by {growth} KiB over 20,000 refused CONNECTs ({before} -> {after})"

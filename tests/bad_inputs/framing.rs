@@ -133,6 +133,7 @@ fn row_02_huge_remaining_length_before_connect() {
     }
     let after = rss_kib();
     let growth = after.saturating_sub(before);
+    eprintln!("row 2: RSS {before} -> {after} KiB");
     assert!(
         growth < 20 * 1024,
         "RSS grew by {growth} KiB ({before} -> {after} KiB)"
