@@ -393,7 +393,7 @@ fn bad_input_57_no_local_on_shared_subscription() {
 fn bad_input_57_shared_subscription_without_group_or_filter() {
     for bytes in [
         "82 0F 1234 00 0009'$share/p/' 00",
-        "82 0F 1234 00 000A'$share//t' 00",
+        "82 0F 1234 00 0009'$share//t' 00",
     ] {
         let mut buf = hex(bytes);
         let err = decode(&mut buf, Some(V5), &limits()).unwrap_err();
