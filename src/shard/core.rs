@@ -553,7 +553,7 @@ impl Core {
         let (phase, since, over, peer, client) = (
             conn.phase,
             conn.since_ms,
-            conn.out.len() > max_out,
+            conn.out.len() >= max_out,
             conn.peer,
             conn.client,
         );

@@ -25,6 +25,12 @@ use crate::log;
 /// of small packets (one syscall for all of them) and a typical kernel socket buffer's worth.
 pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
 
+/// Output a connection may accumulate within one turn before it is written at once
+/// instead of at the end of the turn: a burst of deliveries (one drain of 4096 envelopes)
+/// reaches the socket in 64 KiB writes instead of piling up to `max_output_buffer` and
+/// having QoS 0 messages dropped while the kernel buffer sits empty.
+pub(crate) const EARLY_FLUSH_BYTES: usize = 64 * 1024;
+
 /// `recv` calls per readiness event before the connection yields to others: a client that
 /// streams faster than we decode cannot monopolise the shard (4 x 64 KiB per turn).
 const READS_PER_WAKE: usize = 4;
@@ -311,43 +317,55 @@ impl Core {
 
     /// One `send` of everything queued for connection `id`.
     pub(crate) fn flush_conn(&mut self, id: u32) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        conn.dirty = false;
+        if !conn.write_blocked && !conn.out.is_empty() {
+            match sys::send(conn.fd, &conn.out) {
+                Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
+                    // Free the buffer: an idle connection holds no output memory.
+                    conn.out = BytesMut::new();
+                }
+                Ok(IoOutcome::Done(n)) => {
+                    conn.out.advance(n);
+                    conn.write_blocked = true;
+                }
+                Ok(IoOutcome::WouldBlock) => conn.write_blocked = true,
+                Err(e) => {
+                    conn.out = BytesMut::new();
+                    self.close_lost(id, Some(e));
+                    return;
+                }
+            }
+            if conn.write_blocked {
+                if let Some(w) = &conn.waker {
+                    w.wake_by_ref();
+                }
+            }
+        }
+        self.track_output(id);
+    }
+
+    /// Starts or stops the slow-consumer clock of connection `id`: output at or over
+    /// `max_output_buffer` (where the session starts dropping QoS 0) for longer than
+    /// `slow_consumer_timeout_secs` gets the connection closed by its timer.
+    fn track_output(&mut self, id: u32) {
         let max_out = self.shared.config.limits.max_output_buffer;
         let slow_ms = u64::from(self.shared.config.limits.slow_consumer_timeout_secs) * 1000;
         let now = self.now_ms;
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        conn.dirty = false;
-        if conn.write_blocked || conn.out.is_empty() {
+        if conn.phase != Phase::Open {
             return;
         }
-        match sys::send(conn.fd, &conn.out) {
-            Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
-                // Free the buffer: an idle connection holds no output memory.
-                conn.out = BytesMut::new();
-            }
-            Ok(IoOutcome::Done(n)) => {
-                conn.out.advance(n);
-                conn.write_blocked = true;
-            }
-            Ok(IoOutcome::WouldBlock) => conn.write_blocked = true,
-            Err(e) => {
-                conn.out = BytesMut::new();
-                self.close_lost(id, Some(e));
-                return;
-            }
-        }
-        if conn.write_blocked {
-            if let Some(w) = &conn.waker {
-                w.wake_by_ref();
-            }
-        }
-        if conn.phase == Phase::Open && conn.out.len() > max_out {
+        if conn.out.len() >= max_out {
             if conn.since_ms == 0 {
                 conn.since_ms = now.max(1);
                 self.schedule_conn(id, now + slow_ms);
             }
-        } else if conn.phase == Phase::Open {
+        } else {
             conn.since_ms = 0;
         }
     }

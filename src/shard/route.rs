@@ -140,11 +140,13 @@ impl Core {
             return;
         };
         let conn = client.conn;
+        let mut early_flush = false;
         match conn.and_then(|c| self.conns.get_mut(c as usize)) {
             Some(c) if c.phase == Phase::Open => {
                 client
                     .session
                     .deliver(message, delivery, self.now_ms, &mut c.out);
+                early_flush = c.out.len() >= super::io::EARLY_FLUSH_BYTES && !c.write_blocked;
             }
             _ => {
                 client
@@ -154,7 +156,11 @@ impl Core {
             }
         }
         if let Some(c) = conn {
-            self.mark_dirty(c);
+            if early_flush {
+                self.flush_conn(c);
+            } else {
+                self.mark_dirty(c);
+            }
         }
         self.reschedule_client(slot);
     }
