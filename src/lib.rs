@@ -4,3 +4,4 @@ pub mod codec;
 pub mod config;
 pub mod router;
 pub mod session;
+pub mod shard;

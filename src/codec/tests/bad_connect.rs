@@ -1,5 +1,7 @@
 //! BAD_INPUTS.md rows 10 to 27: CONNECT and its properties.
 
+use bytes::Bytes;
+
 use super::*;
 use DecodeError as E;
 use ReasonCode as R;
@@ -546,5 +548,52 @@ fn bad_input_27_user_property_pair_too_short() {
         false,
         eof,
         connack(V5, R::MalformedPacket),
+    );
+}
+
+#[test]
+fn bad_input_26_user_property_cap_counts_connect_and_will_together() {
+    let users = |n| {
+        vec![
+            UserProperty {
+                name: s("k"),
+                value: s("v")
+            };
+            n
+        ]
+    };
+    let connect = |in_connect, in_will| {
+        Packet::Connect(Box::new(Connect {
+            protocol: V5,
+            clean_start: true,
+            keep_alive: 10,
+            client_id: s("a"),
+            will: Some(Will {
+                topic: topic("w"),
+                payload: Bytes::from_static(b"m"),
+                qos: QoS::AtMostOnce,
+                retain: false,
+                properties: WillProperties {
+                    user_properties: users(in_will),
+                    ..Default::default()
+                },
+            }),
+            username: None,
+            password: None,
+            properties: ConnectProperties {
+                user_properties: users(in_connect),
+                ..Default::default()
+            },
+        }))
+    };
+    let mut ok = enc(&connect(40, 24), V5);
+    assert!(matches!(
+        decode(&mut ok, None, &limits()),
+        Ok(Some(Packet::Connect(_)))
+    ));
+    let mut over = enc(&connect(40, 25), V5);
+    assert_eq!(
+        decode(&mut over, None, &limits()),
+        Err(E::TooManyUserProperties)
     );
 }

@@ -252,7 +252,7 @@ fn bad_input_09_malformed_property_blocks() {
         cause: Malformation::UnexpectedEof,
     };
     expect_err(
-        "10 0D 0004'MQTT' 05 02 000A 0A 11 0000",
+        "10 0E 0004'MQTT' 05 02 000A 0A 11 0000",
         None,
         false,
         overrun,
@@ -260,7 +260,7 @@ fn bad_input_09_malformed_property_blocks() {
     );
     // A property value cut by its block's length (session expiry needs 4 bytes, block has 3).
     expect_err(
-        "10 10 0004'MQTT' 05 02 000A 03 11 0000 0001'a'",
+        "10 11 0004'MQTT' 05 02 000A 03 11 0000 0001'a'",
         None,
         false,
         overrun,

@@ -1,0 +1,618 @@
+//! The state one shard owns and the glue between its sessions, connections and routes.
+//!
+//! Owns: the connection slab (`Conn`: fd, buffers, flags; no socket object), the client
+//! registry of the client ids homed on this shard (ClientId -> `Client` with its `Session`),
+//! the timer wheel, the outboxes, and the execution of `session::Action`s. Everything here
+//! runs on the shard's thread, inside `RefCell` borrows that never cross an `.await`.
+//!
+//! Lifecycle of a connection: accepted -> `AwaitingConnect` (CONNECT timeout on the wheel)
+//! -> CONNECT decoded: refused and closed, or handed to its home shard, or attached to a
+//! client here (`Open`) -> `Closing` (requested by the session, takeover, shutdown, an I/O
+//! error or a timer) -> its task does a last flush, closes the fd and calls `finish_conn`,
+//! which tells the session `connection_lost` if it was still attached.
+//!
+//! Must never: block, call a session without executing the actions it returned, or let a
+//! slab slot be reused while a timer or another shard may still name it without a
+//! generation check.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Weak;
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
+use slab::Slab;
+
+use super::Shared;
+use super::mailbox::{Envelope, Outboxes};
+use super::routes::Routes;
+use super::timer::{TimerKey, TimerWheel};
+use crate::codec::{Connect, DecodeLimits, ProtocolVersion};
+use crate::log;
+use crate::router::interest::ShardId;
+use crate::session::{Action, ClientId, Session};
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Accepted; only CONNECT is accepted, within `connect_timeout_secs`.
+    AwaitingConnect,
+    /// Attached to a session (or refused, with the CONNACK pending a flush).
+    Open,
+    /// To be closed by its task after a last flush.
+    Closing,
+}
+
+/// One TCP connection on this shard. Kept small: it exists once per idle connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Borrowed from the `TcpStream` the connection's task owns (valid while the slot is).
+    pub(crate) fd: RawFd,
+    pub(crate) generation: u32,
+    /// The wheel tick of this connection's live timer entry; 0: none.
+    pub(crate) timer_tick: u32,
+    pub(crate) phase: Phase,
+    /// Queued in `Core::dirty`.
+    pub(crate) dirty: bool,
+    /// A write hit EAGAIN: the task waits for writability before anything else is written.
+    pub(crate) write_blocked: bool,
+    pub(crate) version: Option<ProtocolVersion>,
+    /// The attached client's slot; `None` before CONNECT and once the session let go.
+    pub(crate) client: Option<u32>,
+    /// `AwaitingConnect`: when accepted. `Open`: since when `out` is over
+    /// `max_output_buffer` (0: it is not).
+    pub(crate) since_ms: u64,
+    pub(crate) peer: SocketAddr,
+    /// An incomplete trailing packet; empty (no allocation) between packets.
+    pub(crate) input: BytesMut,
+    /// Encoded output not yet written; freed once fully written.
+    pub(crate) out: BytesMut,
+    /// The connection task's waker.
+    pub(crate) waker: Option<Waker>,
+}
+
+/// A client id homed on this shard: its session and the attached connection, if any.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) session: Session,
+    pub(crate) conn: Option<u32>,
+    pub(crate) generation: u32,
+    /// The wheel tick of this client's live timer entry; 0: none.
+    pub(crate) timer_tick: u32,
+}
+
+/// Counters of what the runtime did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ShardStats {
+    pub(crate) accepted: u64,
+    pub(crate) handed_off: u64,
+    pub(crate) slow_consumers_closed: u64,
+}
+
+/// Everything one shard owns.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) id: ShardId,
+    /// The shard number as log lines show it.
+    pub(crate) log_id: Option<u16>,
+    pub(crate) shared: Arc<Shared>,
+    /// The shard's clock, read once per wake of a task (see `tick_clock`).
+    pub(crate) now_ms: u64,
+    /// The `Rc` this core lives in, to spawn connection tasks for handed-off connections.
+    pub(crate) this: Weak<RefCell<Core>>,
+    pub(crate) conns: Slab<Conn>,
+    pub(crate) clients: Slab<Client>,
+    pub(crate) registry: HashMap<ClientId, u32>,
+    pub(crate) routes: Routes,
+    pub(crate) wheel: TimerWheel,
+    pub(crate) outboxes: Outboxes,
+    /// Inbound channels, one per source shard.
+    pub(crate) inbox: Vec<Receiver<Envelope>>,
+    /// Connections with output to write this turn: (slot, generation).
+    pub(crate) dirty: Vec<(u32, u32)>,
+    /// The flusher task, parked while there is nothing to flush.
+    pub(crate) flusher: Option<Waker>,
+    /// Reused for every session call.
+    pub(crate) actions: Vec<Action>,
+    /// The one read buffer of the shard.
+    pub(crate) scratch: BytesMut,
+    /// Output of calls on sessions with no connection; always discarded.
+    pub(crate) sink: BytesMut,
+    pub(crate) connect_limits: DecodeLimits,
+    pub(crate) packet_limits: DecodeLimits,
+    next_gen: u32,
+    assigned_ids: u64,
+    /// Shutdown has begun: accept loops stop, every connection closes.
+    pub(crate) stopping: bool,
+    /// Wakers of tasks that wait for `stopping` (accept loops, the shard's main future).
+    pub(crate) stop_wakers: Vec<Waker>,
+    pub(crate) stats: ShardStats,
+}
+
+impl Core {
+    pub(crate) fn new(
+        id: ShardId,
+        shared: Arc<Shared>,
+        inbox: Vec<Receiver<Envelope>>,
+        this: Weak<RefCell<Core>>,
+    ) -> Core {
+        let limits = &shared.config.limits;
+        let connect_limits = DecodeLimits {
+            max_packet_size: limits.max_connect_size.min(limits.max_packet_size),
+            max_user_properties: limits.max_user_properties,
+            role: crate::codec::Role::Server,
+        };
+        let packet_limits = DecodeLimits {
+            max_packet_size: limits.max_packet_size,
+            max_user_properties: limits.max_user_properties,
+            role: crate::codec::Role::Server,
+        };
+        let now_ms = shared.clock.now_ms();
+        let shards = shared.shards;
+        Core {
+            id,
+            log_id: Some(id.index() as u16),
+            now_ms,
+            this,
+            conns: Slab::new(),
+            clients: Slab::new(),
+            registry: HashMap::new(),
+            routes: Routes::new(id),
+            wheel: TimerWheel::new(now_ms),
+            outboxes: Outboxes::new(shards),
+            inbox,
+            dirty: Vec::new(),
+            flusher: None,
+            actions: Vec::new(),
+            scratch: BytesMut::new(),
+            sink: BytesMut::new(),
+            connect_limits,
+            packet_limits,
+            next_gen: 0,
+            assigned_ids: 0,
+            stopping: false,
+            stop_wakers: Vec::new(),
+            stats: ShardStats::default(),
+            shared,
+        }
+    }
+
+    /// Reads the clock; called once at the start of every task wake.
+    pub(crate) fn tick_clock(&mut self) {
+        self.now_ms = self.shared.clock.now_ms();
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        self.next_gen
+    }
+
+    /// Registers an accepted (or handed-off) socket; returns its slot.
+    pub(crate) fn new_conn(&mut self, fd: RawFd, peer: SocketAddr, phase: Phase) -> u32 {
+        let generation = self.next_generation();
+        let conn = Conn {
+            fd,
+            generation,
+            timer_tick: 0,
+            phase,
+            dirty: false,
+            write_blocked: false,
+            version: None,
+            client: None,
+            since_ms: self.now_ms,
+            peer,
+            input: BytesMut::new(),
+            out: BytesMut::new(),
+            waker: None,
+        };
+        let slot = self.conns.insert(conn) as u32;
+        if phase == Phase::AwaitingConnect {
+            let deadline =
+                self.now_ms + u64::from(self.shared.config.limits.connect_timeout_secs) * 1000;
+            self.schedule_conn(slot, deadline);
+        }
+        slot
+    }
+
+    /// A fresh server-assigned client id; unique across shards and restarts of the counter
+    /// (shard index in the top bits, start-time entropy mixed into the rest).
+    pub(crate) fn assign_id(&mut self) -> ClientId {
+        self.assigned_ids += 1;
+        let seed = (self.id.index() as u64) << 56
+            | (self.shared.id_entropy.wrapping_add(self.assigned_ids) & ((1 << 56) - 1));
+        crate::session::assign_client_id(seed)
+    }
+
+    /// Attaches connection `id` (CONNECT decoded, home shard reached) to the session of
+    /// `client_id`, taking over an existing connection of that client.
+    pub(crate) fn attach(
+        &mut self,
+        id: u32,
+        connect: Box<Connect>,
+        client_id: ClientId,
+        assigned: bool,
+    ) {
+        let now = self.now_ms;
+        let mut existing = self.registry.get(&client_id).copied();
+        if let Some(slot) = existing {
+            self.take_over(slot);
+            // Clean start (or a session the takeover ended) begins afresh.
+            let live = self
+                .clients
+                .get(slot as usize)
+                .is_some_and(|c| !c.session.is_ended());
+            if !live || connect.clean_start {
+                if live {
+                    self.end_client(slot);
+                }
+                existing = None;
+            }
+        }
+        let session_present = existing.is_some();
+        let slot = match existing {
+            Some(slot) => slot,
+            None => self.new_client(client_id.clone()),
+        };
+        let version = connect.protocol;
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        conn.phase = Phase::Open;
+        conn.version = Some(version);
+        conn.client = Some(slot);
+        conn.since_ms = 0;
+        let peer = conn.peer;
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(client) = self.clients.get_mut(slot as usize) {
+            client.conn = Some(id);
+            client.session.connect(
+                *connect,
+                session_present,
+                assigned,
+                now,
+                &mut conn.out,
+                &mut actions,
+            );
+        }
+        log!(
+            INFO,
+            self.log_id,
+            "client {} connected from {peer} ({version:?}, session present: {session_present})",
+            client_id.as_str()
+        );
+        self.mark_dirty(id);
+        self.apply_actions(slot, &mut actions);
+        self.actions = actions;
+        self.reschedule_client(slot);
+    }
+
+    fn new_client(&mut self, client_id: ClientId) -> u32 {
+        let generation = self.next_generation();
+        let session = Session::new(client_id.clone(), &self.shared.config.limits);
+        let slot = self.clients.insert(Client {
+            session,
+            conn: None,
+            generation,
+            timer_tick: 0,
+        }) as u32;
+        self.registry.insert(client_id, slot);
+        slot
+    }
+
+    /// A new connection claims client `slot`: the old connection (if any) is told and
+    /// closed [MQTT-3.1.4-3].
+    fn take_over(&mut self, slot: u32) {
+        let Some(client) = self.clients.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(old) = client.conn.take() else {
+            return;
+        };
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(conn) = self.conns.get_mut(old as usize) {
+            client
+                .session
+                .taken_over(self.now_ms, &mut conn.out, &mut actions);
+            conn.client = None;
+            log!(
+                INFO,
+                self.log_id,
+                "client {} taken over; closing its connection from {}",
+                client.session.client_id().as_str(),
+                conn.peer
+            );
+        }
+        self.mark_dirty(old);
+        self.request_close(old);
+        self.apply_actions(slot, &mut actions);
+        self.actions = actions;
+    }
+
+    /// Executes a session's actions in order. `slot` is the client that produced them.
+    pub(crate) fn apply_actions(&mut self, slot: u32, actions: &mut Vec<Action>) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Publish(message) => self.route_publish(message, Some(slot)),
+                Action::Subscribe {
+                    filter,
+                    sub,
+                    existed,
+                } => self.subscribe(slot, filter, sub, existed),
+                Action::Unsubscribe { filter } => self.unsubscribe(slot, &filter),
+                Action::Close { .. } => self.detach_and_close(slot),
+                Action::Ended => self.end_client(slot),
+            }
+        }
+    }
+
+    /// The session let go of its connection: flush what it wrote, then close.
+    fn detach_and_close(&mut self, slot: u32) {
+        let Some(conn) = self
+            .clients
+            .get_mut(slot as usize)
+            .and_then(|c| c.conn.take())
+        else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(conn as usize) {
+            c.client = None;
+        }
+        self.mark_dirty(conn);
+        self.request_close(conn);
+    }
+
+    /// The session is over: its subscriptions leave the router, the slot is freed.
+    pub(crate) fn end_client(&mut self, slot: u32) {
+        let Some(client) = self.clients.try_remove(slot as usize) else {
+            return;
+        };
+        let key = super::routes::SessionKey {
+            slot,
+            generation: client.generation,
+        };
+        for (filter, _) in client.session.subscriptions() {
+            self.remove_subscription(slot, key, filter);
+        }
+        if self.registry.get(client.session.client_id()) == Some(&slot) {
+            self.registry.remove(client.session.client_id());
+        }
+        if let Some(conn) = client.conn {
+            if let Some(c) = self.conns.get_mut(conn as usize) {
+                c.client = None;
+            }
+            self.request_close(conn);
+        }
+    }
+
+    /// Asks connection `id`'s task to flush and close it.
+    pub(crate) fn request_close(&mut self, id: u32) {
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            conn.phase = Phase::Closing;
+            if let Some(w) = &conn.waker {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Queues connection `id` for the end-of-turn flush.
+    pub(crate) fn mark_dirty(&mut self, id: u32) {
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            if !conn.dirty && !conn.out.is_empty() {
+                conn.dirty = true;
+                self.dirty.push((id, conn.generation));
+                if let Some(w) = self.flusher.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Queues an envelope for another shard (sent at the end of the turn).
+    pub(crate) fn send_to(&mut self, dst: ShardId, envelope: Envelope) {
+        self.outboxes.push(dst, envelope);
+        if let Some(w) = self.flusher.take() {
+            w.wake();
+        }
+    }
+
+    /// The connection's task is done with it (fd about to close): if the session still
+    /// counted on it, the connection was lost (will, expiry).
+    pub(crate) fn finish_conn(&mut self, id: u32) {
+        self.tick_clock();
+        let Some(conn) = self.conns.try_remove(id as usize) else {
+            return;
+        };
+        super::io::last_flush(&conn);
+        let Some(slot) = conn.client else {
+            self.wake_if_drained();
+            return;
+        };
+        let attached = self
+            .clients
+            .get(slot as usize)
+            .is_some_and(|c| c.conn == Some(id));
+        if attached {
+            let mut actions = std::mem::take(&mut self.actions);
+            if let Some(client) = self.clients.get_mut(slot as usize) {
+                client.conn = None;
+                log!(
+                    INFO,
+                    self.log_id,
+                    "client {} from {} disconnected without DISCONNECT",
+                    client.session.client_id().as_str(),
+                    conn.peer
+                );
+                client.session.connection_lost(self.now_ms, &mut actions);
+            }
+            self.apply_actions(slot, &mut actions);
+            self.actions = actions;
+            self.reschedule_client(slot);
+        }
+        self.wake_if_drained();
+    }
+
+    fn wake_if_drained(&mut self) {
+        if self.stopping && self.conns.is_empty() {
+            self.stop_wakers.drain(..).for_each(Waker::wake);
+        }
+    }
+
+    /// Arms the wheel for client `slot`'s next session deadline (only when earlier than
+    /// the live entry: later deadlines are picked up when that entry fires).
+    pub(crate) fn reschedule_client(&mut self, slot: u32) {
+        let Some(client) = self.clients.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(deadline) = client.session.next_deadline() else {
+            return;
+        };
+        let tick = TimerWheel::tick_of(deadline);
+        if client.timer_tick == 0 || tick < client.timer_tick {
+            let key = TimerKey::Client {
+                slot,
+                generation: client.generation,
+            };
+            client.timer_tick = self.wheel.schedule(deadline, key);
+        }
+    }
+
+    pub(crate) fn schedule_conn(&mut self, id: u32, deadline: u64) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        let tick = TimerWheel::tick_of(deadline);
+        if conn.timer_tick == 0 || tick < conn.timer_tick {
+            let key = TimerKey::Conn {
+                slot: id,
+                generation: conn.generation,
+            };
+            conn.timer_tick = self.wheel.schedule(deadline, key);
+        }
+    }
+
+    /// One wheel tick: fires every due entry.
+    pub(crate) fn on_tick(&mut self) {
+        self.tick_clock();
+        let mut fired = Vec::new();
+        self.wheel.advance(self.now_ms, &mut fired);
+        for (tick, key) in fired {
+            match key {
+                TimerKey::Client { slot, generation } => self.client_timer(slot, generation, tick),
+                TimerKey::Conn { slot, generation } => self.conn_timer(slot, generation, tick),
+            }
+        }
+    }
+
+    fn client_timer(&mut self, slot: u32, generation: u32, tick: u32) {
+        let Some(client) = self.clients.get_mut(slot as usize) else {
+            return;
+        };
+        if client.generation != generation || client.timer_tick != tick {
+            return;
+        }
+        client.timer_tick = 0;
+        if client
+            .session
+            .next_deadline()
+            .is_some_and(|d| d <= self.now_ms)
+        {
+            let mut actions = std::mem::take(&mut self.actions);
+            let out = match client.conn.and_then(|c| self.conns.get_mut(c as usize)) {
+                Some(conn) => &mut conn.out,
+                None => &mut self.sink,
+            };
+            client
+                .session
+                .handle_timeout(self.now_ms, out, &mut actions);
+            self.sink.clear();
+            if let Some(c) = client.conn {
+                self.mark_dirty(c);
+            }
+            self.apply_actions(slot, &mut actions);
+            self.actions = actions;
+        }
+        self.reschedule_client(slot);
+    }
+
+    fn conn_timer(&mut self, id: u32, generation: u32, tick: u32) {
+        let limits = &self.shared.config.limits;
+        let connect_ms = u64::from(limits.connect_timeout_secs) * 1000;
+        let slow_ms = u64::from(limits.slow_consumer_timeout_secs) * 1000;
+        let max_out = limits.max_output_buffer;
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        if conn.generation != generation || conn.timer_tick != tick {
+            return;
+        }
+        conn.timer_tick = 0;
+        let (phase, since, over, peer, client) = (
+            conn.phase,
+            conn.since_ms,
+            conn.out.len() >= max_out,
+            conn.peer,
+            conn.client,
+        );
+        match phase {
+            Phase::AwaitingConnect if self.now_ms >= since + connect_ms => {
+                log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
+                self.request_close(id);
+            }
+            Phase::Open if since != 0 && over && self.now_ms >= since + slow_ms => {
+                let client = self.client_name(client);
+                log!(
+                    WARN,
+                    self.log_id,
+                    "client {client} from {peer}: output over {max_out} bytes for {}s; \
+                     disconnecting slow consumer",
+                    slow_ms / 1000
+                );
+                self.stats.slow_consumers_closed += 1;
+                self.request_close(id);
+            }
+            Phase::Open if since != 0 && over => self.schedule_conn(id, since + slow_ms),
+            Phase::AwaitingConnect | Phase::Open | Phase::Closing => {}
+        }
+    }
+
+    /// The client id of a client slot, for log lines (`-` before CONNECT).
+    pub(crate) fn client_name(&self, slot: Option<u32>) -> String {
+        slot.and_then(|s| self.clients.get(s as usize)).map_or_else(
+            || "-".to_owned(),
+            |c| c.session.client_id().as_str().to_owned(),
+        )
+    }
+
+    /// Server shutdown on this shard: every session is told (v5 clients get DISCONNECT
+    /// 0x8B) and every connection closes.
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.stopping = true;
+        self.tick_clock();
+        let attached: Vec<(u32, u32)> = self
+            .clients
+            .iter()
+            .filter_map(|(slot, c)| c.conn.map(|conn| (slot as u32, conn)))
+            .collect();
+        for (slot, conn) in attached {
+            let mut actions = std::mem::take(&mut self.actions);
+            if let (Some(client), Some(c)) = (
+                self.clients.get_mut(slot as usize),
+                self.conns.get_mut(conn as usize),
+            ) {
+                client.session.shutdown(&mut c.out, &mut actions);
+            }
+            self.mark_dirty(conn);
+            self.apply_actions(slot, &mut actions);
+            self.actions = actions;
+        }
+        let all: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
+        for id in all {
+            self.request_close(id);
+        }
+        self.stop_wakers.drain(..).for_each(Waker::wake);
+    }
+}

@@ -1,0 +1,390 @@
+//! The byte paths of a connection: reading into the shard's scratch buffer and decoding,
+//! and writing a connection's output with one `send` per turn.
+//!
+//! Owns: the read discipline (readiness from monoio, then non-blocking `recv` into ONE
+//! per-shard buffer; every complete packet is decoded in place; only an incomplete trailing
+//! packet is copied into the connection, and that copy is freed once consumed) and the write
+//! discipline (one `send` of everything queued per connection per loop turn; a short write
+//! makes the connection wait for writability; output over `max_output_buffer` starts the
+//! slow-consumer clock).
+//!
+//! Must never: allocate a read buffer per connection while it is idle, decode a packet
+//! without the limits of its phase, or write to a connection whose previous write is still
+//! incomplete (bytes would be reordered).
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+
+use super::core::{Conn, Core, Phase};
+use super::sys::{self, IoOutcome};
+use crate::codec::{self, DecodeError, ErrorResponse, Packet};
+use crate::log;
+
+/// Size of the shard's read buffer: one `recv` takes up to this much. 64 KiB holds hundreds
+/// of small packets (one syscall for all of them) and a typical kernel socket buffer's worth.
+pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// Output a connection may accumulate within one turn before it is written at once
+/// instead of at the end of the turn: a burst of deliveries (one drain of 4096 envelopes)
+/// reaches the socket in 64 KiB writes instead of piling up to `max_output_buffer` and
+/// having QoS 0 messages dropped while the kernel buffer sits empty.
+pub(crate) const EARLY_FLUSH_BYTES: usize = 64 * 1024;
+
+/// `recv` calls per readiness event before the connection yields to others: a client that
+/// streams faster than we decode cannot monopolise the shard (4 x 64 KiB per turn).
+const READS_PER_WAKE: usize = 4;
+
+/// What the connection's task does after a read.
+#[derive(Debug)]
+pub(crate) enum ReadOutcome {
+    /// Keep going. `drained`: the last `recv` found the socket empty (or short), so the next
+    /// wait must confirm readiness with the kernel.
+    Continue { drained: bool },
+    /// Close the connection (its phase is `Closing`).
+    Close,
+    /// CONNECT decoded for a client homed on another shard: release the fd to it.
+    Handoff(Box<HandoffParts>),
+}
+
+/// What travels with a handed-off fd.
+#[derive(Debug)]
+pub(crate) struct HandoffParts {
+    pub(crate) home: usize,
+    pub(crate) connect: Box<codec::Connect>,
+    pub(crate) client_id: crate::session::ClientId,
+    pub(crate) assigned: bool,
+    pub(crate) leftover: BytesMut,
+}
+
+/// What one decoded packet led to.
+pub(crate) enum Step {
+    Continue,
+    Close,
+    Handoff(Box<HandoffParts>),
+}
+
+impl Core {
+    /// The socket of connection `id` is readable: read, decode, act.
+    pub(crate) fn on_readable(&mut self, id: u32) -> ReadOutcome {
+        self.tick_clock();
+        // Envelopes already queued for us were sent before these bytes arrived (a shard
+        // flushes its outboxes before its sockets): apply them first, so that a publish read
+        // now sees every subscription its client was told about (SUBACK) on another shard.
+        if super::mailbox::any_pending(&self.inbox) {
+            self.drain_inbox(super::tasks::DRAIN_BUDGET);
+        }
+        for _ in 0..READS_PER_WAKE {
+            let Some(conn) = self.conns.get(id as usize) else {
+                return ReadOutcome::Close;
+            };
+            if conn.phase == Phase::Closing {
+                return ReadOutcome::Close;
+            }
+            let fd = conn.fd;
+            self.scratch.reserve(SCRATCH_SIZE);
+            let spare = self.scratch.spare_capacity_mut();
+            let room = spare.len().min(SCRATCH_SIZE);
+            match sys::recv(fd, &mut spare[..room]) {
+                Ok(IoOutcome::Done(0)) => {
+                    self.close_lost(id, None);
+                    return ReadOutcome::Close;
+                }
+                Ok(IoOutcome::Done(n)) => {
+                    // SAFETY: `recv` initialised exactly `n <= room` bytes of the spare
+                    // capacity, directly after the current length.
+                    unsafe { self.scratch.set_len(self.scratch.len() + n) };
+                    match self.process_input(id) {
+                        Step::Continue => {}
+                        Step::Close => return ReadOutcome::Close,
+                        Step::Handoff(parts) => return ReadOutcome::Handoff(parts),
+                    }
+                    if n < room {
+                        return ReadOutcome::Continue { drained: true };
+                    }
+                }
+                Ok(IoOutcome::WouldBlock) => return ReadOutcome::Continue { drained: true },
+                Err(e) => {
+                    self.close_lost(id, Some(e));
+                    return ReadOutcome::Close;
+                }
+            }
+        }
+        ReadOutcome::Continue { drained: false }
+    }
+
+    /// Decodes every complete packet of connection `id` (its saved partial packet followed
+    /// by the scratch buffer), then keeps an incomplete tail in the connection.
+    pub(crate) fn process_input(&mut self, id: u32) -> Step {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return Step::Close;
+        };
+        // Decode from the connection's own buffer only when it holds a partial packet.
+        let own = !conn.input.is_empty() || scratch.is_empty();
+        let mut work = if own {
+            let mut input = std::mem::take(&mut conn.input);
+            input.extend_from_slice(&scratch);
+            scratch.clear();
+            input
+        } else {
+            scratch.split()
+        };
+        let step = self.decode_all(id, &mut work);
+        match (&step, self.conns.get_mut(id as usize)) {
+            (Step::Continue, Some(conn)) if !work.is_empty() => {
+                // Keep only the incomplete tail, in an exact-size buffer of its own, so the
+                // shard's scratch buffer is never pinned by an idle connection.
+                conn.input = if own { work } else { BytesMut::from(&work[..]) };
+            }
+            _ => {}
+        }
+        // Reuse the scratch allocation when no decoded payload still points into it.
+        scratch.clear();
+        self.scratch = scratch;
+        step
+    }
+
+    fn decode_all(&mut self, id: u32, work: &mut BytesMut) -> Step {
+        loop {
+            let Some(conn) = self.conns.get(id as usize) else {
+                return Step::Close;
+            };
+            if conn.phase == Phase::Closing {
+                return Step::Close;
+            }
+            let version = conn.version;
+            let limits = if version.is_none() {
+                self.connect_limits
+            } else {
+                self.packet_limits
+            };
+            match codec::decode(work, version, &limits) {
+                Ok(Some(packet)) => match self.on_packet(id, packet, work) {
+                    Step::Continue => {}
+                    other => return other,
+                },
+                Ok(None) => return Step::Continue,
+                Err(e) => {
+                    self.on_decode_error(id, e);
+                    return Step::Close;
+                }
+            }
+        }
+    }
+
+    fn on_packet(&mut self, id: u32, packet: Packet, rest: &mut BytesMut) -> Step {
+        let Some(conn) = self.conns.get(id as usize) else {
+            return Step::Close;
+        };
+        let slot = match (conn.phase, conn.client, packet) {
+            (Phase::AwaitingConnect, _, Packet::Connect(connect)) => {
+                return self.on_connect(id, connect, rest);
+            }
+            (Phase::Open, Some(slot), packet) => (slot, packet),
+            // A refused connection (no client) or a decoder that let a non-CONNECT through
+            // before CONNECT: nothing may act on it.
+            _ => return Step::Close,
+        };
+        let (slot, packet) = slot;
+        let mut actions = std::mem::take(&mut self.actions);
+        if let (Some(client), Some(conn)) = (
+            self.clients.get_mut(slot as usize),
+            self.conns.get_mut(id as usize),
+        ) {
+            client
+                .session
+                .handle_packet(packet, self.now_ms, &mut conn.out, &mut actions);
+        }
+        self.mark_dirty(id);
+        self.apply_actions(slot, &mut actions);
+        self.actions = actions;
+        self.reschedule_client(slot);
+        Step::Continue
+    }
+
+    /// CONNECT decoded: refuse it, attach it here, or hand the connection to its home.
+    fn on_connect(&mut self, id: u32, connect: Box<codec::Connect>, rest: &mut BytesMut) -> Step {
+        use crate::session::{ConnectDecision, refuse_connect, validate_connect};
+        let peer = self.conns.get(id as usize).map(|c| c.peer);
+        let decision = validate_connect(&connect, &self.shared.config.limits);
+        let (client_id, assigned) = match decision {
+            Ok(ConnectDecision::UseId(client_id)) => (client_id, false),
+            Ok(ConnectDecision::AssignId) => (self.assign_id(), true),
+            Err(code) => {
+                log!(
+                    INFO,
+                    self.log_id,
+                    "refusing CONNECT of client {:?} from {}: {}",
+                    connect.client_id.as_str(),
+                    peer.map_or_else(String::new, |p| p.to_string()),
+                    code.name()
+                );
+                if let Some(conn) = self.conns.get_mut(id as usize) {
+                    refuse_connect(connect.protocol, code, &mut conn.out);
+                    conn.phase = Phase::Open;
+                }
+                self.mark_dirty(id);
+                self.request_close(id);
+                return Step::Close;
+            }
+        };
+        let home = super::home_shard(client_id.as_str().as_bytes(), self.shared.shards);
+        if home != self.id.index() {
+            self.stats.handed_off += 1;
+            return Step::Handoff(Box::new(HandoffParts {
+                home,
+                connect,
+                client_id,
+                assigned,
+                leftover: rest.split(),
+            }));
+        }
+        self.attach(id, connect, client_id, assigned);
+        Step::Continue
+    }
+
+    /// The peer sent bytes that are not a valid packet: answer per the codec's one decision
+    /// (CONNACK / DISCONNECT / plain close), log, and close; the session sees a lost
+    /// connection (its will is due).
+    fn on_decode_error(&mut self, id: u32, error: DecodeError) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        let connack_sent = conn.version.is_some();
+        let version = conn.version;
+        let response = error.response(version, connack_sent);
+        match response {
+            ErrorResponse::ConnAck { version, reason } => {
+                crate::session::refuse_connect(version, reason, &mut conn.out);
+            }
+            ErrorResponse::Disconnect(code) => {
+                let packet = Packet::Disconnect(codec::Disconnect::new(code));
+                let v = version.unwrap_or(crate::codec::ProtocolVersion::V5);
+                codec::encode(&packet, v, &mut conn.out);
+            }
+            ErrorResponse::Close => {}
+        }
+        let (peer, client) = (conn.peer, conn.client);
+        let client = self.client_name(client);
+        log!(
+            WARN,
+            self.log_id,
+            "protocol error from client {client} at {peer}: {error:?}; answering {response:?} and closing"
+        );
+        self.mark_dirty(id);
+        self.request_close(id);
+    }
+
+    /// The socket failed or the peer closed: close; `finish_conn` tells the session.
+    pub(crate) fn close_lost(&mut self, id: u32, error: Option<io::Error>) {
+        if let (Some(e), Some(conn)) = (&error, self.conns.get(id as usize)) {
+            let client = self.client_name(conn.client);
+            log!(
+                INFO,
+                self.log_id,
+                "client {client} at {}: socket error: {e}",
+                conn.peer
+            );
+        }
+        self.request_close(id);
+    }
+
+    /// Writes every dirty connection's output and sends the outboxes: the end of a turn.
+    /// Outboxes go first so that an envelope (e.g. an interest change) reaches the other
+    /// shard before the packet that tells our client about it (e.g. SUBACK).
+    /// Returns false when a channel was full and envelopes wait for the next turn.
+    pub(crate) fn flush_all(&mut self) -> bool {
+        let sent_all = self.outboxes.flush(self.id, &self.shared.mesh);
+        let dirty = std::mem::take(&mut self.dirty);
+        for &(id, generation) in &dirty {
+            if self
+                .conns
+                .get(id as usize)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.flush_conn(id);
+            }
+        }
+        // Keep the allocation for the next turn.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        sent_all
+    }
+
+    /// One `send` of everything queued for connection `id`.
+    pub(crate) fn flush_conn(&mut self, id: u32) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        conn.dirty = false;
+        if !conn.write_blocked && !conn.out.is_empty() {
+            match sys::send(conn.fd, &conn.out) {
+                Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
+                    // Free the buffer: an idle connection holds no output memory.
+                    conn.out = BytesMut::new();
+                }
+                Ok(IoOutcome::Done(n)) => {
+                    conn.out.advance(n);
+                    conn.write_blocked = true;
+                }
+                Ok(IoOutcome::WouldBlock) => conn.write_blocked = true,
+                Err(e) => {
+                    conn.out = BytesMut::new();
+                    self.close_lost(id, Some(e));
+                    return;
+                }
+            }
+            if conn.write_blocked {
+                if let Some(w) = &conn.waker {
+                    w.wake_by_ref();
+                }
+            }
+        }
+        self.track_output(id);
+    }
+
+    /// Starts or stops the slow-consumer clock of connection `id`: output at or over
+    /// `max_output_buffer` (where the session starts dropping QoS 0) for longer than
+    /// `slow_consumer_timeout_secs` gets the connection closed by its timer.
+    fn track_output(&mut self, id: u32) {
+        let max_out = self.shared.config.limits.max_output_buffer;
+        let slow_ms = u64::from(self.shared.config.limits.slow_consumer_timeout_secs) * 1000;
+        let now = self.now_ms;
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        if conn.phase != Phase::Open {
+            return;
+        }
+        if conn.out.len() >= max_out {
+            if conn.since_ms == 0 {
+                conn.since_ms = now.max(1);
+                self.schedule_conn(id, now + slow_ms);
+            }
+        } else {
+            conn.since_ms = 0;
+        }
+    }
+
+    /// The socket of a write-blocked connection is writable again.
+    pub(crate) fn on_writable(&mut self, id: u32) {
+        self.tick_clock();
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            conn.write_blocked = false;
+        }
+        self.flush_conn(id);
+    }
+}
+
+/// The last write before a connection's fd closes: whatever the socket takes now (the
+/// final CONNACK / DISCONNECT), then FIN.
+pub(crate) fn last_flush(conn: &Conn) {
+    if !conn.out.is_empty() && !conn.write_blocked {
+        let _ = sys::send(conn.fd, &conn.out);
+    }
+    sys::shutdown_write(conn.fd);
+}

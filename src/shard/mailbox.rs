@@ -1,0 +1,224 @@
+//! Cross-shard messaging: one bounded crossbeam channel per (source -> destination) pair, a
+//! per-shard notifier, and the per-destination outboxes a shard fills during a loop turn.
+//!
+//! Owns: the `Envelope` vocabulary shards speak, the channel mesh, and the wake protocol:
+//! a sender pushes, then wakes the destination only if its mailbox task is parked (the
+//! `parked` flag); monoio's `sync` feature turns that wake into an eventfd write only when the
+//! destination's ring sleeps. Channels are FIFO, so per-(publisher, topic) order holds.
+//!
+//! Must never: block a shard on a full channel (the outbox keeps the rest for the next turn),
+//! or send one envelope per subscriber (one per destination shard per publish).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
+
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+
+use super::routes::SessionKey;
+use crate::codec::Connect;
+use crate::router::delivery::Subscription;
+use crate::router::interest::{InterestOp, ShardId};
+use crate::router::shared::ShareOp;
+use crate::session::{ClientId, Message};
+
+/// Envelopes buffered per (source, destination) channel. Large enough to absorb a burst of a
+/// whole loop turn of publishes (tens of thousands of messages at full rate) without the
+/// sender falling back to its outbox; small enough that a stalled shard holds at most a few
+/// MB of envelopes (each is a few words plus an `Arc`).
+pub(crate) const CHANNEL_CAPACITY: usize = 64 * 1024;
+
+/// What one shard asks of another.
+#[derive(Debug)]
+pub(crate) enum Envelope {
+    /// A publish. `deliver`: match the local trie and deliver to local subscribers.
+    /// `retain`: update this shard's replica of the retained store first (retained publishes
+    /// go to every shard, in order, on the same channels as deliveries).
+    Publish {
+        message: Arc<Message>,
+        deliver: bool,
+        retain: bool,
+    },
+    /// A publish for the one member of a share group the publishing shard chose.
+    SharedDeliver {
+        message: Arc<Message>,
+        subscriber: SessionKey,
+        subscription: Subscription,
+    },
+    /// The source shard gained its first or lost its last subscriber of a filter.
+    Interest(InterestOp),
+    /// A session joined or left a share group.
+    Share(ShareOp<SessionKey>),
+    /// A connection whose CONNECT was read on the source shard, moving to its home shard.
+    Handoff(Box<Handoff>),
+}
+
+/// Everything a home shard needs to continue a connection accepted elsewhere.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    /// The socket; closed if the envelope is dropped.
+    pub(crate) fd: OwnedFd,
+    pub(crate) peer: SocketAddr,
+    pub(crate) connect: Box<Connect>,
+    pub(crate) client_id: ClientId,
+    /// The id was assigned by the accepting shard (v5 CONNACK must carry it).
+    pub(crate) assigned: bool,
+    /// Bytes read after the CONNECT packet (the client may pipeline).
+    pub(crate) leftover: BytesMut,
+}
+
+/// Wakes a shard's mailbox task from other threads, only when it is parked.
+#[derive(Debug, Default)]
+pub(crate) struct Notifier {
+    parked: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Notifier {
+    /// Called by senders after pushing: wakes the receiver if (and only if) it parked.
+    pub(crate) fn notify(&self) {
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
+
+    /// Called by the receiver before it re-checks its inputs and returns `Pending`.
+    pub(crate) fn park(&self, cx: &Context<'_>) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        self.parked.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the receiver when the re-check found work after `park`.
+    pub(crate) fn unpark(&self) {
+        self.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The channel mesh: `senders[src][dst]` and `receivers[dst][src]`.
+#[derive(Debug)]
+pub(crate) struct Mesh {
+    pub(crate) senders: Vec<Vec<Sender<Envelope>>>,
+    pub(crate) notifiers: Vec<Notifier>,
+}
+
+impl Mesh {
+    /// Builds the mesh for `shards` shards and returns the receivers, indexed
+    /// `[dst][src]`, to be moved into their shards.
+    pub(crate) fn new(shards: usize) -> (Mesh, Vec<Vec<Receiver<Envelope>>>) {
+        let mut senders: Vec<Vec<Sender<Envelope>>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut receivers: Vec<Vec<Receiver<Envelope>>> = (0..shards).map(|_| Vec::new()).collect();
+        for src_senders in senders.iter_mut() {
+            for dst_receivers in receivers.iter_mut() {
+                let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+                src_senders.push(tx);
+                dst_receivers.push(rx);
+            }
+        }
+        let notifiers = (0..shards).map(|_| Notifier::default()).collect();
+        (Mesh { senders, notifiers }, receivers)
+    }
+}
+
+/// Envelopes a shard produced this turn, per destination; flushed once per turn.
+#[derive(Debug)]
+pub(crate) struct Outboxes {
+    queues: Vec<VecDeque<Envelope>>,
+    /// Whether any queue holds something (so an idle flush is a single branch).
+    pending: bool,
+}
+
+impl Outboxes {
+    pub(crate) fn new(shards: usize) -> Outboxes {
+        Outboxes {
+            queues: (0..shards).map(|_| VecDeque::new()).collect(),
+            pending: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, dst: ShardId, envelope: Envelope) {
+        if let Some(q) = self.queues.get_mut(dst.index()) {
+            q.push_back(envelope);
+            self.pending = true;
+        }
+    }
+
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending
+    }
+
+    /// Moves queued envelopes into the channels and wakes each destination that received
+    /// something. Returns false when a channel was full and envelopes remain (flush again
+    /// on a later turn; the destination is draining).
+    pub(crate) fn flush(&mut self, me: ShardId, mesh: &Mesh) -> bool {
+        if !self.pending {
+            return true;
+        }
+        let mut all_sent = true;
+        for (dst, queue) in self.queues.iter_mut().enumerate() {
+            if queue.is_empty() {
+                continue;
+            }
+            let tx = &mesh.senders[me.index()][dst];
+            let mut sent = false;
+            while let Some(envelope) = queue.pop_front() {
+                match tx.try_send(envelope) {
+                    Ok(()) => sent = true,
+                    Err(TrySendError::Full(envelope)) => {
+                        queue.push_front(envelope);
+                        all_sent = false;
+                        break;
+                    }
+                    // The destination is gone (shutdown): nothing left to deliver to.
+                    Err(TrySendError::Disconnected(_)) => queue.clear(),
+                }
+            }
+            if sent {
+                mesh.notifiers[dst].notify();
+            }
+        }
+        self.pending = !all_sent;
+        all_sent
+    }
+}
+
+/// Takes up to `budget` envelopes from `receivers` (round robin, one source at a time so
+/// that one flooding shard cannot starve the others) and hands each to `handle`.
+/// Returns how many were taken.
+pub(crate) fn drain(
+    receivers: &[Receiver<Envelope>],
+    budget: usize,
+    mut handle: impl FnMut(Envelope),
+) -> usize {
+    let mut taken = 0;
+    loop {
+        let mut progressed = false;
+        for rx in receivers {
+            if taken == budget {
+                return taken;
+            }
+            match rx.try_recv() {
+                Ok(envelope) => {
+                    handle(envelope);
+                    taken += 1;
+                    progressed = true;
+                }
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
+            }
+        }
+        if !progressed {
+            return taken;
+        }
+    }
+}
+
+/// Whether any receiver holds an envelope.
+pub(crate) fn any_pending(receivers: &[Receiver<Envelope>]) -> bool {
+    receivers.iter().any(|rx| !rx.is_empty())
+}

@@ -1,0 +1,371 @@
+//! The thread-per-core runtime: the only code that touches sockets, io_uring/epoll and the
+//! clock.
+//!
+//! Owns: shard threads (one monoio runtime each, pinned when configured, io_uring where the
+//! kernel allows it and epoll otherwise), the listeners (every shard accepts on its own
+//! SO_REUSEPORT socket), connections and their hand-off to the client's home shard
+//! (`home_shard`), the cross-shard channels, per-shard timer wheels, and start/stop.
+//!
+//! Files: `tasks.rs` (the async tasks), `io.rs` (read/decode and flush), `core.rs` (shard
+//! state, sessions, actions, timers), `route.rs` (publish/subscribe flow and envelopes),
+//! `routes.rs` (the router tables of a shard), `mailbox.rs` (channels, notifier,
+//! outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc), `log.rs`.
+//!
+//! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
+//! thread, or share mutable state between shards except through the channels.
+
+mod core;
+mod io;
+pub mod log;
+mod mailbox;
+mod route;
+mod routes;
+pub mod sys;
+mod tasks;
+pub mod timer;
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+
+use crate::config::{Config, DriverKind};
+use crate::router::interest::{MAX_SHARDS, ShardId};
+
+use self::mailbox::{Envelope, Mesh};
+use self::timer::Clock;
+
+/// Pending connections the kernel queues per listener before `accept`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// io_uring submission queue entries per shard: room for a readiness poll of every
+/// connection that becomes ready in one turn without an early submit.
+const RING_ENTRIES: u32 = 4096;
+
+/// Why the broker could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime of shard {shard}: {source}")]
+    Runtime {
+        shard: usize,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard thread {shard}: {source}")]
+    Thread {
+        shard: usize,
+        source: std::io::Error,
+    },
+    #[error("{0} shards requested; at most {MAX_SHARDS} are supported")]
+    TooManyShards(usize),
+    #[error("shard {0} panicked")]
+    ShardPanicked(usize),
+    #[error("signal handling failed: {0}")]
+    Signal(std::io::Error),
+}
+
+/// The home shard of a client id: where its session, takeover, will and expiry live.
+/// FNV-1a: stable across runs and platforms, so storage keys stay on the same shard.
+pub fn home_shard(client_id: &[u8], shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in client_id {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// What every shard shares (read-only after start, except the stop flag).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) clock: Clock,
+    pub(crate) mesh: Mesh,
+    pub(crate) shards: usize,
+    pub(crate) stop: AtomicBool,
+    /// Mixed into assigned client ids so two broker runs do not hand out the same ids.
+    pub(crate) id_entropy: u64,
+}
+
+impl Shared {
+    fn trigger_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for n in &self.mesh.notifiers {
+            n.notify();
+        }
+    }
+}
+
+/// A running broker. Dropping it without `shutdown` leaves the shards running.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+/// A cloneable way to ask a running broker to stop (e.g. from a signal thread).
+#[derive(Clone, Debug)]
+pub struct StopTrigger(Arc<Shared>);
+
+impl StopTrigger {
+    pub fn stop(&self) {
+        self.0.trigger_stop();
+    }
+}
+
+impl BrokerHandle {
+    /// The addresses actually bound (port 0 resolved), in `config.listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.local_addrs.clone()
+    }
+
+    /// Number of shard threads.
+    pub fn shards(&self) -> usize {
+        self.shared.shards
+    }
+
+    pub fn stop_trigger(&self) -> StopTrigger {
+        StopTrigger(Arc::clone(&self.shared))
+    }
+
+    /// Stops accepting, closes every connection (v5 clients get DISCONNECT 0x8B) and waits
+    /// for the shard threads.
+    pub fn shutdown(self) -> Result<(), BrokerError> {
+        self.shared.trigger_stop();
+        self.join()
+    }
+
+    /// Waits for the shard threads (after a `StopTrigger::stop`).
+    pub fn join(self) -> Result<(), BrokerError> {
+        let mut result = Ok(());
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if t.join().is_err() {
+                result = Err(BrokerError::ShardPanicked(i));
+            }
+        }
+        result
+    }
+}
+
+/// Starts the shards and returns once every one is accepting.
+pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
+    let shards = config.effective_shards();
+    if shards > MAX_SHARDS {
+        return Err(BrokerError::TooManyShards(shards));
+    }
+    let (listeners, local_addrs) = bind_listeners(&config.listen, shards)?;
+    let (mesh, receivers) = Mesh::new(shards);
+    let id_entropy = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let shared = Arc::new(Shared {
+        config,
+        clock: Clock::new(),
+        mesh,
+        shards,
+        stop: AtomicBool::new(false),
+        id_entropy,
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut threads = Vec::with_capacity(shards);
+    for (i, (listeners, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+        let shard_shared = Arc::clone(&shared);
+        let ready = ready_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("ringmq-shard-{i}"))
+            .spawn(move || shard_thread(shard_shared, i, listeners, inbox, ready));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(source) => {
+                let handle = BrokerHandle {
+                    shared,
+                    threads,
+                    local_addrs,
+                };
+                let _ = handle.shutdown();
+                return Err(BrokerError::Thread { shard: i, source });
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut first_error = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                first_error.get_or_insert(BrokerError::ShardPanicked(usize::MAX));
+            }
+        }
+    }
+    let handle = BrokerHandle {
+        shared,
+        threads,
+        local_addrs,
+    };
+    if let Some(e) = first_error {
+        let _ = handle.shutdown();
+        return Err(e);
+    }
+    Ok(handle)
+}
+
+/// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly.
+pub fn run(config: Config) -> Result<(), BrokerError> {
+    // Block the signals before any shard thread exists, so that every thread inherits the
+    // mask and only the waiting thread receives them.
+    sys::block_termination_signals().map_err(BrokerError::Signal)?;
+    let handle = start(config)?;
+    let addrs: Vec<String> = handle.local_addrs().iter().map(|a| a.to_string()).collect();
+    crate::log!(INFO, None, "listening on {}", addrs.join(", "));
+    let sig = sys::wait_for_termination().map_err(BrokerError::Signal)?;
+    crate::log!(INFO, None, "signal {sig} received; shutting down");
+    handle.shutdown()?;
+    crate::log!(INFO, None, "stopped");
+    Ok(())
+}
+
+type Listeners = Vec<Vec<std::net::TcpListener>>;
+
+/// Binds every listen address once per shard with SO_REUSEPORT. Port 0 is resolved by the
+/// first bind; the other shards bind the port it got.
+fn bind_listeners(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> Result<(Listeners, Vec<SocketAddr>), BrokerError> {
+    let mut per_shard: Listeners = (0..shards).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        let mut actual = addr;
+        for listeners in per_shard.iter_mut() {
+            let l = bind_one(actual).map_err(|source| BrokerError::Bind { addr, source })?;
+            actual = l
+                .local_addr()
+                .map_err(|source| BrokerError::Bind { addr, source })?;
+            listeners.push(l);
+        }
+        bound.push(actual);
+    }
+    Ok((per_shard, bound))
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+type Ready = std::sync::mpsc::Sender<Result<(), BrokerError>>;
+
+/// The body of one shard thread: pin, build the runtime of the configured driver, run.
+fn shard_thread(
+    shared: Arc<Shared>,
+    index: usize,
+    listeners: Vec<std::net::TcpListener>,
+    inbox: Vec<Receiver<Envelope>>,
+    ready: Ready,
+) {
+    if shared.config.pin_threads {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Err(e) = monoio::utils::bind_to_cpu_set(Some(index % cpus)) {
+            crate::log!(
+                WARN,
+                Some(index as u16),
+                "cannot pin to cpu {}: {e}",
+                index % cpus
+            );
+        }
+    }
+    let runtime_error = |source| BrokerError::Runtime {
+        shard: index,
+        source,
+    };
+    match shared.config.driver {
+        DriverKind::Epoll => {
+            match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .with_entries(RING_ENTRIES)
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(shard_body(shared, index, listeners, inbox, ready)),
+                Err(e) => {
+                    let _ = ready.send(Err(runtime_error(e)));
+                }
+            }
+        }
+        DriverKind::Auto => {
+            match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                .enable_timer()
+                .with_entries(RING_ENTRIES)
+                .build()
+            {
+                Ok(mut rt) => rt.block_on(shard_body(shared, index, listeners, inbox, ready)),
+                Err(e) => {
+                    let _ = ready.send(Err(runtime_error(e)));
+                }
+            }
+        }
+    }
+}
+
+/// Inside the shard's runtime: adopt the listeners, build the core, run until stopped.
+async fn shard_body(
+    shared: Arc<Shared>,
+    index: usize,
+    listeners: Vec<std::net::TcpListener>,
+    inbox: Vec<Receiver<Envelope>>,
+    ready: Ready,
+) {
+    let adopted = listeners
+        .into_iter()
+        .map(monoio::net::TcpListener::from_std)
+        .collect::<Result<Vec<_>, _>>();
+    let (listeners, id) = match (adopted, ShardId::new(index as u8)) {
+        (Ok(l), Some(id)) => (l, id),
+        (Err(source), _) => {
+            let _ = ready.send(Err(BrokerError::Runtime {
+                shard: index,
+                source,
+            }));
+            return;
+        }
+        (Ok(_), None) => {
+            let _ = ready.send(Err(BrokerError::TooManyShards(index + 1)));
+            return;
+        }
+    };
+    crate::log!(
+        INFO,
+        Some(index as u16),
+        "running on {} with {} listener(s)",
+        if monoio::utils::is_legacy() {
+            "epoll"
+        } else {
+            "io_uring"
+        },
+        listeners.len()
+    );
+    let core =
+        Rc::new_cyclic(|this| RefCell::new(core::Core::new(id, shared, inbox, this.clone())));
+    let _ = ready.send(Ok(()));
+    tasks::shard_main(core, listeners).await;
+}

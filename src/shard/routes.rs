@@ -1,0 +1,98 @@
+//! One shard's routing state, assembled from the sans-IO router: its local subscription trie,
+//! its replicas of the shard-interest index, of the shared-subscription groups and of the
+//! retained store, plus the reusable match buffers.
+//!
+//! Owns: the keys the runtime hangs on router entries. Local (non-shared) subscriptions are
+//! keyed by the client's slab slot on this shard (entries are removed before a slot is
+//! freed); shared-group members are keyed by `SessionKey` (slot + generation) because
+//! other shards hold them and a stale key must never reach a newer client in a reused slot.
+//!
+//! Must never: touch a socket or the clock, or hold a retained payload that pins a shard's
+//! read buffer (`retained_entry` copies the payload).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::router::delivery::{Fanout, Subscription as RouteSub, SubscriptionTrie};
+use crate::router::interest::{InterestCache, InterestIndex, ShardId};
+use crate::router::retained::{RetainedMessage, RetainedStack, RetainedStore};
+use crate::router::shared::{SharePick, SharedGroups};
+use crate::router::topic::TopicName;
+use crate::router::trie::MatchStack;
+use crate::session::{Message, Subscription};
+
+/// A session on its home shard, as other shards name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SessionKey {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+/// The routing tables of one shard.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    /// Non-shared subscriptions of this shard's sessions, keyed by client slot.
+    pub(crate) local: SubscriptionTrie<u32>,
+    /// Replica: filter -> shards with a local subscriber.
+    pub(crate) interest: InterestIndex,
+    pub(crate) interest_cache: InterestCache,
+    /// Replica: every share group of the broker.
+    pub(crate) shared: SharedGroups<SessionKey>,
+    /// Replica of the retained store.
+    pub(crate) retained: RetainedStore,
+    pub(crate) stack: MatchStack,
+    pub(crate) retained_stack: RetainedStack,
+    pub(crate) fanout: Fanout<u32>,
+    pub(crate) picks: Vec<SharePick<SessionKey>>,
+}
+
+impl Routes {
+    pub(crate) fn new(me: ShardId) -> Routes {
+        Routes {
+            local: SubscriptionTrie::new(),
+            interest: InterestIndex::new(),
+            interest_cache: InterestCache::new(),
+            shared: SharedGroups::new(me),
+            retained: RetainedStore::new(),
+            stack: MatchStack::default(),
+            retained_stack: RetainedStack::default(),
+            fanout: Fanout::default(),
+            picks: Vec::new(),
+        }
+    }
+}
+
+/// The router's view of a session subscription.
+pub(crate) fn route_sub(sub: &Subscription) -> RouteSub {
+    RouteSub {
+        options: sub.options,
+        id: sub.id,
+    }
+}
+
+/// The retained-store entry for a retained publish. Topic and payload are copied so that a
+/// long-lived retained message never pins the 64 KiB read buffer it was decoded from.
+pub(crate) fn retained_entry(message: &Message) -> RetainedMessage {
+    RetainedMessage {
+        topic: TopicName::new(Bytes::copy_from_slice(message.topic.as_bytes()))
+            .unwrap_or_else(|_| message.topic.clone()),
+        payload: Bytes::copy_from_slice(&message.payload),
+        qos: message.qos,
+        properties: message.properties.clone(),
+        expires_at: message.expires_at_ms,
+    }
+}
+
+/// A retained entry as a routable message (sent because of a new subscription).
+pub(crate) fn retained_message(entry: &RetainedMessage) -> Arc<Message> {
+    Arc::new(Message {
+        topic: entry.topic.clone(),
+        payload: entry.payload.clone(),
+        qos: entry.qos,
+        retain: true,
+        properties: entry.properties.clone(),
+        expires_at_ms: entry.expires_at,
+        origin: None,
+    })
+}

@@ -1,0 +1,312 @@
+//! The async glue: the few monoio tasks of a shard and the one task per connection.
+//!
+//! Tasks of a shard: one accept loop per listener, the mailbox task (drains the other
+//! shards' channels), the timer task (one 1 s tick drives the wheel), the flusher (writes
+//! dirty connections and sends the outboxes once per turn), and one task per connection that
+//! waits for "readable, or writable when blocked, or told to close" and calls into `Core`.
+//!
+//! Must never: hold a `RefCell` borrow of the core across an `.await`, or release a
+//! connection's fd while an operation on it is in flight (hand-off happens only right after
+//! a completed readiness wait, with no other op submitted).
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use monoio::net::{TcpListener, TcpStream};
+
+use super::core::{Core, Phase};
+use super::io::{HandoffParts, ReadOutcome};
+use super::mailbox::{Envelope, Handoff, any_pending};
+use super::timer::TICK_MS;
+use crate::log;
+use crate::router::interest::ShardId;
+
+/// Envelopes drained per mailbox wake. Large enough to amortise a wake (~22 us) over
+/// hundreds of messages (75-974 per wake were measured under load), small enough that a
+/// flood from other shards cannot keep this shard from its own sockets for more than a few
+/// milliseconds.
+pub(crate) const DRAIN_BUDGET: usize = 4096;
+
+/// Pause after a failed `accept` (EMFILE and friends) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a stopping shard waits for its connections' last writes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+type Shard = Rc<RefCell<Core>>;
+
+/// Yields once to the other ready tasks.
+async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+enum Event {
+    Close,
+    Readable(std::io::Result<()>),
+    Writable(std::io::Result<()>),
+}
+
+/// Waits for the next thing connection `id` must handle.
+async fn next_event(shard: &Shard, id: u32, stream: &TcpStream, relaxed: bool) -> Event {
+    let mut read = pin!(stream.readable(relaxed));
+    let mut write = pin!(stream.writable(false));
+    poll_fn(|cx| {
+        let (blocked, paused) = {
+            let mut core = shard.borrow_mut();
+            let max_out = core.shared.config.limits.max_output_buffer;
+            let Some(conn) = core.conns.get_mut(id as usize) else {
+                return Poll::Ready(Event::Close);
+            };
+            if conn.phase == Phase::Closing {
+                return Poll::Ready(Event::Close);
+            }
+            if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                conn.waker = Some(cx.waker().clone());
+            }
+            // A client that does not read its socket while we hold more than the limit for
+            // it is not read either: TCP back-pressure instead of unbounded output.
+            (
+                conn.write_blocked,
+                conn.write_blocked && conn.out.len() > max_out,
+            )
+        };
+        if blocked {
+            if let Poll::Ready(r) = write.as_mut().poll(cx) {
+                return Poll::Ready(Event::Writable(r));
+            }
+        }
+        if !paused {
+            if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                return Poll::Ready(Event::Readable(r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The task of one connection, from accept (or hand-off) to close.
+pub(crate) async fn conn_task(shard: Shard, id: u32, stream: TcpStream) {
+    // Relaxed readiness is right after a read that filled the buffer (more is waiting);
+    // after a short read the legacy driver must ask the kernel again (our own `recv`
+    // consumed the readiness it recorded).
+    let mut relaxed = true;
+    loop {
+        let event = next_event(&shard, id, &stream, relaxed).await;
+        let outcome = {
+            let mut core = shard.borrow_mut();
+            match event {
+                Event::Close => ReadOutcome::Close,
+                Event::Readable(Ok(())) => core.on_readable(id),
+                Event::Writable(Ok(())) => {
+                    core.on_writable(id);
+                    ReadOutcome::Continue { drained: !relaxed }
+                }
+                Event::Readable(Err(e)) | Event::Writable(Err(e)) => {
+                    core.close_lost(id, Some(e));
+                    ReadOutcome::Close
+                }
+            }
+        };
+        match outcome {
+            ReadOutcome::Continue { drained } => relaxed = !drained,
+            ReadOutcome::Close => break,
+            ReadOutcome::Handoff(parts) => {
+                hand_off(&shard, id, stream, *parts);
+                return;
+            }
+        }
+    }
+    shard.borrow_mut().finish_conn(id);
+    drop(stream);
+}
+
+/// Moves connection `id` to its home shard. The readiness futures of `next_event` have
+/// completed and been dropped, so no operation holds the fd.
+fn hand_off(shard: &Shard, id: u32, stream: TcpStream, parts: HandoffParts) {
+    let mut core = shard.borrow_mut();
+    let Some(conn) = core.conns.try_remove(id as usize) else {
+        return;
+    };
+    let raw = stream.into_raw_fd();
+    // SAFETY: `into_raw_fd` released ownership of `raw` to us; nothing else closes it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let HandoffParts {
+        home,
+        connect,
+        client_id,
+        assigned,
+        leftover,
+    } = parts;
+    let Some(dst) = ShardId::new(home as u8) else {
+        return;
+    };
+    let handoff = Handoff {
+        fd,
+        peer: conn.peer,
+        connect,
+        client_id,
+        assigned,
+        leftover,
+    };
+    core.send_to(dst, Envelope::Handoff(Box::new(handoff)));
+}
+
+/// Accepts connections on one listener until shutdown.
+pub(crate) async fn accept_loop(shard: Shard, listener: TcpListener) {
+    loop {
+        let accepted = {
+            let mut accept = pin!(listener.accept());
+            poll_fn(|cx| {
+                {
+                    let mut core = shard.borrow_mut();
+                    if core.stopping {
+                        return Poll::Ready(None);
+                    }
+                    if !core.stop_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                        core.stop_wakers.push(cx.waker().clone());
+                    }
+                }
+                accept.as_mut().poll(cx).map(Some)
+            })
+            .await
+        };
+        match accepted {
+            None => break,
+            Some(Ok((stream, peer))) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    log!(WARN, shard.borrow().log_id, "TCP_NODELAY on {peer}: {e}");
+                }
+                use std::os::fd::AsRawFd;
+                let id = {
+                    let mut core = shard.borrow_mut();
+                    core.tick_clock();
+                    core.stats.accepted += 1;
+                    core.new_conn(stream.as_raw_fd(), peer, Phase::AwaitingConnect)
+                };
+                monoio::spawn(conn_task(Rc::clone(&shard), id, stream));
+            }
+            Some(Err(e)) => {
+                log!(WARN, shard.borrow().log_id, "accept failed: {e}");
+                monoio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Drains the other shards' channels; parks (and lets senders wake it) when empty.
+pub(crate) async fn mailbox_task(shard: Shard) {
+    let shared = std::sync::Arc::clone(&shard.borrow().shared);
+    let me = shard.borrow().id.index();
+    loop {
+        poll_fn(|cx| {
+            let core = shard.borrow();
+            let ready = |core: &Core| {
+                (shared.stop.load(Ordering::SeqCst) && !core.stopping) || any_pending(&core.inbox)
+            };
+            if ready(&core) {
+                return Poll::Ready(());
+            }
+            let notifier = &shared.mesh.notifiers[me];
+            notifier.park(cx);
+            if ready(&core) {
+                notifier.unpark();
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
+        let drained = {
+            let mut core = shard.borrow_mut();
+            core.tick_clock();
+            if shared.stop.load(Ordering::SeqCst) && !core.stopping {
+                core.begin_shutdown();
+            }
+            core.drain_inbox(DRAIN_BUDGET)
+        };
+        if drained == DRAIN_BUDGET {
+            yield_now().await;
+        }
+    }
+}
+
+/// Advances the timer wheel once per tick.
+pub(crate) async fn timer_task(shard: Shard) {
+    loop {
+        monoio::time::sleep(Duration::from_millis(TICK_MS)).await;
+        shard.borrow_mut().on_tick();
+    }
+}
+
+/// Writes dirty connections and sends outboxes once per loop turn: woken by the first
+/// connection marked dirty (or envelope queued), it runs after the tasks already ready.
+pub(crate) async fn flusher_task(shard: Shard) {
+    loop {
+        poll_fn(|cx| {
+            let mut core = shard.borrow_mut();
+            if core.dirty.is_empty() && !core.outboxes.is_pending() {
+                core.flusher = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        let complete = shard.borrow_mut().flush_all();
+        if !complete {
+            // A destination channel is full: give that shard time to drain.
+            yield_now().await;
+        }
+    }
+}
+
+/// A shard's life: start its tasks, run until shutdown, give connections a moment to
+/// receive their last bytes.
+pub(crate) async fn shard_main(shard: Shard, listeners: Vec<TcpListener>) {
+    for listener in listeners {
+        monoio::spawn(accept_loop(Rc::clone(&shard), listener));
+    }
+    monoio::spawn(mailbox_task(Rc::clone(&shard)));
+    monoio::spawn(timer_task(Rc::clone(&shard)));
+    monoio::spawn(flusher_task(Rc::clone(&shard)));
+    // Wait for shutdown to begin.
+    poll_fn(|cx| {
+        let mut core = shard.borrow_mut();
+        if core.stopping {
+            Poll::Ready(())
+        } else {
+            core.stop_wakers.push(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+    // Then for every connection to close (bounded).
+    let drained = poll_fn(|cx| {
+        let mut core = shard.borrow_mut();
+        if core.conns.is_empty() {
+            Poll::Ready(())
+        } else {
+            core.stop_wakers.push(cx.waker().clone());
+            Poll::Pending
+        }
+    });
+    let _ = monoio::time::timeout(SHUTDOWN_GRACE, drained).await;
+    let mut core = shard.borrow_mut();
+    core.flush_all();
+}

@@ -1,0 +1,409 @@
+//! Shared harness for the black-box tests: an in-process broker on an ephemeral loopback port
+//! and a blocking raw-packet client built on RingMQ's codec (used as a client: it decodes
+//! CONNACK, SUBACK, server PUBLISH...). Every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ringmq::codec::{
+    self, Ack, Connect, ConnectProperties, DecodeLimits, Disconnect, MqttStr, Packet, PacketId,
+    ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
+    SubscribeProperties, SubscriptionOptions, Unsubscribe, Will, WillProperties,
+};
+use ringmq::config::Config;
+use ringmq::router::topic::{TopicFilter, TopicName};
+
+/// How long any single wait for a packet may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long to wait when asserting that nothing arrives.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// The protocol levels and shard counts every black-box test runs over.
+pub const VERSIONS: [ProtocolVersion; 2] = [ProtocolVersion::V311, ProtocolVersion::V5];
+
+/// Expands to one `#[test]` per (protocol level, shard count) for a test body
+/// `fn(ProtocolVersion, usize)`.
+#[macro_export]
+macro_rules! matrix {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use ringmq::codec::ProtocolVersion;
+                #[test]
+                fn v311_1_shard() { super::$name(ProtocolVersion::V311, 1) }
+                #[test]
+                fn v311_4_shards() { super::$name(ProtocolVersion::V311, 4) }
+                #[test]
+                fn v5_1_shard() { super::$name(ProtocolVersion::V5, 1) }
+                #[test]
+                fn v5_4_shards() { super::$name(ProtocolVersion::V5, 4) }
+            }
+        )*
+    };
+}
+
+/// A broker running in this process; shut down on drop.
+pub struct Broker {
+    handle: Option<ringmq::shard::BrokerHandle>,
+    pub addr: SocketAddr,
+    pub shards: usize,
+}
+
+impl Broker {
+    pub fn start(shards: usize) -> Broker {
+        Broker::start_with(shards, |_| {})
+    }
+
+    pub fn start_with(shards: usize, adjust: impl FnOnce(&mut Config)) -> Broker {
+        let mut config = Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            shards,
+            pin_threads: false,
+            ..Config::default()
+        };
+        config
+            .apply_env(std::env::var("RINGMQ_DRIVER").ok().as_deref())
+            .expect("RINGMQ_DRIVER");
+        adjust(&mut config);
+        let handle = ringmq::shard::start(config).expect("broker starts");
+        let addr = handle.local_addrs()[0];
+        Broker {
+            handle: Some(handle),
+            addr,
+            shards,
+        }
+    }
+
+    /// A client id whose home shard is `shard` (so tests can put clients on chosen shards).
+    pub fn client_id_on(&self, prefix: &str, shard: usize) -> String {
+        (0..10_000)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|id| ringmq::shard::home_shard(id.as_bytes(), self.shards) == shard % self.shards)
+            .expect("some id hashes to every shard")
+    }
+
+    /// Stops the broker and waits for its threads.
+    pub fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().expect("broker shuts down cleanly");
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            // A shard that panicked fails the test, unless it is already failing.
+            if let Err(e) = h.shutdown() {
+                assert!(
+                    std::thread::panicking(),
+                    "broker did not shut down cleanly: {e}"
+                );
+            }
+        }
+    }
+}
+
+pub fn s(text: &str) -> MqttStr {
+    MqttStr::try_from_str(text).expect("valid MQTT string")
+}
+
+pub fn topic(text: &str) -> TopicName {
+    TopicName::new(Bytes::copy_from_slice(text.as_bytes())).expect("valid topic")
+}
+
+pub fn filter(text: &str) -> TopicFilter {
+    TopicFilter::new(Bytes::copy_from_slice(text.as_bytes())).expect("valid filter")
+}
+
+pub fn pid(v: u16) -> PacketId {
+    PacketId(NonZeroU16::new(v).expect("non-zero packet id"))
+}
+
+/// A CONNECT with the given id and clean flag, keep alive 60 s, no will.
+pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive: 60,
+        client_id: s(client_id),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+pub fn will(topic_name: &str, payload: &[u8], qos: QoS, retain: bool) -> Will {
+    Will {
+        topic: topic(topic_name),
+        payload: Bytes::copy_from_slice(payload),
+        qos,
+        retain,
+        properties: WillProperties::default(),
+    }
+}
+
+pub fn publish(topic_name: &str, payload: &[u8], qos: QoS, id: Option<u16>) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic(topic_name),
+        packet_id: id.map(pid),
+        properties: PublishProperties::default(),
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+/// A blocking client speaking raw packets through RingMQ's codec.
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    pub version: ProtocolVersion,
+    next_id: u16,
+}
+
+impl Client {
+    /// A TCP connection with nothing sent yet.
+    pub fn tcp(addr: SocketAddr, version: ProtocolVersion) -> Client {
+        let stream = TcpStream::connect(addr).expect("tcp connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            buf: BytesMut::new(),
+            version,
+            next_id: 0,
+        }
+    }
+
+    /// Connects and returns the client with the CONNACK; panics unless CONNACK arrives.
+    pub fn connect_with(addr: SocketAddr, connect: Connect) -> (Client, codec::ConnAck) {
+        let mut c = Client::tcp(addr, connect.protocol);
+        c.send(&Packet::Connect(Box::new(connect)));
+        match c.recv() {
+            Packet::ConnAck(ack) => (c, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Connects with the given id and clean flag; asserts success.
+    pub fn connect(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        client_id: &str,
+        clean: bool,
+    ) -> (Client, codec::ConnAck) {
+        let (c, ack) = Client::connect_with(addr, connect_packet(version, client_id, clean));
+        assert_eq!(ack.reason, ReasonCode::Success, "CONNACK for {client_id}");
+        (c, ack)
+    }
+
+    pub fn next_packet_id(&mut self) -> u16 {
+        self.next_id = self.next_id % 65_535 + 1;
+        self.next_id
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        codec::encode(packet, self.version, &mut out);
+        self.send_bytes(&out);
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to broker");
+    }
+
+    /// Like `send_bytes`, but a write the broker refused (it already closed) is returned, not
+    /// a panic: for inputs the broker may reject before reading all of them.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Next packet within `timeout`; `Err(closed)` when the broker closed the connection.
+    pub fn recv_within(&mut self, timeout: Duration) -> Result<Option<Packet>, &'static str> {
+        let deadline = Instant::now() + timeout;
+        let limits = DecodeLimits {
+            max_packet_size: 268_435_460,
+            max_user_properties: 10_000,
+            role: codec::Role::Client,
+        };
+        loop {
+            match codec::decode(&mut self.buf, Some(self.version), &limits) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e) => panic!("client could not decode broker output: {e:?}"),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            self.stream
+                .set_read_timeout(Some(deadline - now))
+                .expect("timeout");
+            let mut chunk = [0u8; 65_536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err("closed"),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Err("closed"),
+                Err(e) => panic!("read error: {e}"),
+            }
+        }
+    }
+
+    /// Next packet; panics after `WAIT` or on close.
+    pub fn recv(&mut self) -> Packet {
+        match self.recv_within(WAIT) {
+            Ok(Some(p)) => p,
+            Ok(None) => panic!("no packet from the broker within {WAIT:?}"),
+            Err(e) => panic!("connection {e} while waiting for a packet"),
+        }
+    }
+
+    /// Asserts nothing arrives for `QUIET`.
+    pub fn expect_nothing(&mut self) {
+        if let Ok(Some(p)) = self.recv_within(QUIET) {
+            panic!("expected no packet, got {p:?}");
+        }
+    }
+
+    /// Reads until the broker closes the connection; returns what arrived first.
+    pub fn expect_closed(&mut self) -> Vec<Packet> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.recv_within(deadline - Instant::now()) {
+                Ok(Some(p)) => got.push(p),
+                Ok(None) => break,
+                Err(_) => return got,
+            }
+        }
+        panic!("broker did not close the connection within {WAIT:?}; received {got:?}");
+    }
+
+    /// Subscribes to one filter and returns the SUBACK.
+    pub fn subscribe(&mut self, filter_text: &str, qos: QoS) -> SubAck {
+        let options = SubscriptionOptions {
+            qos,
+            ..SubscriptionOptions::default()
+        };
+        self.subscribe_with(filter_text, options, None)
+    }
+
+    pub fn subscribe_with(
+        &mut self,
+        filter_text: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> SubAck {
+        let packet_id = pid(self.next_packet_id());
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: vec![(filter(filter_text), options)],
+            properties: SubscribeProperties {
+                subscription_identifier: id,
+                ..Default::default()
+            },
+        }));
+        match self.recv() {
+            Packet::SubAck(ack) => {
+                assert_eq!(ack.packet_id, packet_id);
+                ack
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    pub fn unsubscribe(&mut self, filter_text: &str) {
+        let packet_id = pid(self.next_packet_id());
+        self.send(&Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            filters: vec![filter(filter_text)],
+            user_properties: Vec::new(),
+        }));
+        match self.recv() {
+            Packet::UnsubAck(ack) => assert_eq!(ack.packet_id, packet_id),
+            other => panic!("expected UNSUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes and completes the QoS flow from the publisher's side.
+    pub fn publish(&mut self, topic_name: &str, payload: &[u8], qos: QoS, retain: bool) {
+        let id = (qos != QoS::AtMostOnce).then(|| self.next_packet_id());
+        let mut p = publish(topic_name, payload, qos, id);
+        p.retain = retain;
+        self.send(&Packet::Publish(p));
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => match self.recv() {
+                Packet::PubAck(a) => assert_eq!(a.packet_id.get(), id.unwrap_or(0)),
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            QoS::ExactlyOnce => {
+                match self.recv() {
+                    Packet::PubRec(a) => assert_eq!(a.packet_id.get(), id.unwrap_or(0)),
+                    other => panic!("expected PUBREC, got {other:?}"),
+                }
+                self.send(&Packet::PubRel(Ack::new(pid(id.unwrap_or(1)))));
+                match self.recv() {
+                    Packet::PubComp(a) => assert_eq!(a.packet_id.get(), id.unwrap_or(0)),
+                    other => panic!("expected PUBCOMP, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Receives one PUBLISH and acknowledges it per its QoS; returns it.
+    pub fn recv_publish(&mut self) -> Publish {
+        let p = match self.recv() {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        };
+        self.ack(&p);
+        p
+    }
+
+    /// Acknowledges a received PUBLISH (PUBACK, or PUBREC/PUBREL/PUBCOMP).
+    pub fn ack(&mut self, p: &Publish) {
+        let Some(id) = p.packet_id else { return };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(id))),
+            QoS::ExactlyOnce => {
+                self.send(&Packet::PubRec(Ack::new(id)));
+                match self.recv() {
+                    Packet::PubRel(a) => assert_eq!(a.packet_id, id),
+                    other => panic!("expected PUBREL, got {other:?}"),
+                }
+                self.send(&Packet::PubComp(Ack::new(id)));
+            }
+        }
+    }
+
+    pub fn ping(&mut self) {
+        self.send(&Packet::PingReq);
+        match self.recv() {
+            Packet::PingResp => {}
+            other => panic!("expected PINGRESP, got {other:?}"),
+        }
+    }
+
+    pub fn disconnect(mut self) {
+        self.send(&Packet::Disconnect(Disconnect::new(
+            ReasonCode::NormalDisconnection,
+        )));
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+
+    /// Drops the TCP connection without DISCONNECT (an abnormal close: will is due).
+    pub fn drop_connection(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}

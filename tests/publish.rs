@@ -1,0 +1,161 @@
+//! PUBLISH routing and QoS flows over real sockets (spec 3.3-3.7, 4.3-4.7): delivery QoS,
+//! overlapping subscriptions, `$` topics, ordering, publisher and subscriber on different shards.
+
+mod common;
+
+use common::{Broker, Client, publish};
+use ringmq::codec::{Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+
+const ALL_QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+
+/// Every (published QoS, granted QoS) pair delivers at the minimum of the two [MQTT-3.8.4-8],
+/// with the publisher and the subscriber homed on different shards when there are several.
+fn delivery_qos_is_the_minimum(v: ProtocolVersion, shards: usize) {
+    let broker = Broker::start(shards);
+    let sub_id = broker.client_id_on("sub", 0);
+    let pub_id = broker.client_id_on("pub", 1);
+    let (mut sub, _) = Client::connect(broker.addr, v, &sub_id, true);
+    let (mut publisher, _) = Client::connect(broker.addr, v, &pub_id, true);
+    for granted in ALL_QOS {
+        let t = format!("qos/{}", granted as u8);
+        let ack = sub.subscribe(&t, granted);
+        assert_eq!(ack.reasons, vec![ReasonCode::granted(granted)]);
+        for published in ALL_QOS {
+            let payload = format!("{} -> {}", published as u8, granted as u8);
+            publisher.publish(&t, payload.as_bytes(), published, false);
+            let got = sub.recv_publish();
+            assert_eq!(got.payload, payload.as_bytes());
+            assert_eq!(got.qos, published.min(granted), "{payload}");
+            assert!(!got.retain, "live deliveries carry no retain flag");
+            assert!(!got.dup);
+        }
+    }
+    sub.expect_nothing();
+}
+
+/// Overlapping subscriptions of one client deliver once, at the highest granted QoS.
+fn overlapping_subscriptions_deliver_once(v: ProtocolVersion, shards: usize) {
+    let broker = Broker::start(shards);
+    let (mut sub, _) = Client::connect(broker.addr, v, "overlap", true);
+    sub.subscribe("a/+/c", QoS::AtMostOnce);
+    sub.subscribe("a/#", QoS::AtLeastOnce);
+    sub.subscribe("a/b/c", QoS::AtMostOnce);
+    let (mut publisher, _) = Client::connect(broker.addr, v, "overlap-pub", true);
+    publisher.publish("a/b/c", b"once", QoS::ExactlyOnce, false);
+    let got = sub.recv_publish();
+    assert_eq!(got.qos, QoS::AtLeastOnce);
+    sub.expect_nothing();
+}
+
+/// `#` and `+` at the first level do not match `$` topics; clients cannot publish to `$SYS`.
+fn dollar_topics(v: ProtocolVersion, shards: usize) {
+    let broker = Broker::start(shards);
+    let (mut wild, _) = Client::connect(broker.addr, v, "wild", true);
+    wild.subscribe("#", QoS::AtMostOnce);
+    wild.subscribe("+/x", QoS::AtMostOnce);
+    let (mut sys, _) = Client::connect(broker.addr, v, "sys-watcher", true);
+    sys.subscribe("$SYS/test/#", QoS::AtMostOnce);
+    let (mut publisher, _) = Client::connect(broker.addr, v, "dollar-pub", true);
+    publisher.publish("$SYS/test/x", b"forged", QoS::AtMostOnce, false);
+    publisher.publish("$other/x", b"dollar", QoS::AtMostOnce, false);
+    publisher.publish("plain/x", b"plain", QoS::AtMostOnce, false);
+    let got = wild.recv_publish();
+    assert_eq!(&got.payload[..], b"plain", "[MQTT-4.7.2-1]");
+    wild.expect_nothing();
+    sys.expect_nothing();
+}
+
+/// Messages from one publisher on one topic arrive in order, across shards [MQTT-4.6.0-5].
+fn ordering_is_kept(v: ProtocolVersion, shards: usize) {
+    let broker = Broker::start(shards);
+    let sub_id = broker.client_id_on("order-sub", 1);
+    let pub_id = broker.client_id_on("order-pub", 2);
+    let (mut sub, _) = Client::connect(broker.addr, v, &sub_id, true);
+    sub.subscribe("order/t", QoS::AtLeastOnce);
+    let (mut publisher, _) = Client::connect(broker.addr, v, &pub_id, true);
+    const N: u32 = 500;
+    for i in 0..N {
+        let qos = if i % 2 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let id = (qos != QoS::AtMostOnce).then(|| publisher.next_packet_id());
+        publisher.send(&Packet::Publish(publish(
+            "order/t",
+            &i.to_be_bytes(),
+            qos,
+            id,
+        )));
+    }
+    let mut acks = 0;
+    while acks < N / 2 {
+        match publisher.recv() {
+            Packet::PubAck(_) => acks += 1,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    for i in 0..N {
+        let got = sub.recv_publish();
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&got.payload[..4]);
+        assert_eq!(u32::from_be_bytes(n), i, "message {i} out of order");
+    }
+}
+
+/// A subscriber gets nothing after UNSUBSCRIBE; a wildcard subscription sees many topics.
+fn unsubscribe_stops_delivery(v: ProtocolVersion, shards: usize) {
+    let broker = Broker::start(shards);
+    let (mut sub, _) = Client::connect(broker.addr, v, "unsub", true);
+    sub.subscribe("u/+", QoS::AtLeastOnce);
+    let (mut publisher, _) = Client::connect(broker.addr, v, "unsub-pub", true);
+    for t in ["u/1", "u/2", "u/3"] {
+        publisher.publish(t, t.as_bytes(), QoS::AtLeastOnce, false);
+        assert_eq!(sub.recv_publish().topic.as_str(), t);
+    }
+    sub.unsubscribe("u/+");
+    publisher.publish("u/4", b"late", QoS::AtLeastOnce, false);
+    sub.expect_nothing();
+}
+
+/// v5: subscription identifiers of every matching subscription come with the message, and
+/// No Local keeps a client's own messages from it.
+fn v5_subscription_ids_and_no_local(v: ProtocolVersion, shards: usize) {
+    if v != ProtocolVersion::V5 {
+        return;
+    }
+    let broker = Broker::start(shards);
+    let (mut c, _) = Client::connect(broker.addr, v, "ids", true);
+    let opts = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..Default::default()
+    };
+    c.subscribe_with("ids/+", opts, Some(7));
+    c.subscribe_with("ids/#", opts, Some(9));
+    let (mut publisher, _) = Client::connect(broker.addr, v, "ids-pub", true);
+    publisher.publish("ids/x", b"x", QoS::AtLeastOnce, false);
+    let got = c.recv_publish();
+    let mut ids = got.properties.subscription_identifiers.clone();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![7, 9]);
+
+    let no_local = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        ..Default::default()
+    };
+    c.subscribe_with("mine/t", no_local, None);
+    c.publish("mine/t", b"own", QoS::AtLeastOnce, false);
+    c.expect_nothing();
+    publisher.publish("mine/t", b"theirs", QoS::AtLeastOnce, false);
+    assert_eq!(&c.recv_publish().payload[..], b"theirs");
+}
+
+matrix!(
+    delivery_qos_is_the_minimum,
+    overlapping_subscriptions_deliver_once,
+    dollar_topics,
+    ordering_is_kept,
+    unsubscribe_stops_delivery,
+    v5_subscription_ids_and_no_local,
+);
