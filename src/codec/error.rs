@@ -19,6 +19,8 @@ pub enum Malformation {
     ForbiddenCodePoint,
     UnexpectedEof,
     TrailingBytes,
+    /// Reserved fixed-header flag bits set on the CONNECT [MQTT-2.1.3-1].
+    FixedHeaderFlags,
 }
 
 /// Why a byte sequence is not a valid packet. `Copy`, no allocation.
@@ -223,15 +225,13 @@ impl DecodeError {
             | E::InvalidWillTopic { version, .. }
             | E::PasswordWithoutUsername { version }
             | E::ClientIdRejected { version } => Some(version),
-            // The CONNACK format for a level we do not speak: a client announcing 5 or more
-            // understands a 5.0 CONNACK (0x84) [MQTT-3.1.2-2]; older ones get the 3.x form
-            // (0x01), which 3.1 and 3.1.1 share.
-            E::InvalidProtocolName { level } | E::UnsupportedProtocolVersion { level } => {
-                Some(if level >= 5 {
-                    ProtocolVersion::V5
-                } else {
-                    ProtocolVersion::V311
-                })
+            // A wrong protocol name at level 5 is a 5.0 client: 5.0 CONNACK 0x84
+            // [MQTT-3.1.2-1]. A level we do not speak gets the two-byte 3.x CONNACK with return
+            // code 0x01 [MQTT-3.1.2-2] (3.1.1): its format is the only one every client level
+            // can parse, since we cannot know what a future level's CONNACK looks like.
+            E::InvalidProtocolName { level: 5 } => Some(ProtocolVersion::V5),
+            E::InvalidProtocolName { .. } | E::UnsupportedProtocolVersion { .. } => {
+                Some(ProtocolVersion::V311)
             }
             E::VariableByteIntegerTooLong
             | E::UnknownProperty(_)

@@ -78,8 +78,9 @@ fn check_first_byte(b: u8, version: Option<ProtocolVersion>) -> Result<(), Decod
     let packet_type = b >> 4;
     let flags = b & 0x0F;
     match (version, packet_type) {
-        // [MQTT-3.1.0-1]: the first packet must be CONNECT.
-        (None, 1) => {}
+        // [MQTT-3.1.0-1]: the first packet must be CONNECT. Its flags are checked once the
+        // body is in (see `decode`), so that a 5.0 client can be told CONNACK 0x81.
+        (None, 1) => return Ok(()),
         (None, _) => return Err(DecodeError::FirstPacketNotConnect),
         // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
         (Some(_), 1) => return Err(DecodeError::SecondConnect),
@@ -142,8 +143,24 @@ pub fn decode(
         return Ok(None);
     }
     let mut packet = src.split_to(total).freeze();
+    if version.is_none() && first & 0x0F != 0 {
+        return Err(connect_flags_error(first, &packet[header..]));
+    }
     let body = Reader::new(packet.split_off(header));
     decode_body(first, body, version, limits).map(Some)
+}
+
+/// The error for a CONNECT whose reserved fixed-header flags are set [MQTT-2.1.3-1]: a 5.0
+/// client (name `MQTT`, level 5) is answered CONNACK 0x81 (BAD_INPUTS #5), any other is
+/// closed without an answer since its level is unknown or has no code for it.
+fn connect_flags_error(first: u8, body: &[u8]) -> DecodeError {
+    if body.starts_with(b"\x00\x04MQTT\x05") {
+        return DecodeError::MalformedConnect {
+            version: ProtocolVersion::V5,
+            cause: error::Malformation::FixedHeaderFlags,
+        };
+    }
+    DecodeError::InvalidFixedHeaderFlags(first)
 }
 
 /// Decodes a body whose first byte passed `check_first_byte`.

@@ -64,7 +64,7 @@ fn bad_input_10_wrong_protocol_name_or_level() {
         None,
         false,
         E::UnsupportedProtocolVersion { level: 6 },
-        v5_refused,
+        v3_refused,
     );
     expect_err(
         "10 0D 0004'MQTT' 03 02 003C 0001'a'",

@@ -114,6 +114,11 @@ fn bad_input_05_wrong_fixed_header_flags() {
     for b in [0x11u8, 0x12, 0x14, 0x18] {
         let bytes = format!("{b:02X} 0C 0004'MQTT' 04 02 003C 0000");
         expect_err(&bytes, None, false, E::InvalidFixedHeaderFlags(b), CLOSE);
+        // A 5.0 CONNECT is answered CONNACK 0x81 before the close.
+        let bytes = format!("{b:02X} 0D 0004'MQTT' 05 02 003C 00 0000");
+        let cause = Malformation::FixedHeaderFlags;
+        let err = E::MalformedConnect { version: V5, cause };
+        expect_err(&bytes, None, false, err, connack(V5, R::MalformedPacket));
     }
     let after_connect = [
         0x63u8,
