@@ -36,7 +36,13 @@ impl Session {
         };
         match &self.state {
             State::Connected(c) => {
-                if entry.qos == QoS::AtMostOnce {
+                if entry.qos == QoS::AtMostOnce && !self.data.queue.is_empty() {
+                    // Behind queued QoS 1/2 messages waiting for window space: a QoS 0
+                    // message must not overtake them, so that one publisher's messages on a
+                    // topic arrive in the order sent whatever their QoS ([MQTT-4.6.0-6]
+                    // requires it per QoS; users expect it across QoS).
+                    self.enqueue(entry);
+                } else if entry.qos == QoS::AtMostOnce {
                     if out.len() >= self.limits.max_output_buffer {
                         // Slow consumer: QoS 0 is the first thing to give up.
                         self.stats.dropped_qos0 += 1;

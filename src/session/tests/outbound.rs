@@ -92,20 +92,38 @@ fn puback_frees_the_window_and_drains_the_queue() {
     }
     assert_eq!(h.packets().len(), 2);
     assert_eq!(h.s.data().queue.len(), 2);
-    // QoS 0 is not held back by the window.
+    // A QoS 0 message waits behind queued QoS 1 messages: one publisher's order is kept
+    // across QoS levels.
     h.deliver(&message("q0", QoS::AtMostOnce), &live(QoS::AtMostOnce));
-    assert_eq!(h.packets().len(), 1);
+    assert!(h.packets().is_empty());
+    assert_eq!(h.s.data().queue.len(), 3);
     h.packet(Packet::PubAck(ack(1)));
     let packets = h.packets();
     let p = publishes(&packets);
     assert_eq!(p.len(), 1);
     assert_eq!(p[0].packet_id, Some(pid(3)));
     h.packet(Packet::PubAck(ack(2)));
-    h.packet(Packet::PubAck(ack(3)));
     let packets = h.packets();
-    assert_eq!(publishes(&packets)[0].packet_id, Some(pid(4)));
+    let p = publishes(&packets);
+    assert_eq!(
+        p.len(),
+        2,
+        "the last QoS 1 message, then the QoS 0 one behind it"
+    );
+    assert_eq!(p[0].packet_id, Some(pid(4)));
+    assert_eq!((p[1].topic.as_str(), p[1].packet_id), ("q0", None));
+    h.packet(Packet::PubAck(ack(3)));
+    assert!(h.packets().is_empty());
     assert!(h.s.data().queue.is_empty());
     assert_eq!(h.s.data().inflight.len(), 1);
+    // With nothing queued, QoS 0 is not held back by a full window.
+    h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    assert_eq!(h.s.data().inflight.len(), 2);
+    h.deliver(&message("q0", QoS::AtMostOnce), &live(QoS::AtMostOnce));
+    let packets = h.packets();
+    let p = publishes(&packets);
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[1].packet_id, None);
 }
 
 #[test]
