@@ -117,10 +117,14 @@ fn takeover_closes_the_old_connection(v: ProtocolVersion, shards: usize) {
     let broker = Broker::start(shards);
     // Several rounds so that, with SO_REUSEPORT, the two connections arrive on different
     // accepting shards at least some of the time; all meet on the id's home shard.
+    let mut persistent = connect_packet(v, "taken", false);
+    if v == ProtocolVersion::V5 {
+        persistent.properties.session_expiry_interval = Some(300);
+    }
     for round in 0..4 {
-        let (mut old, _) = Client::connect(broker.addr, v, "taken", false);
+        let (mut old, _) = Client::connect_with(broker.addr, persistent.clone());
         old.subscribe("takeover/t", QoS::AtLeastOnce);
-        let (mut new, ack) = Client::connect(broker.addr, v, "taken", false);
+        let (mut new, ack) = Client::connect_with(broker.addr, persistent.clone());
         assert!(
             ack.session_present,
             "round {round}: the new connection resumes the session"
@@ -155,7 +159,18 @@ matrix!(
 #[test]
 fn unknown_protocol_level_is_refused() {
     let broker = Broker::start(1);
-    // MQTT level 6 does not exist: 3.x return code 0x01 [MQTT-3.1.2-2].
+    // Level 2 predates every supported level: 3.x return code 0x01 [MQTT-3.1.2-2] (3.1.1).
+    let mut c = Client::tcp(broker.addr, ProtocolVersion::V311);
+    c.send_bytes(&[
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x02, 0x02, 0x00, 0x3C, 0x00, 0x00,
+    ]);
+    let got = c.expect_closed();
+    assert!(
+        matches!(got.as_slice(), [Packet::ConnAck(a)] if a.reason == ReasonCode::UnsupportedProtocolVersion),
+        "got {got:?}"
+    );
+    // Level 6: a level we do not speak also gets the two-byte 3.x form (0x01), the one
+    // format every client level can parse.
     let mut c = Client::tcp(broker.addr, ProtocolVersion::V311);
     c.send_bytes(&[
         0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x06, 0x02, 0x00, 0x3C, 0x00, 0x00,
