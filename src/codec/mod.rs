@@ -34,7 +34,7 @@ pub use error::{DecodeError, ErrorResponse, Malformation};
 pub use model::*;
 pub use reason::{ReasonCode, ReasonContext};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 use reader::{Reader, Vbi, parse_vbi};
 
@@ -146,7 +146,9 @@ pub fn decode(
     if version.is_none() && first & 0x0F != 0 {
         return Err(connect_flags_error(first, &packet[header..]));
     }
-    let body = Reader::new(packet.split_off(header));
+    // `advance` moves the start without another refcount increment (unlike `split_off`).
+    packet.advance(header);
+    let body = Reader::new(packet);
     decode_body(first, body, version, limits).map(Some)
 }
 

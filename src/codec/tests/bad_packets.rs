@@ -1,6 +1,4 @@
 //! BAD_INPUTS.md rows 32 to 63: PUBLISH, acknowledgements, SUBSCRIBE, server-only packets.
-//! Tests marked `#[ignore = "needs router::topic"]` pass once the router branch's topic
-//! rules are merged (the skeleton's placeholder accepts every topic).
 
 use super::*;
 use crate::router::topic::TopicError;
@@ -34,7 +32,6 @@ fn bad_input_32_zero_length_topic_without_alias() {
 }
 
 #[test]
-#[ignore = "needs router::topic"]
 fn bad_input_33_wildcards_in_publish_topic() {
     for bytes in [
         "30 0E 0005 2B6F706963 'payload'",
@@ -247,7 +244,6 @@ fn bad_input_43_empty_response_topic() {
 }
 
 #[test]
-#[ignore = "needs router::topic"]
 fn bad_input_43_response_topic_with_wildcards() {
     let mut buf = hex("30 0B 0001'a' 06 08 0003'a/#' 'x'");
     let err = decode(&mut buf, Some(V5), &limits()).unwrap_err();
@@ -389,7 +385,6 @@ fn bad_input_57_no_local_on_shared_subscription() {
 }
 
 #[test]
-#[ignore = "needs router::topic"]
 fn bad_input_57_shared_subscription_without_group_or_filter() {
     for bytes in [
         "82 0F 1234 00 0009'$share/p/' 00",

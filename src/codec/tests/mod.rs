@@ -1,9 +1,5 @@
 //! Codec tests with packets as literal bytes: round trips at every level, literal encodings
 //! from the specification, streaming, and one test per decodable row of BAD_INPUTS.md.
-//!
-//! Tests marked `#[ignore = "needs router::topic"]` depend on the topic rules of the router
-//! branch (wildcards, shared-subscription syntax); the skeleton's placeholder accepts every
-//! topic. Run them after the merge with `cargo test --lib codec -- --include-ignored`.
 
 mod bad_connect;
 mod bad_framing;
