@@ -118,8 +118,8 @@ pub(crate) struct Core {
     pub(crate) flusher: Option<Waker>,
     /// Reused for every session call.
     pub(crate) actions: Vec<Action>,
-    /// The one read buffer of the shard.
-    pub(crate) scratch: BytesMut,
+    /// The one read buffer of the shard (`SCRATCH_SIZE` bytes, allocated once).
+    pub(crate) scratch: Box<[u8]>,
     /// Output of calls on sessions with no connection; always discarded.
     pub(crate) sink: BytesMut,
     pub(crate) connect_limits: DecodeLimits,
@@ -168,7 +168,7 @@ impl Core {
             dirty: Vec::new(),
             flusher: None,
             actions: Vec::new(),
-            scratch: BytesMut::new(),
+            scratch: vec![0; super::io::SCRATCH_SIZE].into_boxed_slice(),
             sink: BytesMut::new(),
             connect_limits,
             packet_limits,
