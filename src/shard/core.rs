@@ -360,6 +360,9 @@ impl Core {
         };
         if let Some(c) = self.conns.get_mut(conn as usize) {
             c.client = None;
+            let peer = c.peer;
+            let client = self.client_name(Some(slot));
+            log!(INFO, self.log_id, "client {client} at {peer}: connection closed by the session");
         }
         self.mark_dirty(conn);
         self.request_close(conn);
