@@ -86,7 +86,7 @@ fn decode_connect_body(
 ) -> Result<Connect, DecodeError> {
     let flags = read_flags(&mut r, version)?;
     let keep_alive = r.u16()?;
-    let properties = if version.is_v5() {
+    let properties: ConnectProperties = if version.is_v5() {
         read_properties(&mut r, limits)?
     } else {
         Default::default()
@@ -95,8 +95,15 @@ fn decode_connect_body(
     let client_id = r.string()?;
     let will = match flags.will {
         Some((qos, retain)) => {
+            // The user-property cap is per packet: the will gets what CONNECT left.
+            let will_limits = DecodeLimits {
+                max_user_properties: limits
+                    .max_user_properties
+                    .saturating_sub(properties.user_properties.len()),
+                ..*limits
+            };
             let properties = if version.is_v5() {
-                read_properties(&mut r, limits)?
+                read_properties(&mut r, &will_limits)?
             } else {
                 Default::default()
             };
