@@ -4,15 +4,14 @@
 //! broadcast by the shard whose local trie saw a filter's first subscriber arrive or its last
 //! one leave (`trie::Inserted::New { first_for_filter: true }` / `Removed::last_for_filter`).
 //! The reference count lives in the owner's local trie; here a shard is just a bit.
-//! Also owns `InterestCache`, a per-shard topic -> mask cache invalidated by a generation.
+//! Also owns `InterestCache`, a per-shard topic -> mask cache invalidated by a generation
+//! (measured in `benches/router.rs`: see the `interest/*` group).
 //!
 //! Must never: hold shared-subscription filters (groups are replicated by `shared.rs`; the
 //! publishing shard picks one member and needs no interest bit), or hold a bit for a shard
 //! with no local subscriber once that shard's `Remove` has been applied.
 
-use std::collections::HashMap;
-
-use bytes::Bytes;
+use std::hash::{BuildHasher, RandomState};
 
 use super::topic::{TopicFilter, TopicName};
 use super::trie::{Inserted, MatchStack, Trie};
@@ -169,15 +168,34 @@ impl InterestIndex {
     }
 }
 
-/// Most topics a cache holds before it starts over; bounds memory when publishers use many
-/// distinct topics (a cache that only grows is a memory leak driven by clients).
+/// Slots of an `InterestCache` (a power of two). 16k slots of ~40 bytes plus the topic
+/// bytes: well under 1 MiB per shard, enough for the hot topics of a shard.
 pub const INTEREST_CACHE_CAPACITY: usize = 16 * 1024;
 
-/// Per-shard cache of `shards_for` results, valid for one generation of the index.
+/// Topics longer than this are not cached: copying them would cost more than the walk saves
+/// and lets one publisher pin large buffers.
+const MAX_CACHED_TOPIC_LEN: usize = 256;
+
+#[derive(Debug, Default)]
+struct CacheSlot {
+    /// `index generation + 1` when filled; 0 means empty. A slot is valid only while this
+    /// equals the index's current generation + 1, so invalidation costs nothing up front.
+    generation: u64,
+    /// A copy of the topic (its capacity is reused when the slot is overwritten): a `Bytes`
+    /// clone of a decoded topic would keep the whole read buffer alive.
+    topic: Vec<u8>,
+    mask: ShardMask,
+}
+
+/// Per-shard cache of `shards_for` results: direct-mapped by a keyed hash of the topic, each
+/// slot valid for one generation of the index. A miss overwrites its slot without allocating
+/// once the slot's buffer is large enough; colliding topics evict each other.
 #[derive(Debug, Default)]
 pub struct InterestCache {
-    map: HashMap<Bytes, ShardMask>,
-    generation: u64,
+    /// Empty until first use, then `INTEREST_CACHE_CAPACITY` slots.
+    slots: Vec<CacheSlot>,
+    /// Keyed (SipHash) so clients cannot aim topics at one slot.
+    hasher: RandomState,
 }
 
 impl InterestCache {
@@ -192,33 +210,40 @@ impl InterestCache {
         topic: &TopicName,
         stack: &mut MatchStack,
     ) -> ShardMask {
-        if self.generation != index.generation() {
-            self.map.clear();
-            self.generation = index.generation();
+        let t = topic.as_bytes();
+        if t.len() > MAX_CACHED_TOPIC_LEN {
+            return index.shards_for(topic, stack);
         }
-        if let Some(mask) = self.map.get(topic.as_bytes()) {
-            return *mask;
+        if self.slots.is_empty() {
+            self.slots
+                .resize_with(INTEREST_CACHE_CAPACITY, CacheSlot::default);
+        }
+        let want = index.generation() + 1;
+        // Truncation is the point: the low bits pick the slot.
+        let i = self.hasher.hash_one(t) as usize & (INTEREST_CACHE_CAPACITY - 1);
+        let slot = &mut self.slots[i];
+        if slot.generation == want && slot.topic == t {
+            return slot.mask;
         }
         let mask = index.shards_for(topic, stack);
-        if self.map.len() >= INTEREST_CACHE_CAPACITY {
-            self.map.clear();
-        }
-        self.map.insert(topic.as_shared().clone(), mask);
+        slot.generation = want;
+        slot.topic.clear();
+        slot.topic.extend_from_slice(t);
+        slot.mask = mask;
         mask
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    /// Number of slots valid for `index`'s current generation.
+    pub fn len(&self, index: &InterestIndex) -> usize {
+        let want = index.generation() + 1;
+        self.slots.iter().filter(|s| s.generation == want).count()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn shard(i: u8) -> ShardId {
         ShardId::new(i).expect("valid shard")
@@ -329,7 +354,7 @@ mod tests {
         let t = TopicName::from_static("a/b");
         idx.apply(&add("a/b", 1));
         assert_eq!(cache.shards_for(&idx, &t, &mut stack), ShardMask(0b10));
-        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.len(&idx), 1);
         assert_eq!(cache.shards_for(&idx, &t, &mut stack), ShardMask(0b10));
         idx.apply(&add("+/b", 0));
         assert_eq!(cache.shards_for(&idx, &t, &mut stack), ShardMask(0b11));
@@ -346,6 +371,10 @@ mod tests {
             let t = TopicName::new(Bytes::from(format!("t/{i}"))).expect("valid");
             cache.shards_for(&idx, &t, &mut stack);
         }
-        assert!(cache.len() <= INTEREST_CACHE_CAPACITY);
+        assert!(cache.len(&idx) <= INTEREST_CACHE_CAPACITY);
+        assert_eq!(cache.slots.len(), INTEREST_CACHE_CAPACITY);
+        // A long topic bypasses the cache but still gets the right answer.
+        let long = TopicName::new(Bytes::from("x/".repeat(200))).expect("valid");
+        assert_eq!(cache.shards_for(&idx, &long, &mut stack), ShardMask::EMPTY);
     }
 }

@@ -1,7 +1,19 @@
 //! Sans-IO routing: topic names and filters, the subscription trie, shared-subscription
 //! groups, the shard-interest index and the retained-message store.
 //!
-//! Must never: touch a socket or the clock, or use `unsafe`.
+//! Flow of one publish on shard S (see DESIGN.md, Routing):
+//! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`) gives the shards with a
+//!    non-shared subscriber; S sends one envelope to each.
+//! 2. `SharedGroups::pick(topic)` chooses one member per matching share group; S sends the
+//!    message to that member's shard, addressed to the member.
+//! 3. Each destination shard runs `Fanout::collect` over its local `SubscriptionTrie`: one
+//!    `Delivery` per local session, overlapping subscriptions merged.
+//!
+//! Replication: `InterestOp` and `ShareOp` are plain data; every shard applies the same ops
+//! to its own replica. A shard emits `InterestOp::Add`/`Remove` when its local trie reports
+//! `first_for_filter`/`last_for_filter`.
+//!
+//! Must never: touch a socket or the clock, or use `unsafe`; recurse over topic levels.
 #![forbid(unsafe_code)]
 
 pub mod delivery;
@@ -10,3 +22,16 @@ pub mod retained;
 pub mod shared;
 pub mod topic;
 pub mod trie;
+
+pub use delivery::{Delivery, Fanout, Subscription, SubscriptionTrie};
+pub use interest::{InterestCache, InterestIndex, InterestOp, MAX_SHARDS, ShardId, ShardMask};
+pub use retained::{RetainedMessage, RetainedStack, RetainedStore};
+pub use shared::{ShareMember, ShareOp, SharePick, SharedGroups};
+pub use topic::{TopicError, TopicFilter, TopicName, topic_matches};
+pub use trie::{Inserted, MatchStack, Removed, Trie};
+
+/// A subscriber key for the tries: a slot index chosen by the owning shard (e.g. its session
+/// slab index). Any small `Copy + Ord` key works; this one is offered so shards and tests
+/// need not invent their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberId(pub u32);
