@@ -194,10 +194,13 @@ impl Session {
         if matches!(self.state, State::Offline(o) if o.will_due_ms.is_some()) {
             self.publish_will(now_ms, actions);
         }
-        for filter in self.data.subscriptions.keys() {
-            actions.push(Action::Unsubscribe {
-                filter: filter.clone(),
-            });
+        // After `Ended` the shard already removed the subscriptions from the router.
+        if !matches!(self.state, State::Ended) {
+            for filter in self.data.subscriptions.keys() {
+                actions.push(Action::Unsubscribe {
+                    filter: filter.clone(),
+                });
+            }
         }
         self.data.clear();
     }

@@ -144,7 +144,8 @@ impl SessionData {
 
     /// Puts messages back at the front of the queue, keeping their order (used when a
     /// resumed connection has a smaller inflight window than the one they were sent in).
-    /// The bounds are not applied: these messages were already accepted.
+    /// The bounds are not applied: these messages were already accepted, so the queue may
+    /// exceed them by at most one inflight window until it drains.
     pub(crate) fn requeue_front(&mut self, entries: Vec<QueuedMessage>) {
         for entry in entries.into_iter().rev() {
             self.queued_bytes += entry.cost();

@@ -83,14 +83,15 @@ impl Session {
             self.data.will = None;
         }
         let expiry = self.data.session_expiry_secs;
-        let expires_at_ms = (expiry != u32::MAX).then(|| now_ms + u64::from(expiry) * 1000);
+        let expires_at_ms =
+            (expiry != u32::MAX).then(|| now_ms.saturating_add(u64::from(expiry) * 1000));
         let mut will_due_ms = None;
         if self.data.will.is_some() {
             let delay = self.data.will_delay_secs;
             if delay == 0 || expiry == 0 {
                 self.publish_will(now_ms, actions);
             } else {
-                let due = now_ms + u64::from(delay) * 1000;
+                let due = now_ms.saturating_add(u64::from(delay) * 1000);
                 // The will goes out when the delay or the session ends, whichever first.
                 will_due_ms = Some(expires_at_ms.map_or(due, |e| due.min(e)));
             }
@@ -118,7 +119,7 @@ impl Session {
 
     /// The session is over: `Ended`, nothing kept but the subscriptions (for the shard's
     /// router cleanup through `subscriptions()`).
-    fn end_session(&mut self, actions: &mut Vec<Action>) {
+    pub(super) fn end_session(&mut self, actions: &mut Vec<Action>) {
         let subscriptions = std::mem::take(&mut self.data.subscriptions);
         self.data.clear();
         self.data.subscriptions = subscriptions;

@@ -15,8 +15,10 @@
 //! 1. Decode CONNECT; `validate_connect` -> on `Err(code)` `refuse_connect` and close.
 //! 2. Find the client's session on its home shard. If it is connected, call `taken_over`
 //!    with the OLD connection's output buffer, flush and close that connection.
-//!    If the CONNECT asks for a clean start, or no session exists (or it emitted
-//!    `Action::Ended`), create one with `Session::new`.
+//!    If no session exists (or it emitted `Action::Ended`), create one with `Session::new`.
+//!    For a clean start either call `connect` on the existing session (it discards its
+//!    state, publishes a pending delayed will and emits `Unsubscribe`s) or `discard` it
+//!    and create a new one.
 //! 3. `connect`: writes CONNACK, resends and drains into `out`.
 //! 4. For each decoded packet `handle_packet`; for each routed message `deliver`; whenever
 //!    `now_ms >= next_deadline()` `handle_timeout`. After every call: execute `actions` in
@@ -135,10 +137,6 @@ pub struct Session {
     /// Protocol level of the last connection (kept while offline, for `protocol()`).
     protocol: Option<ProtocolVersion>,
     stats: SessionStats,
-    /// Test-only copy of every packet written to `out`, so unit tests can assert on packets
-    /// before the codec exists (byte-level tests decode `out` itself).
-    #[cfg(test)]
-    wire: std::cell::RefCell<Vec<Packet>>,
 }
 
 impl Session {
@@ -152,8 +150,6 @@ impl Session {
             data: SessionData::default(),
             protocol: None,
             stats: SessionStats::default(),
-            #[cfg(test)]
-            wire: Default::default(),
         }
     }
 
@@ -178,8 +174,6 @@ impl Session {
             data,
             protocol: None,
             stats: SessionStats::default(),
-            #[cfg(test)]
-            wire: Default::default(),
         }
     }
 
@@ -267,6 +261,26 @@ impl Session {
         self.shut_down(out, actions);
     }
 
+    /// Ends the session now (the shard creates a new one for a clean start, or an
+    /// administrator removes it): a connection still attached is closed as by the server
+    /// (v5: no DISCONNECT is written; use `taken_over` first for that), a pending delayed
+    /// will is published because its session ends [MQTT-3.1.3-9], then `Ended`. No-op once
+    /// ended.
+    pub fn discard(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        match self.state {
+            State::Connected(_) => {
+                actions.push(Action::Close { will: true });
+                self.detach(lifecycle::Detach::WithWill, now_ms, actions);
+            }
+            State::Detached | State::Offline(_) => {}
+            State::Ended => return,
+        }
+        if !matches!(self.state, State::Ended) {
+            self.publish_will(now_ms, actions);
+            self.end_session(actions);
+        }
+    }
+
     /// Next broker-clock instant at which `handle_timeout` must be called: keep-alive expiry
     /// (1.5 × keep alive after the last packet [MQTT-3.1.2-24]), will delay or session
     /// expiry. `None`: no timer.
@@ -336,15 +350,8 @@ impl Session {
     /// Encodes one packet for the current connection (no-op when none is attached).
     fn send(&self, packet: &Packet, out: &mut BytesMut) {
         if let State::Connected(c) = &self.state {
-            self.encode(packet, c.protocol, out);
+            codec::encode(packet, c.protocol, out);
         }
-    }
-
-    /// The one place packets are written.
-    fn encode(&self, packet: &Packet, protocol: ProtocolVersion, out: &mut BytesMut) {
-        codec::encode(packet, protocol, out);
-        #[cfg(test)]
-        self.wire.borrow_mut().push(packet.clone());
     }
 }
 

@@ -138,8 +138,6 @@ impl Session {
             self.stats.dropped_too_large += 1;
             return false;
         }
-        #[cfg(test)]
-        self.wire.borrow_mut().push(packet);
         true
     }
 

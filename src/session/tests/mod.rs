@@ -5,7 +5,9 @@ mod connect;
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod random;
 mod subscribe;
+mod wire;
 
 use std::sync::Arc;
 
@@ -188,10 +190,10 @@ impl Harness {
         self.s.connection_lost(self.now, &mut self.actions);
     }
 
-    /// Packets written since the last call, and actions emitted.
+    /// Packets written to `out` since the last call (decoded back from the bytes, as the
+    /// client would), and the actions emitted.
     pub fn take(&mut self) -> (Vec<Packet>, Vec<Action>) {
-        self.out.clear();
-        let packets = std::mem::take(&mut *self.s.wire.borrow_mut());
+        let packets = decode_all(&mut self.out, self.s.protocol());
         (packets, std::mem::take(&mut self.actions))
     }
 
@@ -208,14 +210,31 @@ impl Harness {
     }
 }
 
+/// Decodes every packet in `out` as a client of protocol `version` would; the buffer must
+/// hold whole packets only.
+pub(super) fn decode_all(out: &mut BytesMut, version: Option<ProtocolVersion>) -> Vec<Packet> {
+    let limits = crate::codec::DecodeLimits {
+        max_packet_size: u32::MAX,
+        role: crate::codec::Role::Client,
+        ..Default::default()
+    };
+    let mut packets = Vec::new();
+    if out.is_empty() {
+        return packets;
+    }
+    let version = version.expect("packets are only written on a connection");
+    while !out.is_empty() {
+        match crate::codec::decode(out, Some(version), &limits) {
+            Ok(Some(p)) => packets.push(p),
+            other => panic!("undecodable output {other:?}: {out:02x?}"),
+        }
+    }
+    packets
+}
+
 /// The packet for a v5 DISCONNECT with `code`.
 pub(super) fn disconnect(code: ReasonCode) -> Packet {
     Packet::Disconnect(crate::codec::Disconnect::new(code))
-}
-
-/// The actions of a server-side close with the will handled and no will set.
-pub(super) fn closed() -> Vec<Action> {
-    vec![Action::Close { will: true }]
 }
 
 /// Unwraps the PUBLISH packets of a list.
