@@ -23,7 +23,10 @@ fn publish(payload: usize, v5: bool) -> Packet {
         PublishProperties {
             message_expiry_interval: Some(3600),
             content_type: Some(s("application/octet-stream")),
-            user_properties: vec![UserProperty { name: s("trace-id"), value: s("4bf92f3577b34da6") }],
+            user_properties: vec![UserProperty {
+                name: s("trace-id"),
+                value: s("4bf92f3577b34da6"),
+            }],
             ..Default::default()
         }
     } else {
@@ -33,8 +36,10 @@ fn publish(payload: usize, v5: bool) -> Packet {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: TopicName::new(Bytes::from_static(b"sensors/building-7/floor-3/temperature"))
-            .expect("topic"),
+        topic: TopicName::new(Bytes::from_static(
+            b"sensors/building-7/floor-3/temperature",
+        ))
+        .expect("topic"),
         packet_id: PacketId::new(4242),
         properties,
         payload: Bytes::from(vec![0xA5u8; payload]),
@@ -71,7 +76,11 @@ fn bench_packet(c: &mut Criterion, group: &str, packet: &Packet, version: Protoc
     codec::encode(packet, version, &mut wire);
     let wire = wire.freeze();
     // CONNECT is decoded as the first packet of a connection.
-    let at = if matches!(packet, Packet::Connect(_)) { None } else { Some(version) };
+    let at = if matches!(packet, Packet::Connect(_)) {
+        None
+    } else {
+        Some(version)
+    };
 
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Bytes(wire.len() as u64));
@@ -103,8 +112,18 @@ fn publishes(c: &mut Criterion) {
 }
 
 fn connects(c: &mut Criterion) {
-    bench_packet(c, "connect_v311", &connect(ProtocolVersion::V311), ProtocolVersion::V311);
-    bench_packet(c, "connect_v5", &connect(ProtocolVersion::V5), ProtocolVersion::V5);
+    bench_packet(
+        c,
+        "connect_v311",
+        &connect(ProtocolVersion::V311),
+        ProtocolVersion::V311,
+    );
+    bench_packet(
+        c,
+        "connect_v5",
+        &connect(ProtocolVersion::V5),
+        ProtocolVersion::V5,
+    );
 }
 
 criterion_group!(benches, publishes, connects);

@@ -247,6 +247,14 @@ impl Core {
                 .is_some_and(|c| !c.session.is_ended());
             if !live || connect.clean_start {
                 if live {
+                    // `discard` publishes a pending delayed will (its session ends) and
+                    // emits `Ended`; `end_client` then has nothing left to do.
+                    let mut actions = std::mem::take(&mut self.actions);
+                    if let Some(client) = self.clients.get_mut(slot as usize) {
+                        client.session.discard(now, &mut actions);
+                    }
+                    self.apply_actions(slot, &mut actions);
+                    self.actions = actions;
                     self.end_client(slot);
                 }
                 existing = None;
@@ -362,7 +370,11 @@ impl Core {
             c.client = None;
             let peer = c.peer;
             let client = self.client_name(Some(slot));
-            log!(INFO, self.log_id, "client {client} at {peer}: connection closed by the session");
+            log!(
+                INFO,
+                self.log_id,
+                "client {client} at {peer}: connection closed by the session"
+            );
         }
         self.mark_dirty(conn);
         self.request_close(conn);
