@@ -118,8 +118,8 @@ pub(crate) struct Core {
     pub(crate) flusher: Option<Waker>,
     /// Reused for every session call.
     pub(crate) actions: Vec<Action>,
-    /// The one read buffer of the shard.
-    pub(crate) scratch: BytesMut,
+    /// The one read buffer of the shard (`SCRATCH_SIZE` bytes, allocated once).
+    pub(crate) scratch: Box<[u8]>,
     /// Output of calls on sessions with no connection; always discarded.
     pub(crate) sink: BytesMut,
     pub(crate) connect_limits: DecodeLimits,
@@ -168,7 +168,7 @@ impl Core {
             dirty: Vec::new(),
             flusher: None,
             actions: Vec::new(),
-            scratch: BytesMut::new(),
+            scratch: vec![0; super::io::SCRATCH_SIZE].into_boxed_slice(),
             sink: BytesMut::new(),
             connect_limits,
             packet_limits,
@@ -247,6 +247,14 @@ impl Core {
                 .is_some_and(|c| !c.session.is_ended());
             if !live || connect.clean_start {
                 if live {
+                    // `discard` publishes a pending delayed will (its session ends) and
+                    // emits `Ended`; `end_client` then has nothing left to do.
+                    let mut actions = std::mem::take(&mut self.actions);
+                    if let Some(client) = self.clients.get_mut(slot as usize) {
+                        client.session.discard(now, &mut actions);
+                    }
+                    self.apply_actions(slot, &mut actions);
+                    self.actions = actions;
                     self.end_client(slot);
                 }
                 existing = None;
@@ -360,6 +368,13 @@ impl Core {
         };
         if let Some(c) = self.conns.get_mut(conn as usize) {
             c.client = None;
+            let peer = c.peer;
+            let client = self.client_name(Some(slot));
+            log!(
+                INFO,
+                self.log_id,
+                "client {client} at {peer}: connection closed by the session"
+            );
         }
         self.mark_dirty(conn);
         self.request_close(conn);

@@ -74,6 +74,13 @@ impl Core {
         if super::mailbox::any_pending(&self.inbox) {
             self.drain_inbox(super::tasks::DRAIN_BUDGET);
         }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let outcome = self.read_loop(id, &mut scratch);
+        self.scratch = scratch;
+        outcome
+    }
+
+    fn read_loop(&mut self, id: u32, scratch: &mut [u8]) -> ReadOutcome {
         for _ in 0..READS_PER_WAKE {
             let Some(conn) = self.conns.get(id as usize) else {
                 return ReadOutcome::Close;
@@ -81,25 +88,18 @@ impl Core {
             if conn.phase == Phase::Closing {
                 return ReadOutcome::Close;
             }
-            let fd = conn.fd;
-            self.scratch.reserve(SCRATCH_SIZE);
-            let spare = self.scratch.spare_capacity_mut();
-            let room = spare.len().min(SCRATCH_SIZE);
-            match sys::recv(fd, &mut spare[..room]) {
+            match sys::recv(conn.fd, scratch) {
                 Ok(IoOutcome::Done(0)) => {
                     self.close_lost(id, None);
                     return ReadOutcome::Close;
                 }
                 Ok(IoOutcome::Done(n)) => {
-                    // SAFETY: `recv` initialised exactly `n <= room` bytes of the spare
-                    // capacity, directly after the current length.
-                    unsafe { self.scratch.set_len(self.scratch.len() + n) };
-                    match self.process_input(id) {
+                    match self.process_input(id, &scratch[..n]) {
                         Step::Continue => {}
                         Step::Close => return ReadOutcome::Close,
                         Step::Handoff(parts) => return ReadOutcome::Handoff(parts),
                     }
-                    if n < room {
+                    if n < scratch.len() {
                         return ReadOutcome::Continue { drained: true };
                     }
                 }
@@ -113,35 +113,32 @@ impl Core {
         ReadOutcome::Continue { drained: false }
     }
 
-    /// Decodes every complete packet of connection `id` (its saved partial packet followed
-    /// by the scratch buffer), then keeps an incomplete tail in the connection.
-    pub(crate) fn process_input(&mut self, id: u32) -> Step {
-        let mut scratch = std::mem::take(&mut self.scratch);
+    /// Decodes every complete packet of connection `id`: its saved partial packet followed
+    /// by `bytes` (what one `recv` put in the scratch buffer), then keeps an incomplete
+    /// tail in the connection.
+    ///
+    /// The bytes are first copied into an exact-size buffer (one copy per `recv`, not per
+    /// packet): decoded packets are zero-copy views, and what a session keeps (its client
+    /// id, subscription filters, queued payloads) must pin only the bytes of its own batch,
+    /// never the shard's 64 KiB scratch buffer (measured: 70 KB per idle connection when
+    /// every CONNECT pinned a scratch chunk).
+    pub(crate) fn process_input(&mut self, id: u32, bytes: &[u8]) -> Step {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return Step::Close;
         };
-        // Decode from the connection's own buffer only when it holds a partial packet.
-        let own = !conn.input.is_empty() || scratch.is_empty();
-        let mut work = if own {
-            let mut input = std::mem::take(&mut conn.input);
-            input.extend_from_slice(&scratch);
-            scratch.clear();
-            input
+        let mut work = if conn.input.is_empty() {
+            BytesMut::from(bytes)
         } else {
-            scratch.split()
+            let mut input = std::mem::take(&mut conn.input);
+            input.extend_from_slice(bytes);
+            input
         };
         let step = self.decode_all(id, &mut work);
-        match (&step, self.conns.get_mut(id as usize)) {
-            (Step::Continue, Some(conn)) if !work.is_empty() => {
-                // Keep only the incomplete tail, in an exact-size buffer of its own, so the
-                // shard's scratch buffer is never pinned by an idle connection.
-                conn.input = if own { work } else { BytesMut::from(&work[..]) };
+        if let (Step::Continue, Some(conn)) = (&step, self.conns.get_mut(id as usize)) {
+            if !work.is_empty() {
+                conn.input = work;
             }
-            _ => {}
         }
-        // Reuse the scratch allocation when no decoded payload still points into it.
-        scratch.clear();
-        self.scratch = scratch;
         step
     }
 

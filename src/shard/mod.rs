@@ -247,6 +247,15 @@ fn bind_listeners(
     let mut per_shard: Listeners = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(addrs.len());
     for &addr in addrs {
+        // SO_REUSEPORT lets any process of the same user join an existing group: a second
+        // broker started by mistake would silently take a share of the connections. A bind
+        // without SO_REUSEPORT fails if anyone holds the port, so probe with one first.
+        if addr.port() != 0 {
+            drop(
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| BrokerError::Bind { addr, source })?,
+            );
+        }
         let mut actual = addr;
         for listeners in per_shard.iter_mut() {
             let l = bind_one(actual).map_err(|source| BrokerError::Bind { addr, source })?;

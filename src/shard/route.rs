@@ -344,8 +344,8 @@ impl Core {
             if let Some(conn) = self.conns.get_mut(id as usize) {
                 conn.input = leftover;
             }
-            // Packets pipelined behind CONNECT; the scratch buffer is empty here.
-            let _ = self.process_input(id);
+            // Packets pipelined behind CONNECT.
+            let _ = self.process_input(id, &[]);
         }
         if let Some(this) = self.this.upgrade() {
             monoio::spawn(super::tasks::conn_task(this, id, stream));

@@ -30,7 +30,7 @@ fn outcome(ret: isize) -> io::Result<IoOutcome> {
 }
 
 /// Reads what the socket holds into `buf` (at most `buf.len()` bytes) without blocking.
-pub(crate) fn recv(fd: RawFd, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<IoOutcome> {
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<IoOutcome> {
     // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the duration of the
     // call; the kernel writes at most that many bytes and never reads them. `fd` is borrowed
     // from a live stream owned by the caller's connection task.

@@ -310,3 +310,35 @@ pub(crate) async fn shard_main(shard: Shard, listeners: Vec<TcpListener>) {
     let mut core = shard.borrow_mut();
     core.flush_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next_event_sig(shard: Shard, id: u32, relaxed: bool) {
+        let stream: Option<TcpStream> = None;
+        if let Some(s) = &stream {
+            next_event(&shard, id, s, relaxed).await;
+        }
+    }
+
+    /// `size_of` of what an async fn returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Per-connection memory is a first-class metric: these bounds catch a regression
+    /// (e.g. a buffer or timer moved into the connection) before a benchmark does.
+    #[test]
+    fn per_connection_state_stays_small() {
+        let task = future_size(conn_task as fn(Shard, u32, TcpStream) -> _);
+        let conn = std::mem::size_of::<super::super::core::Conn>();
+        let client = std::mem::size_of::<super::super::core::Client>();
+        let next = future_size(next_event_sig as fn(Shard, u32, bool) -> _);
+        eprintln!(
+            "conn_task future: {task} B, next_event: {next} B, Conn: {conn} B, Client (with Session): {client} B"
+        );
+        assert!(task <= 512, "connection task future grew to {task} bytes");
+        assert!(conn <= 192, "Conn grew to {conn} bytes");
+    }
+}
