@@ -60,6 +60,9 @@ pub(crate) struct Conn {
     pub(crate) dirty: bool,
     /// A write hit EAGAIN: the task waits for writability before anything else is written.
     pub(crate) write_blocked: bool,
+    /// `Fence` answers still awaited from other shards: output is held until 0 (see
+    /// `Envelope::Fence`), so no acknowledgement overtakes the broadcast it depends on.
+    pub(crate) fences: u16,
     pub(crate) version: Option<ProtocolVersion>,
     /// The attached client's slot; `None` before CONNECT and once the session let go.
     pub(crate) client: Option<u32>,
@@ -201,6 +204,7 @@ impl Core {
             phase,
             dirty: false,
             write_blocked: false,
+            fences: 0,
             version: None,
             client: None,
             since_ms: self.now_ms,
@@ -431,6 +435,50 @@ impl Core {
         self.outboxes.push(dst, envelope);
         if let Some(w) = self.flusher.take() {
             w.wake();
+        }
+    }
+
+    /// Holds the output of client `slot`'s connection until every other shard has applied
+    /// what this shard broadcast so far (see `Envelope::Fence`). A no-op with one shard.
+    pub(crate) fn fence_client(&mut self, slot: u32) {
+        let Some(conn_id) = self.clients.get(slot as usize).and_then(|c| c.conn) else {
+            return;
+        };
+        let others = self.shared.shards.saturating_sub(1);
+        let Some(conn) = self.conns.get_mut(conn_id as usize) else {
+            return;
+        };
+        if others == 0 {
+            return;
+        }
+        conn.fences = conn.fences.saturating_add(others as u16);
+        let (origin, generation) = (self.id, conn.generation);
+        for i in 0..self.shared.shards {
+            match ShardId::new(i as u8) {
+                Some(dst) if dst != origin => {
+                    let envelope = Envelope::Fence {
+                        origin,
+                        conn: conn_id,
+                        generation,
+                    };
+                    self.send_to(dst, envelope);
+                }
+                Some(_) | None => {}
+            }
+        }
+    }
+
+    /// Another shard answered a `Fence`: once all have, the held output goes out.
+    pub(crate) fn fence_done(&mut self, conn_id: u32, generation: u32) {
+        let Some(conn) = self.conns.get_mut(conn_id as usize) else {
+            return;
+        };
+        if conn.generation != generation {
+            return; // The connection closed meanwhile; its slot was reused.
+        }
+        conn.fences = conn.fences.saturating_sub(1);
+        if conn.fences == 0 {
+            self.mark_dirty(conn_id);
         }
     }
 

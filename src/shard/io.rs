@@ -318,6 +318,9 @@ impl Core {
             return;
         };
         conn.dirty = false;
+        if conn.fences > 0 && conn.phase != Phase::Closing {
+            return; // Held until the other shards answer (`Core::fence_done` re-marks it).
+        }
         if !conn.write_blocked && !conn.out.is_empty() {
             match sys::send(conn.fd, &conn.out) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {

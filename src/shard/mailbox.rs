@@ -55,6 +55,17 @@ pub(crate) enum Envelope {
     Share(ShareOp<SessionKey>),
     /// A connection whose CONNECT was read on the source shard, moving to its home shard.
     Handoff(Box<Handoff>),
+    /// Sent after a broadcast (interest, share membership, retained update): the receiver
+    /// answers `FenceDone`. Channels are FIFO, so the answer proves the broadcast was
+    /// applied there; the origin holds the connection's output (its SUBACK / PUBACK) until
+    /// every other shard has answered.
+    Fence {
+        origin: ShardId,
+        conn: u32,
+        generation: u32,
+    },
+    /// The answer to `Fence`.
+    FenceDone { conn: u32, generation: u32 },
 }
 
 /// Everything a home shard needs to continue a connection accepted elsewhere.

@@ -50,6 +50,11 @@ impl Core {
                 };
                 self.send_to(shard, envelope);
             }
+            // The PUBACK/PUBREC waits until every shard's replica holds the message, so a
+            // subscriber told "it is published" finds it wherever it subscribes.
+            if let Some(slot) = publisher {
+                self.fence_client(slot);
+            }
         } else {
             let me = self.id;
             for shard in mask.iter().filter(|s| *s != me) {
@@ -185,6 +190,8 @@ impl Core {
                 subscription: route_sub,
             };
             self.broadcast_share(ShareOp::Join { filter, member });
+            // SUBACK only once every shard can pick this member.
+            self.fence_client(slot);
             return; // No retained messages for shared subscriptions [MQTT-4.8.2].
         }
         let inserted = self.routes.local.insert(&filter, slot, route_sub);
@@ -200,6 +207,11 @@ impl Core {
             };
             self.broadcast_interest(op);
         }
+        // SUBACK only once every shard routes this filter here: a publish that follows it
+        // (from any client, on any shard) must reach the new subscriber. Fenced for every
+        // subscribe, not only the first of its filter on this shard, because an earlier
+        // subscriber's broadcast may still be in flight.
+        self.fence_client(slot);
         let send_retained = match sub.options.retain_handling {
             RetainHandling::SendAtSubscribe => true,
             RetainHandling::SendAtSubscribeIfNew => !existed,
@@ -310,6 +322,12 @@ impl Core {
                 self.routes.shared.apply(&op);
             }
             Envelope::Handoff(handoff) => self.accept_handoff(*handoff),
+            Envelope::Fence {
+                origin,
+                conn,
+                generation,
+            } => self.send_to(origin, Envelope::FenceDone { conn, generation }),
+            Envelope::FenceDone { conn, generation } => self.fence_done(conn, generation),
         }
     }
 
