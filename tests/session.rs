@@ -243,3 +243,55 @@ fn v5_will_delay() {
     let got = watcher.recv_publish();
     assert_eq!(&got.payload[..], b"yes");
 }
+
+/// Shutdown: wills are due (sessions end with the broker) and reach subscribers on other
+/// shards before the broker closes their connections; v5 clients then get DISCONNECT 0x8B.
+#[test]
+fn shutdown_publishes_wills_before_closing() {
+    for v in common::VERSIONS {
+        let broker = Broker::start(4);
+        let watcher_id = broker.client_id_on("stop-watch", 0);
+        let (mut watcher, _) = Client::connect(broker.addr, v, &watcher_id, true);
+        watcher.subscribe("stopping/#", QoS::AtLeastOnce);
+        let mut c = connect_packet(v, &broker.client_id_on("stop-will", 1), true);
+        c.will = Some(will(
+            "stopping/owner",
+            b"broker went away",
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let (_owner, _) = Client::connect_with(broker.addr, c);
+        // A delayed will of a session that is already offline is due too.
+        if v == ProtocolVersion::V5 {
+            let mut c = persistent(v, &broker.client_id_on("stop-delayed", 2));
+            let mut w = will("stopping/delayed", b"delayed", QoS::AtLeastOnce, false);
+            w.properties.will_delay_interval = Some(3600);
+            c.will = Some(w);
+            let (gone, _) = Client::connect_with(broker.addr, c);
+            gone.drop_connection();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        broker.stop();
+        let got = watcher.expect_closed();
+        let mut wills: Vec<&str> = got
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.topic.as_str()),
+                _ => None,
+            })
+            .collect();
+        wills.sort_unstable();
+        let expected: &[&str] = if v == ProtocolVersion::V5 {
+            &["stopping/delayed", "stopping/owner"]
+        } else {
+            &["stopping/owner"]
+        };
+        assert_eq!(wills, expected, "{v:?}: {got:?}");
+        if v == ProtocolVersion::V5 {
+            assert!(
+                matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ringmq::codec::ReasonCode::ServerShuttingDown),
+                "v5: DISCONNECT 0x8B last, got {got:?}"
+            );
+        }
+    }
+}

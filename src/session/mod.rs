@@ -251,12 +251,22 @@ impl Session {
         self.server_disconnect(ReasonCode::SessionTakenOver, now_ms, out, actions);
     }
 
-    /// Server shutdown: v5 -> DISCONNECT 0x8B into `out`, then `Close { will: false }`.
-    ///
-    /// Choice: the will is NOT published. The broker is stopping and every shard with it, so
-    /// a will could not reach anyone reliably; a persistent session keeps it in
-    /// `SessionData::will` for storage. A session with expiry 0 ends (`Ended`); a persistent
-    /// one goes offline with no timer (storage saves it; expiry restarts on `restore`).
+    /// Server shutdown, first step (the shard runs it for every session, on every shard,
+    /// before any connection is closed): sessions live in memory, so each one ends with the
+    /// broker and its will is due now, whatever its delay [MQTT-3.1.3-9] (the delay ends
+    /// with the session). Emits `Publish(will)` for a connected client with a will and for
+    /// an offline session whose delayed will is pending. A later store that keeps sessions
+    /// across restarts must not call this for the sessions it keeps.
+    pub fn publish_will_at_shutdown(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+        match self.state {
+            State::Connected(_) | State::Offline(_) => self.publish_will(now_ms, actions),
+            State::Detached | State::Ended => {}
+        }
+    }
+
+    /// Server shutdown, second step: v5 -> DISCONNECT 0x8B into `out`, then
+    /// `Close { will: false }` (the will was handled by `publish_will_at_shutdown`). A
+    /// session with expiry 0 ends (`Ended`); a persistent one goes offline with no timer.
     pub fn shutdown(&mut self, out: &mut BytesMut, actions: &mut Vec<Action>) {
         self.shut_down(out, actions);
     }

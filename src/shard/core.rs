@@ -129,6 +129,8 @@ pub(crate) struct Core {
     pub(crate) packet_limits: DecodeLimits,
     next_gen: u32,
     assigned_ids: u64,
+    /// Shutdown, first step done: this shard routed its sessions' wills.
+    pub(crate) wills_routed: bool,
     /// Shutdown has begun: accept loops stop, every connection closes.
     pub(crate) stopping: bool,
     /// Wakers of tasks that wait for `stopping` (accept loops, the shard's main future).
@@ -177,6 +179,7 @@ impl Core {
             packet_limits,
             next_gen: 0,
             assigned_ids: 0,
+            wills_routed: false,
             stopping: false,
             stop_wakers: Vec::new(),
             stats: ShardStats::default(),
@@ -650,7 +653,26 @@ impl Core {
         )
     }
 
-    /// Server shutdown on this shard: every session is told (v5 clients get DISCONNECT
+    /// Server shutdown, first step: every session's will is due (sessions end with the
+    /// broker) and is routed like any publish, to subscribers on every shard; the second step
+    /// (`begin_shutdown`) waits until every shard has done this.
+    pub(crate) fn route_shutdown_wills(&mut self) {
+        self.tick_clock();
+        let slots: Vec<u32> = self.clients.iter().map(|(slot, _)| slot as u32).collect();
+        for slot in slots {
+            let mut actions = std::mem::take(&mut self.actions);
+            if let Some(client) = self.clients.get_mut(slot as usize) {
+                client
+                    .session
+                    .publish_will_at_shutdown(self.now_ms, &mut actions);
+            }
+            self.apply_actions(slot, &mut actions);
+            self.actions = actions;
+        }
+        self.wills_routed = true;
+    }
+
+    /// Server shutdown, second step: every session is told (v5 clients get DISCONNECT
     /// 0x8B) and every connection closes.
     pub(crate) fn begin_shutdown(&mut self) {
         self.stopping = true;

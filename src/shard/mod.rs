@@ -28,7 +28,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
@@ -91,6 +91,10 @@ pub(crate) struct Shared {
     pub(crate) mesh: Mesh,
     pub(crate) shards: usize,
     pub(crate) stop: AtomicBool,
+    /// Shards that, after `stop`, have routed their sessions' wills and flushed the
+    /// envelopes: when it reaches `shards`, every will is in a channel and connections may
+    /// close (see `tasks::mailbox_task`).
+    pub(crate) wills_routed: AtomicUsize,
     /// Mixed into assigned client ids so two broker runs do not hand out the same ids.
     pub(crate) id_entropy: u64,
 }
@@ -173,6 +177,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         mesh,
         shards,
         stop: AtomicBool::new(false),
+        wills_routed: AtomicUsize::new(0),
         id_entropy,
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

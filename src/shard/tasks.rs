@@ -218,7 +218,11 @@ pub(crate) async fn mailbox_task(shard: Shard) {
         poll_fn(|cx| {
             let core = shard.borrow();
             let ready = |core: &Core| {
-                (shared.stop.load(Ordering::SeqCst) && !core.stopping) || any_pending(&core.inbox)
+                let stop = shared.stop.load(Ordering::SeqCst);
+                let all_routed = shared.wills_routed.load(Ordering::SeqCst) == shared.shards;
+                (stop && !core.wills_routed)
+                    || (core.wills_routed && !core.stopping && all_routed)
+                    || any_pending(&core.inbox)
             };
             if ready(&core) {
                 return Poll::Ready(());
@@ -235,7 +239,21 @@ pub(crate) async fn mailbox_task(shard: Shard) {
         let drained = {
             let mut core = shard.borrow_mut();
             core.tick_clock();
-            if shared.stop.load(Ordering::SeqCst) && !core.stopping {
+            if shared.stop.load(Ordering::SeqCst) && !core.wills_routed {
+                // Step 1: route every due will and push the envelopes into the channels.
+                core.route_shutdown_wills();
+                core.flush_all();
+                if shared.wills_routed.fetch_add(1, Ordering::SeqCst) + 1 == shared.shards {
+                    shared.mesh.notifiers.iter().for_each(|n| n.notify());
+                }
+            }
+            if core.wills_routed
+                && !core.stopping
+                && shared.wills_routed.load(Ordering::SeqCst) == shared.shards
+            {
+                // Step 2: every shard's wills are in our channels; deliver them, then close
+                // (each connection's output, wills included, is flushed before its close).
+                while core.drain_inbox(DRAIN_BUDGET) > 0 {}
                 core.begin_shutdown();
             }
             core.drain_inbox(DRAIN_BUDGET)

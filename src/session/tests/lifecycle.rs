@@ -310,15 +310,32 @@ fn takeover_of_expiry_zero_session_ends_it() {
 }
 
 #[test]
-fn shutdown_sends_0x8b_and_keeps_the_will() {
-    let c = with_will(ProtocolVersion::V5, false, Some(100), None);
+fn shutdown_publishes_the_will_then_sends_0x8b() {
+    // A delayed will is due at shutdown: the in-memory session ends with the broker.
+    let c = with_will(ProtocolVersion::V5, false, Some(100), Some(30));
     let mut h = Harness::connected(Limits::default(), c);
+    h.s.publish_will_at_shutdown(h.now, &mut h.actions);
+    let (packets, actions) = h.take();
+    assert!(packets.is_empty());
+    assert!(matches!(actions.as_slice(), [Action::Publish(m)] if m.topic.as_str() == "status/c1"));
+    assert!(h.s.data().will.is_none());
     h.s.shutdown(&mut h.out, &mut h.actions);
     let (packets, actions) = h.take();
     assert_eq!(packets, vec![disconnect(ReasonCode::ServerShuttingDown)]);
     assert_eq!(actions, [Action::Close { will: false }]);
-    assert!(h.s.data().will.is_some());
     assert_eq!(h.s.next_deadline(), None);
+}
+
+#[test]
+fn shutdown_publishes_a_pending_delayed_will_of_an_offline_session() {
+    let c = with_will(ProtocolVersion::V5, false, Some(100), Some(30));
+    let mut h = Harness::connected(Limits::default(), c);
+    h.lost();
+    assert!(h.actions().is_empty(), "the will waits for its delay");
+    h.s.publish_will_at_shutdown(h.now, &mut h.actions);
+    assert!(matches!(h.actions().as_slice(), [Action::Publish(_)]));
+    h.s.publish_will_at_shutdown(h.now, &mut h.actions);
+    assert!(h.actions().is_empty(), "published once");
 }
 
 #[test]
