@@ -11,7 +11,7 @@
 //! publishing shard picks one member and needs no interest bit), or hold a bit for a shard
 //! with no local subscriber once that shard's `Remove` has been applied.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 
 use super::topic::{TopicFilter, TopicName};
 use super::trie::{Inserted, MatchStack, Trie};
@@ -194,8 +194,8 @@ struct CacheSlot {
 pub struct InterestCache {
     /// Empty until first use, then `INTEREST_CACHE_CAPACITY` slots.
     slots: Vec<CacheSlot>,
-    /// Keyed (SipHash) so clients cannot aim topics at one slot.
-    hasher: RandomState,
+    /// Keyed (foldhash, random seed per process) so clients cannot aim topics at one slot.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl InterestCache {

@@ -30,6 +30,12 @@ pub use shared::{ShareMember, ShareOp, SharePick, SharedGroups};
 pub use topic::{TopicError, TopicFilter, TopicName, topic_matches};
 pub use trie::{Inserted, MatchStack, Removed, Trie};
 
+/// Children of a topic-level node, keyed by the level's bytes. Hashed with foldhash, seeded
+/// at random per process: level bytes come from clients, so the hash must be keyed (fixed
+/// seeds invite collision floods), and std's SipHash cost about 6% of a shard's time at
+/// 2.4M publishes/s (perf profile, 4 pairs QoS 0).
+pub(crate) type LevelMap<V> = std::collections::HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
+
 /// A subscriber key for the tries: a slot index chosen by the owning shard (e.g. its session
 /// slab index). Any small `Copy + Ord` key works; this one is offered so shards and tests
 /// need not invent their own.

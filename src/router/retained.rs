@@ -8,7 +8,6 @@
 //! first level is a wildcard [MQTT-4.7.2-1], keep nodes with no message below them, or read
 //! a clock (expiry deadlines are compared with the caller's `now`).
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 
 use bytes::Bytes;
@@ -41,11 +40,8 @@ type NodeId = NonZeroU32;
 
 #[derive(Debug, Default)]
 struct Node {
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes per leaf instead of 48: most nodes are leaves"
-    )]
-    children: Option<Box<HashMap<Box<[u8]>, NodeId>>>,
+    /// Boxed: 8 bytes per leaf instead of the map's 48, and most nodes are leaves.
+    children: Option<Box<super::LevelMap<NodeId>>>,
     message: Option<RetainedMessage>,
 }
 
