@@ -1,7 +1,7 @@
 //! PUBLISH (spec 3.3): topic, packet identifier, properties and payload.
 //!
 //! Owns: the PUBLISH variable header and the topic-name hand-off to `router::topic`: the
-//! bytes are first validated as an MQTT string (`Reader::string`), then `TopicName::new`
+//! bytes are first validated as an MQTT string (`Reader::string`), then `TopicName::from_mqtt_str`
 //! applies the topic rules, which this module never re-implements. The payload is a
 //! zero-copy view of the packet.
 //!
@@ -17,12 +17,12 @@ use super::{DecodeLimits, Role};
 use crate::router::topic::{TopicError, TopicName};
 
 /// A topic name from a validated string: empty is refused here [MQTT-4.7.3-1] (the empty
-/// topic of an aliased PUBLISH is handled by the caller), the rest by `TopicName::new`.
+/// topic of an aliased PUBLISH is handled by the caller), the rest by `TopicName::from_mqtt_str`.
 pub(crate) fn topic_name(s: MqttStr) -> Result<TopicName, TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
-    TopicName::new(s.into_bytes())
+    TopicName::from_mqtt_str(s)
 }
 
 /// Decodes a PUBLISH body; `first` is the fixed header's first byte, whose flags were
@@ -59,7 +59,7 @@ pub(super) fn decode_publish(
         }
         TopicName::default()
     } else {
-        TopicName::new(topic.into_bytes()).map_err(DecodeError::InvalidTopicName)?
+        TopicName::from_mqtt_str(topic).map_err(DecodeError::InvalidTopicName)?
     };
     Ok(Packet::Publish(Publish {
         dup: first & 0x08 != 0,

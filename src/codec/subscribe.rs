@@ -2,7 +2,7 @@
 //!
 //! Owns: the filter lists, the subscription options byte and the per-filter reason codes.
 //! Filters are validated as MQTT strings here, then as topic filters by
-//! `TopicFilter::new` (router), which this module never re-implements; the one filter rule
+//! `TopicFilter::from_mqtt_str` (router), which this module never re-implements; the one filter rule
 //! that depends on the options byte (No Local on a shared subscription, [MQTT-3.8.3-4]) is
 //! checked here.
 //!
@@ -33,7 +33,7 @@ fn topic_filter(r: &mut Reader) -> Result<TopicFilter, DecodeError> {
     if s.is_empty() {
         return Err(DecodeError::InvalidTopicFilter(TopicError::Empty));
     }
-    TopicFilter::new(s.into_bytes()).map_err(DecodeError::InvalidTopicFilter)
+    TopicFilter::from_mqtt_str(s).map_err(DecodeError::InvalidTopicFilter)
 }
 
 /// The subscription options byte (5.0: 3.8.3.1; 3.1.1: requested QoS, 3.8.3).

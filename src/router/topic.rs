@@ -12,6 +12,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::codec::MqttStr;
+
 /// The longest topic name or filter the wire can carry: a two-byte length prefix [MQTT-1.5.4].
 pub const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 
@@ -58,14 +60,20 @@ impl std::error::Error for TopicError {}
 
 /// Checks the rules common to names and filters: length, UTF-8, no U+0000.
 fn check_string(bytes: &[u8]) -> Result<(), TopicError> {
+    check_len(bytes)?;
+    if std::str::from_utf8(bytes).is_err() || bytes.contains(&0) {
+        return Err(TopicError::InvalidUtf8);
+    }
+    Ok(())
+}
+
+/// The length rules alone, for strings whose UTF-8 an `MqttStr` already vouches for.
+fn check_len(bytes: &[u8]) -> Result<(), TopicError> {
     if bytes.is_empty() {
         return Err(TopicError::Empty);
     }
     if bytes.len() > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong);
-    }
-    if std::str::from_utf8(bytes).is_err() || bytes.contains(&0) {
-        return Err(TopicError::InvalidUtf8);
     }
     Ok(())
 }
@@ -82,8 +90,20 @@ impl TopicName {
     /// Validates `bytes` as a topic name [MQTT-4.7.3-1], [MQTT-3.3.2-2].
     pub fn new(bytes: Bytes) -> Result<TopicName, TopicError> {
         check_string(&bytes)?;
+        TopicName::without_wildcards(bytes)
+    }
+
+    /// A name from a string the codec already validated (well-formed UTF-8, no U+0000):
+    /// the decoder's path, which would otherwise check the same bytes twice.
+    pub fn from_mqtt_str(s: MqttStr) -> Result<TopicName, TopicError> {
+        let bytes = s.into_bytes();
+        check_len(&bytes)?;
+        TopicName::without_wildcards(bytes)
+    }
+
+    fn without_wildcards(bytes: Bytes) -> Result<TopicName, TopicError> {
         if bytes.iter().any(|&b| b == b'+' || b == b'#') {
-            return Err(TopicError::Wildcard);
+            return Err(TopicError::Wildcard); // [MQTT-3.3.2-2]
         }
         Ok(TopicName(bytes))
     }
@@ -175,6 +195,18 @@ impl TopicFilter {
     /// shared subscription when it starts with `$share/` [MQTT-4.8.2].
     pub fn new(bytes: Bytes) -> Result<TopicFilter, TopicError> {
         check_string(&bytes)?;
+        TopicFilter::checked_string(bytes)
+    }
+
+    /// A filter from a string the codec already validated (see `TopicName::from_mqtt_str`).
+    pub fn from_mqtt_str(s: MqttStr) -> Result<TopicFilter, TopicError> {
+        let bytes = s.into_bytes();
+        check_len(&bytes)?;
+        TopicFilter::checked_string(bytes)
+    }
+
+    /// The filter rules, once the string rules hold.
+    fn checked_string(bytes: Bytes) -> Result<TopicFilter, TopicError> {
         let filter_start = match bytes.strip_prefix(SHARE_PREFIX) {
             None => 0,
             Some(rest) => {
