@@ -28,9 +28,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH=$CARGO_TARGET_DIR/release/ringmq-bench
 RINGMQ=$CARGO_TARGET_DIR/release/ringmq
 PORT=18839
-# Outbound inflight window per client, the same for both: RingMQ's default (DESIGN.md,
-# "outbound inflight 32"); mosquitto gets it through max_inflight_messages.
-INFLIGHT=32
+# Outbound inflight window per client, the same for both: RingMQ's default (limits.max_inflight,
+# given explicitly below too); mosquitto gets it through max_inflight_messages.
+INFLIGHT=128
 WORK=$(mktemp -d /tmp/ringmq-compare.XXXXXX)
 BROKER_PID=""
 
@@ -87,7 +87,8 @@ EOF
             mosquitto -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.log" 2>&1 &
             ;;
         ringmq)
-            "$RINGMQ" --listen "127.0.0.1:$PORT" >"$WORK/ringmq.log" 2>&1 &
+            printf '[limits]\nmax_inflight = %s\n' "$INFLIGHT" >"$WORK/ringmq.toml"
+            "$RINGMQ" --listen "127.0.0.1:$PORT" --config "$WORK/ringmq.toml" >"$WORK/ringmq.log" 2>&1 &
             ;;
     esac
     BROKER_PID=$!

@@ -37,7 +37,9 @@ pub struct Limits {
     /// Largest CONNECT packet accepted (bytes); before CONNECT the client is unauthenticated.
     pub max_connect_size: u32,
     /// Outbound QoS 1/2 messages in flight per client (capped further by a v5 client's
-    /// Receive Maximum).
+    /// Receive Maximum). 128 rather than 32: with one subscriber, QoS 1 throughput is this
+    /// window per round trip (measured: 8 -> 1 fan-in QoS 1 went from 0.73M to 1.2M msgs/s;
+    /// 256 gained nothing more); the window costs memory only while a subscriber lags.
     pub max_inflight: u16,
     /// Our Receive Maximum: inbound QoS 1/2 publishes a client may have unacknowledged.
     /// Exceeding it is answered with DISCONNECT 0x93 (v5) or a close (3.x).
@@ -93,7 +95,7 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             connect_timeout_secs: 10,
             max_connect_size: 64 * 1024,
-            max_inflight: 32,
+            max_inflight: 128,
             receive_maximum: 32,
             receive_maximum_log_only: false,
             max_awaiting_rel: 100,
