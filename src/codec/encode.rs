@@ -10,6 +10,7 @@
 use bytes::BytesMut;
 
 use super::model::{Packet, ProtocolVersion, QoS};
+use super::publish::PublishOut;
 use super::{ack, connect, disconnect, publish, subscribe};
 
 /// Where encoded bytes go: a real buffer, or a counter that only measures.
@@ -100,19 +101,22 @@ pub(crate) fn measure(write: impl FnOnce(&mut Counter)) -> usize {
     c.0
 }
 
+/// PUBLISH flags: DUP, QoS, RETAIN (spec 3.3.1).
+fn publish_first_byte(dup: bool, qos: QoS, retain: bool) -> u8 {
+    let qos = match qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    };
+    0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain)
+}
+
 /// First byte of the fixed header: type and flags (spec 2.1.2, 2.1.3).
 fn first_byte(packet: &Packet) -> u8 {
     match packet {
         Packet::Connect(_) => 0x10,
         Packet::ConnAck(_) => 0x20,
-        Packet::Publish(p) => {
-            let qos = match p.qos {
-                QoS::AtMostOnce => 0,
-                QoS::AtLeastOnce => 1,
-                QoS::ExactlyOnce => 2,
-            };
-            0x30 | (u8::from(p.dup) << 3) | (qos << 1) | u8::from(p.retain)
-        }
+        Packet::Publish(p) => publish_first_byte(p.dup, p.qos, p.retain),
         Packet::PubAck(_) => 0x40,
         Packet::PubRec(_) => 0x50,
         // [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1]: flags 0010.
@@ -174,6 +178,22 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, dst: &mut BytesMut) {
     dst.put_u8(first_byte(packet));
     dst.put_vbi(body as u32);
     write_body(packet, version, dst);
+}
+
+/// Appends a PUBLISH written from borrowed parts; the same bytes as `encode` of the equivalent
+/// owned `Packet::Publish`. Returns the bytes appended.
+pub fn encode_publish(p: &PublishOut, version: ProtocolVersion, dst: &mut BytesMut) -> usize {
+    let body = measure(|c| publish::write_publish_out(p, version, c));
+    debug_assert!(
+        body <= super::reader::VBI_MAX as usize,
+        "packet too large to encode"
+    );
+    let total = 1 + vbi_len(body as u32) + body;
+    dst.reserve(total);
+    dst.put_u8(publish_first_byte(p.dup, p.qos, p.retain));
+    dst.put_vbi(body as u32);
+    publish::write_publish_out(p, version, dst);
+    total
 }
 
 /// Exactly the number of bytes `encode(packet, version, _)` appends.

@@ -29,9 +29,10 @@ mod subscribe;
 #[cfg(test)]
 mod tests;
 
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encode_publish, encoded_len};
 pub use error::{DecodeError, ErrorResponse, Malformation};
 pub use model::*;
+pub use publish::PublishOut;
 pub use reason::{ReasonCode, ReasonContext};
 
 use bytes::{Buf, BytesMut};

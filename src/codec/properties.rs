@@ -461,20 +461,42 @@ impl PropertySet for PublishProperties {
     }
 
     fn write<S: Sink>(&self, s: &mut S) {
-        w_flag(s, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator);
+        PublishPropertiesOut {
+            base: self,
+            message_expiry_interval: self.message_expiry_interval,
+            topic_alias: self.topic_alias,
+            subscription_identifiers: &self.subscription_identifiers,
+        }
+        .write(s);
+    }
+}
+
+/// PUBLISH properties as written: `base` with the per-delivery values replaced. The one
+/// writer of PUBLISH properties, for owned packets and borrowed `PublishOut`s alike.
+pub(crate) struct PublishPropertiesOut<'a> {
+    pub(crate) base: &'a PublishProperties,
+    pub(crate) message_expiry_interval: Option<u32>,
+    pub(crate) topic_alias: Option<u16>,
+    pub(crate) subscription_identifiers: &'a [u32],
+}
+
+impl PublishPropertiesOut<'_> {
+    pub(crate) fn write<S: Sink>(&self, s: &mut S) {
+        let base = self.base;
+        w_flag(s, PAYLOAD_FORMAT_INDICATOR, base.payload_format_indicator);
         w_u32(s, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         w_u16(s, TOPIC_ALIAS, self.topic_alias);
-        if let Some(t) = &self.response_topic {
+        if let Some(t) = &base.response_topic {
             s.put_u8(RESPONSE_TOPIC);
             s.put_prefixed(t.as_bytes());
         }
-        w_bin(s, CORRELATION_DATA, self.correlation_data.as_ref());
-        w_users(s, &self.user_properties);
-        for &id in &self.subscription_identifiers {
+        w_bin(s, CORRELATION_DATA, base.correlation_data.as_ref());
+        w_users(s, &base.user_properties);
+        for &id in self.subscription_identifiers {
             s.put_u8(SUBSCRIPTION_IDENTIFIER);
             s.put_vbi(id);
         }
-        w_str(s, CONTENT_TYPE, self.content_type.as_ref());
+        w_str(s, CONTENT_TYPE, base.content_type.as_ref());
     }
 }
 

@@ -8,10 +8,10 @@
 //! Must never: allocate on the QoS 0 path without properties (only `Bytes` refcounts), or
 //! resolve topic aliases (the session owns the alias table).
 
-use super::encode::Sink;
+use super::encode::{Sink, measure};
 use super::error::DecodeError;
 use super::model::*;
-use super::properties::{read_properties, write_properties};
+use super::properties::{PublishPropertiesOut, read_properties};
 use super::reader::Reader;
 use super::{DecodeLimits, Role};
 use crate::router::topic::{TopicError, TopicName};
@@ -73,13 +73,62 @@ pub(super) fn decode_publish(
 }
 
 pub(super) fn write_publish<S: Sink>(p: &Publish, version: ProtocolVersion, s: &mut S) {
+    write_publish_out(&PublishOut::from(p), version, s);
+}
+
+/// A PUBLISH to encode from borrowed parts: the broker writes one copy per subscriber of a
+/// routed message without building (cloning into) an owned `Publish` for each. The
+/// per-subscriber values (Message Expiry Interval left, Subscription Identifiers) replace
+/// those in `properties`; `topic_alias` is written as given.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishOut<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a TopicName,
+    /// Present iff `qos > AtMostOnce` [MQTT-2.2.1-2].
+    pub packet_id: Option<PacketId>,
+    pub properties: &'a PublishProperties,
+    pub message_expiry_interval: Option<u32>,
+    pub topic_alias: Option<u16>,
+    pub subscription_identifiers: &'a [u32],
+    pub payload: &'a [u8],
+}
+
+impl<'a> From<&'a Publish> for PublishOut<'a> {
+    fn from(p: &'a Publish) -> PublishOut<'a> {
+        PublishOut {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: &p.topic,
+            packet_id: p.packet_id,
+            properties: &p.properties,
+            message_expiry_interval: p.properties.message_expiry_interval,
+            topic_alias: p.properties.topic_alias,
+            subscription_identifiers: &p.properties.subscription_identifiers,
+            payload: &p.payload,
+        }
+    }
+}
+
+/// The one PUBLISH body writer (owned packets go through it too).
+pub(super) fn write_publish_out<S: Sink>(p: &PublishOut, version: ProtocolVersion, s: &mut S) {
     s.put_prefixed(p.topic.as_bytes());
     if p.qos != QoS::AtMostOnce {
         debug_assert!(p.packet_id.is_some(), "QoS > 0 PUBLISH without packet id");
         s.put_u16(p.packet_id.map_or(0, PacketId::get));
     }
     if version.is_v5() {
-        write_properties(&p.properties, s);
+        let props = PublishPropertiesOut {
+            base: p.properties,
+            message_expiry_interval: p.message_expiry_interval,
+            topic_alias: p.topic_alias,
+            subscription_identifiers: p.subscription_identifiers,
+        };
+        let len = measure(|c| props.write(c));
+        s.put_vbi(len as u32);
+        props.write(s);
     }
-    s.put(&p.payload);
+    s.put(p.payload);
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::codec::{self, Ack, AckProperties, Packet, PacketId, Publish, QoS, ReasonCode};
+use crate::codec::{self, Ack, AckProperties, Packet, PacketId, PublishOut, QoS, ReasonCode};
 
 use super::data::{Enqueued, Outbound, QueuedMessage};
 use super::types::{Delivery, Message};
@@ -95,31 +95,6 @@ impl Session {
         }
     }
 
-    /// The PUBLISH for one delivery: Message Expiry Interval rewritten to what remains
-    /// [MQTT-3.3.2-6], subscription identifiers of this delivery, no topic alias.
-    pub(super) fn publish_packet(
-        &self,
-        entry: &QueuedMessage,
-        packet_id: Option<PacketId>,
-        dup: bool,
-        now_ms: u64,
-    ) -> Publish {
-        let m = &entry.message;
-        let mut properties = m.properties.clone();
-        properties.message_expiry_interval = m.remaining_expiry_secs(now_ms);
-        properties.subscription_identifiers = entry.subscription_ids.clone();
-        properties.topic_alias = None;
-        Publish {
-            dup,
-            qos: entry.qos,
-            retain: entry.retain,
-            topic: m.topic.clone(),
-            packet_id,
-            properties,
-            payload: m.payload.clone(),
-        }
-    }
-
     /// Encodes the PUBLISH into `out` unless it exceeds the client's Maximum Packet Size
     /// [MQTT-3.1.2-25] (BAD_INPUTS #29): then nothing is written, the drop is counted and
     /// `false` returned.
@@ -135,10 +110,24 @@ impl Session {
             return false;
         };
         let (protocol, limit) = (c.protocol, c.client_max_packet);
-        let publish = self.publish_packet(entry, packet_id, dup, now_ms);
+        let m = &entry.message;
+        // Written from borrowed parts, no clone of the message: Message Expiry Interval
+        // rewritten to what remains [MQTT-3.3.2-6], this delivery's subscription
+        // identifiers, never a topic alias.
+        let publish = PublishOut {
+            dup,
+            qos: entry.qos,
+            retain: entry.retain,
+            topic: &m.topic,
+            packet_id,
+            properties: &m.properties,
+            message_expiry_interval: m.remaining_expiry_secs(now_ms),
+            topic_alias: None,
+            subscription_identifiers: &entry.subscription_ids,
+            payload: &m.payload,
+        };
         let start = out.len();
-        let packet = Packet::Publish(publish);
-        codec::encode(&packet, protocol, out);
+        codec::encode_publish(&publish, protocol, out);
         if out.len() - start > limit {
             out.truncate(start);
             self.stats.dropped_too_large += 1;

@@ -519,3 +519,44 @@ fn encoded_len_matches_for_large_remaining_lengths() {
         assert_eq!(bytes.len(), encoded_len(&p, V5));
     }
 }
+
+#[test]
+fn borrowed_publish_encodes_like_the_owned_packet() {
+    // The broker's delivery path writes from borrowed parts with per-delivery values; the
+    // bytes must be those of the owned packet carrying the same values.
+    let base = full_publish_props();
+    for v in [
+        ProtocolVersion::V31,
+        ProtocolVersion::V311,
+        ProtocolVersion::V5,
+    ] {
+        for (qos, id) in [(QoS::AtMostOnce, None), (QoS::ExactlyOnce, Some(7))] {
+            let mut owned = publish(qos, id);
+            owned.dup = id.is_some();
+            owned.retain = true;
+            owned.properties = base.clone();
+            owned.properties.message_expiry_interval = Some(42);
+            owned.properties.topic_alias = None;
+            owned.properties.subscription_identifiers = vec![3, 268_435_455];
+            let mut expected = BytesMut::new();
+            encode(&Packet::Publish(owned.clone()), v, &mut expected);
+
+            let view = PublishOut {
+                dup: owned.dup,
+                qos,
+                retain: true,
+                topic: &owned.topic,
+                packet_id: owned.packet_id,
+                properties: &base,
+                message_expiry_interval: Some(42),
+                topic_alias: None,
+                subscription_identifiers: &[3, 268_435_455],
+                payload: &owned.payload,
+            };
+            let mut got = BytesMut::new();
+            let n = encode_publish(&view, v, &mut got);
+            assert_eq!(got, expected, "{v:?} {qos:?}");
+            assert_eq!(n, got.len());
+        }
+    }
+}
