@@ -328,17 +328,23 @@ mod tests {
     }
 
     /// Per-connection memory is a first-class metric: these bounds catch a regression
-    /// (e.g. a buffer or timer moved into the connection) before a benchmark does.
+    /// (e.g. a buffer or timer moved into the connection, `Limits` or a `Will` stored inline
+    /// in every session) before a benchmark does.
     #[test]
     fn per_connection_state_stays_small() {
+        use std::mem::size_of;
         let task = future_size(conn_task as fn(Shard, u32, TcpStream) -> _);
-        let conn = std::mem::size_of::<super::super::core::Conn>();
-        let client = std::mem::size_of::<super::super::core::Client>();
+        let conn = size_of::<super::super::core::Conn>();
+        let client = size_of::<super::super::core::Client>();
+        let session = size_of::<crate::session::Session>();
         let next = future_size(next_event_sig as fn(Shard, u32, bool) -> _);
         eprintln!(
-            "conn_task future: {task} B, next_event: {next} B, Conn: {conn} B, Client (with Session): {client} B"
+            "conn_task future: {task} B, next_event: {next} B, Conn: {conn} B, \
+             Client: {client} B (Session: {session} B)"
         );
         assert!(task <= 512, "connection task future grew to {task} bytes");
-        assert!(conn <= 192, "Conn grew to {conn} bytes");
+        assert!(conn <= 160, "Conn grew to {conn} bytes");
+        assert!(session <= 352, "Session grew to {session} bytes");
+        assert!(client <= 368, "Client grew to {client} bytes");
     }
 }
