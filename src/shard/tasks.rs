@@ -170,6 +170,10 @@ fn hand_off(shard: &Shard, id: u32, stream: TcpStream, parts: HandoffParts) {
 
 /// Accepts connections on one listener until shutdown.
 pub(crate) async fn accept_loop(shard: Shard, listener: TcpListener) {
+    // Register for the stop signal once: a task's waker stays valid for the task's life, and
+    // `will_wake` does not recognise monoio's cloned wakers, so a per-poll check pushed one
+    // waker per accepted connection (16 B each, kept until shutdown).
+    let mut registered = false;
     loop {
         let accepted = {
             let mut accept = pin!(listener.accept());
@@ -179,8 +183,9 @@ pub(crate) async fn accept_loop(shard: Shard, listener: TcpListener) {
                     if core.stopping {
                         return Poll::Ready(None);
                     }
-                    if !core.stop_wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    if !registered {
                         core.stop_wakers.push(cx.waker().clone());
+                        registered = true;
                     }
                 }
                 accept.as_mut().poll(cx).map(Some)
