@@ -307,6 +307,9 @@ impl Core {
     }
 
     fn new_client(&mut self, client_id: ClientId) -> u32 {
+        // Not a view of the CONNECT's read: that would pin the read (with whatever else the
+        // client sent in it) for the session's life.
+        let client_id = client_id.detached();
         let generation = self.next_generation();
         let session = Session::new(client_id.clone(), Arc::clone(&self.session_limits));
         let slot = self.clients.insert(Client {
