@@ -12,6 +12,10 @@ use ringmq::config::{Command, USAGE, parse_args};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before the shards touch their heaps: see `disable_transparent_huge_pages`.
+    if let Err(e) = ringmq::shard::sys::disable_transparent_huge_pages() {
+        ringmq::log!(WARN, None, "cannot turn transparent huge pages off: {e}");
+    }
     let mut config = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(config)) => *config,
         Ok(Command::Help) => {

@@ -105,6 +105,12 @@ impl MqttStr {
         &self.0
     }
 
+    /// A copy that owns exactly its bytes, for a value kept long after its packet: a decoded
+    /// value is a view that keeps the whole read it came from alive.
+    pub fn detached(&self) -> MqttStr {
+        MqttStr(Bytes::copy_from_slice(&self.0))
+    }
+
     pub fn as_bytes_shared(&self) -> &Bytes {
         &self.0
     }

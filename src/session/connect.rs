@@ -137,7 +137,7 @@ impl Session {
         }
         // [MQTT-3.1.3-9]: a connection to this session before the will delay ends cancels
         // the pending will (on resume; a clean start published it above as the session end).
-        self.data.will = connect.will.clone();
+        self.data.will = connect.will.clone().map(Box::new);
         self.data.will_delay_secs = if connect.protocol.is_v5() {
             connect
                 .will

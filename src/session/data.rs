@@ -80,7 +80,8 @@ pub struct SessionData {
     pub last_packet_id: u16,
     /// The will of the current connection, or of the last one while its Will Delay Interval
     /// runs (the due time is in the offline state). `None` once published or discarded.
-    pub will: Option<Will>,
+    /// Boxed: most sessions have none, and a `Will` is 216 bytes.
+    pub will: Option<Box<Will>>,
     /// Will Delay Interval of `will` in seconds (v5; 0 for 3.x).
     pub will_delay_secs: u32,
     /// Session Expiry Interval in seconds as granted (capped by `max_session_expiry`);

@@ -130,7 +130,9 @@ enum State {
 #[derive(Debug)]
 pub struct Session {
     client_id: ClientId,
-    limits: Limits,
+    /// Shared by every session of a shard (one copy per shard, not per session: a session
+    /// exists once per idle connection).
+    limits: Arc<Limits>,
     state: State,
     /// Persistent state, saved and loaded by storage.
     data: SessionData,
@@ -142,10 +144,10 @@ pub struct Session {
 impl Session {
     /// New session for a decoded CONNECT whose client id is already settled (assigned if
     /// empty and allowed).
-    pub fn new(client_id: ClientId, limits: &Limits) -> Session {
+    pub fn new(client_id: ClientId, limits: Arc<Limits>) -> Session {
         Session {
             client_id,
-            limits: limits.clone(),
+            limits,
             state: State::Detached,
             data: SessionData::default(),
             protocol: None,
@@ -159,14 +161,14 @@ impl Session {
     /// storage decides whether to keep `data.will`.
     pub fn restore(
         client_id: ClientId,
-        limits: &Limits,
+        limits: Arc<Limits>,
         data: SessionData,
         expires_at_ms: Option<u64>,
     ) -> Session {
         let will_due_ms = None;
         Session {
             client_id,
-            limits: limits.clone(),
+            limits,
             state: State::Offline(Offline {
                 expires_at_ms,
                 will_due_ms,

@@ -45,6 +45,12 @@ impl ClientId {
     pub fn as_mqtt_str(&self) -> &MqttStr {
         &self.0
     }
+
+    /// The same id owning exactly its bytes (see `MqttStr::detached`): for the copy a
+    /// session and the registry keep for as long as the session lives.
+    pub fn detached(&self) -> ClientId {
+        ClientId(self.0.detached())
+    }
 }
 
 /// Prefix of server-assigned client ids; `-` and hex digits only follow, so an assigned id

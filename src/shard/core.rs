@@ -32,6 +32,7 @@ use super::mailbox::{Envelope, Outboxes};
 use super::routes::Routes;
 use super::timer::{TimerKey, TimerWheel};
 use crate::codec::{Connect, DecodeLimits, ProtocolVersion};
+use crate::config::Limits;
 use crate::log;
 use crate::router::interest::ShardId;
 use crate::session::{Action, ClientId, Session};
@@ -127,6 +128,8 @@ pub(crate) struct Core {
     pub(crate) sink: BytesMut,
     pub(crate) connect_limits: DecodeLimits,
     pub(crate) packet_limits: DecodeLimits,
+    /// `shared.config.limits`, shared by every session of this shard.
+    pub(crate) session_limits: Arc<Limits>,
     next_gen: u32,
     assigned_ids: u64,
     /// Shutdown, first step done: this shard routed its sessions' wills.
@@ -177,6 +180,7 @@ impl Core {
             sink: BytesMut::new(),
             connect_limits,
             packet_limits,
+            session_limits: Arc::new(limits.clone()),
             next_gen: 0,
             assigned_ids: 0,
             wills_routed: false,
@@ -306,8 +310,11 @@ impl Core {
     }
 
     fn new_client(&mut self, client_id: ClientId) -> u32 {
+        // Not a view of the CONNECT's read: that would pin the read (with whatever else the
+        // client sent in it) for the session's life.
+        let client_id = client_id.detached();
         let generation = self.next_generation();
-        let session = Session::new(client_id.clone(), &self.shared.config.limits);
+        let session = Session::new(client_id.clone(), Arc::clone(&self.session_limits));
         let slot = self.clients.insert(Client {
             session,
             conn: None,

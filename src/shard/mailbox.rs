@@ -1,5 +1,11 @@
-//! Cross-shard messaging: one bounded crossbeam channel per (source -> destination) pair, a
-//! per-shard notifier, and the per-destination outboxes a shard fills during a loop turn.
+//! Cross-shard messaging: one bounded channel per (source -> destination) pair, a per-shard
+//! notifier, and the per-destination outboxes a shard fills during a loop turn.
+//!
+//! The channels are crossbeam list channels bounded by us (`CHANNEL_CAPACITY`, checked by the
+//! only sender of each channel, the source shard): a list channel holds memory only for the
+//! envelopes in it, where an array channel allocates and touches every slot up front
+//! (measured: 4.7 MB per channel at 64k slots, 18.9 MB of a 2-shard broker's 32.5 MB empty
+//! RSS, and `shards^2` channels).
 //!
 //! Owns: the `Envelope` vocabulary shards speak, the channel mesh, and the wake protocol:
 //! a sender pushes, then wakes the destination only if its mailbox task is parked (the
@@ -29,7 +35,8 @@ use crate::session::{ClientId, Message};
 /// Envelopes buffered per (source, destination) channel. Large enough to absorb a burst of a
 /// whole loop turn of publishes (tens of thousands of messages at full rate) without the
 /// sender falling back to its outbox; small enough that a stalled shard holds at most a few
-/// MB of envelopes (each is a few words plus an `Arc`).
+/// MB of envelopes (each is a few words plus an `Arc`). Memory is held only while envelopes
+/// are queued (list channel), so the bound costs nothing on an idle broker.
 pub(crate) const CHANNEL_CAPACITY: usize = 64 * 1024;
 
 /// What one shard asks of another.
@@ -127,7 +134,8 @@ impl Mesh {
         let mut receivers: Vec<Vec<Receiver<Envelope>>> = (0..shards).map(|_| Vec::new()).collect();
         for src_senders in senders.iter_mut() {
             for dst_receivers in receivers.iter_mut() {
-                let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+                // Unbounded list channel; `Outboxes::flush` (the only sender) applies the bound.
+                let (tx, rx) = crossbeam_channel::unbounded();
                 src_senders.push(tx);
                 dst_receivers.push(rx);
             }
@@ -177,18 +185,27 @@ impl Outboxes {
                 continue;
             }
             let tx = &mesh.senders[me.index()][dst];
+            // This shard is the channel's only sender: `len` can only shrink until we push, so
+            // the bound holds without a per-envelope check.
+            let room = CHANNEL_CAPACITY.saturating_sub(tx.len());
             let mut sent = false;
-            while let Some(envelope) = queue.pop_front() {
+            for _ in 0..room {
+                let Some(envelope) = queue.pop_front() else {
+                    break;
+                };
                 match tx.try_send(envelope) {
                     Ok(()) => sent = true,
-                    Err(TrySendError::Full(envelope)) => {
-                        queue.push_front(envelope);
-                        all_sent = false;
-                        break;
-                    }
                     // The destination is gone (shutdown): nothing left to deliver to.
                     Err(TrySendError::Disconnected(_)) => queue.clear(),
+                    // Unbounded channels are never full; kept for the next flush if one were.
+                    Err(TrySendError::Full(envelope)) => {
+                        queue.push_front(envelope);
+                        break;
+                    }
                 }
+            }
+            if !queue.is_empty() {
+                all_sent = false;
             }
             if sent {
                 mesh.notifiers[dst].notify();
@@ -232,4 +249,49 @@ pub(crate) fn drain(
 /// Whether any receiver holds an envelope.
 pub(crate) fn any_pending(receivers: &[Receiver<Envelope>]) -> bool {
     receivers.iter().any(|rx| !rx.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence_done(n: u32) -> Envelope {
+        Envelope::FenceDone {
+            conn: n,
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn channels_are_bounded_and_the_outbox_keeps_the_rest() {
+        let (mesh, receivers) = Mesh::new(2);
+        let (a, b) = (
+            ShardId::new(0).expect("shard"),
+            ShardId::new(1).expect("shard"),
+        );
+        let mut out = Outboxes::new(2);
+        for n in 0..CHANNEL_CAPACITY + 5 {
+            out.push(b, fence_done(n as u32));
+        }
+        assert!(
+            !out.flush(a, &mesh),
+            "the channel is full: 5 envelopes wait"
+        );
+        assert!(out.is_pending());
+        assert_eq!(receivers[1][0].len(), CHANNEL_CAPACITY);
+        assert_eq!(drain(&receivers[1], 10, |_| {}), 10);
+        assert!(out.flush(a, &mesh));
+        assert!(!out.is_pending());
+        assert_eq!(receivers[1][0].len(), CHANNEL_CAPACITY - 5);
+        // FIFO across the outbox and the channel.
+        let mut next = 10;
+        drain(&receivers[1], usize::MAX, |e| match e {
+            Envelope::FenceDone { conn, .. } => {
+                assert_eq!(conn, next);
+                next += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+        assert_eq!(next as usize, CHANNEL_CAPACITY + 5);
+    }
 }

@@ -1,6 +1,7 @@
 //! Thin, audited wrappers over the few libc calls the runtime makes itself: non-blocking
 //! `recv`/`send` on a connection's raw fd (readiness comes from monoio, the I/O is ours so that
-//! reads land in the shard's one scratch buffer), `shutdown`, and signal handling for `main`.
+//! reads land in the shard's one scratch buffer), `shutdown`, and signal handling and the
+//! transparent huge page switch for `main`.
 //!
 //! Must never: block (every socket call uses `MSG_DONTWAIT`), raise SIGPIPE (`MSG_NOSIGNAL`),
 //! or take ownership of an fd (callers own their fds; these functions only borrow them).
@@ -91,6 +92,24 @@ pub fn wait_for_termination() -> io::Result<i32> {
             e => return Err(io::Error::from_raw_os_error(e)),
         }
     }
+}
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`, Linux 3.15+).
+///
+/// With THP, the first touch of any 2 MiB region of a shard's heap makes all of it resident:
+/// idle memory then grows in 2 MiB steps per thread. mimalloc is built with `no_thp`, so it
+/// no longer marks its arenas `MADV_HUGEPAGE` (that alone covers kernels in `madvise` mode,
+/// from the first allocation on); this call covers kernels in `always` mode for every page
+/// faulted after it. Measured (release, io_uring, `--shards 2`, THP in `madvise` mode): empty
+/// broker 12.0 -> 4.3 MB RSS; 5,000 idle connections 5.4 -> 2.8 KB per connection; pairs
+/// and fan-in throughput unchanged within noise (the broker's hot data is small).
+pub fn disable_transparent_huge_pages() -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments; no memory is passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn termination_set() -> libc::sigset_t {

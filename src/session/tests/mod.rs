@@ -131,7 +131,7 @@ pub(super) struct Harness {
 impl Harness {
     pub fn new(limits: Limits) -> Harness {
         Harness {
-            s: Session::new(client("c1"), &limits),
+            s: Session::new(client("c1"), std::sync::Arc::new(limits)),
             out: BytesMut::new(),
             actions: Vec::new(),
             now: 1_000,
