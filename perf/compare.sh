@@ -196,7 +196,7 @@ report() {
         echo
         echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r)"
-        echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo ' (dirty)')"
+        echo "- commit: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- . ':!perf/RESULTS.md' || echo ' (dirty)')"
         echo "- command: \`$CMDLINE\`"
         echo "- brokers: $( (mosquitto -h 2>/dev/null || true) | head -1), ringmq: $RING_STATUS"
         echo "- settings: loopback, no persistence, outbound inflight $INFLIGHT, mosquitto queue 1,000,000 messages and TCP_NODELAY;"
