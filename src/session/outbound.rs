@@ -170,16 +170,7 @@ impl Session {
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
-        match self.flow(ack.packet_id) {
-            Some((pos, Awaiting::Ack)) => {
-                self.data.inflight.remove(pos);
-                self.drain_queue(now_ms, out);
-            }
-            Some((_, Awaiting::Rec | Awaiting::Comp)) => {
-                self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
-            }
-            None => self.stats.unknown_acks += 1,
-        }
+        self.end_flow(ack, Awaiting::Ack, now_ms, out, actions);
     }
 
     /// PUBREC for our QoS 2 flow [MQTT-4.3.3]: success -> PUBREL (resent for a duplicate
@@ -228,14 +219,26 @@ impl Session {
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
+        self.end_flow(ack, Awaiting::Comp, now_ms, out, actions);
+    }
+
+    /// The last acknowledgement of a flow (PUBACK for QoS 1, PUBCOMP for QoS 2): the flow
+    /// ends and the window takes the next queued message. The other ack for that id is the
+    /// wrong one for the flow (BAD_INPUTS #50); an unknown id is tolerated and counted.
+    fn end_flow(
+        &mut self,
+        ack: Ack,
+        last: Awaiting,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
         match self.flow(ack.packet_id) {
-            Some((pos, Awaiting::Comp)) => {
+            Some((pos, awaiting)) if awaiting == last => {
                 self.data.inflight.remove(pos);
                 self.drain_queue(now_ms, out);
             }
-            Some((_, Awaiting::Ack | Awaiting::Rec)) => {
-                self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
-            }
+            Some(_) => self.violation(ReasonCode::ProtocolError, now_ms, out, actions),
             None => self.stats.unknown_acks += 1,
         }
     }
