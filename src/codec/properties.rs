@@ -171,6 +171,15 @@ pub(crate) fn write_properties<P: PropertySet, S: Sink>(set: &P, s: &mut S) {
     set.write(s);
 }
 
+/// 3.1.2.11.10 (CONNECT) and 3.2.2.3.18 (CONNACK): "It is a Protocol Error to include
+/// Authentication Data if there is no Authentication Method."
+fn auth_data_has_method(data: &Option<Bytes>, method: &Option<MqttStr>) -> Result<(), DecodeError> {
+    if data.is_some() && method.is_none() {
+        return Err(DecodeError::AuthDataWithoutMethod);
+    }
+    Ok(())
+}
+
 /// A 0/1 byte (2.2.2.2: "It is a Protocol Error to include ... a value other than 0 or 1").
 fn flag(id: u8, v: u8) -> Result<bool, DecodeError> {
     match v {
@@ -267,13 +276,8 @@ impl PropertySet for ConnectProperties {
         Ok(())
     }
 
-    /// 3.1.2.11.10: "It is a Protocol Error to include Authentication Data if there is no
-    /// Authentication Method."
     fn check(&self) -> Result<(), DecodeError> {
-        if self.authentication_data.is_some() && self.authentication_method.is_none() {
-            return Err(DecodeError::AuthDataWithoutMethod);
-        }
-        Ok(())
+        auth_data_has_method(&self.authentication_data, &self.authentication_method)
     }
 
     fn write<S: Sink>(&self, s: &mut S) {
@@ -385,10 +389,7 @@ impl PropertySet for ConnAckProperties {
     }
 
     fn check(&self) -> Result<(), DecodeError> {
-        if self.authentication_data.is_some() && self.authentication_method.is_none() {
-            return Err(DecodeError::AuthDataWithoutMethod);
-        }
-        Ok(())
+        auth_data_has_method(&self.authentication_data, &self.authentication_method)
     }
 
     fn write<S: Sink>(&self, s: &mut S) {

@@ -358,24 +358,27 @@ mod tests {
         out
     }
 
+    /// The filters `sample()` holds, at their index as key.
+    const SAMPLE_FILTERS: [&str; 14] = [
+        "#",
+        "+",
+        "+/+",
+        "/#",
+        "a",
+        "a/#",
+        "a/+",
+        "a/b",
+        "a//b",
+        "a/+/c",
+        "$SYS/#",
+        "+/monitor/Clients",
+        "$SYS/monitor/+",
+        "sport/tennis/player1/#",
+    ];
+
     fn sample() -> Trie<u32, u8> {
         let mut t = Trie::new();
-        let filters = [
-            "#",
-            "+",
-            "+/+",
-            "/#",
-            "a",
-            "a/#",
-            "a/+",
-            "a/b",
-            "a//b",
-            "a/+/c",
-            "$SYS/#",
-            "+/monitor/Clients",
-            "$SYS/monitor/+",
-            "sport/tennis/player1/#",
-        ];
+        let filters = SAMPLE_FILTERS;
         for (i, filter) in filters.iter().enumerate() {
             assert_eq!(
                 t.insert(&f(filter), i as u32, 0),
@@ -416,22 +419,7 @@ mod tests {
     #[test]
     fn match_agrees_with_topic_matches() {
         let t = sample();
-        let filters = [
-            "#",
-            "+",
-            "+/+",
-            "/#",
-            "a",
-            "a/#",
-            "a/+",
-            "a/b",
-            "a//b",
-            "a/+/c",
-            "$SYS/#",
-            "+/monitor/Clients",
-            "$SYS/monitor/+",
-            "sport/tennis/player1/#",
-        ];
+        let filters = SAMPLE_FILTERS;
         let topics = [
             "a",
             "a/b",
