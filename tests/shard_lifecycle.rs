@@ -32,6 +32,7 @@ both_drivers!(
     shutdown_sends_server_shutting_down_to_v5_clients,
     persistent_session_resumes_with_queued_messages,
     slow_consumer_does_not_stall_others,
+    paused_reader_resumes_once_it_drains,
 );
 
 fn disconnect_reason(p: &Packet) -> ReasonCode {
@@ -279,5 +280,66 @@ fn slow_consumer_does_not_stall_others(driver: DriverKind) {
             None => panic!("slow consumer still connected after {drained} packets"),
         }
     }
+    broker.shutdown().expect("clean shutdown");
+}
+
+/// A client that publishes without reading, until the broker's output to it is over
+/// `max_output_buffer` and its socket is full, is not read any further (TCP back-pressure on
+/// its publishes); once it reads its socket, the broker reads it again from where it
+/// stopped: every publish is acknowledged and every delivery the window allows arrives.
+fn paused_reader_resumes_once_it_drains(driver: DriverKind) {
+    use bytes::{Bytes, BytesMut};
+    use ringmq::codec::{self, Publish, PublishProperties};
+    const N: u16 = 200;
+    let mut cfg = config(2, driver);
+    cfg.limits.max_output_buffer = 64 * 1024;
+    cfg.limits.slow_consumer_timeout_secs = 60;
+    let window = usize::from(cfg.limits.max_inflight);
+    let (broker, addr) = start(cfg);
+    let (mut echo, _) = Client::connect(addr, "echo", ProtocolVersion::V311, true, 0);
+    echo.subscribe("echo", QoS::AtLeastOnce, 1);
+    // 200 x 100 KB publishes to its own subscription: the 128 deliveries in flight (12.8 MB)
+    // outgrow the socket buffers of a reader that reads nothing, and the 20 MB of publishes
+    // outgrow what the sockets hold while the broker does not read them.
+    let mut writer = echo.stream.try_clone().expect("clone");
+    let payload = Bytes::from(vec![b'e'; 100 * 1024]);
+    let sender = std::thread::spawn(move || {
+        let mut out = BytesMut::new();
+        for id in 1..=N {
+            let publish = Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: shard_support::topic("echo"),
+                packet_id: Some(shard_support::pid(id)),
+                properties: PublishProperties::default(),
+                payload: payload.clone(),
+            });
+            codec::encode(&publish, ProtocolVersion::V311, &mut out);
+            writer.write_all(&out).expect("write publish");
+            out.clear();
+        }
+    });
+    // Nobody reads for a while: the broker's output to `echo` piles up and it stops reading.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut acks, mut deliveries) = (0u16, 0usize);
+    while acks < N || deliveries < window {
+        match echo.recv_within(Duration::from_secs(10)) {
+            Some(Some(Packet::PubAck(ack))) => {
+                acks += 1;
+                assert_eq!(ack.packet_id.get(), acks, "PUBACKs in publish order");
+            }
+            Some(Some(Packet::Publish(p))) => {
+                deliveries += 1;
+                assert_eq!(p.payload.len(), 100 * 1024);
+            }
+            other => panic!("after {acks} PUBACKs and {deliveries} deliveries: {other:?}"),
+        }
+    }
+    sender.join().expect("sender");
+    assert_eq!(
+        deliveries, window,
+        "the inflight window, no more (nothing was acked)"
+    );
     broker.shutdown().expect("clean shutdown");
 }

@@ -1,6 +1,7 @@
 //! The state one shard owns and the glue between its sessions, connections and routes.
 //!
-//! Owns: the connection slab (`Conn`: fd, buffers, flags; no socket object), the client
+//! Owns: the connection slab (`Conn`: fd, buffers, flags; no socket object, no task), the
+//! shard's `Poller` (every connection's readiness), the client
 //! registry of the client ids homed on this shard (ClientId -> `Client` with its `Session`),
 //! the timer wheel, the outboxes, and the execution of `session::Action`s. Everything here
 //! runs on the shard's thread, inside `RefCell` borrows that never cross an `.await`.
@@ -8,18 +9,17 @@
 //! Lifecycle of a connection: accepted -> `AwaitingConnect` (CONNECT timeout on the wheel)
 //! -> CONNECT decoded: refused and closed, or handed to its home shard, or attached to a
 //! client here (`Open`) -> `Closing` (requested by the session, takeover, shutdown, an I/O
-//! error or a timer) -> its task does a last flush, closes the fd and calls `finish_conn`,
-//! which tells the session `connection_lost` if it was still attached.
+//! error or a timer; queued in `closing`) -> the I/O task's next pass calls `finish_conn`:
+//! a last flush, the fd closes, and the session hears `connection_lost` if it was still
+//! attached.
 //!
 //! Must never: block, call a session without executing the actions it returned, or let a
 //! slab slot be reused while a timer or another shard may still name it without a
 //! generation check.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
-use std::rc::Weak;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -30,6 +30,7 @@ use slab::Slab;
 use super::Shared;
 use super::mailbox::{Envelope, Outboxes};
 use super::routes::Routes;
+use super::sys::Poller;
 use super::timer::{TimerKey, TimerWheel};
 use crate::codec::{Connect, DecodeLimits, ProtocolVersion};
 use crate::config::Limits;
@@ -44,23 +45,30 @@ pub(crate) enum Phase {
     AwaitingConnect,
     /// Attached to a session (or refused, with the CONNACK pending a flush).
     Open,
-    /// To be closed by its task after a last flush.
+    /// Closed after a last flush at the I/O task's next pass.
     Closing,
 }
 
-/// One TCP connection on this shard. Kept small: it exists once per idle connection.
+/// One TCP connection on this shard. Kept small: it exists once per idle connection, and it
+/// is all user space holds for one (readiness comes from the shard's `Poller`).
 #[derive(Debug)]
 pub(crate) struct Conn {
-    /// Borrowed from the `TcpStream` the connection's task owns (valid while the slot is).
-    pub(crate) fd: RawFd,
+    /// The socket; closed when the connection's slot is freed.
+    pub(crate) fd: OwnedFd,
     pub(crate) generation: u32,
     /// The wheel tick of this connection's live timer entry; 0: none.
     pub(crate) timer_tick: u32,
     pub(crate) phase: Phase,
     /// Queued in `Core::dirty`.
     pub(crate) dirty: bool,
-    /// A write hit EAGAIN: the task waits for writability before anything else is written.
+    /// A write hit EAGAIN: nothing more is written until the poller reports output space.
     pub(crate) write_blocked: bool,
+    /// Input is waiting that was not read: the connection is paused (see
+    /// `Core::reads_paused`) and is read once its output drains.
+    pub(crate) read_pending: bool,
+    /// The poller reported the peer's FIN, a hang-up or an error: a short read no longer
+    /// means "drained", reads continue until `recv` returns 0 or an error.
+    pub(crate) peer_closed: bool,
     /// `Fence` answers still awaited from other shards: output is held until 0 (see
     /// `Envelope::Fence`), so no acknowledgement overtakes the broadcast it depends on.
     pub(crate) fences: u16,
@@ -75,8 +83,11 @@ pub(crate) struct Conn {
     pub(crate) input: BytesMut,
     /// Encoded output not yet written; freed once fully written.
     pub(crate) out: BytesMut,
-    /// The connection task's waker.
-    pub(crate) waker: Option<Waker>,
+}
+
+/// The poller token of connection `slot`: its generation tells a reused slot apart.
+pub(crate) fn token(slot: u32, generation: u32) -> u64 {
+    u64::from(generation) << 32 | u64::from(slot)
 }
 
 /// A client id homed on this shard: its session and the attached connection, if any.
@@ -106,8 +117,15 @@ pub(crate) struct Core {
     pub(crate) shared: Arc<Shared>,
     /// The shard's clock, read once per wake of a task (see `tick_clock`).
     pub(crate) now_ms: u64,
-    /// The `Rc` this core lives in, to spawn connection tasks for handed-off connections.
-    pub(crate) this: Weak<RefCell<Core>>,
+    /// Every connection's fd, for readiness.
+    pub(crate) poller: Poller,
+    /// The I/O task, parked while no connection has an event, a close or a read pending.
+    pub(crate) io_waker: Option<Waker>,
+    /// Connections to close at the I/O task's next pass: (slot, generation).
+    pub(crate) closing: Vec<(u32, u32)>,
+    /// Connections that stopped reading with input left (their read budget ran out): the
+    /// edge-triggered poller will not report them again, so the next pass reads them.
+    pub(crate) again: Vec<(u32, u32)>,
     pub(crate) conns: Slab<Conn>,
     pub(crate) clients: Slab<Client>,
     pub(crate) registry: HashMap<ClientId, u32>,
@@ -136,6 +154,9 @@ pub(crate) struct Core {
     pub(crate) wills_routed: bool,
     /// Shutdown has begun: accept loops stop, every connection closes.
     pub(crate) stopping: bool,
+    /// This shard's listening sockets (owned by the accept loops, which end only after
+    /// `stopping`): shut at the stop, so that they refuse connections from that moment on.
+    pub(crate) listener_fds: Vec<std::os::fd::RawFd>,
     /// Wakers of tasks that wait for `stopping` (accept loops, the shard's main future).
     pub(crate) stop_wakers: Vec<Waker>,
     pub(crate) stats: ShardStats,
@@ -146,7 +167,7 @@ impl Core {
         id: ShardId,
         shared: Arc<Shared>,
         inbox: Vec<Receiver<Envelope>>,
-        this: Weak<RefCell<Core>>,
+        poller: Poller,
     ) -> Core {
         let limits = &shared.config.limits;
         let connect_limits = DecodeLimits {
@@ -165,7 +186,10 @@ impl Core {
             id,
             log_id: Some(id.index() as u16),
             now_ms,
-            this,
+            poller,
+            io_waker: None,
+            closing: Vec::new(),
+            again: Vec::new(),
             conns: Slab::new(),
             clients: Slab::new(),
             registry: HashMap::new(),
@@ -185,6 +209,7 @@ impl Core {
             assigned_ids: 0,
             wills_routed: false,
             stopping: false,
+            listener_fds: Vec::new(),
             stop_wakers: Vec::new(),
             stats: ShardStats::default(),
             shared,
@@ -201,9 +226,20 @@ impl Core {
         self.next_gen
     }
 
-    /// Registers an accepted (or handed-off) socket; returns its slot.
-    pub(crate) fn new_conn(&mut self, fd: RawFd, peer: SocketAddr, phase: Phase) -> u32 {
+    /// Registers an accepted (or handed-off) socket with the poller; returns its slot, or
+    /// `None` (the socket is closed) when the poller refuses it.
+    pub(crate) fn new_conn(&mut self, fd: OwnedFd, peer: SocketAddr, phase: Phase) -> Option<u32> {
         let generation = self.next_generation();
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key() as u32;
+        if let Err(e) = self.poller.add(fd.as_raw_fd(), token(slot, generation)) {
+            log!(
+                WARN,
+                self.log_id,
+                "cannot watch the connection from {peer}: {e}; closing it"
+            );
+            return None;
+        }
         let conn = Conn {
             fd,
             generation,
@@ -211,6 +247,8 @@ impl Core {
             phase,
             dirty: false,
             write_blocked: false,
+            read_pending: false,
+            peer_closed: false,
             fences: 0,
             version: None,
             client: None,
@@ -218,15 +256,14 @@ impl Core {
             peer,
             input: BytesMut::new(),
             out: BytesMut::new(),
-            waker: None,
         };
-        let slot = self.conns.insert(conn) as u32;
+        entry.insert(conn);
         if phase == Phase::AwaitingConnect {
             let deadline =
                 self.now_ms + u64::from(self.shared.config.limits.connect_timeout_secs) * 1000;
             self.schedule_conn(slot, deadline);
         }
-        slot
+        Some(slot)
     }
 
     /// A fresh server-assigned client id; unique across shards and restarts of the counter
@@ -417,13 +454,22 @@ impl Core {
         }
     }
 
-    /// Asks connection `id`'s task to flush and close it.
+    /// Marks connection `id` for a last flush and close at the I/O task's next pass (never
+    /// at once: the caller may be in the middle of that connection's input).
     pub(crate) fn request_close(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id as usize) {
-            conn.phase = Phase::Closing;
-            if let Some(w) = &conn.waker {
-                w.wake_by_ref();
+            if conn.phase != Phase::Closing {
+                conn.phase = Phase::Closing;
+                self.closing.push((id, conn.generation));
+                self.wake_io();
             }
+        }
+    }
+
+    /// Wakes the I/O task if it is parked.
+    pub(crate) fn wake_io(&mut self) {
+        if let Some(w) = self.io_waker.take() {
+            w.wake();
         }
     }
 
@@ -492,8 +538,8 @@ impl Core {
         }
     }
 
-    /// The connection's task is done with it (fd about to close): if the session still
-    /// counted on it, the connection was lost (will, expiry).
+    /// Closes connection `id` after a last flush: if the session still counted on it, the
+    /// connection was lost (will, expiry).
     pub(crate) fn finish_conn(&mut self, id: u32) {
         self.tick_clock();
         let Some(conn) = self.conns.try_remove(id as usize) else {
@@ -683,6 +729,11 @@ impl Core {
     /// 0x8B) and every connection closes.
     pub(crate) fn begin_shutdown(&mut self) {
         self.stopping = true;
+        // The accept loops close their listeners when they next run; until the runtime has
+        // cancelled an in-flight accept, its socket would still complete handshakes.
+        for &fd in &self.listener_fds {
+            super::sys::shutdown_listener(fd);
+        }
         self.tick_clock();
         let attached: Vec<(u32, u32)> = self
             .clients

@@ -1,8 +1,10 @@
 //! The byte paths of a connection: reading into the shard's scratch buffer and decoding,
 //! and writing a connection's output with one `send` per turn.
 //!
-//! Owns: the read discipline (readiness from monoio, then non-blocking `recv` into ONE
-//! per-shard buffer; every complete packet is decoded in place; only an incomplete trailing
+//! Owns: the readiness discipline (the shard's edge-triggered `Poller` reports connections;
+//! a connection is read until `EAGAIN`, a short read, or its read budget, and in the last
+//! case queued to be read again, because no new edge will come for input already waiting),
+//! the read discipline (non-blocking `recv` into ONE per-shard buffer; every complete packet is decoded in place; only an incomplete trailing
 //! packet is copied into the connection, and that copy is freed once consumed) and the write
 //! discipline (one `send` of everything queued per connection per loop turn; a short write
 //! makes the connection wait for writability; output over `max_output_buffer` starts the
@@ -13,13 +15,16 @@
 //! incomplete (bytes would be reordered).
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use bytes::{Buf, BytesMut};
 
 use super::core::{Conn, Core, Phase};
-use super::sys::{self, IoOutcome};
+use super::mailbox::{Envelope, Handoff};
+use super::sys::{self, IoOutcome, PollEvent};
 use crate::codec::{self, DecodeError, ErrorResponse, Packet};
 use crate::log;
+use crate::router::interest::ShardId;
 
 /// Size of the shard's read buffer: one `recv` takes up to this much. 64 KiB holds hundreds
 /// of small packets (one syscall for all of them) and a typical kernel socket buffer's worth.
@@ -35,7 +40,7 @@ pub(crate) const EARLY_FLUSH_BYTES: usize = 64 * 1024;
 /// streams faster than we decode cannot monopolise the shard (4 x 64 KiB per turn).
 const READS_PER_WAKE: usize = 4;
 
-/// What the connection's task does after a read.
+/// What the I/O task does with a connection after a read.
 #[derive(Debug)]
 pub(crate) enum ReadOutcome {
     /// Keep going. `drained`: the last `recv` found the socket empty (or short), so the next
@@ -65,6 +70,126 @@ pub(crate) enum Step {
 }
 
 impl Core {
+    /// One pass of the shard's I/O task: handle every event the poller has queued (up to
+    /// `events.len()`), read the connections queued to be read again, and close the
+    /// connections marked for closing. Returns true when work is left for another pass
+    /// (the event buffer came back full, or a connection has input left).
+    pub(crate) fn io_pass(&mut self, events: &mut [PollEvent]) -> bool {
+        self.tick_clock();
+        let n = self.poller.poll(events);
+        for event in &events[..n] {
+            let (token, flags) = (event.u64, event.events);
+            self.on_event(token as u32, (token >> 32) as u32, flags);
+        }
+        let again = std::mem::take(&mut self.again);
+        for &(id, generation) in &again {
+            if self.is_live(id, generation) {
+                self.service_read(id);
+            }
+        }
+        self.finish_closing();
+        n == events.len() || !self.again.is_empty()
+    }
+
+    fn is_live(&self, id: u32, generation: u32) -> bool {
+        self.conns
+            .get(id as usize)
+            .is_some_and(|c| c.generation == generation)
+    }
+
+    /// The poller reported connection `id`: output space, input, a peer close or an error.
+    fn on_event(&mut self, id: u32, generation: u32, flags: u32) {
+        if !self.is_live(id, generation) {
+            return; // Closed (or handed off) earlier in this pass; the slot may be reused.
+        }
+        let hangup = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        let writable = libc::EPOLLOUT as u32 | hangup;
+        let readable = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | hangup;
+        if flags & (libc::EPOLLRDHUP as u32 | hangup) != 0 {
+            // The peer's FIN (or an error) may sit behind data that one short read leaves:
+            // no further edge would report it, so reads go on until `recv` says so.
+            self.conns[id as usize].peer_closed = true;
+        }
+        if flags & writable != 0 && self.conns[id as usize].write_blocked {
+            self.on_writable(id);
+        }
+        if flags & readable != 0 {
+            self.service_read(id);
+        }
+    }
+
+    /// A connection that holds more than `max_output_buffer` bytes for a client that does
+    /// not read its socket is not read either: TCP back-pressure instead of unbounded
+    /// output.
+    fn reads_paused(&self, conn: &Conn) -> bool {
+        conn.write_blocked && conn.out.len() > self.shared.config.limits.max_output_buffer
+    }
+
+    /// Reads connection `id` (unless it is paused or closing) and acts on what came of it.
+    fn service_read(&mut self, id: u32) {
+        let Some(conn) = self.conns.get(id as usize) else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            return;
+        }
+        if self.reads_paused(conn) {
+            self.conns[id as usize].read_pending = true;
+            return;
+        }
+        self.conns[id as usize].read_pending = false;
+        match self.on_readable(id) {
+            ReadOutcome::Continue { drained: true } => {}
+            ReadOutcome::Continue { drained: false } => {
+                if let Some(conn) = self.conns.get(id as usize) {
+                    self.again.push((id, conn.generation));
+                }
+            }
+            ReadOutcome::Close => self.request_close(id),
+            ReadOutcome::Handoff(parts) => self.hand_off(id, *parts),
+        }
+    }
+
+    /// Closes every connection marked for closing (closing one may mark others).
+    pub(crate) fn finish_closing(&mut self) {
+        while !self.closing.is_empty() {
+            for (id, generation) in std::mem::take(&mut self.closing) {
+                if self.is_live(id, generation) {
+                    self.finish_conn(id);
+                }
+            }
+        }
+    }
+
+    /// Moves connection `id` to its home shard: out of this shard's poller and slab, its fd
+    /// and what was read with the CONNECT into an envelope.
+    fn hand_off(&mut self, id: u32, parts: HandoffParts) {
+        let Some(conn) = self.conns.try_remove(id as usize) else {
+            return;
+        };
+        use std::os::fd::AsRawFd;
+        self.poller.delete(conn.fd.as_raw_fd());
+        let HandoffParts {
+            home,
+            connect,
+            client_id,
+            assigned,
+            leftover,
+        } = parts;
+        let Some(dst) = ShardId::new(home as u8) else {
+            return;
+        };
+        let handoff = Handoff {
+            fd: conn.fd,
+            peer: conn.peer,
+            connect,
+            client_id,
+            assigned,
+            leftover,
+        };
+        self.send_to(dst, Envelope::Handoff(Box::new(handoff)));
+    }
+
     /// The socket of connection `id` is readable: read, decode, act.
     pub(crate) fn on_readable(&mut self, id: u32) -> ReadOutcome {
         self.tick_clock();
@@ -88,7 +213,8 @@ impl Core {
             if conn.phase == Phase::Closing {
                 return ReadOutcome::Close;
             }
-            match sys::recv(conn.fd, scratch) {
+            let peer_closed = conn.peer_closed;
+            match sys::recv(conn.fd.as_raw_fd(), scratch) {
                 Ok(IoOutcome::Done(0)) => {
                     self.close_lost(id, None);
                     return ReadOutcome::Close;
@@ -99,7 +225,7 @@ impl Core {
                         Step::Close => return ReadOutcome::Close,
                         Step::Handoff(parts) => return ReadOutcome::Handoff(parts),
                     }
-                    if n < scratch.len() {
+                    if n < scratch.len() && !peer_closed {
                         return ReadOutcome::Continue { drained: true };
                     }
                 }
@@ -322,7 +448,7 @@ impl Core {
             return; // Held until the other shards answer (`Core::fence_done` re-marks it).
         }
         if !conn.write_blocked && !conn.out.is_empty() {
-            match sys::send(conn.fd, &conn.out) {
+            match sys::send(conn.fd.as_raw_fd(), &conn.out) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
                     // Free the buffer: an idle connection holds no output memory.
                     conn.out = BytesMut::new();
@@ -336,11 +462,6 @@ impl Core {
                     conn.out = BytesMut::new();
                     self.close_lost(id, Some(e));
                     return;
-                }
-            }
-            if conn.write_blocked {
-                if let Some(w) = &conn.waker {
-                    w.wake_by_ref();
                 }
             }
         }
@@ -370,13 +491,19 @@ impl Core {
         }
     }
 
-    /// The socket of a write-blocked connection is writable again.
+    /// The socket of a write-blocked connection has room again: write, and read what
+    /// waited while its output was over the limit.
     pub(crate) fn on_writable(&mut self, id: u32) {
         self.tick_clock();
         if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.write_blocked = false;
         }
         self.flush_conn(id);
+        if let Some(conn) = self.conns.get(id as usize) {
+            if conn.read_pending && !self.reads_paused(conn) {
+                self.service_read(id);
+            }
+        }
     }
 }
 
@@ -384,7 +511,7 @@ impl Core {
 /// final CONNACK / DISCONNECT), then FIN.
 pub(crate) fn last_flush(conn: &Conn) {
     if !conn.out.is_empty() && !conn.write_blocked {
-        let _ = sys::send(conn.fd, &conn.out);
+        let _ = sys::send(conn.fd.as_raw_fd(), &conn.out);
     }
-    sys::shutdown_write(conn.fd);
+    sys::shutdown_write(conn.fd.as_raw_fd());
 }

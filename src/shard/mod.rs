@@ -6,10 +6,11 @@
 //! SO_REUSEPORT socket), connections and their hand-off to the client's home shard
 //! (`home_shard`), the cross-shard channels, per-shard timer wheels, and start/stop.
 //!
-//! Files: `tasks.rs` (the async tasks), `io.rs` (read/decode and flush), `core.rs` (shard
+//! Files: `tasks.rs` (the async tasks), `io.rs` (readiness, read/decode and flush), `core.rs` (shard
 //! state, sessions, actions, timers), `route.rs` (publish/subscribe flow and envelopes),
 //! `routes.rs` (the router tables of a shard), `mailbox.rs` (channels, notifier,
-//! outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc), `log.rs`.
+//! outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets and the
+//! epoll `Poller`), `log.rs`.
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
@@ -42,9 +43,10 @@ use self::timer::Clock;
 /// Pending connections the kernel queues per listener before `accept`.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// io_uring submission queue entries per shard: room for a readiness poll of every
-/// connection that becomes ready in one turn without an early submit.
-const RING_ENTRIES: u32 = 4096;
+/// io_uring submission queue entries per shard. Connections never have an operation in the
+/// ring (their readiness comes from the shard's poller), so a turn submits only a handful:
+/// accepts, the poller's poll, the timer, the mailbox wake-up.
+const RING_ENTRIES: u32 = 256;
 
 /// Why the broker could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -378,8 +380,27 @@ async fn shard_body(
         },
         listeners.len()
     );
-    let core =
-        Rc::new_cyclic(|this| RefCell::new(core::Core::new(id, shared, inbox, this.clone())));
+    let (poller, poller_ready) = match new_poller() {
+        Ok(p) => p,
+        Err(source) => {
+            let _ = ready.send(Err(BrokerError::Runtime {
+                shard: index,
+                source,
+            }));
+            return;
+        }
+    };
+    let core = Rc::new(RefCell::new(core::Core::new(id, shared, inbox, poller)));
     let _ = ready.send(Ok(()));
-    tasks::shard_main(core, listeners).await;
+    tasks::shard_main(core, listeners, poller_ready).await;
+}
+
+/// The shard's poller and, on a second fd of it, what the runtime waits on: the runtime has
+/// no type for "any fd", and a `UnixStream` is only ever asked `readable()` here (never read
+/// or written), which is a poll of the fd whatever it is.
+fn new_poller() -> std::io::Result<(sys::Poller, monoio::net::UnixStream)> {
+    let poller = sys::Poller::new()?;
+    let fd = poller.try_clone_fd()?;
+    let stream = monoio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
+    Ok((poller, stream))
 }

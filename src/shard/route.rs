@@ -18,7 +18,6 @@ use super::core::{Core, Phase};
 use super::mailbox::{Envelope, Handoff};
 use super::routes::{self, SessionKey};
 use crate::codec::RetainHandling;
-use crate::log;
 use crate::router::delivery::Subscription as RouteSub;
 use crate::router::interest::{InterestOp, ShardId};
 use crate::router::shared::{ShareMember, ShareOp};
@@ -331,7 +330,7 @@ impl Core {
         }
     }
 
-    /// A connection whose CONNECT another shard read: adopt the fd, attach, start its task.
+    /// A connection whose CONNECT another shard read: adopt the fd (into the poller), attach.
     fn accept_handoff(&mut self, handoff: Handoff) {
         if self.stopping {
             return; // Dropping the envelope closes the fd.
@@ -344,19 +343,9 @@ impl Core {
             assigned,
             leftover,
         } = handoff;
-        let stream = match monoio::net::TcpStream::from_std(std::net::TcpStream::from(fd)) {
-            Ok(s) => s,
-            Err(e) => {
-                log!(
-                    WARN,
-                    self.log_id,
-                    "cannot adopt connection from {peer}: {e}"
-                );
-                return;
-            }
+        let Some(id) = self.new_conn(fd, peer, Phase::Open) else {
+            return;
         };
-        use std::os::fd::AsRawFd;
-        let id = self.new_conn(stream.as_raw_fd(), peer, Phase::Open);
         self.attach(id, connect, client_id, assigned);
         if !leftover.is_empty() {
             if let Some(conn) = self.conns.get_mut(id as usize) {
@@ -364,9 +353,6 @@ impl Core {
             }
             // Packets pipelined behind CONNECT.
             let _ = self.process_input(id, &[]);
-        }
-        if let Some(this) = self.this.upgrade() {
-            monoio::spawn(super::tasks::conn_task(this, id, stream));
         }
     }
 }

@@ -1,13 +1,13 @@
-//! The async glue: the few monoio tasks of a shard and the one task per connection.
+//! The async glue: the few monoio tasks of a shard. There is no task per connection.
 //!
-//! Tasks of a shard: one accept loop per listener, the mailbox task (drains the other
-//! shards' channels), the timer task (one 1 s tick drives the wheel), the flusher (writes
-//! dirty connections and sends the outboxes once per turn), and one task per connection that
-//! waits for "readable, or writable when blocked, or told to close" and calls into `Core`.
+//! Tasks of a shard: one accept loop per listener, the I/O task (every connection's
+//! readiness, from the shard's poller, and closes), the mailbox task (drains the other
+//! shards' channels), the timer task (one 1 s tick drives the wheel), and the flusher
+//! (writes dirty connections and sends the outboxes once per turn).
 //!
-//! Must never: hold a `RefCell` borrow of the core across an `.await`, or release a
-//! connection's fd while an operation on it is in flight (hand-off happens only right after
-//! a completed readiness wait, with no other op submitted).
+//! Must never: hold a `RefCell` borrow of the core across an `.await`. Connections' fds are
+//! never in a runtime operation (the runtime only watches the poller's fd), so a hand-off or
+//! a close needs no cancellation.
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
@@ -16,17 +16,15 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use monoio::net::{TcpListener, TcpStream};
+use monoio::net::TcpListener;
 
 use super::core::{Core, Phase};
-use super::io::{HandoffParts, ReadOutcome};
-use super::mailbox::{Envelope, Handoff, any_pending};
+use super::mailbox::any_pending;
 use super::timer::TICK_MS;
 use crate::log;
-use crate::router::interest::ShardId;
 
 /// Envelopes drained per mailbox wake. Large enough to amortise a wake (~22 us) over
 /// hundreds of messages (75-974 per wake were measured under load), small enough that a
@@ -57,138 +55,51 @@ async fn yield_now() {
     .await;
 }
 
-enum Event {
-    Close,
-    Readable(std::io::Result<()>),
-    Writable(std::io::Result<()>),
-}
+/// Events taken from the poller per pass: enough to amortise the `epoll_wait` over a busy
+/// turn, few enough that the flusher and the mailbox run between passes.
+const EVENTS_PER_PASS: usize = 512;
 
-/// The writability wait of a connection, on the heap: created only once the connection is
-/// write-blocked (rare), so an idle connection's task carries one readiness future, not two.
-type WriteWait<'a> = Option<Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>>;
-
-/// Polls for the next thing connection `id` must handle: told to close, writable while it is
-/// write-blocked, or readable unless it is paused.
-fn poll_event<'a>(
-    shard: &Shard,
-    id: u32,
-    stream: &'a TcpStream,
-    read: Pin<&mut impl Future<Output = io::Result<()>>>,
-    write: &mut WriteWait<'a>,
-    cx: &mut Context<'_>,
-) -> Poll<Event> {
-    let (blocked, paused) = {
-        let mut core = shard.borrow_mut();
-        let max_out = core.shared.config.limits.max_output_buffer;
-        let Some(conn) = core.conns.get_mut(id as usize) else {
-            return Poll::Ready(Event::Close);
-        };
-        if conn.phase == Phase::Closing {
-            return Poll::Ready(Event::Close);
-        }
-        if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            conn.waker = Some(cx.waker().clone());
-        }
-        // A client that does not read its socket while we hold more than the limit for
-        // it is not read either: TCP back-pressure instead of unbounded output.
-        (
-            conn.write_blocked,
-            conn.write_blocked && conn.out.len() > max_out,
-        )
-    };
-    if blocked {
-        let write = write.get_or_insert_with(|| Box::pin(stream.writable(false)));
-        if let Poll::Ready(r) = write.as_mut().poll(cx) {
-            return Poll::Ready(Event::Writable(r));
-        }
-    }
-    if !paused {
-        if let Poll::Ready(r) = read.poll(cx) {
-            return Poll::Ready(Event::Readable(r));
-        }
-    }
-    Poll::Pending
-}
-
-/// The task of one connection, from accept (or hand-off) to close.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an async fn would keep its arguments twice in the task's state"
-)]
-pub(crate) fn conn_task(shard: Shard, id: u32, stream: TcpStream) -> impl Future<Output = ()> {
-    // An `async` block, not an `async fn`: an `async fn` keeps its arguments twice in its
-    // state (the 80 B `TcpStream` included), this block only its captures.
-    async move {
-        // Relaxed readiness is right after a read that filled the buffer (more is waiting);
-        // after a short read the legacy driver must ask the kernel again (our own `recv`
-        // consumed the readiness it recorded).
-        let mut relaxed = true;
-        loop {
-            // Inline, not in a helper `async fn`: that one kept its arguments and a
-            // second copy of the readiness future.
-            let event = {
-                let mut read = pin!(stream.readable(relaxed));
-                let mut write: WriteWait<'_> = None;
-                poll_fn(|cx| poll_event(&shard, id, &stream, read.as_mut(), &mut write, cx)).await
-            };
-            let outcome = {
-                let mut core = shard.borrow_mut();
-                match event {
-                    Event::Close => ReadOutcome::Close,
-                    Event::Readable(Ok(())) => core.on_readable(id),
-                    Event::Writable(Ok(())) => {
-                        core.on_writable(id);
-                        ReadOutcome::Continue { drained: !relaxed }
+/// The shard's I/O task: the one task that serves every connection. It waits until the
+/// poller has events (the runtime watches the poller's fd: an io_uring poll, or the legacy
+/// driver's epoll), a connection was marked for closing, or one has input left, and then
+/// runs `Core::io_pass`. An idle connection thus costs no task, future or registration with
+/// the runtime: only its `Conn` and the kernel's record in the poller.
+pub(crate) async fn io_task(shard: Shard, ready: monoio::net::UnixStream) {
+    let mut events = vec![super::sys::NO_EVENT; EVENTS_PER_PASS];
+    // The readiness wait outlives a pass woken for another reason, so that a completion is
+    // never thrown away and no poll is cancelled and submitted again per pass.
+    let mut wait: Option<Pin<Box<dyn Future<Output = io::Result<()>> + '_>>> = None;
+    let mut more = true;
+    loop {
+        if !more {
+            let woken = poll_fn(|cx| {
+                {
+                    let mut core = shard.borrow_mut();
+                    if !core.closing.is_empty() || !core.again.is_empty() {
+                        return Poll::Ready(Ok(()));
                     }
-                    Event::Readable(Err(e)) | Event::Writable(Err(e)) => {
-                        core.close_lost(id, Some(e));
-                        ReadOutcome::Close
-                    }
+                    core.io_waker = Some(cx.waker().clone());
                 }
-            };
-            match outcome {
-                ReadOutcome::Continue { drained } => relaxed = !drained,
-                ReadOutcome::Close => break,
-                ReadOutcome::Handoff(parts) => {
-                    hand_off(&shard, id, stream, *parts);
-                    return;
-                }
+                let w = wait.get_or_insert_with(|| Box::pin(ready.readable(false)));
+                let result = std::task::ready!(w.as_mut().poll(cx));
+                wait = None;
+                Poll::Ready(result)
+            })
+            .await;
+            if let Err(e) = woken {
+                log!(
+                    WARN,
+                    shard.borrow().log_id,
+                    "waiting for socket events failed: {e}"
+                );
+                monoio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
-        shard.borrow_mut().finish_conn(id);
-        drop(stream);
+        more = shard.borrow_mut().io_pass(&mut events);
+        if more {
+            yield_now().await;
+        }
     }
-}
-
-/// Moves connection `id` to its home shard. The readiness futures of `conn_task` have
-/// completed and been dropped, so no operation holds the fd.
-fn hand_off(shard: &Shard, id: u32, stream: TcpStream, parts: HandoffParts) {
-    let mut core = shard.borrow_mut();
-    let Some(conn) = core.conns.try_remove(id as usize) else {
-        return;
-    };
-    let raw = stream.into_raw_fd();
-    // SAFETY: `into_raw_fd` released ownership of `raw` to us; nothing else closes it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let HandoffParts {
-        home,
-        connect,
-        client_id,
-        assigned,
-        leftover,
-    } = parts;
-    let Some(dst) = ShardId::new(home as u8) else {
-        return;
-    };
-    let handoff = Handoff {
-        fd,
-        peer: conn.peer,
-        connect,
-        client_id,
-        assigned,
-        leftover,
-    };
-    core.send_to(dst, Envelope::Handoff(Box::new(handoff)));
 }
 
 /// Accepts connections on one listener until shutdown.
@@ -221,14 +132,13 @@ pub(crate) async fn accept_loop(shard: Shard, listener: TcpListener) {
                 if let Err(e) = stream.set_nodelay(true) {
                     log!(WARN, shard.borrow().log_id, "TCP_NODELAY on {peer}: {e}");
                 }
-                use std::os::fd::AsRawFd;
-                let id = {
-                    let mut core = shard.borrow_mut();
-                    core.tick_clock();
-                    core.stats.accepted += 1;
-                    core.new_conn(stream.as_raw_fd(), peer, Phase::AwaitingConnect)
-                };
-                monoio::spawn(conn_task(Rc::clone(&shard), id, stream));
+                // SAFETY: `into_raw_fd` released ownership of the fd to us; nothing else
+                // closes it.
+                let fd = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+                let mut core = shard.borrow_mut();
+                core.tick_clock();
+                core.stats.accepted += 1;
+                let _ = core.new_conn(fd, peer, Phase::AwaitingConnect);
             }
             Some(Err(e)) => {
                 log!(WARN, shard.borrow().log_id, "accept failed: {e}");
@@ -324,9 +234,17 @@ pub(crate) async fn flusher_task(shard: Shard) {
 
 /// A shard's life: start its tasks, run until shutdown, give connections a moment to
 /// receive their last bytes.
-pub(crate) async fn shard_main(shard: Shard, listeners: Vec<TcpListener>) {
+pub(crate) async fn shard_main(
+    shard: Shard,
+    listeners: Vec<TcpListener>,
+    ready: monoio::net::UnixStream,
+) {
+    monoio::spawn(io_task(Rc::clone(&shard), ready));
+    let mut accepting = Vec::with_capacity(listeners.len());
     for listener in listeners {
-        monoio::spawn(accept_loop(Rc::clone(&shard), listener));
+        use std::os::fd::AsRawFd;
+        shard.borrow_mut().listener_fds.push(listener.as_raw_fd());
+        accepting.push(monoio::spawn(accept_loop(Rc::clone(&shard), listener)));
     }
     monoio::spawn(mailbox_task(Rc::clone(&shard)));
     monoio::spawn(timer_task(Rc::clone(&shard)));
@@ -353,41 +271,27 @@ pub(crate) async fn shard_main(shard: Shard, listeners: Vec<TcpListener>) {
         }
     });
     let _ = monoio::time::timeout(SHUTDOWN_GRACE, drained).await;
-    let mut core = shard.borrow_mut();
-    core.flush_all();
+    shard.borrow_mut().flush_all();
+    // The accept loops were woken with the stop; each drops its listener as it ends.
+    for accept in accepting {
+        accept.await;
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    /// `size_of` of what an async fn returns, without calling it.
-    fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    /// The same for a method with one argument.
-    fn method_future_size<A, B, F: Future>(_: fn(A, B) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
     /// Per-connection memory is a first-class metric: these bounds catch a regression
     /// (e.g. a buffer or timer moved into the connection, `Limits` or a `Will` stored inline
-    /// in every session) before a benchmark does.
+    /// in every session) before a benchmark does. An idle connection is exactly one `Conn`
+    /// and one `Client` (no task: see `io_task`).
     #[test]
     fn per_connection_state_stays_small() {
         use std::mem::size_of;
-        let task = future_size(conn_task as fn(Shard, u32, TcpStream) -> _);
         let conn = size_of::<super::super::core::Conn>();
         let client = size_of::<super::super::core::Client>();
         let session = size_of::<crate::session::Session>();
-        let read = method_future_size(TcpStream::readable as fn(&'static TcpStream, bool) -> _);
-        eprintln!(
-            "conn_task future: {task} B (readable: {read} B), Conn: {conn} B, \
-             Client: {client} B (Session: {session} B)"
-        );
-        assert!(task <= 288, "connection task future grew to {task} bytes");
-        assert!(conn <= 160, "Conn grew to {conn} bytes");
+        eprintln!("Conn: {conn} B, Client: {client} B (Session: {session} B)");
+        assert!(conn <= 144, "Conn grew to {conn} bytes");
         assert!(session <= 352, "Session grew to {session} bytes");
         assert!(client <= 368, "Client grew to {client} bytes");
     }
