@@ -84,7 +84,7 @@ impl Session {
             // QoS 0: route or drop; nothing to acknowledge.
             match verdict {
                 Verdict::Accept => actions.push(Action::Publish(self.message(publish, now_ms))),
-                Verdict::Refuse(_) => self.stats.refused_publishes += 1,
+                Verdict::Refuse(_) => self.count(|s| &mut s.refused_publishes, 1),
             }
             return;
         };
@@ -95,7 +95,7 @@ impl Session {
             return self.send(&ack, out);
         }
         if let Verdict::Refuse(code) = verdict {
-            self.stats.refused_publishes += 1;
+            self.count(|s| &mut s.refused_publishes, 1);
             return self.ack_publish(publish.qos, packet_id, code, out);
         }
         if self.inbound_quota_exhausted() {
@@ -106,7 +106,7 @@ impl Session {
                 let code = ReasonCode::ReceiveMaximumExceeded;
                 return self.violation(code, now_ms, out, actions);
             }
-            self.stats.receive_maximum_exceeded += 1;
+            self.count(|s| &mut s.receive_maximum_exceeded, 1);
         }
         let qos = publish.qos;
         actions.push(Action::Publish(self.message(publish, now_ms)));

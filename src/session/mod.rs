@@ -138,7 +138,9 @@ pub struct Session {
     data: SessionData,
     /// Protocol level of the last connection (kept while offline, for `protocol()`).
     protocol: Option<ProtocolVersion>,
-    stats: SessionStats,
+    /// Allocated at the first count: most sessions never drop or refuse anything, and a
+    /// session exists once per idle connection.
+    stats: Option<Box<SessionStats>>,
 }
 
 impl Session {
@@ -151,7 +153,7 @@ impl Session {
             state: State::Detached,
             data: SessionData::default(),
             protocol: None,
-            stats: SessionStats::default(),
+            stats: None,
         }
     }
 
@@ -175,7 +177,7 @@ impl Session {
             }),
             data,
             protocol: None,
-            stats: SessionStats::default(),
+            stats: None,
         }
     }
 
@@ -351,7 +353,14 @@ impl Session {
     }
 
     pub fn stats(&self) -> SessionStats {
-        self.stats
+        self.stats.as_deref().copied().unwrap_or_default()
+    }
+
+    /// Adds `n` to the counter `field` picks.
+    fn count(&mut self, field: fn(&mut SessionStats) -> &mut u64, n: u64) {
+        if n > 0 {
+            *field(self.stats.get_or_insert_with(Box::default)) += n;
+        }
     }
 
     /// Highest QoS we accept and grant, from `Limits::max_qos`.

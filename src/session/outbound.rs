@@ -22,7 +22,7 @@ impl Session {
         out: &mut BytesMut,
     ) {
         if message.is_expired(now_ms) {
-            self.stats.dropped_expired += 1;
+            self.count(|s| &mut s.dropped_expired, 1);
             return;
         }
         let entry = QueuedMessage {
@@ -45,7 +45,7 @@ impl Session {
                 } else if entry.qos == QoS::AtMostOnce {
                     if out.len() >= self.limits.max_output_buffer {
                         // Slow consumer: QoS 0 is the first thing to give up.
-                        self.stats.dropped_qos0 += 1;
+                        self.count(|s| &mut s.dropped_qos0, 1);
                     } else {
                         self.write_publish(&entry, None, false, now_ms, out);
                     }
@@ -57,7 +57,7 @@ impl Session {
             }
             State::Offline(_) => {
                 if entry.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
-                    self.stats.dropped_qos0 += 1;
+                    self.count(|s| &mut s.dropped_qos0, 1);
                 } else {
                     self.enqueue(entry);
                 }
@@ -74,9 +74,9 @@ impl Session {
             .data
             .enqueue(entry, l.max_queued_messages, l.max_queued_bytes)
         {
-            Enqueued::Stored { evicted_qos0 } => self.stats.dropped_qos0 += evicted_qos0,
-            Enqueued::Rejected if qos == QoS::AtMostOnce => self.stats.dropped_qos0 += 1,
-            Enqueued::Rejected => self.stats.dropped_queue_full += 1,
+            Enqueued::Stored { evicted_qos0 } => self.count(|s| &mut s.dropped_qos0, evicted_qos0),
+            Enqueued::Rejected if qos == QoS::AtMostOnce => self.count(|s| &mut s.dropped_qos0, 1),
+            Enqueued::Rejected => self.count(|s| &mut s.dropped_queue_full, 1),
         }
     }
 
@@ -130,7 +130,7 @@ impl Session {
         codec::encode_publish(&publish, protocol, out);
         if out.len() - start > limit {
             out.truncate(start);
-            self.stats.dropped_too_large += 1;
+            self.count(|s| &mut s.dropped_too_large, 1);
             return false;
         }
         true
@@ -152,7 +152,7 @@ impl Session {
                 break;
             };
             if entry.message.is_expired(now_ms) {
-                self.stats.dropped_expired += 1;
+                self.count(|s| &mut s.dropped_expired, 1);
             } else if needs_slot {
                 self.start_flow(entry, now_ms, out);
             } else {
@@ -199,7 +199,7 @@ impl Session {
                 self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
             }
             None => {
-                self.stats.unknown_acks += 1;
+                self.count(|s| &mut s.unknown_acks, 1);
                 let rel = Ack {
                     packet_id: id,
                     reason: ReasonCode::PacketIdentifierNotFound,
@@ -239,7 +239,7 @@ impl Session {
                 self.drain_queue(now_ms, out);
             }
             Some(_) => self.violation(ReasonCode::ProtocolError, now_ms, out, actions),
-            None => self.stats.unknown_acks += 1,
+            None => self.count(|s| &mut s.unknown_acks, 1),
         }
     }
 
