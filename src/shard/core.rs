@@ -17,7 +17,6 @@
 //! slab slot be reused while a timer or another shard may still name it without a
 //! generation check.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use slab::Slab;
 
 use super::Shared;
 use super::mailbox::{Envelope, Outboxes};
+use super::registry::Registry;
 use super::routes::Routes;
 use super::sys::Poller;
 use super::timer::{TimerKey, TimerWheel};
@@ -79,8 +79,9 @@ pub(crate) struct Conn {
     /// `max_output_buffer` (0: it is not).
     pub(crate) since_ms: u64,
     pub(crate) peer: SocketAddr,
-    /// An incomplete trailing packet; empty (no allocation) between packets.
-    pub(crate) input: BytesMut,
+    /// An incomplete trailing packet; `None` between packets (8 B in every idle connection
+    /// instead of an empty 32 B buffer).
+    pub(crate) input: Option<Box<BytesMut>>,
     /// Encoded output not yet written; freed once fully written.
     pub(crate) out: BytesMut,
 }
@@ -128,7 +129,7 @@ pub(crate) struct Core {
     pub(crate) again: Vec<(u32, u32)>,
     pub(crate) conns: Slab<Conn>,
     pub(crate) clients: Slab<Client>,
-    pub(crate) registry: HashMap<ClientId, u32>,
+    pub(crate) registry: Registry,
     pub(crate) routes: Routes,
     pub(crate) wheel: TimerWheel,
     pub(crate) outboxes: Outboxes,
@@ -192,7 +193,7 @@ impl Core {
             again: Vec::new(),
             conns: Slab::new(),
             clients: Slab::new(),
-            registry: HashMap::new(),
+            registry: Registry::default(),
             routes: Routes::new(id),
             wheel: TimerWheel::new(now_ms),
             outboxes: Outboxes::new(shards),
@@ -254,7 +255,7 @@ impl Core {
             client: None,
             since_ms: self.now_ms,
             peer,
-            input: BytesMut::new(),
+            input: None,
             out: BytesMut::new(),
         };
         entry.insert(conn);
@@ -285,7 +286,7 @@ impl Core {
         assigned: bool,
     ) {
         let now = self.now_ms;
-        let mut existing = self.registry.get(&client_id).copied();
+        let mut existing = self.registry.get(&self.clients, &client_id);
         if let Some(slot) = existing {
             self.take_over(slot);
             // Clean start (or a session the takeover ended) begins afresh.
@@ -351,14 +352,14 @@ impl Core {
         // client sent in it) for the session's life.
         let client_id = client_id.detached();
         let generation = self.next_generation();
-        let session = Session::new(client_id.clone(), Arc::clone(&self.session_limits));
+        let session = Session::new(client_id, Arc::clone(&self.session_limits));
         let slot = self.clients.insert(Client {
             session,
             conn: None,
             generation,
             timer_tick: 0,
         }) as u32;
-        self.registry.insert(client_id, slot);
+        self.registry.insert(&self.clients, slot);
         slot
     }
 
@@ -443,9 +444,7 @@ impl Core {
         for (filter, _) in client.session.subscriptions() {
             self.remove_subscription(slot, key, filter);
         }
-        if self.registry.get(client.session.client_id()) == Some(&slot) {
-            self.registry.remove(client.session.client_id());
-        }
+        self.registry.remove(client.session.client_id(), slot);
         if let Some(conn) = client.conn {
             if let Some(c) = self.conns.get_mut(conn as usize) {
                 c.client = None;

@@ -252,17 +252,17 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return Step::Close;
         };
-        let mut work = if conn.input.is_empty() {
-            BytesMut::from(bytes)
-        } else {
-            let mut input = std::mem::take(&mut conn.input);
-            input.extend_from_slice(bytes);
-            input
+        let mut work = match conn.input.take() {
+            None => BytesMut::from(bytes),
+            Some(mut input) => {
+                input.extend_from_slice(bytes);
+                *input
+            }
         };
         let step = self.decode_all(id, &mut work);
         if let (Step::Continue, Some(conn)) = (&step, self.conns.get_mut(id as usize)) {
             if !work.is_empty() {
-                conn.input = work;
+                conn.input = Some(Box::new(work));
             }
         }
         step

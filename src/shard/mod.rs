@@ -8,7 +8,7 @@
 //!
 //! Files: `tasks.rs` (the async tasks), `io.rs` (readiness, read/decode and flush), `core.rs` (shard
 //! state, sessions, actions, timers), `route.rs` (publish/subscribe flow and envelopes),
-//! `routes.rs` (the router tables of a shard), `mailbox.rs` (channels, notifier,
+//! `routes.rs` (the router tables of a shard), `registry.rs` (client id -> client), `mailbox.rs` (channels, notifier,
 //! outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets and the
 //! epoll `Poller`), `log.rs`.
 //!
@@ -19,6 +19,7 @@ mod core;
 mod io;
 pub mod log;
 mod mailbox;
+mod registry;
 mod route;
 mod routes;
 pub mod sys;

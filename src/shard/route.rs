@@ -349,7 +349,7 @@ impl Core {
         self.attach(id, connect, client_id, assigned);
         if !leftover.is_empty() {
             if let Some(conn) = self.conns.get_mut(id as usize) {
-                conn.input = leftover;
+                conn.input = Some(Box::new(leftover));
             }
             // Packets pipelined behind CONNECT.
             let _ = self.process_input(id, &[]);

@@ -291,8 +291,8 @@ mod tests {
         let client = size_of::<super::super::core::Client>();
         let session = size_of::<crate::session::Session>();
         eprintln!("Conn: {conn} B, Client: {client} B (Session: {session} B)");
-        assert!(conn <= 144, "Conn grew to {conn} bytes");
-        assert!(session <= 352, "Session grew to {session} bytes");
-        assert!(client <= 368, "Client grew to {client} bytes");
+        assert!(conn <= 112, "Conn grew to {conn} bytes");
+        assert!(session <= 272, "Session grew to {session} bytes");
+        assert!(client <= 288, "Client grew to {client} bytes");
     }
 }
