@@ -22,9 +22,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::task::Waker;
 
+use super::slots::Slots;
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
-use slab::Slab;
 
 use super::Shared;
 use super::mailbox::{Envelope, Outboxes};
@@ -127,8 +127,8 @@ pub(crate) struct Core {
     /// Connections that stopped reading with input left (their read budget ran out): the
     /// edge-triggered poller will not report them again, so the next pass reads them.
     pub(crate) again: Vec<(u32, u32)>,
-    pub(crate) conns: Slab<Conn>,
-    pub(crate) clients: Slab<Client>,
+    pub(crate) conns: Slots<Conn>,
+    pub(crate) clients: Slots<Client>,
     pub(crate) registry: Registry,
     pub(crate) routes: Routes,
     pub(crate) wheel: TimerWheel,
@@ -191,8 +191,8 @@ impl Core {
             io_waker: None,
             closing: Vec::new(),
             again: Vec::new(),
-            conns: Slab::new(),
-            clients: Slab::new(),
+            conns: Slots::new(),
+            clients: Slots::new(),
             registry: Registry::default(),
             routes: Routes::new(id),
             wheel: TimerWheel::new(now_ms),
@@ -231,8 +231,7 @@ impl Core {
     /// `None` (the socket is closed) when the poller refuses it.
     pub(crate) fn new_conn(&mut self, fd: OwnedFd, peer: SocketAddr, phase: Phase) -> Option<u32> {
         let generation = self.next_generation();
-        let entry = self.conns.vacant_entry();
-        let slot = entry.key() as u32;
+        let slot = self.conns.next_key() as u32;
         if let Err(e) = self.poller.add(fd.as_raw_fd(), token(slot, generation)) {
             log!(
                 WARN,
@@ -258,7 +257,7 @@ impl Core {
             input: None,
             out: BytesMut::new(),
         };
-        entry.insert(conn);
+        self.conns.insert(conn);
         if phase == Phase::AwaitingConnect {
             let deadline =
                 self.now_ms + u64::from(self.shared.config.limits.connect_timeout_secs) * 1000;

@@ -99,18 +99,21 @@ impl Core {
 
     /// The poller reported connection `id`: output space, input, a peer close or an error.
     fn on_event(&mut self, id: u32, generation: u32, flags: u32) {
-        if !self.is_live(id, generation) {
-            return; // Closed (or handed off) earlier in this pass; the slot may be reused.
-        }
         let hangup = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
         let writable = libc::EPOLLOUT as u32 | hangup;
         let readable = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | hangup;
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return; // Closed (or handed off) earlier in this pass.
+        };
+        if conn.generation != generation {
+            return; // ... and the slot was reused since.
+        }
         if flags & (libc::EPOLLRDHUP as u32 | hangup) != 0 {
             // The peer's FIN (or an error) may sit behind data that one short read leaves:
             // no further edge would report it, so reads go on until `recv` says so.
-            self.conns[id as usize].peer_closed = true;
+            conn.peer_closed = true;
         }
-        if flags & writable != 0 && self.conns[id as usize].write_blocked {
+        if flags & writable != 0 && conn.write_blocked {
             self.on_writable(id);
         }
         if flags & readable != 0 {
@@ -133,11 +136,13 @@ impl Core {
         if conn.phase == Phase::Closing {
             return;
         }
-        if self.reads_paused(conn) {
-            self.conns[id as usize].read_pending = true;
+        let paused = self.reads_paused(conn);
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            conn.read_pending = paused;
+        }
+        if paused {
             return;
         }
-        self.conns[id as usize].read_pending = false;
         match self.on_readable(id) {
             ReadOutcome::Continue { drained: true } => {}
             ReadOutcome::Continue { drained: false } => {

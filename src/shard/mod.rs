@@ -8,7 +8,8 @@
 //!
 //! Files: `tasks.rs` (the async tasks), `io.rs` (readiness, read/decode and flush), `core.rs` (shard
 //! state, sessions, actions, timers), `route.rs` (publish/subscribe flow and envelopes),
-//! `routes.rs` (the router tables of a shard), `registry.rs` (client id -> client), `mailbox.rs` (channels, notifier,
+//! `routes.rs` (the router tables of a shard), `registry.rs` (client id -> client), `slots.rs` (the chunked slab of
+//! connections and clients), `mailbox.rs` (channels, notifier,
 //! outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets and the
 //! epoll `Poller`), `log.rs`.
 //!
@@ -22,6 +23,7 @@ mod mailbox;
 mod registry;
 mod route;
 mod routes;
+mod slots;
 pub mod sys;
 mod tasks;
 pub mod timer;

@@ -12,9 +12,9 @@
 use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
-use slab::Slab;
 
 use super::core::Client;
+use super::slots::Slots;
 use crate::session::ClientId;
 
 /// Slots of the clients homed on this shard, found by client id.
@@ -30,7 +30,7 @@ impl Registry {
     }
 
     /// The slot of the client with id `id`.
-    pub(crate) fn get(&self, clients: &Slab<Client>, id: &ClientId) -> Option<u32> {
+    pub(crate) fn get(&self, clients: &Slots<Client>, id: &ClientId) -> Option<u32> {
         let hash = Self::hash(&self.hasher, id);
         self.table
             .find(hash, |&slot| {
@@ -43,7 +43,7 @@ impl Registry {
 
     /// Registers the client in `slot` (already in `clients`) under its session's id, which
     /// no other registered client has.
-    pub(crate) fn insert(&mut self, clients: &Slab<Client>, slot: u32) {
+    pub(crate) fn insert(&mut self, clients: &Slots<Client>, slot: u32) {
         let Some(client) = clients.get(slot as usize) else {
             return;
         };
@@ -97,7 +97,7 @@ mod tests {
     /// every lookup names the right slot, or none once removed.
     #[test]
     fn finds_each_id_through_growth_and_removal() {
-        let mut clients = Slab::new();
+        let mut clients = Slots::new();
         let mut registry = Registry::default();
         for i in 0..5000 {
             let slot = clients.insert(client(&format!("c{i}"))) as u32;
@@ -108,7 +108,7 @@ mod tests {
             let slot = registry
                 .get(&clients, &id(&format!("c{i}")))
                 .expect("found");
-            let removed = clients.remove(slot as usize);
+            let removed = clients.try_remove(slot as usize).expect("live");
             registry.remove(removed.session.client_id(), slot);
         }
         assert_eq!(registry.len(), 2500);
@@ -119,7 +119,11 @@ mod tests {
             } else {
                 let slot = found.expect("still registered");
                 assert_eq!(
-                    clients[slot as usize].session.client_id(),
+                    clients
+                        .get(slot as usize)
+                        .expect("live")
+                        .session
+                        .client_id(),
                     &id(&format!("c{i}"))
                 );
             }
@@ -131,11 +135,11 @@ mod tests {
     /// stale one) leaves the registration alone.
     #[test]
     fn removal_of_another_slot_keeps_the_registration() {
-        let mut clients = Slab::new();
+        let mut clients = Slots::new();
         let mut registry = Registry::default();
         let old = clients.insert(client("same")) as u32;
         registry.insert(&clients, old);
-        let gone = clients.remove(old as usize);
+        let gone = clients.try_remove(old as usize).expect("live");
         registry.remove(gone.session.client_id(), old);
         let new = clients.insert(client("same")) as u32;
         registry.insert(&clients, new);
