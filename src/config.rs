@@ -87,6 +87,10 @@ pub struct Limits {
     pub max_output_buffer: usize,
     /// Seconds a connection may keep its output over `max_output_buffer`.
     pub slow_consumer_timeout_secs: u32,
+    /// Envelopes (publishes and routing updates) one shard may queue for another: its channel
+    /// holds this many, and once as many more wait in the sending shard, that shard stops
+    /// reading its clients until the other catches up (TCP back-pressure on publishers).
+    pub cross_shard_queue: usize,
 }
 
 impl Default for Limits {
@@ -117,6 +121,7 @@ impl Default for Limits {
             subscription_identifiers: true,
             max_output_buffer: 4 * 1024 * 1024,
             slow_consumer_timeout_secs: 30,
+            cross_shard_queue: crate::shard::DEFAULT_CROSS_SHARD_QUEUE,
         }
     }
 }
@@ -346,6 +351,9 @@ impl Config {
         }
         if l.connect_timeout_secs == 0 {
             return bad("limits.connect_timeout_secs (> 0)", &0);
+        }
+        if l.cross_shard_queue == 0 {
+            return bad("limits.cross_shard_queue (> 0)", &0);
         }
         Ok(())
     }

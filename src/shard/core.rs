@@ -122,6 +122,9 @@ pub(crate) struct Core {
     pub(crate) poller: Poller,
     /// The I/O task, parked while no connection has an event, a close or a read pending.
     pub(crate) io_waker: Option<Waker>,
+    /// The I/O task waits for the outboxes to drain (`Outboxes::backlogged`), not for
+    /// socket events: the flusher wakes it once they have.
+    pub(crate) io_backlogged: bool,
     /// Connections to close at the I/O task's next pass: (slot, generation).
     pub(crate) closing: Vec<(u32, u32)>,
     /// Connections that stopped reading with input left (their read budget ran out): the
@@ -189,6 +192,7 @@ impl Core {
             now_ms,
             poller,
             io_waker: None,
+            io_backlogged: false,
             closing: Vec::new(),
             again: Vec::new(),
             conns: Slots::new(),
@@ -196,7 +200,7 @@ impl Core {
             registry: Registry::default(),
             routes: Routes::new(id),
             wheel: TimerWheel::new(now_ms),
-            outboxes: Outboxes::new(shards),
+            outboxes: Outboxes::new(shards, limits.cross_shard_queue),
             inbox,
             dirty: Vec::new(),
             flusher: None,

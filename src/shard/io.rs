@@ -73,22 +73,31 @@ impl Core {
     /// One pass of the shard's I/O task: handle every event the poller has queued (up to
     /// `events.len()`), read the connections queued to be read again, and close the
     /// connections marked for closing. Returns true when work is left for another pass
-    /// (the event buffer came back full, or a connection has input left).
+    /// (the event buffer came back full, or a connection has input left to read now).
+    ///
+    /// While the outboxes are backlogged no event is taken (the kernel keeps them queued)
+    /// and no input is read: reading makes envelopes for shards that are already behind.
     pub(crate) fn io_pass(&mut self, events: &mut [PollEvent]) -> bool {
         self.tick_clock();
-        let n = self.poller.poll(events);
+        let n = if self.outboxes.backlogged() {
+            0
+        } else {
+            self.poller.poll(events)
+        };
         for event in &events[..n] {
             let (token, flags) = (event.u64, event.events);
             self.on_event(token as u32, (token >> 32) as u32, flags);
         }
         let again = std::mem::take(&mut self.again);
         for &(id, generation) in &again {
-            if self.is_live(id, generation) {
+            if self.outboxes.backlogged() {
+                self.again.push((id, generation));
+            } else if self.is_live(id, generation) {
                 self.service_read(id);
             }
         }
         self.finish_closing();
-        n == events.len() || !self.again.is_empty()
+        n == events.len() || (!self.again.is_empty() && !self.outboxes.backlogged())
     }
 
     fn is_live(&self, id: u32, generation: u32) -> bool {
@@ -117,7 +126,13 @@ impl Core {
             self.on_writable(id);
         }
         if flags & readable != 0 {
-            self.service_read(id);
+            if self.outboxes.backlogged() {
+                // Taken from the poller, so no edge will come again: read it once the
+                // other shards catch up.
+                self.again.push((id, generation));
+            } else {
+                self.service_read(id);
+            }
         }
     }
 
@@ -211,7 +226,12 @@ impl Core {
     }
 
     fn read_loop(&mut self, id: u32, scratch: &mut [u8]) -> ReadOutcome {
-        for _ in 0..READS_PER_WAKE {
+        for read in 0..READS_PER_WAKE {
+            if read > 0 && self.outboxes.backlogged() {
+                // The last read made another shard's share of envelopes too large: leave
+                // the rest in the socket until it drains (the caller queues this one).
+                return ReadOutcome::Continue { drained: false };
+            }
             let Some(conn) = self.conns.get(id as usize) else {
                 return ReadOutcome::Close;
             };
@@ -424,6 +444,10 @@ impl Core {
     /// Returns false when a channel was full and envelopes wait for the next turn.
     pub(crate) fn flush_all(&mut self) -> bool {
         let sent_all = self.outboxes.flush(self.id, &self.shared.mesh);
+        if self.io_backlogged && !self.outboxes.backlogged() {
+            self.io_backlogged = false;
+            self.wake_io();
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for &(id, generation) in &dirty {
             if self

@@ -1,8 +1,8 @@
 //! Cross-shard messaging: one bounded channel per (source -> destination) pair, a per-shard
 //! notifier, and the per-destination outboxes a shard fills during a loop turn.
 //!
-//! The channels are crossbeam list channels bounded by us (`CHANNEL_CAPACITY`, checked by the
-//! only sender of each channel, the source shard): a list channel holds memory only for the
+//! The channels are crossbeam list channels bounded by us (`Limits::cross_shard_queue`, checked
+//! by the only sender of each channel, the source shard): a list channel holds memory only for the
 //! envelopes in it, where an array channel allocates and touches every slot up front
 //! (measured: 4.7 MB per channel at 64k slots, 18.9 MB of a 2-shard broker's 32.5 MB empty
 //! RSS, and `shards^2` channels).
@@ -12,8 +12,13 @@
 //! `parked` flag); monoio's `sync` feature turns that wake into an eventfd write only when the
 //! destination's ring sleeps. Channels are FIFO, so per-(publisher, topic) order holds.
 //!
-//! Must never: block a shard on a full channel (the outbox keeps the rest for the next turn),
-//! or send one envelope per subscriber (one per destination shard per publish).
+//! Back-pressure: when a channel is full the outbox keeps the rest for the next turn; once an
+//! outbox itself holds a channel's worth (`Outboxes::backlogged`), the shard stops reading its
+//! clients until the destination catches up, so what waits for one shard stays bounded (about
+//! twice `cross_shard_queue` envelopes) and publishers meet TCP back-pressure.
+//!
+//! Must never: block a shard on a full channel, or send one envelope per subscriber (one per
+//! destination shard per publish).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -32,12 +37,13 @@ use crate::router::interest::{InterestOp, ShardId};
 use crate::router::shared::ShareOp;
 use crate::session::{ClientId, Message};
 
-/// Envelopes buffered per (source, destination) channel. Large enough to absorb a burst of a
-/// whole loop turn of publishes (tens of thousands of messages at full rate) without the
-/// sender falling back to its outbox; small enough that a stalled shard holds at most a few
-/// MB of envelopes (each is a few words plus an `Arc`). Memory is held only while envelopes
-/// are queued (list channel), so the bound costs nothing on an idle broker.
-pub(crate) const CHANNEL_CAPACITY: usize = 64 * 1024;
+/// Default of `Limits::cross_shard_queue`, envelopes per (source, destination) channel. Large
+/// enough to absorb a burst of a whole loop turn of publishes (tens of thousands of messages
+/// at full rate) without the sender falling back to its outbox; small enough that a stalled
+/// shard holds at most a few MB of envelopes (each is a few words plus an `Arc`). Memory is
+/// held only while envelopes are queued (list channel), so the bound costs nothing on an idle
+/// broker.
+pub const DEFAULT_CROSS_SHARD_QUEUE: usize = 64 * 1024;
 
 /// What one shard asks of another.
 #[derive(Debug)]
@@ -151,14 +157,24 @@ pub(crate) struct Outboxes {
     queues: Vec<VecDeque<Envelope>>,
     /// Whether any queue holds something (so an idle flush is a single branch).
     pending: bool,
+    /// Envelopes a channel may hold (`Limits::cross_shard_queue`); also the outbox size at
+    /// which the shard stops reading its clients.
+    capacity: usize,
 }
 
 impl Outboxes {
-    pub(crate) fn new(shards: usize) -> Outboxes {
+    pub(crate) fn new(shards: usize, capacity: usize) -> Outboxes {
         Outboxes {
             queues: (0..shards).map(|_| VecDeque::new()).collect(),
             pending: false,
+            capacity: capacity.max(1),
         }
+    }
+
+    /// Whether some destination is a full channel plus a channel's worth behind: the shard
+    /// must not read client input (which makes more envelopes) until it catches up.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.pending && self.queues.iter().any(|q| q.len() >= self.capacity)
     }
 
     pub(crate) fn push(&mut self, dst: ShardId, envelope: Envelope) {
@@ -187,7 +203,7 @@ impl Outboxes {
             let tx = &mesh.senders[me.index()][dst];
             // This shard is the channel's only sender: `len` can only shrink until we push, so
             // the bound holds without a per-envelope check.
-            let room = CHANNEL_CAPACITY.saturating_sub(tx.len());
+            let room = self.capacity.saturating_sub(tx.len());
             let mut sent = false;
             for _ in 0..room {
                 let Some(envelope) = queue.pop_front() else {
@@ -269,8 +285,9 @@ mod tests {
             ShardId::new(0).expect("shard"),
             ShardId::new(1).expect("shard"),
         );
-        let mut out = Outboxes::new(2);
-        for n in 0..CHANNEL_CAPACITY + 5 {
+        const CAPACITY: usize = 1000;
+        let mut out = Outboxes::new(2, CAPACITY);
+        for n in 0..CAPACITY + 5 {
             out.push(b, fence_done(n as u32));
         }
         assert!(
@@ -278,11 +295,11 @@ mod tests {
             "the channel is full: 5 envelopes wait"
         );
         assert!(out.is_pending());
-        assert_eq!(receivers[1][0].len(), CHANNEL_CAPACITY);
+        assert_eq!(receivers[1][0].len(), CAPACITY);
         assert_eq!(drain(&receivers[1], 10, |_| {}), 10);
         assert!(out.flush(a, &mesh));
         assert!(!out.is_pending());
-        assert_eq!(receivers[1][0].len(), CHANNEL_CAPACITY - 5);
+        assert_eq!(receivers[1][0].len(), CAPACITY - 5);
         // FIFO across the outbox and the channel.
         let mut next = 10;
         drain(&receivers[1], usize::MAX, |e| match e {
@@ -292,6 +309,32 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         });
-        assert_eq!(next as usize, CHANNEL_CAPACITY + 5);
+        assert_eq!(next as usize, CAPACITY + 5);
+    }
+
+    /// An outbox counts as backlogged once it holds a channel's worth beyond a full channel,
+    /// and stops counting once a flush moves it below that.
+    #[test]
+    fn backlogged_once_a_channel_worth_waits() {
+        let (mesh, receivers) = Mesh::new(2);
+        let (a, b) = (
+            ShardId::new(0).expect("shard"),
+            ShardId::new(1).expect("shard"),
+        );
+        let mut out = Outboxes::new(2, 4);
+        for n in 0..7 {
+            out.push(b, fence_done(n));
+        }
+        assert!(out.backlogged(), "7 queued, 4 allowed: not yet flushed");
+        assert!(!out.flush(a, &mesh));
+        assert!(!out.backlogged(), "4 in the channel, 3 wait");
+        for n in 7..8 {
+            out.push(b, fence_done(n));
+        }
+        assert!(out.backlogged(), "4 in the channel, 4 wait");
+        assert_eq!(drain(&receivers[1], 4, |_| {}), 4);
+        assert!(out.flush(a, &mesh));
+        assert!(!out.backlogged());
+        assert!(!out.is_pending());
     }
 }

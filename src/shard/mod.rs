@@ -40,6 +40,7 @@ use crossbeam_channel::Receiver;
 use crate::config::{Config, DriverKind};
 use crate::router::interest::{MAX_SHARDS, ShardId};
 
+pub use self::mailbox::DEFAULT_CROSS_SHARD_QUEUE;
 use self::mailbox::{Envelope, Mesh};
 use self::timer::Clock;
 

@@ -75,10 +75,17 @@ pub(crate) async fn io_task(shard: Shard, ready: monoio::net::UnixStream) {
             let woken = poll_fn(|cx| {
                 {
                     let mut core = shard.borrow_mut();
-                    if !core.closing.is_empty() || !core.again.is_empty() {
+                    let backlogged = core.outboxes.backlogged();
+                    if !core.closing.is_empty() || (!core.again.is_empty() && !backlogged) {
                         return Poll::Ready(Ok(()));
                     }
                     core.io_waker = Some(cx.waker().clone());
+                    if backlogged {
+                        // Socket events wait in the kernel; the flusher wakes this task
+                        // once the outboxes have drained (`Core::flush_all`).
+                        core.io_backlogged = true;
+                        return Poll::Pending;
+                    }
                 }
                 let w = wait.get_or_insert_with(|| Box::pin(ready.readable(false)));
                 let result = std::task::ready!(w.as_mut().poll(cx));
