@@ -278,13 +278,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn channels_are_bounded_and_the_outbox_keeps_the_rest() {
+    /// A two-shard mesh, its receivers and the two shard ids.
+    fn two_shards() -> (Mesh, Vec<Vec<Receiver<Envelope>>>, ShardId, ShardId) {
         let (mesh, receivers) = Mesh::new(2);
         let (a, b) = (
             ShardId::new(0).expect("shard"),
             ShardId::new(1).expect("shard"),
         );
+        (mesh, receivers, a, b)
+    }
+
+    #[test]
+    fn channels_are_bounded_and_the_outbox_keeps_the_rest() {
+        let (mesh, receivers, a, b) = two_shards();
         const CAPACITY: usize = 1000;
         let mut out = Outboxes::new(2, CAPACITY);
         for n in 0..CAPACITY + 5 {
@@ -316,11 +322,7 @@ mod tests {
     /// and stops counting once a flush moves it below that.
     #[test]
     fn backlogged_once_a_channel_worth_waits() {
-        let (mesh, receivers) = Mesh::new(2);
-        let (a, b) = (
-            ShardId::new(0).expect("shard"),
-            ShardId::new(1).expect("shard"),
-        );
+        let (mesh, receivers, a, b) = two_shards();
         let mut out = Outboxes::new(2, 4);
         for n in 0..7 {
             out.push(b, fence_done(n));
