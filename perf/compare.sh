@@ -131,7 +131,7 @@ if [ $QUICK = 1 ]; then
                "fo8|fan-out 1 -> 8|fan-out --publishers 1 --subscribers 8")
     PAYLOADS=(64)
     IDLE=(--connections 2000 --hold 2s)
-    CONNS=(--connections 2000)
+    CONNS=(--connections 2000 --source-ips 4)
     OPEN_DURATION=2s
 else
     RUN=(--duration 3s --warmup 1s)
@@ -143,7 +143,9 @@ else
                "sh8|shared fan-in 8 -> group of 4|shared --publishers 8 --subscribers 4")
     PAYLOADS=(64 1024)
     IDLE=(--connections 15000 --hold 10s)
-    CONNS=(--connections 10000)
+    # Four source addresses: the connections of the idle run just before linger in
+    # TIME_WAIT, and on one address the kernel's search for a free port would set the rate.
+    CONNS=(--connections 10000 --source-ips 4)
     OPEN_DURATION=5s
 fi
 
