@@ -499,24 +499,40 @@ impl Core {
     /// Holds the output of client `slot`'s connection until every other shard has applied
     /// what this shard broadcast so far (see `Envelope::Fence`). A no-op with one shard.
     pub(crate) fn fence_client(&mut self, slot: u32) {
-        let Some(conn_id) = self.clients.get(slot as usize).and_then(|c| c.conn) else {
-            return;
-        };
+        if let Some((conn, generation)) = self.hold_for_fences(slot) {
+            self.send_fences(self.id, conn, generation, None);
+        }
+    }
+
+    /// Makes client `slot`'s connection wait for one `FenceDone` from every other shard;
+    /// returns the connection and its generation, for the fences that will be answered
+    /// (`None`: one shard, or no connection, nothing to wait for).
+    pub(crate) fn hold_for_fences(&mut self, slot: u32) -> Option<(u32, u32)> {
+        let conn_id = self.clients.get(slot as usize).and_then(|c| c.conn)?;
         let others = self.shared.shards.saturating_sub(1);
-        let Some(conn) = self.conns.get_mut(conn_id as usize) else {
-            return;
-        };
+        let conn = self.conns.get_mut(conn_id as usize)?;
         if others == 0 {
-            return;
+            return None;
         }
         conn.fences = conn.fences.saturating_add(others as u16);
-        let (origin, generation) = (self.id, conn.generation);
+        Some((conn_id, conn.generation))
+    }
+
+    /// Sends a `Fence` for connection `conn` of shard `origin` to every shard but `origin`
+    /// and `skip`: each answers `origin` once it has applied what this shard sent it before.
+    pub(crate) fn send_fences(
+        &mut self,
+        origin: ShardId,
+        conn: u32,
+        generation: u32,
+        skip: Option<ShardId>,
+    ) {
         for i in 0..self.shared.shards {
             match ShardId::new(i as u8) {
-                Some(dst) if dst != origin => {
+                Some(dst) if dst != origin && Some(dst) != skip => {
                     let envelope = Envelope::Fence {
                         origin,
-                        conn: conn_id,
+                        conn,
                         generation,
                     };
                     self.send_to(dst, envelope);

@@ -56,6 +56,17 @@ pub(crate) enum Envelope {
         deliver: bool,
         retain: bool,
     },
+    /// A retained update for a topic the receiving shard owns (`Core::retain_owner`), from
+    /// the shard whose client published it (`origin`). The owner applies it and passes it to
+    /// every other shard, so every replica applies one topic's updates in the owner's order
+    /// (publishers on two shards otherwise leave each replica with the other's message).
+    /// `fence`: the publisher's connection (slot, generation) waits until every replica has
+    /// it; the owner answers for itself and fences the others on `origin`'s behalf.
+    Retain {
+        message: Arc<Message>,
+        origin: ShardId,
+        fence: Option<(u32, u32)>,
+    },
     /// A publish for the one member of a share group the publishing shard chose.
     SharedDeliver {
         message: Arc<Message>,

@@ -4,8 +4,9 @@
 //! Owns: the message flow of DESIGN.md "Routing". A publish matches this shard's replica of
 //! the interest index and goes, as ONE envelope per interested shard (this one handled in
 //! place, without the channel), to the shards that match their local tries and deliver once
-//! per session. A retained publish goes to every shard (each updates its replica, in channel
-//! order). Shared groups: this shard picks the member (local first, else round robin) and
+//! per session. A retained publish is delivered the same way, and its store update goes to
+//! the topic's owner shard, which applies it and passes it on to every other shard: each
+//! replica applies one topic's updates in the owner's order. Shared groups: this shard picks the member (local first, else round robin) and
 //! sends the message to that member's shard only. Interest and membership changes are
 //! broadcast to every shard.
 //!
@@ -39,36 +40,68 @@ impl Core {
             routes
                 .interest_cache
                 .shards_for(&routes.interest, &message.topic, &mut routes.stack);
+        let me = self.id;
+        for shard in mask.iter().filter(|s| *s != me) {
+            let envelope = Envelope::Publish {
+                message: Arc::clone(&message),
+                deliver: true,
+                retain: false,
+            };
+            self.send_to(shard, envelope);
+        }
         if message.retain {
-            self.routes.retained.set(routes::retained_entry(&message));
-            for shard in self.other_shards() {
-                let envelope = Envelope::Publish {
-                    message: Arc::clone(&message),
-                    deliver: mask.contains(shard),
-                    retain: true,
-                };
-                self.send_to(shard, envelope);
-            }
             // The PUBACK/PUBREC waits until every shard's replica holds the message, so a
             // subscriber told "it is published" finds it wherever it subscribes.
-            if let Some(slot) = publisher {
-                self.fence_client(slot);
-            }
-        } else {
-            let me = self.id;
-            for shard in mask.iter().filter(|s| *s != me) {
-                let envelope = Envelope::Publish {
+            let fence = publisher.and_then(|slot| self.hold_for_fences(slot));
+            let owner = self.retain_owner(&message);
+            if owner == me {
+                self.replicate_retained(&message, me, fence);
+            } else {
+                let envelope = Envelope::Retain {
                     message: Arc::clone(&message),
-                    deliver: true,
-                    retain: false,
+                    origin: me,
+                    fence,
                 };
-                self.send_to(shard, envelope);
+                self.send_to(owner, envelope);
             }
         }
-        if mask.contains(self.id) {
+        if mask.contains(me) {
             self.deliver_local(&message, publisher);
         }
         self.route_shared(&message);
+    }
+
+    /// The shard that orders the retained updates of `message`'s topic.
+    fn retain_owner(&self, message: &Message) -> ShardId {
+        let index = super::home_shard(message.topic.as_bytes(), self.shared.shards);
+        ShardId::new(index as u8).unwrap_or(self.id)
+    }
+
+    /// As the topic's owner: applies a retained update, passes it to every other shard, and
+    /// fences the publisher's connection (of shard `origin`) behind it on every replica.
+    fn replicate_retained(
+        &mut self,
+        message: &Arc<Message>,
+        origin: ShardId,
+        fence: Option<(u32, u32)>,
+    ) {
+        self.routes.retained.set(routes::retained_entry(message));
+        for shard in self.other_shards() {
+            let envelope = Envelope::Publish {
+                message: Arc::clone(message),
+                deliver: false,
+                retain: true,
+            };
+            self.send_to(shard, envelope);
+        }
+        if let Some((conn, generation)) = fence {
+            // Behind the update on each channel: every other shard answers `origin` once it
+            // has applied it; this shard answers for itself.
+            self.send_fences(origin, conn, generation, Some(self.id));
+            if origin != self.id {
+                self.send_to(origin, Envelope::FenceDone { conn, generation });
+            }
+        }
     }
 
     /// One member of every matching share group gets the message.
@@ -320,6 +353,11 @@ impl Core {
             Envelope::Share(op) => {
                 self.routes.shared.apply(&op);
             }
+            Envelope::Retain {
+                message,
+                origin,
+                fence,
+            } => self.replicate_retained(&message, origin, fence),
             Envelope::Handoff(handoff) => self.accept_handoff(*handoff),
             Envelope::Fence {
                 origin,
