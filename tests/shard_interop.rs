@@ -1,12 +1,12 @@
 //! Interop through the shard runtime with a third-party client (rumqttc), MQTT 3.1.1 and
 //! 5.0, publisher and subscriber homed on different shards.
 
-mod shard_support;
+mod common;
 
 use std::time::Duration;
 
+use common::Broker;
 use ringmq::config::DriverKind;
-use shard_support::{config, id_on, start};
 
 const SHARDS: usize = 4;
 
@@ -14,14 +14,16 @@ const SHARDS: usize = 4;
 async fn rumqttc_v311_across_shards() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     for driver in [DriverKind::Auto, DriverKind::Epoll] {
-        let (broker, addr) = start(config(SHARDS, driver));
+        let broker = Broker::start_driver(SHARDS, driver);
+        let addr = broker.addr;
         let opts = |id: String| {
             let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
             o.set_keep_alive(Duration::from_secs(10));
             o
         };
-        let (sub, mut sub_loop) = AsyncClient::new(opts(id_on(1, SHARDS, "rumq-sub")), 16);
-        let (publisher, mut pub_loop) = AsyncClient::new(opts(id_on(2, SHARDS, "rumq-pub")), 16);
+        let (sub, mut sub_loop) = AsyncClient::new(opts(broker.client_id_on("rumq-sub", 1)), 16);
+        let (publisher, mut pub_loop) =
+            AsyncClient::new(opts(broker.client_id_on("rumq-pub", 2)), 16);
         sub.subscribe("interop/#", QoS::AtLeastOnce)
             .await
             .expect("subscribe");
@@ -60,7 +62,7 @@ async fn rumqttc_v311_across_shards() {
             .expect("subscriber task");
         assert_eq!(got, vec![b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]);
         driver_task.abort();
-        broker.shutdown().expect("clean shutdown");
+        broker.stop();
     }
 }
 
@@ -69,14 +71,15 @@ async fn rumqttc_v5_across_shards() {
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let (broker, addr) = start(config(SHARDS, DriverKind::Auto));
+    let broker = Broker::start_driver(SHARDS, DriverKind::Auto);
+    let addr = broker.addr;
     let opts = |id: String| {
         let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
         o.set_keep_alive(Duration::from_secs(10));
         o
     };
-    let (sub, mut sub_loop) = AsyncClient::new(opts(id_on(3, SHARDS, "rumq5-sub")), 16);
-    let (publisher, mut pub_loop) = AsyncClient::new(opts(id_on(0, SHARDS, "rumq5-pub")), 16);
+    let (sub, mut sub_loop) = AsyncClient::new(opts(broker.client_id_on("rumq5-sub", 3)), 16);
+    let (publisher, mut pub_loop) = AsyncClient::new(opts(broker.client_id_on("rumq5-pub", 0)), 16);
     sub.subscribe("v5/#", QoS::ExactlyOnce)
         .await
         .expect("subscribe");
@@ -107,5 +110,5 @@ async fn rumqttc_v5_across_shards() {
         .expect("subscriber task");
     assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
     driver_task.abort();
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }

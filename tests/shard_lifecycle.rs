@@ -2,27 +2,16 @@
 //! alive and CONNECT timeouts on the timer wheel, wills across shards, shutdown, slow
 //! consumers; with both I/O drivers.
 
-mod shard_support;
+mod common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use common::{Broker, Client, connect_packet, will};
 use ringmq::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use ringmq::config::DriverKind;
-use shard_support::{Client, config, id_on, start};
 
 const SHARDS: usize = 4;
-
-macro_rules! both_drivers {
-    ($($name:ident),* $(,)?) => {
-        mod auto {
-            $( #[test] fn $name() { super::$name(ringmq::config::DriverKind::Auto) } )*
-        }
-        mod epoll {
-            $( #[test] fn $name() { super::$name(ringmq::config::DriverKind::Epoll) } )*
-        }
-    };
-}
 
 both_drivers!(
     takeover_closes_the_old_connection,
@@ -43,58 +32,48 @@ fn disconnect_reason(p: &Packet) -> ReasonCode {
 }
 
 fn takeover_closes_the_old_connection(driver: DriverKind) {
-    let (broker, addr) = start(config(SHARDS, driver));
+    let broker = Broker::start_driver(SHARDS, driver);
     // Several rounds: the kernel spreads the connections over the accepting shards, and
     // whichever accepts them, both end on the id's home shard.
-    let persistent = |id: &str| ringmq::codec::Connect {
-        protocol: ProtocolVersion::V5,
-        clean_start: false,
-        keep_alive: 30,
-        client_id: ringmq::codec::MqttStr::try_from_str(id).expect("id"),
-        will: None,
-        username: None,
-        password: None,
-        properties: ringmq::codec::ConnectProperties {
-            session_expiry_interval: Some(60),
-            ..Default::default()
-        },
+    let persistent = |id: &str| {
+        let mut c = connect_packet(ProtocolVersion::V5, id, false);
+        c.properties.session_expiry_interval = Some(60);
+        c
     };
     for round in 0..6 {
         let id = format!("taker-{round}");
-        let (mut old, _) = Client::connect_with(addr, persistent(&id));
-        old.subscribe("t/old", QoS::AtLeastOnce, 1);
-        let (mut new, connack) = Client::connect_with(addr, persistent(&id));
-        match connack {
-            Packet::ConnAck(c) => assert!(c.session_present, "session resumed"),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        let seen = old.expect_closed(Duration::from_secs(5));
+        let (mut old, _) = Client::connect_with(broker.addr, persistent(&id));
+        old.subscribe("t/old", QoS::AtLeastOnce);
+        let (mut new, connack) = Client::connect_with(broker.addr, persistent(&id));
+        assert!(connack.session_present, "session resumed");
+        let seen = old.expect_closed();
         assert_eq!(
             seen.iter().map(disconnect_reason).collect::<Vec<_>>(),
             vec![ReasonCode::SessionTakenOver]
         );
         // The subscription moved with the session.
         let (mut publisher, _) =
-            Client::connect(addr, "takeover-pub", ProtocolVersion::V311, true, 30);
-        publisher.publish_acked("t/old", b"still here", QoS::AtLeastOnce, false, 1);
-        assert_eq!(&new.receive_publish().payload[..], b"still here");
+            Client::connect(broker.addr, ProtocolVersion::V311, "takeover-pub", true);
+        publisher.publish("t/old", b"still here", QoS::AtLeastOnce, false);
+        assert_eq!(&new.recv_publish().payload[..], b"still here");
         publisher.disconnect();
         new.disconnect();
     }
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }
 
 fn keep_alive_timeout_closes(driver: DriverKind) {
-    let (broker, addr) = start(config(2, driver));
+    let broker = Broker::start_driver(2, driver);
     let start_at = Instant::now();
-    let (mut v3, _) = Client::connect(addr, "ka-3", ProtocolVersion::V311, true, 1);
-    let (mut v5, _) = Client::connect(addr, "ka-5", ProtocolVersion::V5, true, 1);
-    let seen = v5.expect_closed(Duration::from_secs(5));
+    let (mut v3, _) =
+        Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, "ka-3", true, 1);
+    let (mut v5, _) = Client::connect_keep_alive(broker.addr, ProtocolVersion::V5, "ka-5", true, 1);
+    let seen = v5.expect_closed();
     assert_eq!(
         seen.iter().map(disconnect_reason).collect::<Vec<_>>(),
         vec![ReasonCode::KeepAliveTimeout]
     );
-    assert!(v3.expect_closed(Duration::from_secs(5)).is_empty());
+    assert!(v3.expect_closed().is_empty());
     // 1.5 x keep alive, plus at most one wheel tick.
     let elapsed = start_at.elapsed();
     assert!(
@@ -102,93 +81,78 @@ fn keep_alive_timeout_closes(driver: DriverKind) {
         "closed too early: {elapsed:?}"
     );
     // A client that pings stays.
-    let (mut alive, _) = Client::connect(addr, "ka-ping", ProtocolVersion::V311, true, 1);
+    let (mut alive, _) =
+        Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, "ka-ping", true, 1);
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(600));
-        alive.send(&Packet::PingReq);
-        assert!(matches!(alive.recv(), Some(Packet::PingResp)));
+        alive.ping();
     }
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }
 
 fn connect_timeout_closes_silent_sockets(driver: DriverKind) {
-    let mut cfg = config(2, driver);
-    cfg.limits.connect_timeout_secs = 1;
-    let (broker, addr) = start(cfg);
-    let mut silent = std::net::TcpStream::connect(addr).expect("connect");
+    let broker = Broker::start_with(2, |c| {
+        c.driver = driver;
+        c.limits.connect_timeout_secs = 1;
+    });
+    let mut client = Client::tcp(broker.addr, ProtocolVersion::V311);
     // Half a CONNECT, then nothing.
-    silent.write_all(&[0x10, 0x20, 0x00]).expect("write");
-    let mut client = Client::from_stream(silent, ProtocolVersion::V311);
+    client.send_bytes(&[0x10, 0x20, 0x00]);
     let t = Instant::now();
-    client.expect_closed(Duration::from_secs(5));
+    client.expect_closed();
     assert!(
         t.elapsed() >= Duration::from_millis(500),
         "closed at {:?}",
         t.elapsed()
     );
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }
 
 fn will_reaches_a_subscriber_on_another_shard(driver: DriverKind) {
-    let (broker, addr) = start(config(SHARDS, driver));
+    let broker = Broker::start_driver(SHARDS, driver);
     let (mut watcher, _) = Client::connect(
-        addr,
-        &id_on(2, SHARDS, "watch"),
+        broker.addr,
         ProtocolVersion::V311,
+        &broker.client_id_on("watch", 2),
         true,
-        30,
     );
-    watcher.subscribe("wills/#", QoS::AtLeastOnce, 1);
-    let connect = ringmq::codec::Connect {
-        protocol: ProtocolVersion::V311,
-        clean_start: true,
-        keep_alive: 30,
-        client_id: ringmq::codec::MqttStr::try_from_str(&id_on(1, SHARDS, "mortal")).expect("id"),
-        will: Some(ringmq::codec::Will {
-            topic: shard_support::topic("wills/mortal"),
-            payload: bytes::Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: Default::default(),
-        }),
-        username: None,
-        password: None,
-        properties: Default::default(),
-    };
-    let (mortal, _) = Client::connect_with(addr, connect);
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    let mut connect = connect_packet(
+        ProtocolVersion::V311,
+        &broker.client_id_on("mortal", 1),
+        true,
+    );
+    connect.will = Some(will("wills/mortal", b"gone", QoS::AtLeastOnce, false));
+    let (mortal, _) = Client::connect_with(broker.addr, connect);
     // Dropped without DISCONNECT: the will is due.
     drop(mortal);
-    let got = watcher.receive_publish();
+    let got = watcher.recv_publish();
     assert_eq!(got.topic.as_str(), "wills/mortal");
     assert_eq!(&got.payload[..], b"gone");
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }
 
 fn shutdown_sends_server_shutting_down_to_v5_clients(driver: DriverKind) {
-    let (broker, addr) = start(config(SHARDS, driver));
+    let broker = Broker::start_driver(SHARDS, driver);
+    let addr = broker.addr;
     let mut clients: Vec<Client> = (0..SHARDS)
         .map(|s| {
-            Client::connect(
-                addr,
-                &id_on(s, SHARDS, "bye"),
-                ProtocolVersion::V5,
-                true,
-                30,
-            )
-            .0
+            let id = broker.client_id_on("bye", s);
+            Client::connect(addr, ProtocolVersion::V5, &id, true).0
         })
         .collect();
-    let (mut v3, _) = Client::connect(addr, "bye-v3", ProtocolVersion::V311, true, 30);
-    let stopper = std::thread::spawn(move || broker.shutdown());
+    let (mut v3, _) = Client::connect(addr, ProtocolVersion::V311, "bye-v3", true);
+    // `stop` panics, failing the join, unless the broker shuts down cleanly.
+    let stopper = std::thread::spawn(move || broker.stop());
     for c in clients.iter_mut() {
-        let seen = c.expect_closed(Duration::from_secs(5));
+        let seen = c.expect_closed();
         assert_eq!(
             seen.iter().map(disconnect_reason).collect::<Vec<_>>(),
             vec![ReasonCode::ServerShuttingDown]
         );
     }
-    assert!(v3.expect_closed(Duration::from_secs(5)).is_empty());
-    stopper.join().expect("join").expect("clean shutdown");
+    assert!(v3.expect_closed().is_empty());
+    stopper.join().expect("clean shutdown");
     assert!(
         std::net::TcpStream::connect(addr).is_err(),
         "listener closed"
@@ -196,67 +160,64 @@ fn shutdown_sends_server_shutting_down_to_v5_clients(driver: DriverKind) {
 }
 
 fn persistent_session_resumes_with_queued_messages(driver: DriverKind) {
-    let (broker, addr) = start(config(SHARDS, driver));
-    let id = id_on(3, SHARDS, "durable");
-    let (mut sub, _) = Client::connect(addr, &id, ProtocolVersion::V311, false, 30);
-    sub.subscribe("q/#", QoS::AtLeastOnce, 1);
+    let broker = Broker::start_driver(SHARDS, driver);
+    let id = broker.client_id_on("durable", 3);
+    let (mut sub, _) = Client::connect(broker.addr, ProtocolVersion::V311, &id, false);
+    sub.subscribe("q/#", QoS::AtLeastOnce);
     sub.disconnect();
     std::thread::sleep(Duration::from_millis(100));
     let (mut publisher, _) = Client::connect(
-        addr,
-        &id_on(0, SHARDS, "feeder"),
+        broker.addr,
         ProtocolVersion::V311,
+        &broker.client_id_on("feeder", 0),
         true,
-        30,
     );
     for i in 1..=3u16 {
-        publisher.publish_acked("q/x", format!("{i}").as_bytes(), QoS::AtLeastOnce, false, i);
+        publisher.publish("q/x", format!("{i}").as_bytes(), QoS::AtLeastOnce, false);
     }
-    let (mut sub, connack) = Client::connect(addr, &id, ProtocolVersion::V311, false, 30);
-    match connack {
-        Packet::ConnAck(c) => assert!(c.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let (mut sub, connack) = Client::connect(broker.addr, ProtocolVersion::V311, &id, false);
+    assert!(connack.session_present);
     for i in 1..=3u16 {
-        assert_eq!(
-            &sub.receive_publish().payload[..],
-            format!("{i}").as_bytes()
-        );
+        assert_eq!(&sub.recv_publish().payload[..], format!("{i}").as_bytes());
     }
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }
 
 /// A subscriber that never reads must not stop a healthy one from getting messages, and
 /// is disconnected after `slow_consumer_timeout_secs` over `max_output_buffer`.
 fn slow_consumer_does_not_stall_others(driver: DriverKind) {
-    let mut cfg = config(2, driver);
-    cfg.limits.max_output_buffer = 64 * 1024;
-    cfg.limits.slow_consumer_timeout_secs = 1;
-    let (broker, addr) = start(cfg);
-    let (mut frozen, _) = Client::connect(addr, "frozen", ProtocolVersion::V311, true, 0);
-    frozen.subscribe("flood", QoS::AtLeastOnce, 1);
-    let (mut healthy, _) = Client::connect(addr, "healthy", ProtocolVersion::V311, true, 0);
-    healthy.subscribe("flood", QoS::AtLeastOnce, 1);
+    let broker = Broker::start_with(2, |c| {
+        c.driver = driver;
+        c.limits.max_output_buffer = 64 * 1024;
+        c.limits.slow_consumer_timeout_secs = 1;
+    });
+    let (mut frozen, _) =
+        Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, "frozen", true, 0);
+    frozen.subscribe("flood", QoS::AtLeastOnce);
+    let (mut healthy, _) =
+        Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, "healthy", true, 0);
+    healthy.subscribe("flood", QoS::AtLeastOnce);
     // The healthy subscriber reads on its own thread until the end marker (QoS 1: never
     // dropped for output size), while `frozen` reads nothing at all.
     let reader = std::thread::spawn(move || {
         let mut got = 0usize;
         loop {
-            let p = healthy.receive_publish();
+            let p = healthy.recv_publish();
             if &p.payload[..] == b"end" {
                 return got;
             }
             got += 1;
         }
     });
-    let (mut publisher, _) = Client::connect(addr, "flooder", ProtocolVersion::V311, true, 0);
+    let (mut publisher, _) =
+        Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, "flooder", true, 0);
     let payload = vec![b'x'; 16 * 1024];
     let t = Instant::now();
     // Far more than the socket buffers of `frozen` hold (32 MB).
     for _ in 0..2000u32 {
-        publisher.publish("flood", &payload, QoS::AtMostOnce, false, 0);
+        publisher.publish("flood", &payload, QoS::AtMostOnce, false);
     }
-    publisher.publish_acked("flood", b"end", QoS::AtLeastOnce, false, 1);
+    publisher.publish("flood", b"end", QoS::AtLeastOnce, false);
     let got = reader.join().expect("reader");
     assert!(got > 0, "the healthy subscriber received the flood");
     assert!(
@@ -275,12 +236,12 @@ fn slow_consumer_does_not_stall_others(driver: DriverKind) {
             "slow consumer never disconnected"
         );
         match frozen.recv_within(Duration::from_secs(5)) {
-            Some(Some(_)) => drained += 1,
-            Some(None) => break,
-            None => panic!("slow consumer still connected after {drained} packets"),
+            Ok(Some(_)) => drained += 1,
+            Err(_) => break,
+            Ok(None) => panic!("slow consumer still connected after {drained} packets"),
         }
     }
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }
 
 /// A client that publishes without reading, until the broker's output to it is over
@@ -291,17 +252,20 @@ fn paused_reader_resumes_once_it_drains(driver: DriverKind) {
     use bytes::{Bytes, BytesMut};
     use ringmq::codec::{self, Publish, PublishProperties};
     const N: u16 = 200;
-    let mut cfg = config(2, driver);
-    cfg.limits.max_output_buffer = 64 * 1024;
-    cfg.limits.slow_consumer_timeout_secs = 60;
-    let window = usize::from(cfg.limits.max_inflight);
-    let (broker, addr) = start(cfg);
-    let (mut echo, _) = Client::connect(addr, "echo", ProtocolVersion::V311, true, 0);
-    echo.subscribe("echo", QoS::AtLeastOnce, 1);
+    let mut window = 0;
+    let broker = Broker::start_with(2, |c| {
+        c.driver = driver;
+        c.limits.max_output_buffer = 64 * 1024;
+        c.limits.slow_consumer_timeout_secs = 60;
+        window = usize::from(c.limits.max_inflight);
+    });
+    let (mut echo, _) =
+        Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, "echo", true, 0);
+    echo.subscribe("echo", QoS::AtLeastOnce);
     // 200 x 100 KB publishes to its own subscription: the 128 deliveries in flight (12.8 MB)
     // outgrow the socket buffers of a reader that reads nothing, and the 20 MB of publishes
     // outgrow what the sockets hold while the broker does not read them.
-    let mut writer = echo.stream.try_clone().expect("clone");
+    let mut writer = echo.writer();
     let payload = Bytes::from(vec![b'e'; 100 * 1024]);
     let sender = std::thread::spawn(move || {
         let mut out = BytesMut::new();
@@ -310,8 +274,8 @@ fn paused_reader_resumes_once_it_drains(driver: DriverKind) {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                topic: shard_support::topic("echo"),
-                packet_id: Some(shard_support::pid(id)),
+                topic: common::topic("echo"),
+                packet_id: Some(common::pid(id)),
                 properties: PublishProperties::default(),
                 payload: payload.clone(),
             });
@@ -325,11 +289,11 @@ fn paused_reader_resumes_once_it_drains(driver: DriverKind) {
     let (mut acks, mut deliveries) = (0u16, 0usize);
     while acks < N || deliveries < window {
         match echo.recv_within(Duration::from_secs(10)) {
-            Some(Some(Packet::PubAck(ack))) => {
+            Ok(Some(Packet::PubAck(ack))) => {
                 acks += 1;
                 assert_eq!(ack.packet_id.get(), acks, "PUBACKs in publish order");
             }
-            Some(Some(Packet::Publish(p))) => {
+            Ok(Some(Packet::Publish(p))) => {
                 deliveries += 1;
                 assert_eq!(p.payload.len(), 100 * 1024);
             }
@@ -341,5 +305,5 @@ fn paused_reader_resumes_once_it_drains(driver: DriverKind) {
         deliveries, window,
         "the inflight window, no more (nothing was acked)"
     );
-    broker.shutdown().expect("clean shutdown");
+    broker.stop();
 }

@@ -1,6 +1,7 @@
 //! Shared harness for the black-box tests: an in-process broker on an ephemeral loopback port
-//! and a blocking raw-packet client built on RingMQ's codec (used as a client: it decodes
-//! CONNACK, SUBACK, server PUBLISH...). Every wait is bounded.
+//! (with the I/O driver from `RINGMQ_DRIVER`, or a chosen one) and a blocking raw-packet client
+//! built on RingMQ's codec (used as a client: it decodes CONNACK, SUBACK, server PUBLISH...).
+//! Every wait is bounded.
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
@@ -14,7 +15,7 @@ use ringmq::codec::{
     ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
     SubscribeProperties, SubscriptionOptions, Unsubscribe, Will, WillProperties,
 };
-use ringmq::config::Config;
+use ringmq::config::{Config, DriverKind};
 use ringmq::router::topic::{TopicFilter, TopicName};
 
 /// How long any single wait for a packet may take before the test fails.
@@ -46,6 +47,20 @@ macro_rules! matrix {
     };
 }
 
+/// Expands to one `#[test]` per I/O driver (`auto::name`, `epoll::name`) for a test body
+/// `fn(DriverKind)`.
+#[macro_export]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod auto {
+            $( #[test] fn $name() { super::$name(ringmq::config::DriverKind::Auto) } )*
+        }
+        mod epoll {
+            $( #[test] fn $name() { super::$name(ringmq::config::DriverKind::Epoll) } )*
+        }
+    };
+}
+
 /// A broker running in this process; shut down on drop.
 pub struct Broker {
     handle: Option<ringmq::shard::BrokerHandle>,
@@ -58,6 +73,12 @@ impl Broker {
         Broker::start_with(shards, |_| {})
     }
 
+    /// A broker on the given I/O driver, whatever `RINGMQ_DRIVER` says.
+    pub fn start_driver(shards: usize, driver: DriverKind) -> Broker {
+        Broker::start_with(shards, |config| config.driver = driver)
+    }
+
+    /// `adjust` runs after `RINGMQ_DRIVER` is applied, so it may also pick the driver.
     pub fn start_with(shards: usize, adjust: impl FnOnce(&mut Config)) -> Broker {
         let mut config = Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
@@ -124,12 +145,15 @@ pub fn pid(v: u16) -> PacketId {
     PacketId(NonZeroU16::new(v).expect("non-zero packet id"))
 }
 
-/// A CONNECT with the given id and clean flag, keep alive 60 s, no will.
+/// The keep alive (seconds) clients connect with unless a test says otherwise.
+pub const KEEP_ALIVE: u16 = 60;
+
+/// A CONNECT with the given id and clean flag, keep alive `KEEP_ALIVE`, no will.
 pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
     Connect {
         protocol: version,
         clean_start: clean,
-        keep_alive: 60,
+        keep_alive: KEEP_ALIVE,
         client_id: s(client_id),
         will: None,
         username: None,
@@ -198,7 +222,20 @@ impl Client {
         client_id: &str,
         clean: bool,
     ) -> (Client, codec::ConnAck) {
-        let (c, ack) = Client::connect_with(addr, connect_packet(version, client_id, clean));
+        Client::connect_keep_alive(addr, version, client_id, clean, KEEP_ALIVE)
+    }
+
+    /// Like `connect`, with the given keep alive in seconds (0: none).
+    pub fn connect_keep_alive(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        client_id: &str,
+        clean: bool,
+        keep_alive: u16,
+    ) -> (Client, codec::ConnAck) {
+        let mut connect = connect_packet(version, client_id, clean);
+        connect.keep_alive = keep_alive;
+        let (c, ack) = Client::connect_with(addr, connect);
         assert_eq!(ack.reason, ReasonCode::Success, "CONNACK for {client_id}");
         (c, ack)
     }
@@ -216,6 +253,11 @@ impl Client {
 
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write to broker");
+    }
+
+    /// A second handle on the socket, to write from another thread while this one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the socket")
     }
 
     /// Like `send_bytes`, but a write the broker refused (it already closed) is returned, not
@@ -267,10 +309,17 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives for `QUIET`.
+    /// Asserts nothing arrives for `QUIET` and the connection stays open.
     pub fn expect_nothing(&mut self) {
-        if let Ok(Some(p)) = self.recv_within(QUIET) {
-            panic!("expected no packet, got {p:?}");
+        self.expect_nothing_for(QUIET);
+    }
+
+    /// Asserts nothing arrives for `d` and the connection stays open.
+    pub fn expect_nothing_for(&mut self, d: Duration) {
+        match self.recv_within(d) {
+            Ok(None) => {}
+            Ok(Some(p)) => panic!("expected no packet, got {p:?}"),
+            Err(e) => panic!("expected no packet, but the connection {e}"),
         }
     }
 
