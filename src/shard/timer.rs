@@ -23,6 +23,10 @@ pub(crate) const TICK_MS: u64 = 1000;
 /// (session expiry) are simply kept and re-checked once per revolution.
 const WHEEL_SLOTS: usize = 512;
 
+/// Entries a slot keeps room for after its visit; a slot that held far more gives the rest
+/// back.
+const SLOT_KEEP: usize = 16;
+
 /// Milliseconds since the broker started; shared by all shards.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -97,7 +101,8 @@ impl TimerWheel {
             .saturating_add(1)
             .max(now_tick.saturating_sub(WHEEL_SLOTS as u32 - 1));
         for tick in first..=now_tick {
-            self.slots[tick as usize % WHEEL_SLOTS].retain(|&(t, key)| {
+            let slot = &mut self.slots[tick as usize % WHEEL_SLOTS];
+            slot.retain(|&(t, key)| {
                 if t <= now_tick {
                     fired.push((t, key));
                     false
@@ -105,6 +110,13 @@ impl TimerWheel {
                     true
                 }
             });
+            // A slot keeps the capacity of its busiest visit: without this, a burst of
+            // connections (all their keep-alive entries in one slot) would hold that memory
+            // for the broker's life, and over a revolution every slot would keep its peak
+            // (measured: +0.5 MB in a 15-minute soak of 1000 clients, still rising).
+            if slot.capacity() > SLOT_KEEP && slot.len() * 4 < slot.capacity() {
+                slot.shrink_to(slot.len().max(SLOT_KEEP));
+            }
         }
         self.current = self.current.max(now_tick);
     }
@@ -113,6 +125,12 @@ impl TimerWheel {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.slots.iter().map(Vec::len).sum()
+    }
+
+    /// Room the slots hold, in entries; for tests.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.slots.iter().map(Vec::capacity).sum()
     }
 }
 
@@ -124,6 +142,31 @@ mod tests {
         slot: 1,
         generation: 1,
     };
+
+    /// A burst of entries in one slot does not leave its room behind once they fired.
+    #[test]
+    fn a_burst_gives_its_room_back() {
+        let mut w = TimerWheel::new(0);
+        for slot in 0..10_000 {
+            w.schedule(
+                5_000,
+                TimerKey::Client {
+                    slot,
+                    generation: 1,
+                },
+            );
+        }
+        assert!(w.capacity() >= 10_000);
+        let mut fired = Vec::new();
+        w.advance(6_000, &mut fired);
+        assert_eq!(fired.len(), 10_000);
+        assert_eq!(w.len(), 0);
+        assert!(
+            w.capacity() <= SLOT_KEEP * WHEEL_SLOTS,
+            "room left: {}",
+            w.capacity()
+        );
+    }
 
     #[test]
     fn fires_at_first_tick_after_deadline_not_before() {
