@@ -43,8 +43,9 @@ const READS_PER_WAKE: usize = 4;
 /// What the I/O task does with a connection after a read.
 #[derive(Debug)]
 pub(crate) enum ReadOutcome {
-    /// Keep going. `drained`: the last `recv` found the socket empty (or short), so the next
-    /// wait must confirm readiness with the kernel.
+    /// Keep going. `drained`: the last `recv` found the socket empty (or short), so the
+    /// poller reports the connection again when more arrives; otherwise input is left and
+    /// the connection must be queued to be read again.
     Continue { drained: bool },
     /// Close the connection (its phase is `Closing`).
     Close,
@@ -125,7 +126,9 @@ impl Core {
         if flags & writable != 0 && conn.write_blocked {
             self.on_writable(id);
         }
-        if flags & readable != 0 {
+        // Input that waited while the connection was paused is read once output drained.
+        let pending = self.conns.get(id as usize).is_some_and(|c| c.read_pending);
+        if flags & readable != 0 || pending {
             if self.outboxes.backlogged() {
                 // Taken from the poller, so no edge will come again: read it once the
                 // other shards catch up.
@@ -187,7 +190,6 @@ impl Core {
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };
-        use std::os::fd::AsRawFd;
         self.poller.delete(conn.fd.as_raw_fd());
         let HandoffParts {
             home,
@@ -520,19 +522,12 @@ impl Core {
         }
     }
 
-    /// The socket of a write-blocked connection has room again: write, and read what
-    /// waited while its output was over the limit.
-    pub(crate) fn on_writable(&mut self, id: u32) {
-        self.tick_clock();
+    /// The socket of a write-blocked connection has room again: write what waited.
+    fn on_writable(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.write_blocked = false;
         }
         self.flush_conn(id);
-        if let Some(conn) = self.conns.get(id as usize) {
-            if conn.read_pending && !self.reads_paused(conn) {
-                self.service_read(id);
-            }
-        }
     }
 }
 
