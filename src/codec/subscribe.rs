@@ -127,13 +127,27 @@ fn v3_suback_code(b: u8) -> Result<ReasonCode, DecodeError> {
     }
 }
 
-fn v5_codes(r: &mut Reader, ctx: ReasonContext) -> Result<Vec<ReasonCode>, DecodeError> {
+/// The v5 body of SUBACK / UNSUBACK after the packet id: properties, then one reason code
+/// per filter.
+fn read_v5_ack(
+    r: &mut Reader,
+    limits: &DecodeLimits,
+    ctx: ReasonContext,
+) -> Result<(AckProperties, Vec<ReasonCode>), DecodeError> {
+    let properties = read_properties(r, limits)?;
     let mut codes = Vec::with_capacity(r.remaining());
     while !r.is_empty() {
         let b = r.u8()?;
         codes.push(ReasonCode::from_wire(ctx, b).ok_or(DecodeError::InvalidReasonCode(b))?);
     }
-    Ok(codes)
+    Ok((properties, codes))
+}
+
+fn write_v5_ack<S: Sink>(properties: &AckProperties, reasons: &[ReasonCode], s: &mut S) {
+    write_properties(properties, s);
+    for r in reasons {
+        s.put_u8(r.code());
+    }
 }
 
 pub(super) fn decode_suback(
@@ -143,8 +157,7 @@ pub(super) fn decode_suback(
 ) -> Result<Packet, DecodeError> {
     let packet_id = packet_id(&mut r)?;
     let (properties, reasons) = if version.is_v5() {
-        let properties = read_properties(&mut r, limits)?;
-        (properties, v5_codes(&mut r, ReasonContext::SubAck)?)
+        read_v5_ack(&mut r, limits, ReasonContext::SubAck)?
     } else {
         let mut reasons = Vec::with_capacity(r.remaining());
         while !r.is_empty() {
@@ -162,10 +175,7 @@ pub(super) fn decode_suback(
 pub(super) fn write_suback<S: Sink>(p: &SubAck, version: ProtocolVersion, s: &mut S) {
     s.put_u16(p.packet_id.get());
     if version.is_v5() {
-        write_properties(&p.properties, s);
-        for r in &p.reasons {
-            s.put_u8(r.code());
-        }
+        write_v5_ack(&p.properties, &p.reasons, s);
     } else {
         for r in &p.reasons {
             s.put_u8(r.v3_suback_return_code());
@@ -217,8 +227,7 @@ pub(super) fn decode_unsuback(
 ) -> Result<Packet, DecodeError> {
     let packet_id = packet_id(&mut r)?;
     let (properties, reasons) = if version.is_v5() {
-        let properties = read_properties(&mut r, limits)?;
-        (properties, v5_codes(&mut r, ReasonContext::UnsubAck)?)
+        read_v5_ack(&mut r, limits, ReasonContext::UnsubAck)?
     } else {
         // 3.1.1 3.11: only the packet identifier.
         r.finish()?;
@@ -234,9 +243,6 @@ pub(super) fn decode_unsuback(
 pub(super) fn write_unsuback<S: Sink>(p: &UnsubAck, version: ProtocolVersion, s: &mut S) {
     s.put_u16(p.packet_id.get());
     if version.is_v5() {
-        write_properties(&p.properties, s);
-        for r in &p.reasons {
-            s.put_u8(r.code());
-        }
+        write_v5_ack(&p.properties, &p.reasons, s);
     }
 }
