@@ -9,7 +9,7 @@
 //! Lifecycle of a connection: accepted -> `AwaitingConnect` (CONNECT timeout on the wheel)
 //! -> CONNECT decoded: refused and closed, or handed to its home shard, or attached to a
 //! client here (`Open`) -> `Closing` (requested by the session, takeover, shutdown, an I/O
-//! error or a timer; queued in `closing`) -> the I/O task's next pass calls `finish_conn`:
+//! error or a timer; queued in `closing`) -> the end of the turn calls `finish_conn`:
 //! a last flush, the fd closes, and the session hears `connection_lost` if it was still
 //! attached.
 //!
@@ -18,15 +18,16 @@
 //! generation check.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::task::Waker;
 
 use super::slots::Slots;
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
 
 use super::Shared;
+use super::event_loop::Lifecycle;
+use super::listen::Listeners;
 use super::mailbox::{Envelope, Outboxes};
 use super::registry::Registry;
 use super::routes::Routes;
@@ -45,7 +46,7 @@ pub(crate) enum Phase {
     AwaitingConnect,
     /// Attached to a session (or refused, with the CONNACK pending a flush).
     Open,
-    /// Closed after a last flush at the I/O task's next pass.
+    /// Closed after a last flush at the end of the turn.
     Closing,
 }
 
@@ -118,17 +119,18 @@ pub(crate) struct Core {
     pub(crate) shared: Arc<Shared>,
     /// The shard's clock, read once per wake of a task (see `tick_clock`).
     pub(crate) now_ms: u64,
-    /// Every connection's fd, for readiness.
+    /// Every connection's fd (and the listeners'), for readiness.
     pub(crate) poller: Poller,
-    /// The I/O task, parked while no connection has an event, a close or a read pending.
-    pub(crate) io_waker: Option<Waker>,
-    /// The I/O task waits for the outboxes to drain (`Outboxes::backlogged`), not for
-    /// socket events: the flusher wakes it once they have.
-    pub(crate) io_backlogged: bool,
-    /// Connections to close at the I/O task's next pass: (slot, generation).
+    /// This shard's listening sockets (closed at the shutdown's closing step).
+    pub(crate) listeners: Listeners,
+    /// Where the shard is in its life (serving, or which shutdown step).
+    pub(crate) lifecycle: Lifecycle,
+    /// When the timer wheel next advances (the next tick boundary).
+    pub(crate) next_tick_ms: u64,
+    /// Connections to close at the next turn: (slot, generation).
     pub(crate) closing: Vec<(u32, u32)>,
     /// Connections that stopped reading with input left (their read budget ran out): the
-    /// edge-triggered poller will not report them again, so the next pass reads them.
+    /// edge-triggered poller will not report them again, so the next turn reads them.
     pub(crate) again: Vec<(u32, u32)>,
     pub(crate) conns: Slots<Conn>,
     pub(crate) clients: Slots<Client>,
@@ -140,8 +142,6 @@ pub(crate) struct Core {
     pub(crate) inbox: Vec<Receiver<Envelope>>,
     /// Connections with output to write this turn: (slot, generation).
     pub(crate) dirty: Vec<(u32, u32)>,
-    /// The flusher task, parked while there is nothing to flush.
-    pub(crate) flusher: Option<Waker>,
     /// Reused for every session call.
     pub(crate) actions: Vec<Action>,
     /// The one read buffer of the shard (`SCRATCH_SIZE` bytes, allocated once).
@@ -154,15 +154,6 @@ pub(crate) struct Core {
     pub(crate) session_limits: Arc<Limits>,
     next_gen: u32,
     assigned_ids: u64,
-    /// Shutdown, first step done: this shard routed its sessions' wills.
-    pub(crate) wills_routed: bool,
-    /// Shutdown has begun: accept loops stop, every connection closes.
-    pub(crate) stopping: bool,
-    /// This shard's listening sockets (owned by the accept loops, which end only after
-    /// `stopping`): shut at the stop, so that they refuse connections from that moment on.
-    pub(crate) listener_fds: Vec<std::os::fd::RawFd>,
-    /// Wakers of tasks that wait for `stopping` (accept loops, the shard's main future).
-    pub(crate) stop_wakers: Vec<Waker>,
     pub(crate) stats: ShardStats,
 }
 
@@ -172,6 +163,7 @@ impl Core {
         shared: Arc<Shared>,
         inbox: Vec<Receiver<Envelope>>,
         poller: Poller,
+        listeners: Listeners,
     ) -> Core {
         let limits = &shared.config.limits;
         let connect_limits = DecodeLimits {
@@ -191,8 +183,9 @@ impl Core {
             log_id: Some(id.index() as u16),
             now_ms,
             poller,
-            io_waker: None,
-            io_backlogged: false,
+            listeners,
+            lifecycle: Lifecycle::Running,
+            next_tick_ms: (now_ms / super::timer::TICK_MS + 1) * super::timer::TICK_MS,
             closing: Vec::new(),
             again: Vec::new(),
             conns: Slots::new(),
@@ -203,7 +196,6 @@ impl Core {
             outboxes: Outboxes::new(shards, limits.cross_shard_queue),
             inbox,
             dirty: Vec::new(),
-            flusher: None,
             actions: Vec::new(),
             scratch: vec![0; super::io::SCRATCH_SIZE].into_boxed_slice(),
             sink: BytesMut::new(),
@@ -212,10 +204,6 @@ impl Core {
             session_limits: Arc::new(limits.clone()),
             next_gen: 0,
             assigned_ids: 0,
-            wills_routed: false,
-            stopping: false,
-            listener_fds: Vec::new(),
-            stop_wakers: Vec::new(),
             stats: ShardStats::default(),
             shared,
         }
@@ -236,7 +224,7 @@ impl Core {
     pub(crate) fn new_conn(&mut self, fd: OwnedFd, peer: SocketAddr, phase: Phase) -> Option<u32> {
         let generation = self.next_generation();
         let slot = self.conns.next_key() as u32;
-        if let Err(e) = self.poller.add(fd.as_raw_fd(), token(slot, generation)) {
+        if let Err(e) = self.poller.add(fd.as_fd(), token(slot, generation)) {
             log!(
                 WARN,
                 self.log_id,
@@ -456,22 +444,14 @@ impl Core {
         }
     }
 
-    /// Marks connection `id` for a last flush and close at the I/O task's next pass (never
-    /// at once: the caller may be in the middle of that connection's input).
+    /// Marks connection `id` for a last flush and close at the end of the turn (never at
+    /// once: the caller may be in the middle of that connection's input).
     pub(crate) fn request_close(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id as usize) {
             if conn.phase != Phase::Closing {
                 conn.phase = Phase::Closing;
                 self.closing.push((id, conn.generation));
-                self.wake_io();
             }
-        }
-    }
-
-    /// Wakes the I/O task if it is parked.
-    pub(crate) fn wake_io(&mut self) {
-        if let Some(w) = self.io_waker.take() {
-            w.wake();
         }
     }
 
@@ -481,9 +461,6 @@ impl Core {
             if !conn.dirty && !conn.out.is_empty() {
                 conn.dirty = true;
                 self.dirty.push((id, conn.generation));
-                if let Some(w) = self.flusher.take() {
-                    w.wake();
-                }
             }
         }
     }
@@ -491,9 +468,6 @@ impl Core {
     /// Queues an envelope for another shard (sent at the end of the turn).
     pub(crate) fn send_to(&mut self, dst: ShardId, envelope: Envelope) {
         self.outboxes.push(dst, envelope);
-        if let Some(w) = self.flusher.take() {
-            w.wake();
-        }
     }
 
     /// Holds the output of client `slot`'s connection until every other shard has applied
@@ -565,7 +539,6 @@ impl Core {
         };
         super::io::last_flush(&conn);
         let Some(slot) = conn.client else {
-            self.wake_if_drained();
             return;
         };
         let attached = self
@@ -588,13 +561,6 @@ impl Core {
             self.apply_actions(slot, &mut actions);
             self.actions = actions;
             self.reschedule_client(slot);
-        }
-        self.wake_if_drained();
-    }
-
-    fn wake_if_drained(&mut self) {
-        if self.stopping && self.conns.is_empty() {
-            self.stop_wakers.drain(..).for_each(Waker::wake);
         }
     }
 
@@ -740,18 +706,12 @@ impl Core {
             self.apply_actions(slot, &mut actions);
             self.actions = actions;
         }
-        self.wills_routed = true;
     }
 
     /// Server shutdown, second step: every session is told (v5 clients get DISCONNECT
     /// 0x8B) and every connection closes.
     pub(crate) fn begin_shutdown(&mut self) {
-        self.stopping = true;
-        // The accept loops close their listeners when they next run; until the runtime has
-        // cancelled an in-flight accept, its socket would still complete handshakes.
-        for &fd in &self.listener_fds {
-            super::sys::shutdown_listener(fd);
-        }
+        self.listeners.close(&self.poller);
         self.tick_clock();
         let attached: Vec<(u32, u32)> = self
             .clients
@@ -774,6 +734,24 @@ impl Core {
         for id in all {
             self.request_close(id);
         }
-        self.stop_wakers.drain(..).for_each(Waker::wake);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Per-connection memory is a first-class metric: these bounds catch a regression
+    /// (e.g. a buffer or timer moved into the connection, `Limits` or a `Will` stored inline
+    /// in every session) before a benchmark does. An idle connection is exactly one `Conn`
+    /// and one `Client` (no task: see `event_loop`).
+    #[test]
+    fn per_connection_state_stays_small() {
+        use std::mem::size_of;
+        let conn = size_of::<super::Conn>();
+        let client = size_of::<super::Client>();
+        let session = size_of::<crate::session::Session>();
+        eprintln!("Conn: {conn} B, Client: {client} B (Session: {session} B)");
+        assert!(conn <= 112, "Conn grew to {conn} bytes");
+        assert!(session <= 272, "Session grew to {session} bytes");
+        assert!(client <= 288, "Client grew to {client} bytes");
     }
 }

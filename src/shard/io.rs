@@ -15,7 +15,7 @@
 //! incomplete (bytes would be reordered).
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use bytes::{Buf, BytesMut};
 
@@ -40,7 +40,7 @@ pub(crate) const EARLY_FLUSH_BYTES: usize = 64 * 1024;
 /// streams faster than we decode cannot monopolise the shard (4 x 64 KiB per turn).
 const READS_PER_WAKE: usize = 4;
 
-/// What the I/O task does with a connection after a read.
+/// What the loop does with a connection after a read.
 #[derive(Debug)]
 pub(crate) enum ReadOutcome {
     /// Keep going. `drained`: the last `recv` found the socket empty (or short), so the
@@ -71,15 +71,15 @@ pub(crate) enum Step {
 }
 
 impl Core {
-    /// One pass of the shard's I/O task: handle every event the poller has queued (up to
-    /// `events.len()`), read the connections queued to be read again, and close the
-    /// connections marked for closing. Returns true when work is left for another pass
-    /// (the event buffer came back full, or a connection has input left to read now).
+    /// The socket part of a turn: handle every event the poller has queued (up to
+    /// `events.len()`: accept on listeners, read connections), then accept again on
+    /// listeners and read again the connections whose budget ran out last turn. Returns true
+    /// when work is left for another turn (the event buffer came back full, or a listener
+    /// or connection has input left now).
     ///
     /// While the outboxes are backlogged no event is taken (the kernel keeps them queued)
     /// and no input is read: reading makes envelopes for shards that are already behind.
     pub(crate) fn io_pass(&mut self, events: &mut [PollEvent]) -> bool {
-        self.tick_clock();
         let n = if self.outboxes.backlogged() {
             0
         } else {
@@ -87,8 +87,12 @@ impl Core {
         };
         for event in &events[..n] {
             let (token, flags) = (event.u64, event.events);
-            self.on_event(token as u32, (token >> 32) as u32, flags);
+            match super::listen::listener_of(token) {
+                Some(index) => self.accept_ready(index),
+                None => self.on_event(token as u32, (token >> 32) as u32, flags),
+            }
         }
+        self.accept_again();
         let again = std::mem::take(&mut self.again);
         for &(id, generation) in &again {
             if self.outboxes.backlogged() {
@@ -97,8 +101,9 @@ impl Core {
                 self.service_read(id);
             }
         }
-        self.finish_closing();
-        n == events.len() || (!self.again.is_empty() && !self.outboxes.backlogged())
+        n == events.len()
+            || self.listeners.has_again()
+            || (!self.again.is_empty() && !self.outboxes.backlogged())
     }
 
     fn is_live(&self, id: u32, generation: u32) -> bool {
@@ -190,7 +195,7 @@ impl Core {
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };
-        self.poller.delete(conn.fd.as_raw_fd());
+        self.poller.delete(conn.fd.as_fd());
         let HandoffParts {
             home,
             connect,
@@ -219,7 +224,7 @@ impl Core {
         // flushes its outboxes before its sockets): apply them first, so that a publish read
         // now sees every subscription its client was told about (SUBACK) on another shard.
         if super::mailbox::any_pending(&self.inbox) {
-            self.drain_inbox(super::tasks::DRAIN_BUDGET);
+            self.drain_inbox(super::event_loop::DRAIN_BUDGET);
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         let outcome = self.read_loop(id, &mut scratch);
@@ -241,7 +246,7 @@ impl Core {
                 return ReadOutcome::Close;
             }
             let peer_closed = conn.peer_closed;
-            match sys::recv(conn.fd.as_raw_fd(), scratch) {
+            match sys::recv(conn.fd.as_fd(), scratch) {
                 Ok(IoOutcome::Done(0)) => {
                     self.close_lost(id, None);
                     return ReadOutcome::Close;
@@ -446,10 +451,6 @@ impl Core {
     /// Returns false when a channel was full and envelopes wait for the next turn.
     pub(crate) fn flush_all(&mut self) -> bool {
         let sent_all = self.outboxes.flush(self.id, &self.shared.mesh);
-        if self.io_backlogged && !self.outboxes.backlogged() {
-            self.io_backlogged = false;
-            self.wake_io();
-        }
         let dirty = std::mem::take(&mut self.dirty);
         for &(id, generation) in &dirty {
             if self
@@ -479,7 +480,7 @@ impl Core {
             return; // Held until the other shards answer (`Core::fence_done` re-marks it).
         }
         if !conn.write_blocked && !conn.out.is_empty() {
-            match sys::send(conn.fd.as_raw_fd(), &conn.out) {
+            match sys::send(conn.fd.as_fd(), &conn.out) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
                     // Free the buffer: an idle connection holds no output memory.
                     conn.out = BytesMut::new();
@@ -535,7 +536,7 @@ impl Core {
 /// final CONNACK / DISCONNECT), then FIN.
 pub(crate) fn last_flush(conn: &Conn) {
     if !conn.out.is_empty() && !conn.write_blocked {
-        let _ = sys::send(conn.fd.as_raw_fd(), &conn.out);
+        let _ = sys::send(conn.fd.as_fd(), &conn.out);
     }
-    sys::shutdown_write(conn.fd.as_raw_fd());
+    sys::shutdown_write(conn.fd.as_fd());
 }

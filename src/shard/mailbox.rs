@@ -8,8 +8,8 @@
 //! RSS, and `shards^2` channels).
 //!
 //! Owns: the `Envelope` vocabulary shards speak, the channel mesh, and the wake protocol:
-//! a sender pushes, then wakes the destination only if its mailbox task is parked (the
-//! `parked` flag); monoio's `sync` feature turns that wake into an eventfd write only when the
+//! a sender pushes, then wakes the destination only if its loop is parked (the `parked`
+//! flag); monoio's `sync` feature turns that wake into an eventfd write only when the
 //! destination's ring sleeps. Channels are FIFO, so per-(publisher, topic) order holds.
 //!
 //! Back-pressure: when a channel is full the outbox keeps the rest for the next turn; once an
@@ -73,8 +73,10 @@ pub(crate) enum Envelope {
         subscriber: SessionKey,
         subscription: Subscription,
     },
-    /// The source shard gained its first or lost its last subscriber of a filter.
-    Interest(InterestOp),
+    /// The source shard gained its first or lost its last subscriber of these filters, in
+    /// order. Batched (`INTEREST_BATCH` at most): a mass disconnect of clients with hundreds
+    /// of subscriptions each makes one envelope per few hundred changes, not one per change.
+    Interest(Vec<InterestOp>),
     /// A session joined or left a share group.
     Share(ShareOp<SessionKey>),
     /// A connection whose CONNECT was read on the source shard, moving to its home shard.
@@ -92,6 +94,28 @@ pub(crate) enum Envelope {
     FenceDone { conn: u32, generation: u32 },
 }
 
+/// Routing changes one `Envelope::Interest` carries at most: enough to make a mass
+/// disconnect (400,000 removals were measured) a few thousand envelopes, small enough that
+/// applying one stays well under a millisecond.
+pub(crate) const INTEREST_BATCH: usize = 256;
+
+impl Envelope {
+    /// What handling this envelope costs against a drain budget: one per routing change for
+    /// a batch, one otherwise.
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Envelope::Interest(ops) => ops.len().max(1),
+            Envelope::Publish { .. }
+            | Envelope::Retain { .. }
+            | Envelope::SharedDeliver { .. }
+            | Envelope::Share(_)
+            | Envelope::Handoff(_)
+            | Envelope::Fence { .. }
+            | Envelope::FenceDone { .. } => 1,
+        }
+    }
+}
+
 /// Everything a home shard needs to continue a connection accepted elsewhere.
 #[derive(Debug)]
 pub(crate) struct Handoff {
@@ -106,7 +130,7 @@ pub(crate) struct Handoff {
     pub(crate) leftover: BytesMut,
 }
 
-/// Wakes a shard's mailbox task from other threads, only when it is parked.
+/// Wakes a shard's loop from other threads, only when it is parked.
 #[derive(Debug, Default)]
 pub(crate) struct Notifier {
     parked: AtomicBool,
@@ -141,6 +165,11 @@ impl Notifier {
 pub(crate) struct Mesh {
     pub(crate) senders: Vec<Vec<Sender<Envelope>>>,
     pub(crate) notifiers: Vec<Notifier>,
+    /// `room_wanted[src * shards + dst]`: `src` has envelopes for `dst` that did not fit in
+    /// the channel. `dst` clears it and wakes `src` once it has drained the channel to half
+    /// (`Mesh::offer_room`), so a waiting sender parks instead of retrying every turn.
+    room_wanted: Vec<AtomicBool>,
+    shards: usize,
 }
 
 impl Mesh {
@@ -158,7 +187,34 @@ impl Mesh {
             }
         }
         let notifiers = (0..shards).map(|_| Notifier::default()).collect();
-        (Mesh { senders, notifiers }, receivers)
+        let room_wanted = (0..shards * shards)
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        let mesh = Mesh {
+            senders,
+            notifiers,
+            room_wanted,
+            shards,
+        };
+        (mesh, receivers)
+    }
+
+    fn room_flag(&self, src: usize, dst: usize) -> &AtomicBool {
+        &self.room_wanted[src * self.shards + dst]
+    }
+
+    /// Called by `dst` after draining: wakes every sender that waits for room in its channel
+    /// to `dst` once that channel is at most half full.
+    pub(crate) fn offer_room(&self, dst: usize, receivers: &[Receiver<Envelope>], capacity: usize) {
+        for (src, rx) in receivers.iter().enumerate() {
+            let flag = self.room_flag(src, dst);
+            if flag.load(Ordering::SeqCst)
+                && rx.len() <= capacity / 2
+                && flag.swap(false, Ordering::SeqCst)
+            {
+                self.notifiers[src].notify();
+            }
+        }
     }
 }
 
@@ -193,6 +249,36 @@ impl Outboxes {
             q.push_back(envelope);
             self.pending = true;
         }
+    }
+
+    /// Queues a routing change, joining the batch at the tail of the queue when there is one
+    /// with room (the tail only, so the order with every other envelope holds).
+    pub(crate) fn push_interest(&mut self, dst: ShardId, op: InterestOp) {
+        let Some(q) = self.queues.get_mut(dst.index()) else {
+            return;
+        };
+        if let Some(Envelope::Interest(batch)) = q.back_mut() {
+            if batch.len() < INTEREST_BATCH {
+                batch.push(op);
+                return;
+            }
+        }
+        let mut batch = Vec::with_capacity(INTEREST_BATCH.min(16));
+        batch.push(op);
+        q.push_back(Envelope::Interest(batch));
+        self.pending = true;
+    }
+
+    /// Whether some destination with envelopes waiting has room in its channel now.
+    pub(crate) fn has_room(&self, me: ShardId, mesh: &Mesh) -> bool {
+        self.queues
+            .iter()
+            .enumerate()
+            .any(|(dst, q)| !q.is_empty() && mesh.senders[me.index()][dst].len() < self.capacity)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn is_pending(&self) -> bool {
@@ -233,6 +319,10 @@ impl Outboxes {
             }
             if !queue.is_empty() {
                 all_sent = false;
+                // Ask `dst` to wake us when it has drained; then look once more, in case it
+                // drained between our `len` and the flag (its check would have missed it).
+                mesh.room_flag(me.index(), dst)
+                    .store(true, Ordering::SeqCst);
             }
             if sent {
                 mesh.notifiers[dst].notify();
@@ -243,9 +333,9 @@ impl Outboxes {
     }
 }
 
-/// Takes up to `budget` envelopes from `receivers` (round robin, one source at a time so
-/// that one flooding shard cannot starve the others) and hands each to `handle`.
-/// Returns how many were taken.
+/// Takes envelopes from `receivers` until their weight (`Envelope::weight`) reaches
+/// `budget` (round robin, one source at a time so that one flooding shard cannot starve the
+/// others) and hands each to `handle`. Returns the weight taken.
 pub(crate) fn drain(
     receivers: &[Receiver<Envelope>],
     budget: usize,
@@ -255,13 +345,13 @@ pub(crate) fn drain(
     loop {
         let mut progressed = false;
         for rx in receivers {
-            if taken == budget {
+            if taken >= budget {
                 return taken;
             }
             match rx.try_recv() {
                 Ok(envelope) => {
+                    taken += envelope.weight();
                     handle(envelope);
-                    taken += 1;
                     progressed = true;
                 }
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}

@@ -6,18 +6,21 @@
 //! SO_REUSEPORT socket), connections and their hand-off to the client's home shard
 //! (`home_shard`), the cross-shard channels, per-shard timer wheels, and start/stop.
 //!
-//! Files: `tasks.rs` (the async tasks), `io.rs` (readiness, read/decode and flush), `core.rs` (shard
-//! state, sessions, actions, timers), `route.rs` (publish/subscribe flow and envelopes),
-//! `routes.rs` (the router tables of a shard), `registry.rs` (client id -> client), `slots.rs` (the chunked slab of
-//! connections and clients), `mailbox.rs` (channels, notifier,
-//! outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets and the
-//! epoll `Poller`), `log.rs`.
+//! Files: `event_loop.rs` (the one loop of a shard and its shutdown steps), `listen.rs`
+//! (listening sockets and accept), `io.rs` (readiness, read/decode and flush), `core.rs`
+//! (shard state, sessions, actions, timers), `route.rs` (publish/subscribe flow and
+//! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
+//! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
+//! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
+//! the epoll `Poller`, signals), `log.rs`.
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
 
 mod core;
+mod event_loop;
 mod io;
+mod listen;
 pub mod log;
 mod mailbox;
 mod registry;
@@ -25,12 +28,9 @@ mod route;
 mod routes;
 mod slots;
 pub mod sys;
-mod tasks;
 pub mod timer;
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -47,9 +47,9 @@ use self::timer::Clock;
 /// Pending connections the kernel queues per listener before `accept`.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// io_uring submission queue entries per shard. Connections never have an operation in the
-/// ring (their readiness comes from the shard's poller), so a turn submits only a handful:
-/// accepts, the poller's poll, the timer, the mailbox wake-up.
+/// io_uring submission queue entries per shard. Connections and listeners never have an
+/// operation in the ring (their readiness comes from the shard's poller), so a turn submits
+/// only a handful: the poller's poll, the timer, the wake-up from other threads.
 const RING_ENTRIES: u32 = 256;
 
 /// Why the broker could not start or stopped abnormally.
@@ -99,7 +99,7 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     /// Shards that, after `stop`, have routed their sessions' wills and flushed the
     /// envelopes: when it reaches `shards`, every will is in a channel and connections may
-    /// close (see `tasks::mailbox_task`).
+    /// close (see `event_loop::Lifecycle`).
     pub(crate) wills_routed: AtomicUsize,
     /// Mixed into assigned client ids so two broker runs do not hand out the same ids.
     pub(crate) id_entropy: u64,
@@ -232,16 +232,28 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
     Ok(handle)
 }
 
-/// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly.
+/// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP is logged
+/// and otherwise ignored (there is nothing to reload yet); it never ends the process.
 pub fn run(config: Config) -> Result<(), BrokerError> {
     // Block the signals before any shard thread exists, so that every thread inherits the
     // mask and only the waiting thread receives them.
-    sys::block_termination_signals().map_err(BrokerError::Signal)?;
+    sys::block_signals().map_err(BrokerError::Signal)?;
     let handle = start(config)?;
     let addrs: Vec<String> = handle.local_addrs().iter().map(|a| a.to_string()).collect();
     crate::log!(INFO, None, "listening on {}", addrs.join(", "));
-    let sig = sys::wait_for_termination().map_err(BrokerError::Signal)?;
-    crate::log!(INFO, None, "signal {sig} received; shutting down");
+    loop {
+        let sig = sys::wait_for_signal().map_err(BrokerError::Signal)?;
+        if sig == libc::SIGHUP {
+            crate::log!(
+                INFO,
+                None,
+                "SIGHUP received: nothing to reload; still running"
+            );
+            continue;
+        }
+        crate::log!(INFO, None, "signal {sig} received; shutting down");
+        break;
+    }
     handle.shutdown()?;
     crate::log!(INFO, None, "stopped");
     Ok(())
@@ -347,7 +359,8 @@ fn shard_thread(
     }
 }
 
-/// Inside the shard's runtime: adopt the listeners, build the core, run until stopped.
+/// Inside the shard's runtime: register the listeners with a new poller, build the core,
+/// run the loop until the shard stops.
 async fn shard_body(
     shared: Arc<Shared>,
     index: usize,
@@ -355,21 +368,22 @@ async fn shard_body(
     inbox: Vec<Receiver<Envelope>>,
     ready: Ready,
 ) {
-    let adopted = listeners
-        .into_iter()
-        .map(monoio::net::TcpListener::from_std)
-        .collect::<Result<Vec<_>, _>>();
-    let (listeners, id) = match (adopted, ShardId::new(index as u8)) {
-        (Ok(l), Some(id)) => (l, id),
-        (Err(source), _) => {
+    let Some(id) = ShardId::new(index as u8) else {
+        let _ = ready.send(Err(BrokerError::TooManyShards(index + 1)));
+        return;
+    };
+    let listeners = listen::Listeners::new(listeners);
+    let poller = new_poller().and_then(|(poller, wait)| {
+        listeners.register(&poller)?;
+        Ok((poller, wait))
+    });
+    let (poller, poller_ready) = match poller {
+        Ok(p) => p,
+        Err(source) => {
             let _ = ready.send(Err(BrokerError::Runtime {
                 shard: index,
                 source,
             }));
-            return;
-        }
-        (Ok(_), None) => {
-            let _ = ready.send(Err(BrokerError::TooManyShards(index + 1)));
             return;
         }
     };
@@ -384,19 +398,9 @@ async fn shard_body(
         },
         listeners.len()
     );
-    let (poller, poller_ready) = match new_poller() {
-        Ok(p) => p,
-        Err(source) => {
-            let _ = ready.send(Err(BrokerError::Runtime {
-                shard: index,
-                source,
-            }));
-            return;
-        }
-    };
-    let core = Rc::new(RefCell::new(core::Core::new(id, shared, inbox, poller)));
+    let core = core::Core::new(id, shared, inbox, poller, listeners);
     let _ = ready.send(Ok(()));
-    tasks::shard_main(core, listeners, poller_ready).await;
+    event_loop::run(core, poller_ready).await;
 }
 
 /// The shard's poller and, on a second fd of it, what the runtime waits on: the runtime has

@@ -309,7 +309,7 @@ impl Core {
     fn broadcast_interest(&mut self, op: InterestOp) {
         self.routes.interest.apply(&op);
         for shard in self.other_shards() {
-            self.send_to(shard, Envelope::Interest(op.clone()));
+            self.outboxes.push_interest(shard, op.clone());
         }
     }
 
@@ -320,10 +320,13 @@ impl Core {
         }
     }
 
-    /// Takes up to `budget` envelopes from the other shards and handles them.
+    /// Takes envelopes from the other shards, up to `budget` in weight, and handles them;
+    /// then wakes the shards that wait for room in a channel to this one.
     pub(crate) fn drain_inbox(&mut self, budget: usize) -> usize {
         let inbox = std::mem::take(&mut self.inbox);
         let n = super::mailbox::drain(&inbox, budget, |envelope| self.on_envelope(envelope));
+        let mesh = &self.shared.mesh;
+        mesh.offer_room(self.id.index(), &inbox, self.outboxes.capacity());
         self.inbox = inbox;
         n
     }
@@ -347,8 +350,10 @@ impl Core {
                 subscriber,
                 subscription,
             } => self.deliver_shared(subscriber, subscription, &message),
-            Envelope::Interest(op) => {
-                self.routes.interest.apply(&op);
+            Envelope::Interest(ops) => {
+                for op in &ops {
+                    self.routes.interest.apply(op);
+                }
             }
             Envelope::Share(op) => {
                 self.routes.shared.apply(&op);
@@ -370,7 +375,7 @@ impl Core {
 
     /// A connection whose CONNECT another shard read: adopt the fd (into the poller), attach.
     fn accept_handoff(&mut self, handoff: Handoff) {
-        if self.stopping {
+        if self.lifecycle != super::event_loop::Lifecycle::Running {
             return; // Dropping the envelope closes the fd.
         }
         let Handoff {

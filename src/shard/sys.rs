@@ -9,7 +9,7 @@
 //! own their fds; these functions only borrow them; the poller owns only its own).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Result of one non-blocking socket call.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,50 +20,145 @@ pub(crate) enum IoOutcome {
     WouldBlock,
 }
 
-fn outcome(ret: isize) -> io::Result<IoOutcome> {
-    if ret >= 0 {
-        return Ok(IoOutcome::Done(ret as usize));
-    }
-    let err = io::Error::last_os_error();
-    match err.kind() {
-        io::ErrorKind::WouldBlock => Ok(IoOutcome::WouldBlock),
-        io::ErrorKind::Interrupted => Ok(IoOutcome::WouldBlock),
-        _ => Err(err),
+/// Runs one non-blocking socket call, again while a signal interrupts it: EINTR says nothing
+/// about the socket, and on an edge-triggered fd reading it as "would block" would leave
+/// input (or output space) that no new edge reports.
+fn retry_interrupted(mut call: impl FnMut() -> isize) -> io::Result<IoOutcome> {
+    loop {
+        let ret = call();
+        if ret >= 0 {
+            return Ok(IoOutcome::Done(ret as usize));
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(IoOutcome::WouldBlock),
+            _ => return Err(err),
+        }
     }
 }
 
 /// Reads what the socket holds into `buf` (at most `buf.len()` bytes) without blocking.
-pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<IoOutcome> {
-    // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the duration of the
-    // call; the kernel writes at most that many bytes and never reads them. `fd` is borrowed
-    // from the live socket of a connection slot (`Conn::fd`, closed only with the slot).
-    let ret = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    outcome(ret)
+pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<IoOutcome> {
+    retry_interrupted(|| {
+        // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes for the duration of
+        // the call; the kernel writes at most that many bytes. `fd` is borrowed from a live
+        // socket (the borrow keeps its owner, and so the fd, alive).
+        unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        }
+    })
 }
 
 /// Writes as much of `buf` as the socket accepts without blocking.
-pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<IoOutcome> {
-    // SAFETY: `buf` is a valid, readable region of `buf.len()` bytes for the duration of the
-    // call. `fd` is borrowed from a live connection slot (`Conn::fd`). MSG_NOSIGNAL
-    // turns a closed peer into EPIPE instead of a process-killing SIGPIPE.
-    let ret = unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<IoOutcome> {
+    retry_interrupted(|| {
+        // SAFETY: `buf` is a valid, readable region of `buf.len()` bytes for the duration of
+        // the call; `fd` is borrowed from a live socket. MSG_NOSIGNAL turns a closed peer into
+        // EPIPE instead of a process-killing SIGPIPE.
+        unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }
+    })
+}
+
+/// What one `accept` on a non-blocking listener gave.
+#[derive(Debug)]
+pub(crate) enum Accepted {
+    /// A connection: its socket (non-blocking, close-on-exec) and the peer's address.
+    Conn(OwnedFd, std::net::SocketAddr),
+    /// No connection is waiting.
+    WouldBlock,
+}
+
+/// Accepts one connection without blocking; the new socket is non-blocking and
+/// close-on-exec from the start (`accept4`), so no further call is needed to set it up.
+pub(crate) fn accept(listener: BorrowedFd<'_>) -> io::Result<Accepted> {
+    loop {
+        // SAFETY: `storage` is a zeroed sockaddr_storage, large enough for any address; `len`
+        // holds its size and the kernel writes back the size it used (at most that). The
+        // listener fd is borrowed from its live owner.
+        let result = unsafe {
+            socket2::SockAddr::try_init(|storage, len| {
+                let fd = libc::accept4(
+                    listener.as_raw_fd(),
+                    storage.cast(),
+                    len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                );
+                if fd < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(fd)
+                }
+            })
+        };
+        match result {
+            Ok((fd, addr)) => {
+                // SAFETY: `accept4` returned a fresh fd that nothing else owns.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                // An AF_UNIX or unknown family cannot reach a TCP listener; `0.0.0.0:0` keeps
+                // the connection rather than failing it over a log label.
+                let peer = addr
+                    .as_socket()
+                    .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                return Ok(Accepted::Conn(fd, peer));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // ECONNABORTED: the peer gave up while queued; the next one may be fine.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Accepted::WouldBlock),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Turns Nagle's algorithm off: the shard writes each connection once per turn, so small
+/// messages never wait for an ACK (without it they stall 40 ms on delayed ACKs).
+pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid c_int for the duration of the call and its size is passed;
+    // `fd` is borrowed from a live socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    outcome(ret)
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An fd held in reserve for the moment the process runs out of file descriptors: closing it
+/// lets one `accept` take a waiting connection off the backlog, so that it can be closed at
+/// once instead of waiting there silently (and keeping the listener's readiness edge from
+/// ever firing again).
+pub(crate) fn reserve_fd() -> io::Result<OwnedFd> {
+    Ok(std::fs::File::open("/dev/null")?.into())
 }
 
 /// Half-closes the write side so that everything already written is followed by a FIN
 /// before the fd is closed.
-pub(crate) fn shutdown_write(fd: RawFd) {
+pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) {
     // SAFETY: plain syscall on a borrowed, live fd; no memory is passed. Errors (the peer is
     // already gone) are irrelevant: the fd is closed right after.
     unsafe {
-        libc::shutdown(fd, libc::SHUT_WR);
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR);
     }
 }
 
@@ -103,18 +198,26 @@ impl Poller {
     /// Watches `fd` for input, output space, peer close and errors, edge-triggered: an event
     /// is queued each time its state changes, and the owner reads (or writes) until
     /// `EAGAIN` or remembers that it did not.
-    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: token,
-        };
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let flags = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        self.register(fd, flags as u32, token)
+    }
+
+    /// Watches a listening socket for waiting connections, edge-triggered: the owner accepts
+    /// until `EAGAIN` (or remembers that it did not).
+    pub(crate) fn add_listener(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        self.register(fd, (libc::EPOLLIN | libc::EPOLLET) as u32, token)
+    }
+
+    fn register(&self, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: `event` is a valid epoll_event for the duration of the call; `fd` is a
         // live socket borrowed from its owner; the kernel copies the event.
         let rc = unsafe {
             libc::epoll_ctl(
                 self.epfd.as_raw_fd(),
                 libc::EPOLL_CTL_ADD,
-                fd,
+                fd.as_raw_fd(),
                 &raw mut event,
             )
         };
@@ -126,14 +229,14 @@ impl Poller {
 
     /// Stops watching `fd` (before its ownership moves to another shard; closing an fd
     /// removes it by itself).
-    pub(crate) fn delete(&self, fd: RawFd) {
+    pub(crate) fn delete(&self, fd: BorrowedFd<'_>) {
         // SAFETY: plain syscall on two live fds; a null event is allowed for DEL (Linux
         // 2.6.9+). An error (fd not registered) leaves nothing to undo.
         unsafe {
             libc::epoll_ctl(
                 self.epfd.as_raw_fd(),
                 libc::EPOLL_CTL_DEL,
-                fd,
+                fd.as_raw_fd(),
                 std::ptr::null_mut(),
             );
         }
@@ -152,19 +255,20 @@ impl Poller {
 
 /// Stops a listening socket: it refuses new connections and its pending `accept`s fail,
 /// before its fd is closed.
-pub(crate) fn shutdown_listener(fd: RawFd) {
-    // SAFETY: plain syscall on a borrowed, live fd (the listener's accept loop still owns
-    // it); no memory is passed. An error leaves the socket to be closed by its owner.
+pub(crate) fn shutdown_listener(fd: BorrowedFd<'_>) {
+    // SAFETY: plain syscall on a borrowed, live fd; no memory is passed. An error leaves the
+    // socket to be closed by its owner.
     unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread and every thread it spawns afterwards, so
-/// that `wait_for_termination` receives them synchronously instead of a handler running at an
-/// arbitrary point of a shard's loop.
-pub fn block_termination_signals() -> io::Result<()> {
-    let set = termination_set();
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread and every thread it spawns
+/// afterwards, so that `wait_for_signal` receives them synchronously instead of a handler
+/// running at an arbitrary point of a shard's loop (and SIGHUP's default action, which ends
+/// the process on the spot, never applies).
+pub fn block_signals() -> io::Result<()> {
+    let set = signal_set();
     // SAFETY: `set` is an initialised signal set; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -173,10 +277,10 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until SIGINT or SIGTERM arrives (they must be blocked, see
-/// `block_termination_signals`) and returns the signal number.
-pub fn wait_for_termination() -> io::Result<i32> {
-    let set = termination_set();
+/// Waits until SIGINT, SIGTERM or SIGHUP arrives (they must be blocked, see
+/// `block_signals`) and returns the signal number.
+pub fn wait_for_signal() -> io::Result<i32> {
+    let set = signal_set();
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` is initialised and `sig` is a valid out-pointer for the call.
@@ -207,13 +311,14 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
     Ok(())
 }
 
-fn termination_set() -> libc::sigset_t {
+fn signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
