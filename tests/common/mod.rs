@@ -4,6 +4,8 @@
 //! Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::num::NonZeroU16;

@@ -1,0 +1,150 @@
+//! The broker as a separate process (the `ringmq` binary this package builds), for tests that
+//! need what only a process has: signals, exit codes, its CPU time and open file
+//! descriptors, and being killed.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `ringmq` process; killed on drop if still running.
+pub struct BrokerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Everything the broker wrote to stderr so far.
+    log: Arc<Mutex<String>>,
+}
+
+impl BrokerProcess {
+    /// Starts `ringmq` listening on an ephemeral loopback port with the extra `args`, and
+    /// waits (bounded) until it logs the address it listens on.
+    pub fn start(args: &[&str]) -> BrokerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--listen", "127.0.0.1:0", "--no-pin"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ringmq starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split(',').next().unwrap_or("").trim().to_owned();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                panic!("ringmq did not start listening within 30 s; its log:\n{log}");
+            }
+        };
+        BrokerProcess { child, addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The broker's stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// User + system CPU time the process used so far, in clock ticks (1/100 s).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("/proc/PID/stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let utime: u64 = fields[11].parse().expect("utime");
+        let stime: u64 = fields[12].parse().expect("stime");
+        utime + stime
+    }
+
+    /// CPU the process uses over `window`, in percent of one core.
+    pub fn cpu_percent_over(&self, window: Duration) -> f64 {
+        let before = self.cpu_ticks();
+        std::thread::sleep(window);
+        let after = self.cpu_ticks();
+        (after - before) as f64 / window.as_secs_f64()
+    }
+
+    /// File descriptors the process holds open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain syscall with integer arguments on our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as i32, signal);
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits up to `limit`; returns the exit status (the test fails with the
+    /// broker's log if it does not exit in time).
+    pub fn terminate(mut self, limit: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        match self.wait_exit(limit) {
+            Some(status) => status,
+            None => {
+                let log = self.log();
+                let _ = self.child.kill();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "ringmq did not exit within {limit:?} of SIGTERM; last log lines:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
