@@ -1,0 +1,11 @@
+//! Authentication and authorization, built as self-contained parts; the broker does not call
+//! them yet.
+//!
+//! Owns: the parts below, each sans-IO where it can be (time and randomness are arguments).
+//! - `scram`: the SCRAM-SHA-256 server state machine for MQTT 5 enhanced authentication;
+//! - `random`: the randomness seam.
+//!
+//! Must never: put a password or key material in a log or error, or read the clock.
+
+pub mod random;
+pub mod scram;
