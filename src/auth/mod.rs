@@ -2,10 +2,12 @@
 //! them yet.
 //!
 //! Owns: the parts below, each sans-IO where it can be (time and randomness are arguments).
+//! - `password`: the password file (argon2id, mosquitto `$6$`/`$7$`, SCRAM material);
 //! - `scram`: the SCRAM-SHA-256 server state machine for MQTT 5 enhanced authentication;
 //! - `random`: the randomness seam.
 //!
 //! Must never: put a password or key material in a log or error, or read the clock.
 
+pub mod password;
 pub mod random;
 pub mod scram;
