@@ -2,12 +2,14 @@
 //! them yet.
 //!
 //! Owns: the parts below, each sans-IO where it can be (time and randomness are arguments).
+//! - `acl`: mosquitto's ACL format and the read / publish / subscribe decisions;
 //! - `password`: the password file (argon2id, mosquitto `$6$`/`$7$`, SCRAM material);
 //! - `scram`: the SCRAM-SHA-256 server state machine for MQTT 5 enhanced authentication;
 //! - `random`: the randomness seam.
 //!
 //! Must never: put a password or key material in a log or error, or read the clock.
 
+pub mod acl;
 pub mod password;
 pub mod random;
 pub mod scram;
