@@ -5,6 +5,7 @@
 //! - `acl`: mosquitto's ACL format and the read / publish / subscribe decisions;
 //! - `password`: the password file (argon2id, mosquitto `$6$`/`$7$`, SCRAM material);
 //! - `scram`: the SCRAM-SHA-256 server state machine for MQTT 5 enhanced authentication;
+//! - `throttle`: exponential delay of repeated failures per source address;
 //! - `random`: the randomness seam.
 //!
 //! Must never: put a password or key material in a log or error, or read the clock.
@@ -13,3 +14,4 @@ pub mod acl;
 pub mod password;
 pub mod random;
 pub mod scram;
+pub mod throttle;
