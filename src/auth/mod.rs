@@ -6,6 +6,7 @@
 //! - `password`: the password file (argon2id, mosquitto `$6$`/`$7$`, SCRAM material);
 //! - `scram`: the SCRAM-SHA-256 server state machine for MQTT 5 enhanced authentication;
 //! - `throttle`: exponential delay of repeated failures per source address;
+//! - `verifier`: the threads that run password hashing off the shards;
 //! - `random`: the randomness seam.
 //!
 //! Must never: put a password or key material in a log or error, or read the clock.
@@ -15,3 +16,4 @@ pub mod password;
 pub mod random;
 pub mod scram;
 pub mod throttle;
+pub mod verifier;
