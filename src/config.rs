@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
+
 /// Which I/O driver the shards use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +142,8 @@ pub struct Config {
     pub pin_threads: bool,
     /// Per-client limits.
     pub limits: Limits,
+    /// Authentication and authorization (`[auth]`; not enforced by the broker yet).
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -150,6 +154,7 @@ impl Default for Config {
             driver: DriverKind::Auto,
             pin_threads: true,
             limits: Limits::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -355,6 +360,9 @@ impl Config {
         if l.cross_shard_queue == 0 {
             return bad("limits.cross_shard_queue (> 0)", &0);
         }
+        self.auth
+            .validate()
+            .map_err(|e| ConfigError::Usage(e.to_string()))?;
         Ok(())
     }
 }
@@ -418,6 +426,34 @@ mod tests {
         let mut c = Config::default();
         c.limits.receive_maximum = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn auth_table_parses_and_rejects_unknown_keys() {
+        let p = std::path::Path::new("t.toml");
+        let c = Config::from_toml(
+            "[auth]\npassword_file = \"/etc/ringmq/passwd\"\nacl_file = \"acl\"\n\
+             verifier_threads = 1\n",
+            p,
+        )
+        .expect("toml");
+        assert_eq!(
+            c.auth.password_file,
+            Some(PathBuf::from("/etc/ringmq/passwd"))
+        );
+        assert_eq!(c.auth.acl_file, Some(PathBuf::from("acl")));
+        assert_eq!(c.auth.verifier_threads, 1);
+        assert!(
+            !c.auth.anonymous_allowed(),
+            "a password file turns anonymous off"
+        );
+        assert!(c.validate().is_ok());
+        assert!(Config::default().auth.anonymous_allowed());
+        assert!(Config::from_toml("[auth]\npasword_file = \"x\"\n", p).is_err());
+        let nobody = Config::from_toml("[auth]\nallow_anonymous = false\n", p).expect("toml");
+        assert!(nobody.validate().is_err(), "nobody could connect");
+        let threads = Config::from_toml("[auth]\nverifier_threads = 0\n", p).expect("toml");
+        assert!(threads.validate().is_err());
     }
 
     #[test]
