@@ -10,6 +10,7 @@
 //! - `scram`: the SCRAM-SHA-256 server state machine for MQTT 5 enhanced authentication;
 //! - `throttle`: exponential delay of repeated failures per source address;
 //! - `verifier`: the threads that run password hashing off the shards;
+//! - `passwd`: the `ringmq passwd` tool that edits a password file;
 //! - `random`: the randomness seam.
 //!
 //! How the shard uses it (not wired yet): it holds an `Arc<Authenticator>` and swaps in the
@@ -25,6 +26,7 @@
 //! error.
 
 pub mod acl;
+pub mod passwd;
 pub mod password;
 pub mod random;
 pub mod scram;
