@@ -1,4 +1,4 @@
-//! A small pool of verifier threads, so that slow password hashing (argon2id: ~11 ms, PBKDF2
+//! A small pool of verifier threads, so that slow password hashing (argon2id: 11-16 ms, PBKDF2
 //! with many iterations: longer) never runs on a shard thread.
 //!
 //! Owns: the threads and their bounded job queue. A shard calls `submit(job, reply)`: the
@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-/// Jobs a verifier thread may have queued, per thread. At ~11 ms per argon2id check this is
-/// ~0.7 s of work queued per thread: well inside the default 10 s connect timeout, so a
+/// Jobs a verifier thread may have queued, per thread. At 11-16 ms per argon2id check this is
+/// about 1 s of work queued per thread: well inside the default 10 s connect timeout, so a
 /// queued CONNECT is answered before its client gives up, and beyond it clients are better
 /// told "busy" at once.
 pub const QUEUE_PER_THREAD: usize = 64;
