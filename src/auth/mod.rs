@@ -25,6 +25,8 @@
 //! (a reload either yields a complete new one or an error), or put a password in a log or
 //! error.
 
+#![forbid(unsafe_code)]
+
 pub mod acl;
 pub mod passwd;
 pub mod password;
