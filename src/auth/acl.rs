@@ -38,7 +38,8 @@ mod filter;
 
 use std::collections::HashMap;
 
-use filter::{AclFilter, FilterError, Subst};
+pub use filter::FilterError;
+use filter::{AclFilter, Subst};
 
 use crate::router::{TopicFilter, TopicName};
 
