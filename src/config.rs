@@ -13,6 +13,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
+use crate::auth::passwd::{PASSWD_USAGE, PasswdAction, PasswdArgs, invalid_user_name};
+
 /// Which I/O driver the shards use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +143,8 @@ pub struct Config {
     pub pin_threads: bool,
     /// Per-client limits.
     pub limits: Limits,
+    /// Authentication and authorization (`[auth]`; not enforced by the broker yet).
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -150,6 +155,7 @@ impl Default for Config {
             driver: DriverKind::Auto,
             pin_threads: true,
             limits: Limits::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -174,6 +180,8 @@ pub enum ConfigError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run(Box<Config>),
+    /// `ringmq passwd ...`: edit a password file and exit.
+    Passwd(PasswdArgs),
     Help,
     Version,
 }
@@ -184,6 +192,8 @@ ringmq: MQTT broker (3.1, 3.1.1, 5.0)
 
 USAGE:
     ringmq [OPTIONS]
+    ringmq passwd [-c] [--stdin] [--no-scram] FILE USER   add or update USER in FILE
+    ringmq passwd -D FILE USER                             delete USER from FILE
 
 OPTIONS:
     --listen HOST:PORT   TCP listener (repeatable; default 127.0.0.1:1883)
@@ -193,6 +203,13 @@ OPTIONS:
     --no-pin             do not pin shard threads to cores
     -h, --help           print this help
     -V, --version        print the version
+
+PASSWD OPTIONS:
+    -c                   create FILE (replacing an existing one)
+    -D                   delete USER
+    --stdin              read the password from the first line of standard input
+                         (default: prompt twice on the terminal, without echo)
+    --no-scram           write no SCRAM-SHA-256 material, only the argon2id hash
 ";
 
 impl Config {
@@ -239,6 +256,9 @@ impl Config {
 /// that flags given on the command line override the file whatever their order.
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
     let args: Vec<String> = args.into_iter().collect();
+    if args.first().map(String::as_str) == Some("passwd") {
+        return parse_passwd_args(&args[1..]).map(Command::Passwd);
+    }
     let mut listen = Vec::new();
     let mut shards = None;
     let mut config_path = None;
@@ -315,6 +335,44 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     Ok(Command::Run(Box::new(config)))
 }
 
+/// Arguments after `passwd` (see `auth::passwd`).
+fn parse_passwd_args(args: &[String]) -> Result<PasswdArgs, ConfigError> {
+    let usage = |what: &str| ConfigError::Usage(format!("{what}; usage: {PASSWD_USAGE}"));
+    let (mut create, mut delete, mut from_stdin, mut scram) = (false, false, false, true);
+    let mut positional = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "-c" => create = true,
+            "-D" => delete = true,
+            "--stdin" => from_stdin = true,
+            "--no-scram" => scram = false,
+            flag if flag.starts_with('-') && flag.len() > 1 => {
+                return Err(usage(&format!("unknown passwd option {flag:?}")));
+            }
+            _ => positional.push(arg.clone()),
+        }
+    }
+    let [file, user] =
+        <[String; 2]>::try_from(positional).map_err(|_| usage("passwd needs FILE and USER"))?;
+    if let Some(why) = invalid_user_name(&user) {
+        return Err(usage(why));
+    }
+    let action = match (delete, create, from_stdin, scram) {
+        (true, false, false, true) => PasswdAction::Delete,
+        (true, ..) => return Err(usage("-D takes no -c, --stdin or --no-scram")),
+        (false, create, from_stdin, scram) => PasswdAction::Set {
+            create,
+            from_stdin,
+            scram,
+        },
+    };
+    Ok(PasswdArgs {
+        file: PathBuf::from(file),
+        user,
+        action,
+    })
+}
+
 impl Config {
     /// Rejects values the broker cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -355,6 +413,9 @@ impl Config {
         if l.cross_shard_queue == 0 {
             return bad("limits.cross_shard_queue (> 0)", &0);
         }
+        self.auth
+            .validate()
+            .map_err(|e| ConfigError::Usage(e.to_string()))?;
         Ok(())
     }
 }
@@ -418,6 +479,71 @@ mod tests {
         let mut c = Config::default();
         c.limits.receive_maximum = 0;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn auth_table_parses_and_rejects_unknown_keys() {
+        let p = std::path::Path::new("t.toml");
+        let c = Config::from_toml(
+            "[auth]\npassword_file = \"/etc/ringmq/passwd\"\nacl_file = \"acl\"\n\
+             verifier_threads = 1\n",
+            p,
+        )
+        .expect("toml");
+        assert_eq!(
+            c.auth.password_file,
+            Some(PathBuf::from("/etc/ringmq/passwd"))
+        );
+        assert_eq!(c.auth.acl_file, Some(PathBuf::from("acl")));
+        assert_eq!(c.auth.verifier_threads, 1);
+        assert!(
+            !c.auth.anonymous_allowed(),
+            "a password file turns anonymous off"
+        );
+        assert!(c.validate().is_ok());
+        assert!(Config::default().auth.anonymous_allowed());
+        assert!(Config::from_toml("[auth]\npasword_file = \"x\"\n", p).is_err());
+        let nobody = Config::from_toml("[auth]\nallow_anonymous = false\n", p).expect("toml");
+        assert!(nobody.validate().is_err(), "nobody could connect");
+        let threads = Config::from_toml("[auth]\nverifier_threads = 0\n", p).expect("toml");
+        assert!(threads.validate().is_err());
+    }
+
+    #[test]
+    fn passwd_subcommand() {
+        let set = |create, from_stdin, scram| PasswdAction::Set {
+            create,
+            from_stdin,
+            scram,
+        };
+        let cases = [
+            ("passwd f u", set(false, false, true)),
+            ("passwd -c f u", set(true, false, true)),
+            ("passwd --stdin -c f u --no-scram", set(true, true, false)),
+            ("passwd -D f u", PasswdAction::Delete),
+        ];
+        for (line, action) in cases {
+            let want = PasswdArgs {
+                file: PathBuf::from("f"),
+                user: "u".to_owned(),
+                action,
+            };
+            assert_eq!(parse_args(args(line)).expect(line), Command::Passwd(want));
+        }
+        for bad in [
+            "passwd",
+            "passwd f",
+            "passwd f u extra",
+            "passwd -x f u",
+            "passwd -D -c f u",
+            "passwd -D --stdin f u",
+            "passwd f a:b",
+            "passwd f #u",
+        ] {
+            assert!(parse_args(args(bad)).is_err(), "{bad} accepted");
+        }
+        // Only as the first argument: the broker's own flags are unchanged.
+        assert!(parse_args(args("--shards 2 passwd f u")).is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! RingMQ: a thread-per-core, persistent MQTT broker.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod router;

@@ -1,5 +1,5 @@
 //! The `ringmq` binary: command line and configuration, then the shard runtime until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM; or `ringmq passwd`, which edits a password file and exits.
 //!
 //! Must never: panic on bad input (every error is a message and exit code 2, or 1 when the
 //! broker fails at run time).
@@ -48,6 +48,15 @@ fn main() -> ExitCode {
         Ok(Command::Version) => {
             println!("ringmq {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
+        }
+        Ok(Command::Passwd(args)) => {
+            return match ringmq::auth::passwd::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringmq passwd: {e}");
+                    ExitCode::from(1)
+                }
+            };
         }
         Err(e) => {
             eprintln!("ringmq: {e}");
