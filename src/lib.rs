@@ -2,6 +2,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod mqttsn;
 pub mod router;
 pub mod session;
 pub mod shard;
