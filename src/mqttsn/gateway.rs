@@ -192,6 +192,12 @@ where
         self.clients.len()
     }
 
+    /// Whether `addr` is a client's (connected or connecting): the shard's test for
+    /// "this datagram belongs to a client on this shard".
+    pub fn knows(&self, addr: &A) -> bool {
+        self.clients.contains_key(addr)
+    }
+
     /// The address a client id is connected from.
     pub fn address_of(&self, client: &ClientId) -> Option<A> {
         self.by_id.get(client).copied()
