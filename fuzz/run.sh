@@ -8,8 +8,9 @@
 # (ASan) runs: Rust's memory safety plus `#![forbid(unsafe_code)]` in the codec cover that;
 # debug assertions and overflow checks are on (see Cargo.toml).
 #
-# Environment: FUZZ_JOBS (default 1) parallel fuzzing processes; extra arguments after the
-# seconds go to libFuzzer.
+# Environment: FUZZ_TARGET (default codec; also mqttsn, the MQTT-SN codec and gateway),
+# FUZZ_JOBS (default 1) parallel fuzzing processes; extra arguments after the seconds go to
+# libFuzzer.
 set -euo pipefail
 
 secs="${1:-30}"
@@ -38,16 +39,23 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
  --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 
-cargo build --release --target "$host" --bin codec
+target="${FUZZ_TARGET:-codec}"
+case "$target" in
+    codec) seeds="$here/seeds" ;;
+    mqttsn) seeds="$here/seeds-mqttsn" ;;
+    *) echo "run.sh: unknown FUZZ_TARGET $target (codec, mqttsn)" >&2; exit 1 ;;
+esac
 
-corpus="$here/corpus/codec"      # grows while fuzzing; not checked in
-artifacts="$here/artifacts/codec" # crashes land here
+cargo build --release --target "$host" --bin "$target"
+
+corpus="$here/corpus/$target"      # grows while fuzzing; not checked in
+artifacts="$here/artifacts/$target" # crashes land here
 mkdir -p "$corpus" "$artifacts"
 
 jobs=()
 if [ "${FUZZ_JOBS:-1}" -gt 1 ]; then jobs=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS"); fi
 
-exec "$CARGO_TARGET_DIR/$host/release/codec" "$corpus" "$here/seeds" \
+exec "$CARGO_TARGET_DIR/$host/release/$target" "$corpus" "$seeds" \
     -max_total_time="$secs" \
     -max_len=4096 \
     -timeout=10 \
