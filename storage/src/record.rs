@@ -377,6 +377,14 @@ impl EntryRecord {
             state,
         })
     }
+
+    /// The message id alone, for reference counting without decoding the rest.
+    pub(crate) fn decode_msg(buf: &[u8]) -> Result<MsgId, DecodeError> {
+        let mut r = Reader::new(buf);
+        let flags = r.u8()?;
+        check_flags(flags, RETAIN | QOS_MASK | ENTRY_STATE_MASK)?;
+        Ok(MsgId(r.varint()?))
+    }
 }
 
 impl AwaitRelRecord {
@@ -432,5 +440,19 @@ mod tests {
         let mut buf = Vec::new();
         put_varint(&mut buf, u64::MAX);
         assert!(Reader::new(&buf).bytes().is_err());
+    }
+
+    #[test]
+    fn entry_msg_alone_matches_full_decode() {
+        let e = EntryRecord {
+            msg: MsgId(987_654_321),
+            qos: 2,
+            retain: true,
+            sub_ids: vec![1, 268_435_455],
+            state: EntryState::Released { packet_id: 65535 },
+        };
+        let buf = to_vec(|o| e.encode(o));
+        assert_eq!(EntryRecord::decode_msg(&buf), Ok(e.msg));
+        assert_eq!(EntryRecord::decode(&buf), Ok(e));
     }
 }
