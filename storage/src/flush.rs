@@ -57,11 +57,12 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Applies `pending` to `txn`. `refs` are the committed reference counts.
+/// Applies `pending` to `txn`, numbered `seq`. `refs` are the committed reference counts.
 pub(crate) fn flush(
     txn: &WriteTransaction,
     pending: &Pending,
     refs: &HashMap<u64, u32>,
+    seq: u64,
     buf: &mut Vec<u8>,
 ) -> Result<Flushed, redb::Error> {
     let mut out = Flushed::default();
@@ -75,7 +76,16 @@ pub(crate) fn flush(
     write_messages(txn, pending, refs, &deltas, buf, &mut out)?;
     let mut meta = txn.open_table(schema::META)?;
     meta.insert(schema::META_LAST_ALIVE_MS, now_ms())?;
+    meta.insert(schema::META_TXN_SEQ, seq)?;
     Ok(out)
+}
+
+/// The number of the last committed writer transaction (0 before the first).
+pub(crate) fn read_txn_seq(db: &redb::Database) -> Result<u64, redb::Error> {
+    use redb::ReadableDatabase;
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(schema::META)?;
+    Ok(meta.get(schema::META_TXN_SEQ)?.map_or(0, |g| g.value()))
 }
 
 /// Removes every row of `client`, releasing the references of its entries and await-rel rows.

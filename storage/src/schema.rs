@@ -26,12 +26,16 @@ pub(crate) const AWAIT_REL: TableDefinition<(&[u8], u16), &[u8]> =
 pub(crate) const MSGS: TableDefinition<u64, &[u8]> = TableDefinition::new("msgs");
 /// `topic -> MessageRecord`.
 pub(crate) const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
-/// Named numbers: [`META_FORMAT_VERSION`], [`META_LAST_ALIVE_MS`].
+/// Named numbers: [`META_FORMAT_VERSION`], [`META_LAST_ALIVE_MS`], [`META_TXN_SEQ`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 pub(crate) const META_FORMAT_VERSION: &str = "format_version";
 /// Wall clock (ms since the UNIX epoch) of the last commit; written by every transaction.
 pub(crate) const META_LAST_ALIVE_MS: &str = "last_alive_ms";
+/// Number of the last writer transaction, one more in every commit. After a commit that
+/// reported failure, the writer reads it back to learn whether that transaction landed anyway
+/// (a failed fsync can leave it in the file).
+pub(crate) const META_TXN_SEQ: &str = "txn_seq";
 
 /// Every table name, for messages and for telling a foreign redb file from a new one.
 pub(crate) const TABLE_NAMES: [&str; 7] = [

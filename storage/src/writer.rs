@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use redb::Database;
 
+use crate::OpenError;
 use crate::error::{SendError, StopError, failure_kind, is_disk_full};
-use crate::flush::{Flushed, flush};
+use crate::flush::{Flushed, flush, read_txn_seq};
 use crate::open::{Store, StoreOptions, contain_panics, open_database};
 use crate::pending::Pending;
 use crate::types::{Batch, Completion, FailureKind, Notify};
@@ -261,8 +262,12 @@ impl Store {
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared::default());
         shared.healthy.store(true, Ordering::Relaxed);
+        // A store whose meta cannot be read failed recovery already; 0 restarts the numbering.
+        let committed_seq = read_txn_seq(&self.db).unwrap_or(0);
         let writer = Writer {
             db: Some(self.db),
+            committed_seq,
+            unsure: None,
             path: self.path,
             store_options: self.options,
             refs: self.refs,
@@ -295,9 +300,23 @@ impl Store {
     }
 }
 
+fn apply_ref_changes(refs: &mut HashMap<u64, u32>, changes: &[(u64, u32)]) {
+    for &(id, n) in changes {
+        if n == 0 {
+            refs.remove(&id);
+        } else {
+            refs.insert(id, n);
+        }
+    }
+}
+
 struct Writer {
     /// `None` after a failed commit until the reopen before the next attempt.
     db: Option<Database>,
+    /// `META_TXN_SEQ` of the last commit known to be in the file.
+    committed_seq: u64,
+    /// A failed commit that may have landed: its number and reference changes.
+    unsure: Option<(u64, Vec<(u64, u32)>)>,
     path: PathBuf,
     store_options: StoreOptions,
     /// Committed references per message id.
@@ -423,45 +442,67 @@ impl Writer {
 
     fn try_commit(&mut self) -> Result<Flushed, FailureKind> {
         if self.db.is_none() {
-            let reopened = contain_panics(&self.path, || {
-                open_database(&self.path, &self.store_options)
-            });
-            self.db = Some(reopened.map_err(|e| match e {
-                crate::OpenError::Io { source, .. } if is_disk_full(&source) => {
-                    FailureKind::DiskFull
-                }
-                _ => FailureKind::Io,
-            })?);
+            self.reopen()?;
         }
         let db = self.db.as_ref().expect("reopened above");
+        let seq = self.committed_seq + 1;
         let (pending, refs, buf) = (&self.pending, &self.refs, &mut self.buf);
-        let attempt = catch_unwind(AssertUnwindSafe(|| -> Result<Flushed, redb::Error> {
+        let mut written = None;
+        let attempt = catch_unwind(AssertUnwindSafe(|| -> Result<(), redb::Error> {
             let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::Immediate)?;
-            let flushed = flush(&txn, pending, refs, buf)?;
+            written = Some(flush(&txn, pending, refs, seq, buf)?);
             txn.commit()?;
-            Ok(flushed)
+            Ok(())
         }));
-        let result = match attempt {
-            Ok(Ok(flushed)) => return Ok(flushed),
-            Ok(Err(e)) => failure_kind(&e),
-            // redb found damage it did not expect (debug builds panic on some): not retryable
-            // by itself, but the reopen may repair it.
-            Err(_) => FailureKind::Io,
+        let kind = match (attempt, written) {
+            (Ok(Ok(())), Some(flushed)) => {
+                self.committed_seq = seq;
+                return Ok(flushed);
+            }
+            (Ok(Err(e)), written) => {
+                self.unsure = written.map(|w| (seq, w.ref_changes));
+                failure_kind(&e)
+            }
+            // redb found damage it did not expect (debug builds panic on some checks); the
+            // reopen before the retry repairs what it can.
+            (Err(_), written) => {
+                self.unsure = written.map(|w| (seq, w.ref_changes));
+                FailureKind::Io
+            }
+            (Ok(Ok(())), None) => unreachable!("a commit without a flush"),
         };
         // redb fails every later operation after an I/O error until reopened; reopen always.
         self.db = None;
-        Err(result)
+        Err(kind)
+    }
+
+    /// Opens the database again after a failure, and settles whether the failed commit landed:
+    /// a commit whose fsync failed may still be in the file, and then its reference changes
+    /// hold. The retry rewrites the same rows either way (every pending op is a state, not a
+    /// delta), so only the counts need settling.
+    fn reopen(&mut self) -> Result<(), FailureKind> {
+        let reopened = contain_panics(&self.path, || {
+            open_database(&self.path, &self.store_options)
+        })
+        .map_err(|e| match e {
+            OpenError::Io { source, .. } if is_disk_full(&source) => FailureKind::DiskFull,
+            _ => FailureKind::Io,
+        })?;
+        if let Some((seq, changes)) = &self.unsure {
+            let on_disk = read_txn_seq(&reopened).map_err(|e| failure_kind(&e))?;
+            if on_disk == *seq {
+                apply_ref_changes(&mut self.refs, changes);
+                self.committed_seq = *seq;
+            }
+            self.unsure = None;
+        }
+        self.db = Some(reopened);
+        Ok(())
     }
 
     fn committed(&mut self, flushed: Flushed) {
-        for (id, n) in flushed.ref_changes {
-            if n == 0 {
-                self.refs.remove(&id);
-            } else {
-                self.refs.insert(id, n);
-            }
-        }
+        apply_ref_changes(&mut self.refs, &flushed.ref_changes);
         let s = &self.shared;
         s.transactions.fetch_add(1, Ordering::Relaxed);
         s.absorbed_ops
