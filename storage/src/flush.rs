@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use crate::open::RefCounts;
 use crate::pending::{EntryAction, Pending};
 use crate::record::DecodeError;
 use crate::schema;
@@ -61,7 +62,7 @@ pub(crate) fn now_ms() -> u64 {
 pub(crate) fn flush(
     txn: &WriteTransaction,
     pending: &Pending,
-    refs: &HashMap<u64, u32>,
+    refs: &RefCounts,
     seq: u64,
     buf: &mut Vec<u8>,
 ) -> Result<Flushed, redb::Error> {
@@ -269,7 +270,7 @@ fn write_await_rel(
 fn write_messages(
     txn: &WriteTransaction,
     pending: &Pending,
-    refs: &HashMap<u64, u32>,
+    refs: &RefCounts,
     deltas: &Deltas,
     buf: &mut Vec<u8>,
     out: &mut Flushed,

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use crate::error::{OpenError, open_error};
+use crate::open::RefCounts;
 use crate::record::{DecodeError, to_vec};
 use crate::schema::{self, FORMAT_VERSION, META_FORMAT_VERSION, META_LAST_ALIVE_MS, TABLE_NAMES};
 use crate::types::{AwaitRelRecord, EntryRecord, MessageRecord, SessionRecord, SubRecord};
@@ -107,17 +108,14 @@ fn show(b: &[u8]) -> String {
 }
 
 /// Reads the store; returns it with the reference count of every referenced message.
-pub(crate) fn recover(
-    db: &Database,
-    path: &Path,
-) -> Result<(Recovered, HashMap<u64, u32>), OpenError> {
+pub(crate) fn recover(db: &Database, path: &Path) -> Result<(Recovered, RefCounts), OpenError> {
     let Some(last_alive_ms) = check_format(db, path)? else {
-        return Ok((Recovered::default(), HashMap::new()));
+        return Ok((Recovered::default(), RefCounts::default()));
     };
     let txn = db.begin_read().or_open(path)?;
     let mut garbage = Garbage::default();
     let mut repairs = Repairs::default();
-    let mut refs = HashMap::new();
+    let mut refs = RefCounts::default();
     let mut sessions = read_sessions(&txn, path)?;
     attach_subs(&txn, path, &mut sessions, &mut garbage)?;
     attach_entries(&txn, path, &mut sessions, &mut refs, &mut garbage)?;
@@ -277,7 +275,7 @@ fn attach_entries(
     txn: &ReadTransaction,
     path: &Path,
     sessions: &mut [RecoveredSession],
-    refs: &mut HashMap<u64, u32>,
+    refs: &mut RefCounts,
     garbage: &mut Garbage,
 ) -> Result<(), OpenError> {
     let table = txn.open_table(schema::ENTRIES).or_open(path)?;
@@ -301,7 +299,7 @@ fn attach_await_rel(
     txn: &ReadTransaction,
     path: &Path,
     sessions: &mut [RecoveredSession],
-    refs: &mut HashMap<u64, u32>,
+    refs: &mut RefCounts,
     garbage: &mut Garbage,
 ) -> Result<(), OpenError> {
     let table = txn.open_table(schema::AWAIT_REL).or_open(path)?;
@@ -335,7 +333,7 @@ fn attach_await_rel(
 fn read_messages(
     txn: &ReadTransaction,
     path: &Path,
-    refs: &HashMap<u64, u32>,
+    refs: &RefCounts,
     garbage: &mut Garbage,
 ) -> Result<(HashMap<u64, Arc<MessageRecord>>, u64), OpenError> {
     let table = txn.open_table(schema::MSGS).or_open(path)?;
@@ -361,7 +359,7 @@ fn read_messages(
 fn drop_dangling(
     sessions: &mut [RecoveredSession],
     messages: &HashMap<u64, Arc<MessageRecord>>,
-    refs: &mut HashMap<u64, u32>,
+    refs: &mut RefCounts,
     garbage: &mut Garbage,
 ) -> u64 {
     let before = garbage.entries.len() + garbage.unlink.len();

@@ -6,7 +6,6 @@
 //! split a batch over two transactions, block a sender, or stop retrying ops it answered
 //! `Failed` (they stay pending until a commit takes them, or `stop` reports them).
 
-use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +19,7 @@ use redb::Database;
 use crate::OpenError;
 use crate::error::{SendError, StopError, failure_kind, is_disk_full};
 use crate::flush::{Flushed, flush, read_txn_seq};
-use crate::open::{Store, StoreOptions, contain_panics, open_database};
+use crate::open::{RefCounts, Store, StoreOptions, contain_panics, open_database};
 use crate::pending::Pending;
 use crate::types::{Batch, Completion, FailureKind, Notify};
 
@@ -300,7 +299,7 @@ impl Store {
     }
 }
 
-fn apply_ref_changes(refs: &mut HashMap<u64, u32>, changes: &[(u64, u32)]) {
+fn apply_ref_changes(refs: &mut RefCounts, changes: &[(u64, u32)]) {
     for &(id, n) in changes {
         if n == 0 {
             refs.remove(&id);
@@ -320,7 +319,7 @@ struct Writer {
     path: PathBuf,
     store_options: StoreOptions,
     /// Committed references per message id.
-    refs: HashMap<u64, u32>,
+    refs: RefCounts,
     pending: Pending,
     /// `(source, ticket)` of batches in `pending` not answered yet.
     waiting: Vec<(usize, u64)>,
