@@ -156,6 +156,16 @@ fn build(dir: &Path, shape: &Shape) {
     std::process::exit(0);
 }
 
+/// VmHWM of this process, from /proc (0 where there is none).
+fn peak_rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
+}
+
 fn print_size(dir: &Path) {
     let len = std::fs::metadata(dir.join(ringmq_storage::FILE_NAME))
         .expect("file")
@@ -191,6 +201,7 @@ fn open(dir: &Path) {
             rec.sessions.len(),
             rec.messages.len()
         );
+        println!("  peak RSS so far: {} MiB", peak_rss_mib());
         drop(store);
         let t = Instant::now();
         drop(rec);

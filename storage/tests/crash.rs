@@ -322,6 +322,84 @@ enum KillAt {
     Commits(usize),
 }
 
+/// Runs one writer child on `dir`, kills it as `kill` says, and returns what it printed.
+fn run_child(dir: &Path, kill: KillAt, jitter: u64) -> Vec<String> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RINGMQ_STORAGE_CRASH_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    match kill {
+        KillAt::Delay(d) => std::thread::sleep(d),
+        KillAt::Recovery => loop {
+            let l = line_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("child recovered");
+            // libtest prints "test crash_writer_child ... " before the test runs.
+            let done = l.ends_with("RECOVERED");
+            lines.push(l);
+            if done {
+                // Kill within the next few hundred µs: during the first commits.
+                std::thread::sleep(Duration::from_micros(jitter % 500));
+                break;
+            }
+        },
+        KillAt::Commits(n) => {
+            let mut seen = 0;
+            while seen < n && Instant::now() < deadline {
+                if let Ok(l) = line_rx.recv_timeout(Duration::from_secs(1)) {
+                    seen += usize::from(l.starts_with("C "));
+                    lines.push(l);
+                }
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    lines.extend(line_rx.try_iter());
+    lines
+}
+
+/// The last ticket printed per source, and how many `Committed` lines there were.
+fn printed_tickets(lines: &[String]) -> ([u64; SOURCES], u64) {
+    let mut printed = [0u64; SOURCES];
+    let mut count = 0;
+    for l in lines {
+        let f: Vec<&str> = l.split(' ').collect();
+        match f.as_slice() {
+            ["C", s, t] => {
+                let (s, t): (usize, u64) = (s.parse().unwrap(), t.parse().unwrap());
+                assert!(t > printed[s], "tickets of source {s} out of order");
+                printed[s] = t;
+                count += 1;
+            }
+            ["F", ..] => panic!("a commit failed in the child: {l}"),
+            _ => {}
+        }
+    }
+    (printed, count)
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_nothing_acknowledged_and_tears_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -334,8 +412,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged_and_tears_nothing() {
     };
     let mut model = Model::default();
     let mut applied = [0u64; SOURCES];
-    let mut printed_total = 0u64;
-    let mut beyond_printed = 0u64;
+    let (mut printed_total, mut beyond_printed) = (0u64, 0u64);
     let started = Instant::now();
     for round in 0..KILLS {
         let kill = match round % 3 {
@@ -343,78 +420,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged_and_tears_nothing() {
             1 => KillAt::Delay(Duration::from_millis(next() % 300)),
             _ => KillAt::Commits(1 + (next() % 100) as usize),
         };
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "crash_writer_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("RINGMQ_STORAGE_CRASH_DIR", dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (line_tx, line_rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if line_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        match kill {
-            KillAt::Delay(d) => std::thread::sleep(d),
-            KillAt::Recovery => loop {
-                let l = line_rx
-                    .recv_timeout(Duration::from_secs(30))
-                    .expect("child recovered");
-                // libtest prints "test crash_writer_child ... " before the test runs.
-                let done = l.ends_with("RECOVERED");
-                lines.push(l);
-                if done {
-                    // Kill within the next few hundred µs: during the first commits.
-                    std::thread::sleep(Duration::from_micros(next() % 500));
-                    break;
-                }
-            },
-            KillAt::Commits(n) => {
-                while lines
-                    .iter()
-                    .filter(|l: &&String| l.starts_with("C "))
-                    .count()
-                    < n
-                    && Instant::now() < deadline
-                {
-                    if let Ok(l) = line_rx.recv_timeout(Duration::from_secs(1)) {
-                        lines.push(l);
-                    }
-                }
-            }
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(line_rx.try_iter());
-
-        let mut printed = [0u64; SOURCES];
-        for l in &lines {
-            let f: Vec<&str> = l.split(' ').collect();
-            match f.as_slice() {
-                ["C", s, t] => {
-                    let (s, t): (usize, u64) = (s.parse().unwrap(), t.parse().unwrap());
-                    assert!(t > printed[s], "tickets of source {s} out of order");
-                    printed[s] = t;
-                    printed_total += 1;
-                }
-                ["F", ..] => panic!("a commit failed in the child: {l}"),
-                _ => {}
-            }
-        }
+        let lines = run_child(dir.path(), kill, next());
+        let (printed, count) = printed_tickets(&lines);
+        printed_total += count;
         let (store, rec) =
             Store::open(dir.path(), &StoreOptions::default()).expect("reopen after SIGKILL");
         for s in 0..SOURCES {
@@ -443,8 +451,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged_and_tears_nothing() {
     }
     let total: u64 = applied.iter().sum();
     eprintln!(
-        "crash test: {KILLS} SIGKILLs in {:.1} s; {total} batches durable ({applied:?} per source), \
-         {printed_total} acknowledgements printed, {beyond_printed} batches durable but killed before printing",
+        "crash test: {KILLS} SIGKILLs in {:.1} s; {total} batches durable ({applied:?} per \
+         source), {printed_total} Committed lines printed, {beyond_printed} batches durable but \
+         killed before printing",
         started.elapsed().as_secs_f64()
     );
     assert!(
