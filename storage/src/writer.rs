@@ -340,6 +340,16 @@ struct Writer {
     buf: Vec<u8>,
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // A panic on this thread (a bug) ends the writer: senders see `Stopped`, and
+        // `healthy()` must not keep saying true.
+        if std::thread::panicking() {
+            self.shared.healthy.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Writer {
     fn run(mut self) -> Result<(), StopError> {
         while !self.stopping {

@@ -327,7 +327,9 @@ fn relaxed_mode_commits_on_the_interval_and_still_answers() {
         t0.elapsed() >= Duration::from_millis(90),
         "waited for the interval"
     );
-    assert!(w.writer.stats().transactions <= 2, "{:?}", w.writer.stats());
+    // One commit for all 20 when they are sent within the interval; a loaded machine may
+    // spread them over a few.
+    assert!(w.writer.stats().transactions <= 3, "{:?}", w.writer.stats());
     w.writer.stop().unwrap();
     let (store, _) = reopen(dir.path());
     assert_eq!(store.counts().unwrap().sessions, 20);
