@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the codec fuzz target with the STABLE toolchain and runs it for N seconds
-# (default 30; CI's smoke run is `fuzz/run.sh 30`).
+# Builds the fuzz targets with the STABLE toolchain and runs each for N seconds
+# (default 30). Targets: codec (packets), mqttsn (the MQTT-SN codec and gateway) and
+# storage_records (the store's record encodings); FUZZ_TARGETS="codec" runs a subset.
 #
 # How it works without nightly: libfuzzer-sys compiles libFuzzer (C++) and provides `main`;
 # rustc's LLVM adds the sanitizer-coverage instrumentation libFuzzer needs through plain
@@ -8,9 +9,8 @@
 # (ASan) runs: Rust's memory safety plus `#![forbid(unsafe_code)]` in the codec cover that;
 # debug assertions and overflow checks are on (see Cargo.toml).
 #
-# Environment: FUZZ_TARGET (default codec; also mqttsn, the MQTT-SN codec and gateway),
-# FUZZ_JOBS (default 1) parallel fuzzing processes; extra arguments after the seconds go to
-# libFuzzer.
+# Environment: FUZZ_TARGETS (default "codec mqttsn storage_records"), FUZZ_JOBS (default 1)
+# parallel fuzzing processes; extra arguments after the seconds go to libFuzzer.
 set -euo pipefail
 
 secs="${1:-30}"
@@ -39,27 +39,27 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
  --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 
-target="${FUZZ_TARGET:-codec}"
-case "$target" in
-    codec) seeds="$here/seeds" ;;
-    mqttsn) seeds="$here/seeds-mqttsn" ;;
-    *) echo "run.sh: unknown FUZZ_TARGET $target (codec, mqttsn)" >&2; exit 1 ;;
-esac
-
-cargo build --release --target "$host" --bin "$target"
-
-corpus="$here/corpus/$target"      # grows while fuzzing; not checked in
-artifacts="$here/artifacts/$target" # crashes land here
-mkdir -p "$corpus" "$artifacts"
+targets="${FUZZ_TARGETS:-codec mqttsn storage_records}"
+for target in $targets; do
+    cargo build --release --target "$host" --bin "$target"
+done
 
 jobs=()
 if [ "${FUZZ_JOBS:-1}" -gt 1 ]; then jobs=(-jobs="$FUZZ_JOBS" -workers="$FUZZ_JOBS"); fi
 
-exec "$CARGO_TARGET_DIR/$host/release/$target" "$corpus" "$seeds" \
-    -max_total_time="$secs" \
-    -max_len=4096 \
-    -timeout=10 \
-    -rss_limit_mb=2048 \
-    -print_final_stats=1 \
-    -artifact_prefix="$artifacts/" \
-    "${jobs[@]}" "$@"
+for target in $targets; do
+    corpus="$here/corpus/$target"       # grows while fuzzing; not checked in
+    artifacts="$here/artifacts/$target" # crashes land here
+    seeds="$here/seeds"                 # the codec's seeds; other targets have seeds-<target>
+    if [ "$target" != codec ]; then seeds="$here/seeds-$target"; fi
+    mkdir -p "$corpus" "$artifacts"
+    echo "== fuzzing $target for ${secs}s"
+    "$CARGO_TARGET_DIR/$host/release/$target" "$corpus" "$seeds" \
+        -max_total_time="$secs" \
+        -max_len=4096 \
+        -timeout=10 \
+        -rss_limit_mb=2048 \
+        -print_final_stats=1 \
+        -artifact_prefix="$artifacts/" \
+        "${jobs[@]}" "$@"
+done
