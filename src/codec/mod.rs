@@ -32,6 +32,10 @@ mod tests;
 pub use encode::{encode, encode_publish, encoded_len};
 pub use error::{DecodeError, ErrorResponse, Malformation};
 pub use model::*;
+pub use properties::{
+    decode_publish_properties, decode_will_properties, encode_publish_properties,
+    encode_will_properties,
+};
 pub use publish::PublishOut;
 pub use reason::{ReasonCode, ReasonContext};
 

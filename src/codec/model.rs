@@ -43,6 +43,16 @@ impl ProtocolVersion {
     pub const fn is_v5(self) -> bool {
         matches!(self, ProtocolVersion::V5)
     }
+
+    /// The level for a protocol level byte (3, 4 or 5).
+    pub const fn from_level(level: u8) -> Option<ProtocolVersion> {
+        match level {
+            3 => Some(ProtocolVersion::V31),
+            4 => Some(ProtocolVersion::V311),
+            5 => Some(ProtocolVersion::V5),
+            _ => None,
+        }
+    }
 }
 
 /// Quality of service level.
@@ -99,6 +109,13 @@ impl MqttStr {
         super::string::validate_str(s.as_bytes())
             .ok()
             .map(|()| MqttStr(Bytes::copy_from_slice(s.as_bytes())))
+    }
+
+    /// Validates `bytes` (e.g. read back from storage) with the decoder's rules.
+    pub fn try_from_bytes(bytes: Bytes) -> Option<MqttStr> {
+        super::string::validate_str(&bytes)
+            .ok()
+            .map(|()| MqttStr(bytes))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -237,6 +254,41 @@ pub struct Will {
     pub qos: QoS,
     pub retain: bool,
     pub properties: WillProperties,
+}
+
+impl Will {
+    /// The same will in buffers of its own: a decoded will is a view into the read of its
+    /// CONNECT, which it would keep alive for as long as the session keeps the will.
+    pub fn detached(&self) -> Will {
+        let p = &self.properties;
+        Will {
+            topic: TopicName::new(Bytes::copy_from_slice(self.topic.as_bytes()))
+                .unwrap_or_else(|_| self.topic.clone()),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties: WillProperties {
+                content_type: p.content_type.as_ref().map(MqttStr::detached),
+                response_topic: p.response_topic.as_ref().map(|t| {
+                    TopicName::new(Bytes::copy_from_slice(t.as_bytes()))
+                        .unwrap_or_else(|_| t.clone())
+                }),
+                correlation_data: p
+                    .correlation_data
+                    .as_ref()
+                    .map(|b| Bytes::copy_from_slice(b)),
+                user_properties: p
+                    .user_properties
+                    .iter()
+                    .map(|u| UserProperty {
+                        name: u.name.detached(),
+                        value: u.value.detached(),
+                    })
+                    .collect(),
+                ..p.clone()
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -611,3 +611,40 @@ impl PropertySet for AuthProperties {
         w_users(s, &self.user_properties);
     }
 }
+
+// ---- property blocks kept by storage ----------------------------------------------------
+
+/// Limits for reading a property block back from storage: it passed the broker's limits on
+/// the way in, so only the format is checked again.
+const STORED: DecodeLimits = DecodeLimits {
+    max_packet_size: u32::MAX,
+    max_user_properties: usize::MAX,
+    role: super::Role::Server,
+};
+
+/// The v5 property block (length, then properties) of a stored message: what storage
+/// keeps of `PublishProperties`, in the wire format the codec already reads and checks.
+pub fn encode_publish_properties(p: &PublishProperties, dst: &mut bytes::BytesMut) {
+    write_properties(p, dst);
+}
+
+/// Reads a block written by `encode_publish_properties`; the whole input must be the block.
+pub fn decode_publish_properties(block: Bytes) -> Result<PublishProperties, DecodeError> {
+    let mut r = Reader::new(block);
+    let p = read_properties(&mut r, &STORED)?;
+    r.finish()?;
+    Ok(p)
+}
+
+/// The v5 property block of a stored will.
+pub fn encode_will_properties(p: &WillProperties, dst: &mut bytes::BytesMut) {
+    write_properties(p, dst);
+}
+
+/// Reads a block written by `encode_will_properties`; the whole input must be the block.
+pub fn decode_will_properties(block: Bytes) -> Result<WillProperties, DecodeError> {
+    let mut r = Reader::new(block);
+    let p = read_properties(&mut r, &STORED)?;
+    r.finish()?;
+    Ok(p)
+}

@@ -246,3 +246,15 @@ pub(super) fn write_unsuback<S: Sink>(p: &UnsubAck, version: ProtocolVersion, s:
         write_v5_ack(&p.properties, &p.reasons, s);
     }
 }
+
+impl SubscriptionOptions {
+    /// The v5 options byte, the form storage keeps.
+    pub fn to_byte(&self) -> u8 {
+        options_byte(self, ProtocolVersion::V5)
+    }
+
+    /// Reads a v5 options byte; `None` when it is not a valid one.
+    pub fn from_byte(b: u8) -> Option<SubscriptionOptions> {
+        subscription_options(b, ProtocolVersion::V5).ok()
+    }
+}

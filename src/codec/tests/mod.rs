@@ -22,7 +22,10 @@ pub(super) fn hex(s: &str) -> BytesMut {
             out.extend_from_slice(part.as_bytes());
         } else {
             let digits: Vec<u8> = part.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-            assert!(digits.len() % 2 == 0, "odd hex digit count in {part:?}");
+            assert!(
+                digits.len().is_multiple_of(2),
+                "odd hex digit count in {part:?}"
+            );
             for pair in digits.chunks(2) {
                 let txt = std::str::from_utf8(pair).unwrap();
                 out.extend_from_slice(&[u8::from_str_radix(txt, 16).unwrap()]);

@@ -560,3 +560,31 @@ fn borrowed_publish_encodes_like_the_owned_packet() {
         }
     }
 }
+
+/// Property blocks kept by storage read back to what was written.
+#[test]
+fn stored_property_blocks_round_trip() {
+    use crate::codec::{
+        decode_publish_properties, decode_will_properties, encode_publish_properties,
+        encode_will_properties,
+    };
+    let publish = PublishProperties {
+        payload_format_indicator: Some(true),
+        message_expiry_interval: Some(30),
+        response_topic: Some(crate::router::topic::TopicName::from_static("re/ply")),
+        correlation_data: Some(bytes::Bytes::from_static(b"\x01\x02")),
+        content_type: Some(MqttStr::try_from_str("text/plain").expect("str")),
+        ..PublishProperties::default()
+    };
+    let mut block = bytes::BytesMut::new();
+    encode_publish_properties(&publish, &mut block);
+    assert_eq!(decode_publish_properties(block.freeze()), Ok(publish));
+    let will = WillProperties {
+        will_delay_interval: Some(5),
+        ..WillProperties::default()
+    };
+    let mut block = bytes::BytesMut::new();
+    encode_will_properties(&will, &mut block);
+    assert_eq!(decode_will_properties(block.freeze()), Ok(will));
+    assert!(decode_publish_properties(bytes::Bytes::from_static(b"\x05\x01")).is_err());
+}
