@@ -74,6 +74,7 @@ pub(crate) fn flush(
     write_plain(txn, pending, buf, &mut out)?;
     write_entries(txn, pending, buf, &mut deltas, &mut out)?;
     write_await_rel(txn, pending, buf, &mut deltas, &mut out)?;
+    write_fanout(txn, pending, &mut deltas, &mut out)?;
     write_messages(txn, pending, refs, &deltas, buf, &mut out)?;
     let mut meta = txn.open_table(schema::META)?;
     meta.insert(schema::META_LAST_ALIVE_MS, now_ms())?;
@@ -262,6 +263,28 @@ fn write_await_rel(
             old.map(|o| o.map(|a| a.msg)).unwrap_or(Ok(None)),
             &mut out.anomalies,
         );
+    }
+    Ok(())
+}
+
+/// Fan-out records: a row written adds a reference on its message, one removed drops it.
+fn write_fanout(
+    txn: &WriteTransaction,
+    pending: &Pending,
+    deltas: &mut Deltas,
+    out: &mut Flushed,
+) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(schema::FANOUT)?;
+    for (&(msg, shard), &put) in &pending.fanout {
+        if put {
+            if table.insert((msg, shard), ())?.is_none() {
+                deltas.add(MsgId(msg), 1);
+            }
+            out.rows_written += 1;
+        } else if table.remove((msg, shard))?.is_some() {
+            deltas.add(MsgId(msg), -1);
+            out.rows_removed += 1;
+        }
     }
     Ok(())
 }

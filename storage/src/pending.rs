@@ -37,6 +37,8 @@ pub(crate) struct Pending {
     pub entries: BTreeMap<(Bytes, u64), EntryAction>,
     pub await_rel: BTreeMap<(Bytes, u16), Option<AwaitRelRecord>>,
     pub retained: BTreeMap<Bytes, Option<MessageRecord>>,
+    /// Fan-out records: `true` put, `false` removed.
+    pub fanout: BTreeMap<(u64, u8), bool>,
     /// Bodies offered by `PutMessage`; written only if referenced at the end of the transaction
     /// and not already stored.
     pub messages: HashMap<u64, Arc<MessageRecord>>,
@@ -106,6 +108,8 @@ impl Pending {
                 self.retained.insert(topic, Some(record)).is_some()
             }
             Op::RemoveRetained { topic } => self.retained.insert(topic, None).is_some(),
+            Op::PutFanout { msg, shard } => self.fanout.insert((msg.0, shard), true).is_some(),
+            Op::RemoveFanout { msg, shard } => self.fanout.insert((msg.0, shard), false).is_some(),
         };
         if replaced {
             self.absorbed += 1;

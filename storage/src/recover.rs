@@ -42,6 +42,9 @@ pub struct Recovered {
     pub messages: HashMap<u64, Arc<MessageRecord>>,
     /// `(topic, message)`, ascending topic.
     pub retained: Vec<(Bytes, MessageRecord)>,
+    /// Fan-outs a crash cut short: `(message, shard)`, the shard still to store its part.
+    /// Every message here is in `messages`.
+    pub fanout: Vec<(crate::types::MsgId, u8)>,
     /// Wall clock (ms since the UNIX epoch) of the last commit before this open: after a crash,
     /// about when the broker died (the writer commits at least every 2 s). `None` for a new
     /// store.
@@ -73,6 +76,8 @@ struct Garbage {
     await_rel: Vec<(Bytes, u16)>,
     /// Await-rel rows to rewrite without their (missing) message.
     unlink: Vec<(Bytes, u16)>,
+    /// Fan-out rows whose message is missing.
+    fanout: Vec<(u64, u8)>,
 }
 
 impl Garbage {
@@ -82,6 +87,7 @@ impl Garbage {
             && self.entries.is_empty()
             && self.await_rel.is_empty()
             && self.unlink.is_empty()
+            && self.fanout.is_empty()
     }
 }
 
@@ -120,11 +126,19 @@ pub(crate) fn recover(db: &Database, path: &Path) -> Result<(Recovered, RefCount
     attach_subs(&txn, path, &mut sessions, &mut garbage)?;
     attach_entries(&txn, path, &mut sessions, &mut refs, &mut garbage)?;
     attach_await_rel(&txn, path, &mut sessions, &mut refs, &mut garbage)?;
+    let mut fanout = read_fanout(&txn, path, &mut refs)?;
     repairs.orphan_rows =
         (garbage.subs.len() + garbage.entries.len() + garbage.await_rel.len()) as u64;
     let (messages, max_id) = read_messages(&txn, path, &refs, &mut garbage)?;
     repairs.unreferenced_messages = garbage.msgs.len() as u64;
     repairs.dangling_refs = drop_dangling(&mut sessions, &messages, &mut refs, &mut garbage);
+    fanout.retain(|(m, s)| {
+        let present = messages.contains_key(&m.0);
+        if !present {
+            garbage.fanout.push((m.0, *s));
+        }
+        present
+    });
     let retained = read_retained(&txn, path)?;
     drop(txn);
     if !garbage.is_empty() {
@@ -135,6 +149,7 @@ pub(crate) fn recover(db: &Database, path: &Path) -> Result<(Recovered, RefCount
         sessions,
         messages,
         retained,
+        fanout,
         last_alive_ms: last_alive_ms.0,
         max_msg_id,
         repairs,
@@ -203,6 +218,7 @@ fn create_tables(db: &Database, path: &Path) -> Result<(), OpenError> {
         txn.open_table(schema::AWAIT_REL).or_open(path)?;
         txn.open_table(schema::MSGS).or_open(path)?;
         txn.open_table(schema::RETAINED).or_open(path)?;
+        txn.open_table(schema::FANOUT).or_open(path)?;
         let mut meta = txn.open_table(schema::META).or_open(path)?;
         meta.insert(META_FORMAT_VERSION, FORMAT_VERSION)
             .or_open(path)?;
@@ -329,6 +345,23 @@ fn attach_await_rel(
     Ok(())
 }
 
+/// The fan-out rows, each a reference on its message.
+fn read_fanout(
+    txn: &ReadTransaction,
+    path: &Path,
+    refs: &mut RefCounts,
+) -> Result<Vec<(crate::types::MsgId, u8)>, OpenError> {
+    let table = txn.open_table(schema::FANOUT).or_open(path)?;
+    let mut out = Vec::new();
+    for row in table.iter().or_open(path)? {
+        let (k, _) = row.or_open(path)?;
+        let (msg, shard) = k.value();
+        *refs.entry(msg).or_insert(0) += 1;
+        out.push((crate::types::MsgId(msg), shard));
+    }
+    Ok(out)
+}
+
 /// Decodes the referenced messages; lists the others for deletion. Returns the highest id seen.
 fn read_messages(
     txn: &ReadTransaction,
@@ -416,6 +449,10 @@ fn collect_garbage(db: &Database, path: &Path, g: &Garbage) -> Result<(), OpenEr
         let mut await_rel = txn.open_table(schema::AWAIT_REL).or_open(path)?;
         for (c, p) in &g.await_rel {
             await_rel.remove((c.as_ref(), *p)).or_open(path)?;
+        }
+        let mut fanout = txn.open_table(schema::FANOUT).or_open(path)?;
+        for (m, s) in &g.fanout {
+            fanout.remove((*m, *s)).or_open(path)?;
         }
         let unlinked = to_vec(|o| AwaitRelRecord { msg: None }.encode(o));
         for (c, p) in &g.unlink {

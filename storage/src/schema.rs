@@ -26,6 +26,10 @@ pub(crate) const AWAIT_REL: TableDefinition<(&[u8], u16), &[u8]> =
 pub(crate) const MSGS: TableDefinition<u64, &[u8]> = TableDefinition::new("msgs");
 /// `topic -> MessageRecord`.
 pub(crate) const RETAINED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("retained");
+/// `(message id, shard) -> ()`: the shard has yet to store its part of the fan-out of a QoS
+/// 2 message whose publisher's inbound id is stored (see `Op::PutFanout`); each row holds
+/// one reference on the message.
+pub(crate) const FANOUT: TableDefinition<(u64, u8), ()> = TableDefinition::new("fanout");
 /// Named numbers: [`META_FORMAT_VERSION`], [`META_LAST_ALIVE_MS`], [`META_TXN_SEQ`].
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -38,12 +42,13 @@ pub(crate) const META_LAST_ALIVE_MS: &str = "last_alive_ms";
 pub(crate) const META_TXN_SEQ: &str = "txn_seq";
 
 /// Every table name, for messages and for telling a foreign redb file from a new one.
-pub(crate) const TABLE_NAMES: [&str; 7] = [
+pub(crate) const TABLE_NAMES: [&str; 8] = [
     "sessions",
     "subs",
     "entries",
     "await_rel",
     "msgs",
     "retained",
+    "fanout",
     "meta",
 ];

@@ -172,6 +172,18 @@ pub enum Op {
     RemoveRetained {
         topic: Bytes,
     },
+    /// Shard `shard` has yet to store its part of the fan-out of message `msg` (one
+    /// reference on it): written with the publisher's inbound QoS 2 id, removed by that
+    /// shard in the same batch as its own copies. A row found at open names a fan-out a
+    /// crash cut short, for the broker to finish.
+    PutFanout {
+        msg: MsgId,
+        shard: u8,
+    },
+    RemoveFanout {
+        msg: MsgId,
+        shard: u8,
+    },
 }
 
 /// The ops one shard (`source`) wants durable together. A batch is never split over two

@@ -198,7 +198,10 @@ impl Model {
             Op::RemoveAwaitRel { client, packet_id } => {
                 self.await_rel.remove(&(client, packet_id));
             }
-            Op::PutRetained { .. } | Op::RemoveRetained { .. } => unreachable!("not generated"),
+            Op::PutRetained { .. }
+            | Op::RemoveRetained { .. }
+            | Op::PutFanout { .. }
+            | Op::RemoveFanout { .. } => unreachable!("not generated"),
         }
     }
 
