@@ -49,6 +49,9 @@ MESSAGING SCENARIOS:
                        [256 for QoS 0, 64 for QoS 1/2]
   --rate R             open loop instead: R publishes/s in total, at fixed times; latency is
                        measured from the scheduled time (no coordinated omission)
+  --persistent         subscribers keep their session: 3.1.1 clean session 0, 5.0 clean
+                       start 0 with a session expiry of 300 s (a persistent broker stores
+                       their QoS 1/2 messages before acknowledging the publishers)
 
 IDLE AND CONNECT-RATE:
   --connections N      connections [1000]
@@ -115,6 +118,8 @@ pub struct Config {
     pub hold: Duration,
     pub json: bool,
     pub quiet: bool,
+    /// Subscribers connect with a persistent session.
+    pub persistent: bool,
 }
 
 impl Config {
@@ -166,9 +171,8 @@ fn check_applies(flag: &str, scenario: Scenario) -> Result<(), String> {
         "--publishers" | "--subscribers" | "--topics" => {
             matches!(scenario, FanIn | FanOut | Shared)
         }
-        "--qos" | "--payload" | "--duration" | "--warmup" | "--drain" | "--window" | "--rate" => {
-            scenario.is_messaging()
-        }
+        "--qos" | "--payload" | "--duration" | "--warmup" | "--drain" | "--window" | "--rate"
+        | "--persistent" => scenario.is_messaging(),
         "--connections" => !scenario.is_messaging(),
         "--hold" => scenario == Idle,
         _ => true,
@@ -227,6 +231,7 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         hold: Duration::from_secs(10),
         json: false,
         quiet: false,
+        persistent: false,
     };
     let mut i = 1;
     while i < args.len() {
@@ -236,11 +241,11 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         };
         i += 1;
         check_applies(&flag, scenario)?;
-        if flag == "--json" || flag == "--quiet" {
-            if flag == "--json" {
-                c.json = true;
-            } else {
-                c.quiet = true;
+        if flag == "--json" || flag == "--quiet" || flag == "--persistent" {
+            match flag.as_str() {
+                "--json" => c.json = true,
+                "--quiet" => c.quiet = true,
+                _ => c.persistent = true,
             }
             continue;
         }

@@ -129,15 +129,32 @@ fn finish(out: &mut Vec<u8>, start: usize, header: u8) {
     out.extend_from_slice(&body);
 }
 
-/// CONNECT with clean session / clean start, no will, no credentials, no properties.
-pub fn encode_connect(out: &mut Vec<u8>, proto: Protocol, client_id: &str, keep_alive: u16) {
+/// Session Expiry Interval (s) of a persistent 5.0 session the generator opens.
+pub const PERSISTENT_EXPIRY_S: u32 = 300;
+
+/// CONNECT with no will and no credentials: clean session / clean start, or (`persistent`)
+/// a session the broker keeps (3.1.1 clean session 0; 5.0 clean start 0 with a Session
+/// Expiry Interval of `PERSISTENT_EXPIRY_S`).
+pub fn encode_connect(
+    out: &mut Vec<u8>,
+    proto: Protocol,
+    client_id: &str,
+    keep_alive: u16,
+    persistent: bool,
+) {
     let start = out.len();
     put_str(out, b"MQTT");
     out.push(proto.level());
-    out.push(0x02); // clean session [MQTT-3.1.2-6]
+    out.push(if persistent { 0x00 } else { 0x02 }); // clean session [MQTT-3.1.2-6]
     out.extend_from_slice(&keep_alive.to_be_bytes());
     if proto == Protocol::V5 {
-        out.push(0); // no properties
+        if persistent {
+            out.push(5); // properties: Session Expiry Interval
+            out.push(0x11);
+            out.extend_from_slice(&PERSISTENT_EXPIRY_S.to_be_bytes());
+        } else {
+            out.push(0); // no properties
+        }
     }
     put_str(out, client_id.as_bytes());
     finish(out, start, CONNECT << 4);
@@ -360,7 +377,7 @@ mod tests {
     #[test]
     fn connect_311_literal() {
         let mut out = Vec::new();
-        encode_connect(&mut out, Protocol::V311, "ab", 60);
+        encode_connect(&mut out, Protocol::V311, "ab", 60, false);
         assert_eq!(
             out,
             [
@@ -370,9 +387,20 @@ mod tests {
     }
 
     #[test]
+    fn persistent_connects_keep_their_session() {
+        let mut out = Vec::new();
+        encode_connect(&mut out, Protocol::V311, "ab", 60, true);
+        assert_eq!(out[9], 0, "3.1.1: clean session 0");
+        out.clear();
+        encode_connect(&mut out, Protocol::V5, "c", 10, true);
+        // flags 0, keep alive, then properties: length 5, Session Expiry Interval 300.
+        assert_eq!(&out[9..18], &[0, 0, 10, 5, 0x11, 0, 0, 1, 44]);
+    }
+
+    #[test]
     fn connect_5_has_empty_properties() {
         let mut out = Vec::new();
-        encode_connect(&mut out, Protocol::V5, "c", 10);
+        encode_connect(&mut out, Protocol::V5, "c", 10, false);
         assert_eq!(
             out,
             [

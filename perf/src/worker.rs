@@ -229,11 +229,14 @@ impl Worker {
                 Ok(fd) => {
                     let c = &mut self.conns[i];
                     c.fd = Some(fd);
+                    let persistent =
+                        self.sh.cfg.persistent && matches!(spec.role, Role::Subscriber(_));
                     wire::encode_connect(
                         &mut c.out,
                         self.sh.cfg.protocol,
                         &spec.client_id,
                         KEEP_ALIVE_S,
+                        persistent,
                     );
                 }
                 Err(_) => self.fail(i, ErrorKind::Connect),
