@@ -133,6 +133,47 @@ impl Default for Limits {
     }
 }
 
+/// When an acknowledgement may leave, relative to the storage commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK and the CONNACK of a stored session leave
+    /// only after the commit that makes what they announce durable: nothing acknowledged is
+    /// lost by a crash or power loss.
+    #[default]
+    Sync,
+    /// Acknowledgements leave at once; the store commits every `commit_interval_ms`. A crash
+    /// loses at most that interval of acknowledged messages.
+    Relaxed,
+    /// Nothing is stored (`--in-memory`): sessions, queues and retained messages end with
+    /// the process.
+    None,
+}
+
+/// Where and how sessions, queued QoS 1/2 messages and retained messages are stored.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directory of the store (`ringmq.redb`); created if missing.
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// `durability = "relaxed"`: milliseconds between commits.
+    pub commit_interval_ms: u64,
+    /// Page cache the store may keep in memory, in MiB.
+    pub cache_mb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: PathBuf::from("ringmq-data"),
+            durability: Durability::Sync,
+            commit_interval_ms: 10,
+            cache_mb: 64,
+        }
+    }
+}
+
 /// MQTT-SN 1.2 gateway settings (`[mqttsn]`): plain data the sans-IO gateway
 /// (`crate::mqttsn`) reads, and that the runtime will use to open the UDP socket.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -224,6 +265,8 @@ pub struct Config {
     pub pin_threads: bool,
     /// Per-client limits.
     pub limits: Limits,
+    /// Persistence.
+    pub storage: StorageConfig,
     /// Authentication and authorization (`[auth]`; not enforced by the broker yet).
     pub auth: AuthConfig,
     /// The MQTT-SN gateway (`[mqttsn]`).
@@ -238,6 +281,7 @@ impl Default for Config {
             driver: DriverKind::Auto,
             pin_threads: true,
             limits: Limits::default(),
+            storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             mqttsn: MqttSnConfig::default(),
         }
@@ -282,6 +326,9 @@ USAGE:
 OPTIONS:
     --listen HOST:PORT   TCP listener (repeatable; default 127.0.0.1:1883)
     --shards N           shard threads (default: one per core)
+    --data-dir DIR       where sessions and messages are stored (default ./ringmq-data)
+    --durability MODE    sync (acknowledge after commit, default), relaxed, or none
+    --in-memory          store nothing (same as --durability none)
     --config FILE        TOML configuration file (see README for every key)
     --epoll              force the epoll driver (also RINGMQ_DRIVER=epoll)
     --no-pin             do not pin shard threads to cores
@@ -348,6 +395,8 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut config_path = None;
     let mut epoll = false;
     let mut no_pin = false;
+    let mut data_dir = None;
+    let mut durability = None;
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_str();
@@ -383,6 +432,22 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
                 shards = Some(n);
             }
             "--config" => config_path = Some(PathBuf::from(value("--config")?)),
+            "--data-dir" => data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--in-memory" => durability = Some(Durability::None),
+            "--durability" => {
+                let v = value("--durability")?;
+                durability = Some(match v.as_str() {
+                    "sync" => Durability::Sync,
+                    "relaxed" => Durability::Relaxed,
+                    "none" => Durability::None,
+                    _ => {
+                        return Err(ConfigError::Value {
+                            what: "--durability (sync, relaxed, none)",
+                            value: v,
+                        });
+                    }
+                });
+            }
             "--epoll" => epoll = true,
             "--no-pin" => no_pin = true,
             other => {
@@ -414,6 +479,12 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     }
     if no_pin {
         config.pin_threads = false;
+    }
+    if let Some(dir) = data_dir {
+        config.storage.data_dir = dir;
+    }
+    if let Some(d) = durability {
+        config.storage.durability = d;
     }
     config.validate()?;
     Ok(Command::Run(Box::new(config)))
@@ -496,6 +567,16 @@ impl Config {
         }
         if l.cross_shard_queue == 0 {
             return bad("limits.cross_shard_queue (> 0)", &0);
+        }
+        let s = &self.storage;
+        if s.commit_interval_ms == 0 || s.commit_interval_ms > 60_000 {
+            return bad(
+                "storage.commit_interval_ms (1..=60000)",
+                &s.commit_interval_ms,
+            );
+        }
+        if s.cache_mb == 0 {
+            return bad("storage.cache_mb (> 0)", &0);
         }
         self.auth
             .validate()

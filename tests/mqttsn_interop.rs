@@ -117,7 +117,7 @@ impl Loopback {
                     self.anon
                         .handle_packet(Packet::Publish(p), now, &mut o, &mut a);
                     for action in a {
-                        if let Action::Publish(m) = action {
+                        if let Action::Publish { message: m, .. } = action {
                             self.route(&m, &mut more);
                         }
                     }
@@ -133,16 +133,38 @@ impl Loopback {
         more: &mut Vec<Output<SocketAddr>>,
         f: impl FnOnce(&mut Session, &mut BytesMut, &mut Vec<Action>),
     ) {
+        let now = self.now();
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
         let (mut out, mut actions) = (BytesMut::new(), Vec::new());
         f(s, &mut out, &mut actions);
-        let now = self.now();
+        // As the shard does: a routed publish is acknowledged (success) at once.
+        let acks: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish {
+                    message,
+                    ack: Some(id),
+                } => Some((message.qos, *id)),
+                _ => None,
+            })
+            .collect();
+        for (qos, id) in acks {
+            s.acknowledge(
+                qos,
+                id,
+                ringmq::codec::ReasonCode::Success,
+                now,
+                &mut out,
+                &mut actions,
+            );
+        }
         self.gw.handle_session_output(client, &mut out, now, more);
         for a in actions {
             match a {
-                Action::Publish(m) => self.route(&m, more),
+                Action::Publish { message: m, .. } => self.route(&m, more),
+                Action::Persist(_) => {}
                 Action::Subscribe { filter, sub, .. } => self.subscribe(client, filter, sub, more),
                 Action::Unsubscribe { filter } => {
                     self.subs.retain(|(c, f, _)| !(c == client && *f == filter));
@@ -180,7 +202,7 @@ impl Loopback {
                 subscription_ids: &[],
                 from_retained_store: true,
             };
-            self.call(client, more, |s, o, _| s.deliver(&m, &d, now, o));
+            self.call(client, more, |s, o, a| s.deliver(&m, &d, now, o, a));
         }
     }
 
@@ -202,7 +224,7 @@ impl Loopback {
                     subscription_ids: &[],
                     ..d
                 };
-                self.call(&client, more, |s, o, _| s.deliver(m, &d, now, o));
+                self.call(&client, more, |s, o, a| s.deliver(m, &d, now, o, a));
             }
         }
     }

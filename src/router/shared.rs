@@ -27,6 +27,9 @@ pub struct ShareMember<K> {
     pub shard: ShardId,
     pub subscriber: K,
     pub subscription: Subscription,
+    /// The member's session is stored (persistent): a QoS 1/2 message it is picked for must
+    /// be durable on its shard before the publisher is acknowledged.
+    pub durable: bool,
 }
 
 /// A membership change, applied identically on every shard. `filter` is the whole
@@ -263,6 +266,7 @@ mod tests {
             shard: shard(s),
             subscriber: k,
             subscription: Subscription::default(),
+            durable: false,
         }
     }
     fn join(f: &'static str, s: u8, k: u32) -> ShareOp<u32> {

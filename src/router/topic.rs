@@ -583,10 +583,10 @@ mod tests {
                 "{f:?} vs {t:?}"
             );
             // Through the newtypes too, where both are constructible.
-            if let (Ok(f), Ok(t)) = (filter(f), name(t)) {
-                if !f.is_shared() {
-                    assert_eq!(f.matches(&t), want, "{f:?} vs {t:?}");
-                }
+            if let (Ok(f), Ok(t)) = (filter(f), name(t))
+                && !f.is_shared()
+            {
+                assert_eq!(f.matches(&t), want, "{f:?} vs {t:?}");
             }
         }
     }

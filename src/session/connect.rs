@@ -137,7 +137,9 @@ impl Session {
         }
         // [MQTT-3.1.3-9]: a connection to this session before the will delay ends cancels
         // the pending will (on resume; a clean start published it above as the session end).
-        self.data.will = connect.will.clone().map(Box::new);
+        // Detached: a view would keep the whole read of the CONNECT alive for the session's
+        // life.
+        self.data.will = connect.will.as_ref().map(|w| Box::new(w.detached()));
         self.data.will_delay_secs = if connect.protocol.is_v5() {
             connect
                 .will
@@ -151,20 +153,18 @@ impl Session {
         self.data.session_expiry_secs = expiry;
         let (keep_alive, server_keep_alive) = effective_keep_alive(&connect, &self.limits);
         let props = &connect.properties;
-        let send_window = usize::from(self.limits.max_inflight.max(1)).min(
-            props
-                .receive_maximum
-                .map_or(usize::from(u16::MAX), |r| usize::from(r.max(1))),
-        );
+        let send_window = self
+            .limits
+            .max_inflight
+            .max(1)
+            .min(props.receive_maximum.map_or(u16::MAX, |r| r.max(1)));
         let connection = Connection {
             protocol: connect.protocol,
-            keep_alive_timeout_ms: (keep_alive != 0).then(|| u64::from(keep_alive) * 1500),
+            keep_alive_timeout_ms: (keep_alive != 0).then(|| u32::from(keep_alive) * 1500),
             last_packet_ms: now_ms,
             aliases: Vec::new(),
             send_window,
-            client_max_packet: props
-                .maximum_packet_size
-                .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
+            client_max_packet: props.maximum_packet_size.unwrap_or(u32::MAX),
             connect_expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,
         };
         self.protocol = Some(connect.protocol);
@@ -181,10 +181,13 @@ impl Session {
             properties,
         };
         self.send(&Packet::ConnAck(connack), out);
+        // Stored before the CONNACK may leave (the shard holds this call's output until the
+        // commit): a client told "session present" finds it after a crash.
+        self.sync_persistence(actions);
         if resume {
-            self.resend_inflight(now_ms, out);
+            self.resend_inflight(now_ms, out, actions);
         }
-        self.drain_queue(now_ms, out);
+        self.drain_queue(now_ms, out, actions);
     }
 
     /// Clean start (or no session to resume): a pending will of the previous connection is
@@ -193,6 +196,10 @@ impl Session {
     fn discard_for_clean_start(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         if matches!(self.state, State::Offline(o) if o.will_due_ms.is_some()) {
             self.publish_will(now_ms, actions);
+        }
+        if self.persisted {
+            actions.push(Action::Persist(super::persist::Change::Removed));
+            self.persisted = false;
         }
         // After `Ended` the shard already removed the subscriptions from the router.
         if !matches!(self.state, State::Ended) {
@@ -250,9 +257,9 @@ impl Session {
     /// original order [MQTT-4.4.0-1], [MQTT-4.6.0-1]. PUBLISH flows beyond the new window
     /// (a smaller client Receive Maximum) go back to the front of the queue with their
     /// packet ids released, so the client's Receive Maximum holds [MQTT-4.9.0-... send quota].
-    fn resend_inflight(&mut self, now_ms: u64, out: &mut BytesMut) {
+    fn resend_inflight(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
         let window = match &self.state {
-            State::Connected(c) => c.send_window,
+            State::Connected(c) => usize::from(c.send_window),
             State::Detached | State::Offline(_) | State::Ended => return,
         };
         let mut kept = std::collections::VecDeque::new();
@@ -265,6 +272,13 @@ impl Session {
                 other => kept.push_back(other),
             }
         }
+        for q in &back_to_queue {
+            let change = super::persist::Change::Sent {
+                seq: q.seq,
+                packet_id: None,
+            };
+            self.persist(change, actions);
+        }
         self.data.requeue_front(back_to_queue);
         let mut resent = std::collections::VecDeque::with_capacity(kept.len());
         for entry in kept {
@@ -276,10 +290,12 @@ impl Session {
                     // A flow whose PUBLISH no longer fits the client's Maximum Packet Size is
                     // abandoned (dropped and counted by `write_publish`).
                     if !self.write_publish(delivery, Some(*packet_id), true, now_ms, out) {
+                        let seq = delivery.seq;
+                        self.persist(super::persist::Change::Completed { seq }, actions);
                         continue;
                     }
                 }
-                Outbound::Released { packet_id } => {
+                Outbound::Released { packet_id, .. } => {
                     self.send(&Packet::PubRel(codec::Ack::new(*packet_id)), out);
                 }
             }

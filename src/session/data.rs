@@ -21,6 +21,9 @@ use super::types::{Message, Subscription};
 /// when it was routed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedMessage {
+    /// This session's number for the message: unique and increasing within the session
+    /// (storage keys the message by it; QoS 0 entries get one too, unused).
+    pub seq: u64,
     pub message: Arc<Message>,
     /// Delivery QoS: `min(message.qos, granted)`.
     pub qos: QoS,
@@ -31,10 +34,10 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
-    /// Bytes this entry counts against `Limits::max_queued_bytes` (the payload; topics and
-    /// properties are small next to the limit and shared).
+    /// Bytes this entry counts against `Limits::max_queued_bytes`: everything the message
+    /// holds (payload, topic, properties).
     pub fn cost(&self) -> usize {
-        self.message.payload.len()
+        self.message.stored_size()
     }
 }
 
@@ -49,13 +52,23 @@ pub enum Outbound {
     },
     /// QoS 2: PUBREC received and PUBREL sent, waiting for PUBCOMP. The message itself is
     /// no longer needed [MQTT-4.3.3-... the sender discards it once PUBREC arrives].
-    Released { packet_id: PacketId },
+    Released { packet_id: PacketId, seq: u64 },
 }
 
 impl Outbound {
     pub fn packet_id(&self) -> PacketId {
         match self {
-            Outbound::Published { packet_id, .. } | Outbound::Released { packet_id } => *packet_id,
+            Outbound::Published { packet_id, .. } | Outbound::Released { packet_id, .. } => {
+                *packet_id
+            }
+        }
+    }
+
+    /// The session's number of the message this flow carries.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Outbound::Published { delivery, .. } => delivery.seq,
+            Outbound::Released { seq, .. } => *seq,
         }
     }
 }
@@ -72,12 +85,16 @@ pub struct SessionData {
     pub queue: VecDeque<QueuedMessage>,
     /// Sum of `QueuedMessage::cost` over `queue`.
     pub queued_bytes: usize,
+    /// QoS 0 messages in `queue` (the only ones eviction looks for).
+    pub queued_qos0: u32,
     /// Inbound QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived: a
     /// PUBLISH reusing one is a duplicate and is not routed again [MQTT-4.3.3-... method B],
     /// BAD_INPUTS #53. Bounded by `Limits::max_awaiting_rel`.
     pub awaiting_rel: BTreeSet<PacketId>,
     /// Last packet id handed out for an outbound flow; allocation continues after it.
     pub last_packet_id: u16,
+    /// The `seq` of the next outbound message (see `QueuedMessage::seq`).
+    pub next_seq: u64,
     /// The will of the current connection, or of the last one while its Will Delay Interval
     /// runs (the due time is in the offline state). `None` once published or discarded.
     /// Boxed: most sessions have none, and a `Will` is 216 bytes.
@@ -103,9 +120,13 @@ impl SessionData {
     /// Appends `entry` to the queue within `max_messages` / `max_bytes`. When full, the
     /// oldest queued QoS 0 messages are evicted first; a QoS 0 message never evicts
     /// anything; a QoS 1/2 message that still does not fit is rejected.
+    ///
+    /// O(1) when the queue holds no QoS 0 message (the common full queue: a subscriber that
+    /// stopped acknowledging): nothing is scanned. A stored message is detached from the read
+    /// it was decoded from (see `Message::owned`); a refused one is not copied.
     pub(crate) fn enqueue(
         &mut self,
-        entry: QueuedMessage,
+        mut entry: QueuedMessage,
         max_messages: usize,
         max_bytes: usize,
     ) -> Enqueued {
@@ -118,12 +139,13 @@ impl SessionData {
         };
         let mut evicted_qos0 = 0;
         if entry.qos != QoS::AtMostOnce {
-            while !fits(self) {
+            while !fits(self) && self.queued_qos0 > 0 {
                 let Some(pos) = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce) else {
                     break;
                 };
                 if let Some(old) = self.queue.remove(pos) {
                     self.queued_bytes -= old.cost();
+                    self.queued_qos0 -= 1;
                     evicted_qos0 += 1;
                 }
             }
@@ -131,7 +153,14 @@ impl SessionData {
         if !fits(self) {
             return Enqueued::Rejected;
         }
+        if !entry.message.owned {
+            // Queued for an unknown time: it must not keep the read it came from alive.
+            entry.message = std::sync::Arc::new(entry.message.detached());
+        }
         self.queued_bytes += cost;
+        if entry.qos == QoS::AtMostOnce {
+            self.queued_qos0 += 1;
+        }
         self.queue.push_back(entry);
         Enqueued::Stored { evicted_qos0 }
     }
@@ -140,6 +169,9 @@ impl SessionData {
     pub(crate) fn dequeue(&mut self) -> Option<QueuedMessage> {
         let entry = self.queue.pop_front()?;
         self.queued_bytes -= entry.cost();
+        if entry.qos == QoS::AtMostOnce {
+            self.queued_qos0 -= 1;
+        }
         Some(entry)
     }
 
@@ -150,6 +182,9 @@ impl SessionData {
     pub(crate) fn requeue_front(&mut self, entries: Vec<QueuedMessage>) {
         for entry in entries.into_iter().rev() {
             self.queued_bytes += entry.cost();
+            if entry.qos == QoS::AtMostOnce {
+                self.queued_qos0 += 1;
+            }
             self.queue.push_front(entry);
         }
     }
@@ -177,8 +212,19 @@ impl SessionData {
         self.inflight.iter().position(|o| o.packet_id() == id)
     }
 
-    /// Clears everything: a clean start or the end of a session.
+    /// Clears everything: a clean start or the end of a session. Sequence numbers go on
+    /// increasing: one never names two messages of the same client id, even across a clean
+    /// start whose old stored entries are being removed.
     pub(crate) fn clear(&mut self) {
+        let next_seq = self.next_seq;
         *self = SessionData::default();
+        self.next_seq = next_seq;
+    }
+
+    /// A fresh `seq` for an outbound message.
+    pub(crate) fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
     }
 }

@@ -12,6 +12,7 @@ use crate::codec::{
 };
 
 use super::lifecycle::Detach;
+use super::persist::Change;
 use super::types::{Message, Subscription};
 use super::{Action, Connection, Session, State};
 
@@ -41,7 +42,7 @@ impl Session {
             Packet::Publish(p) => self.inbound_publish(p, now_ms, out, actions),
             Packet::PubAck(a) => self.on_puback(a, now_ms, out, actions),
             Packet::PubRec(a) => self.on_pubrec(a, now_ms, out, actions),
-            Packet::PubRel(a) => self.on_pubrel(a, out),
+            Packet::PubRel(a) => self.on_pubrel(a, out, actions),
             Packet::PubComp(a) => self.on_pubcomp(a, now_ms, out, actions),
             Packet::Subscribe(s) => self.on_subscribe(s, now_ms, out, actions),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, out, actions),
@@ -83,7 +84,10 @@ impl Session {
         let Some(packet_id) = publish.packet_id else {
             // QoS 0: route or drop; nothing to acknowledge.
             match verdict {
-                Verdict::Accept => actions.push(Action::Publish(self.message(publish, now_ms))),
+                Verdict::Accept => actions.push(Action::Publish {
+                    message: self.message(publish, now_ms),
+                    ack: None,
+                }),
                 Verdict::Refuse(_) => self.count(|s| &mut s.refused_publishes, 1),
             }
             return;
@@ -108,12 +112,34 @@ impl Session {
             }
             self.count(|s| &mut s.receive_maximum_exceeded, 1);
         }
-        let qos = publish.qos;
-        actions.push(Action::Publish(self.message(publish, now_ms)));
-        if qos == QoS::ExactlyOnce {
-            self.data.awaiting_rel.insert(packet_id);
+        // The shard routes the message, then answers with `acknowledge` (the reason code
+        // is its to choose: storage may refuse, an ACL may deny).
+        actions.push(Action::Publish {
+            message: self.message(publish, now_ms),
+            ack: Some(packet_id),
+        });
+    }
+
+    /// Body of `Session::acknowledge`.
+    pub(super) fn answer_publish(
+        &mut self,
+        qos: QoS,
+        packet_id: crate::codec::PacketId,
+        code: ReasonCode,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        let v5 = self.connection().is_some_and(|c| c.protocol.is_v5());
+        if code.is_error() && !v5 {
+            // 3.x acknowledgements carry no reason code: refusing one is closing.
+            return self.violation(code, now_ms, out, actions);
         }
-        self.ack_publish(qos, packet_id, ReasonCode::Success, out);
+        if qos == QoS::ExactlyOnce && !code.is_error() {
+            self.data.awaiting_rel.insert(packet_id);
+            self.persist(Change::AwaitingRel { packet_id }, actions);
+        }
+        self.ack_publish(qos, packet_id, code, out);
     }
 
     /// Inbound QoS 1/2 publishes the client has outstanding towards our Receive Maximum:
@@ -234,13 +260,19 @@ impl Session {
             properties,
             expires_at_ms,
             origin: Some(self.client_id.clone()),
+            store_id: 0,
+            owned: false,
         })
     }
 
     /// PUBREL -> PUBCOMP [MQTT-4.3.3-... receiver]; an unknown id still gets PUBCOMP (v5 with
     /// 0x92) and the connection stays up (BAD_INPUTS #48).
-    fn on_pubrel(&mut self, ack: Ack, out: &mut BytesMut) {
+    fn on_pubrel(&mut self, ack: Ack, out: &mut BytesMut, actions: &mut Vec<Action>) {
         let reason = if self.data.awaiting_rel.remove(&ack.packet_id) {
+            // Stored before PUBCOMP may leave: a PUBCOMP whose removal a crash undid would
+            // make the client's next message with this id look like a duplicate.
+            let packet_id = ack.packet_id;
+            self.persist(Change::RelReceived { packet_id }, actions);
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
@@ -275,6 +307,11 @@ impl Session {
                 options.qos = options.qos.min(self.max_qos());
                 let sub = Subscription { options, id };
                 self.data.subscriptions.insert(filter.clone(), sub);
+                let change = Change::Subscribed {
+                    filter: filter.clone(),
+                    sub,
+                };
+                self.persist(change, actions);
                 actions.push(Action::Subscribe {
                     filter,
                     sub,
@@ -325,6 +362,10 @@ impl Session {
         let mut reasons = Vec::new();
         for filter in u.filters {
             let code = if self.data.subscriptions.remove(&filter).is_some() {
+                let change = Change::Unsubscribed {
+                    filter: filter.clone(),
+                };
+                self.persist(change, actions);
                 actions.push(Action::Unsubscribe { filter });
                 ReasonCode::Success
             } else {

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 
 use crate::codec::{Disconnect, Packet, ReasonCode};
 
+use super::persist::Change;
 use super::types::Message;
 use super::{Action, Offline, Session, State};
 
@@ -57,7 +58,7 @@ impl Session {
     }
 
     /// Body of `Session::shutdown` (see there for the choice about wills).
-    pub(super) fn shut_down(&mut self, out: &mut BytesMut, actions: &mut Vec<Action>) {
+    pub(super) fn shut_down(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
         let State::Connected(c) = &self.state else {
             return;
         };
@@ -69,10 +70,16 @@ impl Session {
         if self.data.session_expiry_secs == 0 {
             self.end_session(actions);
         } else {
+            // The session outlives the broker (when it is stored) with its expiry running
+            // from now; its will stays, to be published only if the session ends before the
+            // client returns (a reconnect replaces it).
+            let expiry = self.data.session_expiry_secs;
             self.state = State::Offline(Offline {
-                expires_at_ms: None,
+                expires_at_ms: (expiry != u32::MAX)
+                    .then(|| now_ms.saturating_add(u64::from(expiry) * 1000)),
                 will_due_ms: None,
             });
+            self.persist(Change::Header, actions);
         }
     }
 
@@ -104,13 +111,17 @@ impl Session {
             expires_at_ms,
             will_due_ms,
         });
+        self.persist(Change::Header, actions);
     }
 
     /// Publishes the pending will (if any) as a `Publish` action and forgets it.
     pub(super) fn publish_will(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
         if let Some(will) = self.data.will.take() {
             let message = Message::from_will(&will, &self.client_id, now_ms);
-            actions.push(Action::Publish(std::sync::Arc::new(message)));
+            actions.push(Action::Publish {
+                message: std::sync::Arc::new(message),
+                ack: None,
+            });
         }
         if let State::Offline(o) = &mut self.state {
             o.will_due_ms = None;
@@ -120,6 +131,10 @@ impl Session {
     /// The session is over: `Ended`, nothing kept but the subscriptions (for the shard's
     /// router cleanup through `subscriptions()`).
     pub(super) fn end_session(&mut self, actions: &mut Vec<Action>) {
+        if self.persisted {
+            actions.push(Action::Persist(Change::Removed));
+            self.persisted = false;
+        }
         let subscriptions = std::mem::take(&mut self.data.subscriptions);
         self.data.clear();
         self.data.subscriptions = subscriptions;
@@ -133,7 +148,7 @@ impl Session {
             State::Connected(c) => {
                 let expired = c
                     .keep_alive_timeout_ms
-                    .is_some_and(|t| now_ms >= c.last_packet_ms.saturating_add(t));
+                    .is_some_and(|t| now_ms >= c.last_packet_ms.saturating_add(u64::from(t)));
                 if expired {
                     // [MQTT-3.1.2-22]: no packet within 1.5 × keep alive.
                     self.server_disconnect(ReasonCode::KeepAliveTimeout, now_ms, out, actions);
@@ -141,10 +156,14 @@ impl Session {
             }
             State::Offline(o) => {
                 let o = *o;
+                let ends = o.expires_at_ms.is_some_and(|t| now_ms >= t);
                 if o.will_due_ms.is_some_and(|t| now_ms >= t) {
                     self.publish_will(now_ms, actions);
+                    if !ends {
+                        self.persist(Change::Header, actions);
+                    }
                 }
-                if o.expires_at_ms.is_some_and(|t| now_ms >= t) {
+                if ends {
                     self.publish_will(now_ms, actions);
                     self.end_session(actions);
                 }

@@ -34,6 +34,7 @@ mod data;
 mod inbound;
 mod lifecycle;
 mod outbound;
+mod persist;
 mod types;
 
 #[cfg(test)]
@@ -43,12 +44,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use crate::codec::{self, Connect, Packet, ProtocolVersion, QoS, ReasonCode};
+use crate::codec::{self, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode};
 use crate::config::Limits;
 use crate::router::topic::{TopicFilter, TopicName};
 
 pub use connect::{ConnectDecision, refuse_connect, validate_connect};
 pub use data::{Outbound, QueuedMessage, SessionData};
+pub use persist::{Change, Header};
 pub use types::{
     ASSIGNED_ID_PREFIX, ClientId, ClientIdError, Delivery, Message, SessionStats, Subscription,
     assign_client_id,
@@ -58,8 +60,13 @@ pub use types::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Route this message to its subscribers; when `message.retain` also update the retained
-    /// store (an empty payload deletes the retained message [MQTT-3.3.1-6]).
-    Publish(Arc<Message>),
+    /// store (an empty payload deletes the retained message [MQTT-3.3.1-6]). `ack`: a QoS 1/2
+    /// PUBLISH from the client with this packet id, not acknowledged yet: once routed, the
+    /// shard calls `acknowledge` with the reason code (success, or why it was refused).
+    Publish {
+        message: Arc<Message>,
+        ack: Option<PacketId>,
+    },
     /// Insert (or replace, when `existed`) this session's subscription in the router, then,
     /// per `sub.options.retain_handling` and `existed`, look up retained messages and call
     /// `deliver` with `from_retained_store: true` [MQTT-3.3.1-9..11]. Never for a shared
@@ -79,6 +86,9 @@ pub enum Action {
     /// The session is over (clean session, expiry 0, or expired): remove it from the
     /// registry and its subscriptions (`Session::subscriptions`) from the router.
     Ended,
+    /// A persistent session's stored state changed (see `persist`): the output written by
+    /// the same call must not reach the client before the change is durable.
+    Persist(Change),
 }
 
 /// Connection-bound state: valid only while a network connection is attached, never
@@ -87,7 +97,9 @@ pub enum Action {
 struct Connection {
     protocol: ProtocolVersion,
     /// 1.5 × the effective keep alive in ms [MQTT-3.1.2-24]; `None` when keep alive is off.
-    keep_alive_timeout_ms: Option<u64>,
+    /// (At most 1.5 × 65,535 s: fits 32 bits, and the state of a connected session exists
+    /// once per idle connection.)
+    keep_alive_timeout_ms: Option<u32>,
     /// When the last packet arrived (or the connection was attached).
     last_packet_ms: u64,
     /// Inbound topic aliases (v5), index `alias - 1`; grows on demand up to our Topic Alias
@@ -95,9 +107,9 @@ struct Connection {
     /// connection], BAD_INPUTS #39.
     aliases: Vec<Option<TopicName>>,
     /// Outbound QoS 1/2 window: `min(max_inflight, client Receive Maximum)` [MQTT-3.3.4-7..9].
-    send_window: usize,
+    send_window: u16,
     /// Largest packet the client accepts (v5 Maximum Packet Size) [MQTT-3.1.2-24..25].
-    client_max_packet: usize,
+    client_max_packet: u32,
     /// Session Expiry Interval requested in CONNECT was 0: a DISCONNECT may then not set a
     /// non-zero one [MQTT-3.14.2-2] (BAD_INPUTS #65).
     connect_expiry_was_zero: bool,
@@ -141,6 +153,9 @@ pub struct Session {
     /// Allocated at the first count: most sessions never drop or refuse anything, and a
     /// session exists once per idle connection.
     stats: Option<Box<SessionStats>>,
+    /// The session's state is stored (it was persistent when last synchronised): changes
+    /// are emitted as `Action::Persist`.
+    persisted: bool,
 }
 
 impl Session {
@@ -154,20 +169,22 @@ impl Session {
             data: SessionData::default(),
             protocol: None,
             stats: None,
+            persisted: false,
         }
     }
 
-    /// A session restored by storage: offline, with its persistent data. `expires_at_ms` is
-    /// when it ends on the broker clock (`None`: never). A restored will is not published
-    /// by the session (the connection it belonged to ended with the previous broker run);
-    /// storage decides whether to keep `data.will`.
+    /// A session restored from storage: offline, with its persistent data (already
+    /// stored: `persisted` is set). `expires_at_ms` is when it ends and `will_due_ms` when
+    /// `data.will` is published, both on the broker clock (`None`: never / only when the
+    /// session ends). The caller restores `inflight` entries as flows to resend.
     pub fn restore(
         client_id: ClientId,
         limits: Arc<Limits>,
         data: SessionData,
+        protocol: Option<ProtocolVersion>,
         expires_at_ms: Option<u64>,
+        will_due_ms: Option<u64>,
     ) -> Session {
-        let will_due_ms = None;
         Session {
             client_id,
             limits,
@@ -176,8 +193,9 @@ impl Session {
                 will_due_ms,
             }),
             data,
-            protocol: None,
+            protocol,
             stats: None,
+            persisted: true,
         }
     }
 
@@ -232,8 +250,43 @@ impl Session {
         delivery: &Delivery,
         now_ms: u64,
         out: &mut BytesMut,
+        actions: &mut Vec<Action>,
     ) {
-        self.route_in(message, delivery, now_ms, out);
+        self.route_in(message, delivery, now_ms, out, actions);
+    }
+
+    /// Answers the client's QoS 1/2 PUBLISH `packet_id` (announced by `Action::Publish`
+    /// with `ack`) after the shard routed it: PUBACK (QoS 1) or PUBREC (QoS 2) with `code`.
+    /// Success on QoS 2 records the id as awaiting PUBREL. An error code on a 3.x
+    /// connection, whose acknowledgements carry none, closes the connection instead.
+    pub fn acknowledge(
+        &mut self,
+        qos: QoS,
+        packet_id: PacketId,
+        code: ReasonCode,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.answer_publish(qos, packet_id, code, now_ms, out, actions);
+    }
+
+    /// The connection's output went back below `max_output_buffer` (the client read): queued
+    /// messages that waited for room go out.
+    pub fn resume_output(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
+        self.drain_queue(now_ms, out, actions);
+    }
+
+    /// Whether the client is behind: connected, with messages waiting that the inflight
+    /// window has no room for, or a full queue. The shard starts its slow-consumer clock
+    /// then, and restarts it at every acknowledgement while the client stays behind.
+    pub fn is_behind(&self) -> bool {
+        let State::Connected(c) = &self.state else {
+            return false;
+        };
+        let l = &self.limits;
+        (!self.data.queue.is_empty() && self.data.inflight.len() >= usize::from(c.send_window))
+            || self.data.queue.len() >= l.max_queued_messages
     }
 
     /// The connection closed without DISCONNECT (network error, or the shard closed it):
@@ -256,12 +309,16 @@ impl Session {
     }
 
     /// Server shutdown, first step (the shard runs it for every session, on every shard,
-    /// before any connection is closed): sessions live in memory, so each one ends with the
-    /// broker and its will is due now, whatever its delay [MQTT-3.1.3-9] (the delay ends
-    /// with the session). Emits `Publish(will)` for a connected client with a will and for
-    /// an offline session whose delayed will is pending. A later store that keeps sessions
-    /// across restarts must not call this for the sessions it keeps.
-    pub fn publish_will_at_shutdown(&mut self, now_ms: u64, actions: &mut Vec<Action>) {
+    /// before any connection is closed). A session that ends with the broker (not
+    /// persistent, or `kept` is false: nothing is stored) has its will due now, whatever its
+    /// delay [MQTT-3.1.3-9] (the delay ends with the session): `Publish(will)` for a
+    /// connected client with a will and for an offline session whose delayed will is
+    /// pending. A persistent session the store keeps publishes nothing: it outlives the
+    /// restart, and its will with it (see `shutdown`).
+    pub fn publish_will_at_shutdown(&mut self, now_ms: u64, kept: bool, actions: &mut Vec<Action>) {
+        if kept && self.is_persistent() {
+            return;
+        }
         match self.state {
             State::Connected(_) | State::Offline(_) => self.publish_will(now_ms, actions),
             State::Detached | State::Ended => {}
@@ -270,9 +327,11 @@ impl Session {
 
     /// Server shutdown, second step: v5 -> DISCONNECT 0x8B into `out`, then
     /// `Close { will: false }` (the will was handled by `publish_will_at_shutdown`). A
-    /// session with expiry 0 ends (`Ended`); a persistent one goes offline with no timer.
-    pub fn shutdown(&mut self, out: &mut BytesMut, actions: &mut Vec<Action>) {
-        self.shut_down(out, actions);
+    /// session with expiry 0 ends (`Ended`); a persistent one goes offline with its expiry
+    /// running from `now_ms`, keeping its will to be published only if the session ends
+    /// before the client comes back (`Persist(Header)`).
+    pub fn shutdown(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
+        self.shut_down(now_ms, out, actions);
     }
 
     /// Ends the session now (the shard creates a new one for a clean start, or an
@@ -302,7 +361,7 @@ impl Session {
         match &self.state {
             State::Connected(c) => c
                 .keep_alive_timeout_ms
-                .map(|t| c.last_packet_ms.saturating_add(t)),
+                .map(|t| c.last_packet_ms.saturating_add(u64::from(t))),
             State::Offline(o) => match (o.will_due_ms, o.expires_at_ms) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use crate::codec::{self, Ack, AckProperties, Packet, PacketId, PublishOut, QoS, ReasonCode};
 
 use super::data::{Enqueued, Outbound, QueuedMessage};
+use super::persist::{Change, enqueued};
 use super::types::{Delivery, Message};
 use super::{Action, Session, State};
 
@@ -20,12 +21,14 @@ impl Session {
         delivery: &Delivery,
         now_ms: u64,
         out: &mut BytesMut,
+        actions: &mut Vec<Action>,
     ) {
         if message.is_expired(now_ms) {
             self.count(|s| &mut s.dropped_expired, 1);
             return;
         }
         let entry = QueuedMessage {
+            seq: self.data.take_seq(),
             message: Arc::clone(message),
             qos: message.qos.min(delivery.qos),
             // [MQTT-3.3.1-9]: retained-store deliveries keep RETAIN; live ones keep it only
@@ -41,7 +44,7 @@ impl Session {
                     // message must not overtake them, so that one publisher's messages on a
                     // topic arrive in the order sent whatever their QoS ([MQTT-4.6.0-6]
                     // requires it per QoS; users expect it across QoS).
-                    self.enqueue(entry);
+                    self.enqueue(entry, actions);
                 } else if entry.qos == QoS::AtMostOnce {
                     if out.len() >= self.limits.max_output_buffer {
                         // Slow consumer: QoS 0 is the first thing to give up.
@@ -49,49 +52,86 @@ impl Session {
                     } else {
                         self.write_publish(&entry, None, false, now_ms, out);
                     }
-                } else if self.data.queue.is_empty() && self.data.inflight.len() < c.send_window {
-                    self.start_flow(entry, now_ms, out);
+                } else if self.data.queue.is_empty()
+                    && self.data.inflight.len() < usize::from(c.send_window)
+                    && out.len() < self.limits.max_output_buffer
+                {
+                    self.start_flow(entry, false, now_ms, out, actions);
                 } else {
-                    self.enqueue(entry);
+                    // Window full, or output over `max_output_buffer` (a client that does
+                    // not read): wait in the bounded queue, not in unbounded output.
+                    self.enqueue(entry, actions);
                 }
             }
             State::Offline(_) => {
                 if entry.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
                     self.count(|s| &mut s.dropped_qos0, 1);
                 } else {
-                    self.enqueue(entry);
+                    self.enqueue(entry, actions);
                 }
             }
             State::Detached | State::Ended => {}
         }
     }
 
-    /// Queues within the limits, counting what is dropped.
-    fn enqueue(&mut self, entry: QueuedMessage) {
+    /// Queues within the limits, counting what is dropped; a stored QoS 1/2 message is
+    /// persisted (QoS 0 never is, and only QoS 0 is ever evicted).
+    fn enqueue(&mut self, entry: QueuedMessage, actions: &mut Vec<Action>) {
         let qos = entry.qos;
+        let change = (qos != QoS::AtMostOnce && self.persisted).then(|| enqueued(&entry, None));
         let l = &self.limits;
         match self
             .data
             .enqueue(entry, l.max_queued_messages, l.max_queued_bytes)
         {
-            Enqueued::Stored { evicted_qos0 } => self.count(|s| &mut s.dropped_qos0, evicted_qos0),
+            Enqueued::Stored { evicted_qos0 } => {
+                self.count(|s| &mut s.dropped_qos0, evicted_qos0);
+                if let Some(change) = change {
+                    self.persist(change, actions);
+                }
+            }
             Enqueued::Rejected if qos == QoS::AtMostOnce => self.count(|s| &mut s.dropped_qos0, 1),
             Enqueued::Rejected => self.count(|s| &mut s.dropped_queue_full, 1),
         }
     }
 
-    /// Sends a QoS 1/2 message under a new packet id and records the flow.
-    fn start_flow(&mut self, entry: QueuedMessage, now_ms: u64, out: &mut BytesMut) {
+    /// Sends a QoS 1/2 message under a new packet id and records the flow. `stored`: the
+    /// message was persisted before (it comes from the queue), so the change is its new
+    /// packet id, or its end when it cannot be sent.
+    fn start_flow(
+        &mut self,
+        entry: QueuedMessage,
+        stored: bool,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
         let Some(packet_id) = self.data.allocate_packet_id() else {
             // Unreachable while the window is below 65535; keep the message.
-            self.enqueue(entry);
+            if stored {
+                self.data.requeue_front(vec![entry]);
+            } else {
+                self.enqueue(entry, actions);
+            }
             return;
         };
+        let seq = entry.seq;
         if self.write_publish(&entry, Some(packet_id), false, now_ms, out) {
+            let change = if stored {
+                Change::Sent {
+                    seq,
+                    packet_id: Some(packet_id),
+                }
+            } else {
+                enqueued(&entry, Some(packet_id))
+            };
             self.data.inflight.push_back(Outbound::Published {
                 packet_id,
                 delivery: entry,
             });
+            self.persist(change, actions);
+        } else if stored {
+            self.persist(Change::Completed { seq }, actions);
         }
     }
 
@@ -109,7 +149,7 @@ impl Session {
         let State::Connected(c) = &self.state else {
             return false;
         };
-        let (protocol, limit) = (c.protocol, c.client_max_packet);
+        let (protocol, limit) = (c.protocol, c.client_max_packet as usize);
         let m = &entry.message;
         // Written from borrowed parts, no clone of the message: Message Expiry Interval
         // rewritten to what remains [MQTT-3.3.2-6], this delivery's subscription
@@ -138,9 +178,14 @@ impl Session {
 
     /// Sends queued messages while the window has room (QoS 0 entries need none); expired
     /// ones are dropped [MQTT-3.3.2-5].
-    pub(super) fn drain_queue(&mut self, now_ms: u64, out: &mut BytesMut) {
+    pub(super) fn drain_queue(
+        &mut self,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
         let window = match &self.state {
-            State::Connected(c) => c.send_window,
+            State::Connected(c) => usize::from(c.send_window),
             State::Detached | State::Offline(_) | State::Ended => return,
         };
         while let Some(front) = self.data.queue.front() {
@@ -148,13 +193,19 @@ impl Session {
             if needs_slot && self.data.inflight.len() >= window {
                 break;
             }
+            if out.len() >= self.limits.max_output_buffer {
+                break; // The rest waits until the client reads (`Session::resume_output`).
+            }
             let Some(entry) = self.data.dequeue() else {
                 break;
             };
             if entry.message.is_expired(now_ms) {
                 self.count(|s| &mut s.dropped_expired, 1);
+                if needs_slot {
+                    self.persist(Change::Completed { seq: entry.seq }, actions);
+                }
             } else if needs_slot {
-                self.start_flow(entry, now_ms, out);
+                self.start_flow(entry, true, now_ms, out, actions);
             } else {
                 self.write_publish(&entry, None, false, now_ms, out);
             }
@@ -186,11 +237,14 @@ impl Session {
         let id = ack.packet_id;
         match self.flow(id) {
             Some((pos, Awaiting::Rec)) => {
+                let seq = self.data.inflight[pos].seq();
                 if ack.reason.is_error() {
                     self.data.inflight.remove(pos);
-                    self.drain_queue(now_ms, out);
+                    self.persist(Change::Completed { seq }, actions);
+                    self.drain_queue(now_ms, out, actions);
                 } else {
-                    self.data.inflight[pos] = Outbound::Released { packet_id: id };
+                    self.data.inflight[pos] = Outbound::Released { packet_id: id, seq };
+                    self.persist(Change::Released { seq, packet_id: id }, actions);
                     self.send(&Packet::PubRel(Ack::new(id)), out);
                 }
             }
@@ -235,8 +289,10 @@ impl Session {
     ) {
         match self.flow(ack.packet_id) {
             Some((pos, awaiting)) if awaiting == last => {
-                self.data.inflight.remove(pos);
-                self.drain_queue(now_ms, out);
+                if let Some(flow) = self.data.inflight.remove(pos) {
+                    self.persist(Change::Completed { seq: flow.seq() }, actions);
+                }
+                self.drain_queue(now_ms, out, actions);
             }
             Some(_) => self.violation(ReasonCode::ProtocolError, now_ms, out, actions),
             None => self.count(|s| &mut s.unknown_acks, 1),

@@ -88,9 +88,53 @@ pub struct Message {
     /// The publishing client, for No Local [MQTT-3.8.3-3]. `None` for messages the broker
     /// itself creates (`$SYS`).
     pub origin: Option<ClientId>,
+    /// The message's id in storage, the same on every shard (0: none assigned; the shard
+    /// assigns one when it routes a QoS 1/2 message, before any session stores it).
+    pub store_id: u64,
+    /// Topic, payload and properties are buffers of their own, not views into the read they
+    /// were decoded from (a view keeps that whole read alive: a 1-byte message decoded with
+    /// 1 MB of other traffic would pin the megabyte for as long as it is queued).
+    pub owned: bool,
 }
 
 impl Message {
+    /// The same message in buffers of its own (see `owned`): topic and payload share one
+    /// new allocation of exactly their size.
+    pub fn detached(&self) -> Message {
+        let topic_len = self.topic.len();
+        let mut both = bytes::BytesMut::with_capacity(topic_len + self.payload.len());
+        both.extend_from_slice(self.topic.as_bytes());
+        both.extend_from_slice(&self.payload);
+        let mut both = both.freeze();
+        let payload = both.split_off(topic_len);
+        let topic = TopicName::new(both).unwrap_or_else(|_| self.topic.clone());
+        Message {
+            topic,
+            payload,
+            properties: detached_properties(&self.properties),
+            origin: self.origin.as_ref().map(ClientId::detached),
+            owned: true,
+            ..self.clone()
+        }
+    }
+
+    /// Bytes the message holds: what a queue charges against its byte limit (topic and
+    /// properties too, not only the payload).
+    pub fn stored_size(&self) -> usize {
+        let p = &self.properties;
+        let users: usize = p
+            .user_properties
+            .iter()
+            .map(|u| u.name.len() + u.value.len())
+            .sum();
+        self.topic.len()
+            + self.payload.len()
+            + users
+            + p.response_topic.as_ref().map_or(0, TopicName::len)
+            + p.correlation_data.as_ref().map_or(0, Bytes::len)
+            + p.content_type.as_ref().map_or(0, MqttStr::len)
+    }
+
     /// Whether the message must be dropped instead of delivered at `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|t| now_ms >= t)
@@ -128,7 +172,33 @@ impl Message {
                 .message_expiry_interval
                 .map(|s| now_ms.saturating_add(u64::from(s) * 1000)),
             origin: Some(client.clone()),
+            store_id: 0,
+            // The session keeps its will detached (see `Will::detached`).
+            owned: true,
         }
+    }
+}
+
+/// Properties whose strings and binaries are buffers of their own.
+fn detached_properties(p: &PublishProperties) -> PublishProperties {
+    PublishProperties {
+        response_topic: p.response_topic.as_ref().map(|t| {
+            TopicName::new(Bytes::copy_from_slice(t.as_bytes())).unwrap_or_else(|_| t.clone())
+        }),
+        correlation_data: p
+            .correlation_data
+            .as_ref()
+            .map(|b| Bytes::copy_from_slice(b)),
+        user_properties: p
+            .user_properties
+            .iter()
+            .map(|u| crate::codec::UserProperty {
+                name: u.name.detached(),
+                value: u.value.detached(),
+            })
+            .collect(),
+        content_type: p.content_type.as_ref().map(MqttStr::detached),
+        ..p.clone()
     }
 }
 

@@ -27,13 +27,15 @@ use crossbeam_channel::Receiver;
 
 use super::Shared;
 use super::event_loop::Lifecycle;
+use super::hold::{HoldKey, Holds};
 use super::listen::Listeners;
 use super::mailbox::{Envelope, Outboxes};
+use super::persist::Persist;
 use super::registry::Registry;
 use super::routes::Routes;
 use super::sys::Poller;
 use super::timer::{TimerKey, TimerWheel};
-use crate::codec::{Connect, DecodeLimits, ProtocolVersion};
+use crate::codec::{DecodeLimits, ProtocolVersion};
 use crate::config::Limits;
 use crate::log;
 use crate::router::interest::ShardId;
@@ -70,21 +72,36 @@ pub(crate) struct Conn {
     /// The poller reported the peer's FIN, a hang-up or an error: a short read no longer
     /// means "drained", reads continue until `recv` returns 0 or an error.
     pub(crate) peer_closed: bool,
-    /// `Fence` answers still awaited from other shards: output is held until 0 (see
-    /// `Envelope::Fence`), so no acknowledgement overtakes the broadcast it depends on.
-    pub(crate) fences: u16,
+    /// Output held back until other shards answer or a storage commit completes (see
+    /// `hold.rs`); `None` while nothing is held (8 B in an idle connection).
+    pub(crate) holds: Option<Box<Holds>>,
     pub(crate) version: Option<ProtocolVersion>,
     /// The attached client's slot; `None` before CONNECT and once the session let go.
     pub(crate) client: Option<u32>,
     /// `AwaitingConnect`: when accepted. `Open`: since when `out` is over
-    /// `max_output_buffer` (0: it is not).
-    pub(crate) since_ms: u64,
+    /// `max_output_buffer` (0: it is not). A `Stamp` (4 B instead of 8: a connection exists
+    /// once per idle client).
+    pub(crate) since: Stamp,
     pub(crate) peer: SocketAddr,
     /// An incomplete trailing packet; `None` between packets (8 B in every idle connection
     /// instead of an empty 32 B buffer).
     pub(crate) input: Option<Box<BytesMut>>,
     /// Encoded output not yet written; freed once fully written.
     pub(crate) out: BytesMut,
+}
+
+/// A broker-clock instant in tenths of a second, 0 meaning "none": enough for timeouts
+/// counted in seconds, in 4 bytes (it wraps after 13 years of uptime).
+pub(crate) type Stamp = u32;
+
+/// The stamp of `now_ms` (never 0).
+pub(crate) fn stamp(now_ms: u64) -> Stamp {
+    (now_ms / 100) as u32 + 1
+}
+
+/// The broker-clock milliseconds of a non-zero stamp (rounded down to its tenth).
+pub(crate) fn stamp_ms(stamp: Stamp) -> u64 {
+    u64::from(stamp.saturating_sub(1)) * 100
 }
 
 /// The poller token of connection `slot`: its generation tells a reused slot apart.
@@ -100,6 +117,9 @@ pub(crate) struct Client {
     pub(crate) generation: u32,
     /// The wheel tick of this client's live timer entry; 0: none.
     pub(crate) timer_tick: u32,
+    /// The session is stored: its QoS 1/2 subscriptions count in the durable routing index
+    /// (see `Core::sync_durability`).
+    pub(crate) durable: bool,
 }
 
 /// Counters of what the runtime did, for logs and tests.
@@ -155,6 +175,13 @@ pub(crate) struct Core {
     next_gen: u32,
     assigned_ids: u64,
     pub(crate) stats: ShardStats,
+    /// The storage pipeline (batches, tickets, what waits for commits).
+    pub(crate) persist: Persist,
+    /// The connection whose client's call is being handled: it is not written early in the
+    /// middle of that call (its hold positions would move).
+    pub(crate) marked_conn: Option<u32>,
+    /// Shutdown: until when outstanding commits are waited for (set at the first look).
+    pub(crate) stop_commit_deadline: Option<u64>,
 }
 
 impl Core {
@@ -164,6 +191,7 @@ impl Core {
         inbox: Vec<Receiver<Envelope>>,
         poller: Poller,
         listeners: Listeners,
+        persist: Persist,
     ) -> Core {
         let limits = &shared.config.limits;
         let connect_limits = DecodeLimits {
@@ -205,6 +233,9 @@ impl Core {
             next_gen: 0,
             assigned_ids: 0,
             stats: ShardStats::default(),
+            persist,
+            marked_conn: None,
+            stop_commit_deadline: None,
             shared,
         }
     }
@@ -214,7 +245,7 @@ impl Core {
         self.now_ms = self.shared.clock.now_ms();
     }
 
-    fn next_generation(&mut self) -> u32 {
+    pub(crate) fn next_generation(&mut self) -> u32 {
         self.next_gen = self.next_gen.wrapping_add(1);
         self.next_gen
     }
@@ -241,10 +272,10 @@ impl Core {
             write_blocked: false,
             read_pending: false,
             peer_closed: false,
-            fences: 0,
+            holds: None,
             version: None,
             client: None,
-            since_ms: self.now_ms,
+            since: stamp(self.now_ms),
             peer,
             input: None,
             out: BytesMut::new(),
@@ -267,202 +298,32 @@ impl Core {
         crate::session::assign_client_id(seed)
     }
 
-    /// Attaches connection `id` (CONNECT decoded, home shard reached) to the session of
-    /// `client_id`, taking over an existing connection of that client.
-    pub(crate) fn attach(
-        &mut self,
-        id: u32,
-        connect: Box<Connect>,
-        client_id: ClientId,
-        assigned: bool,
-    ) {
-        let now = self.now_ms;
-        let mut existing = self.registry.get(&self.clients, &client_id);
-        if let Some(slot) = existing {
-            self.take_over(slot);
-            // Clean start (or a session the takeover ended) begins afresh.
-            let live = self
-                .clients
-                .get(slot as usize)
-                .is_some_and(|c| !c.session.is_ended());
-            if !live || connect.clean_start {
-                if live {
-                    // `discard` publishes a pending delayed will (its session ends) and
-                    // emits `Ended`; `end_client` then has nothing left to do.
-                    let mut actions = std::mem::take(&mut self.actions);
-                    if let Some(client) = self.clients.get_mut(slot as usize) {
-                        client.session.discard(now, &mut actions);
-                    }
-                    self.apply_actions(slot, &mut actions);
-                    self.actions = actions;
-                    self.end_client(slot);
-                }
-                existing = None;
-            }
-        }
-        let session_present = existing.is_some();
-        let slot = match existing {
-            Some(slot) => slot,
-            None => self.new_client(client_id.clone()),
-        };
-        let version = connect.protocol;
-        let Some(conn) = self.conns.get_mut(id as usize) else {
-            return;
-        };
-        conn.phase = Phase::Open;
-        conn.version = Some(version);
-        conn.client = Some(slot);
-        conn.since_ms = 0;
-        let peer = conn.peer;
-        let mut actions = std::mem::take(&mut self.actions);
-        if let Some(client) = self.clients.get_mut(slot as usize) {
-            client.conn = Some(id);
-            client.session.connect(
-                *connect,
-                session_present,
-                assigned,
-                now,
-                &mut conn.out,
-                &mut actions,
-            );
-        }
-        log!(
-            INFO,
-            self.log_id,
-            "client {} connected from {peer} ({version:?}, session present: {session_present})",
-            client_id.as_str()
-        );
-        self.mark_dirty(id);
-        self.apply_actions(slot, &mut actions);
-        self.actions = actions;
-        self.reschedule_client(slot);
-    }
-
-    fn new_client(&mut self, client_id: ClientId) -> u32 {
-        // Not a view of the CONNECT's read: that would pin the read (with whatever else the
-        // client sent in it) for the session's life.
-        let client_id = client_id.detached();
-        let generation = self.next_generation();
-        let session = Session::new(client_id, Arc::clone(&self.session_limits));
-        let slot = self.clients.insert(Client {
-            session,
-            conn: None,
-            generation,
-            timer_tick: 0,
-        }) as u32;
-        self.registry.insert(&self.clients, slot);
-        slot
-    }
-
-    /// A new connection claims client `slot`: the old connection (if any) is told and
-    /// closed [MQTT-3.1.4-3].
-    fn take_over(&mut self, slot: u32) {
-        let Some(client) = self.clients.get_mut(slot as usize) else {
-            return;
-        };
-        let Some(old) = client.conn.take() else {
-            return;
-        };
-        let mut actions = std::mem::take(&mut self.actions);
-        if let Some(conn) = self.conns.get_mut(old as usize) {
-            client
-                .session
-                .taken_over(self.now_ms, &mut conn.out, &mut actions);
-            conn.client = None;
-            log!(
-                INFO,
-                self.log_id,
-                "client {} taken over; closing its connection from {}",
-                client.session.client_id().as_str(),
-                conn.peer
-            );
-        }
-        self.mark_dirty(old);
-        self.request_close(old);
-        self.apply_actions(slot, &mut actions);
-        self.actions = actions;
-    }
-
-    /// Executes a session's actions in order. `slot` is the client that produced them.
-    pub(crate) fn apply_actions(&mut self, slot: u32, actions: &mut Vec<Action>) {
-        for action in actions.drain(..) {
-            match action {
-                Action::Publish(message) => self.route_publish(message, Some(slot)),
-                Action::Subscribe {
-                    filter,
-                    sub,
-                    existed,
-                } => self.subscribe(slot, filter, sub, existed),
-                Action::Unsubscribe { filter } => self.unsubscribe(slot, &filter),
-                Action::Close { .. } => self.detach_and_close(slot),
-                Action::Ended => self.end_client(slot),
-            }
-        }
-    }
-
-    /// The session let go of its connection: flush what it wrote, then close.
-    fn detach_and_close(&mut self, slot: u32) {
-        let Some(conn) = self
-            .clients
-            .get_mut(slot as usize)
-            .and_then(|c| c.conn.take())
-        else {
-            return;
-        };
-        if let Some(c) = self.conns.get_mut(conn as usize) {
-            c.client = None;
-            let peer = c.peer;
-            let client = self.client_name(Some(slot));
-            log!(
-                INFO,
-                self.log_id,
-                "client {client} at {peer}: connection closed by the session"
-            );
-        }
-        self.mark_dirty(conn);
-        self.request_close(conn);
-    }
-
-    /// The session is over: its subscriptions leave the router, the slot is freed.
-    pub(crate) fn end_client(&mut self, slot: u32) {
-        let Some(client) = self.clients.try_remove(slot as usize) else {
-            return;
-        };
-        let key = super::routes::SessionKey {
-            slot,
-            generation: client.generation,
-        };
-        for (filter, _) in client.session.subscriptions() {
-            self.remove_subscription(slot, key, filter);
-        }
-        self.registry.remove(client.session.client_id(), slot);
-        if let Some(conn) = client.conn {
-            if let Some(c) = self.conns.get_mut(conn as usize) {
-                c.client = None;
-            }
-            self.request_close(conn);
-        }
-    }
-
     /// Marks connection `id` for a last flush and close at the end of the turn (never at
     /// once: the caller may be in the middle of that connection's input).
     pub(crate) fn request_close(&mut self, id: u32) {
-        if let Some(conn) = self.conns.get_mut(id as usize) {
-            if conn.phase != Phase::Closing {
-                conn.phase = Phase::Closing;
-                self.closing.push((id, conn.generation));
-            }
+        if let Some(conn) = self.conns.get_mut(id as usize)
+            && conn.phase != Phase::Closing
+        {
+            conn.phase = Phase::Closing;
+            self.closing.push((id, conn.generation));
         }
     }
 
     /// Queues connection `id` for the end-of-turn flush.
     pub(crate) fn mark_dirty(&mut self, id: u32) {
-        if let Some(conn) = self.conns.get_mut(id as usize) {
-            if !conn.dirty && !conn.out.is_empty() {
-                conn.dirty = true;
-                self.dirty.push((id, conn.generation));
-            }
+        if let Some(conn) = self.conns.get_mut(id as usize)
+            && !conn.dirty
+            && !conn.out.is_empty()
+        {
+            conn.dirty = true;
+            self.dirty.push((id, conn.generation));
         }
+    }
+
+    /// Start-up only: every queued envelope into the channels (see
+    /// `Outboxes::flush_unbounded`).
+    pub(crate) fn flush_outboxes_unbounded(&mut self) {
+        self.outboxes.flush_unbounded(self.id, &self.shared.mesh);
     }
 
     /// Queues an envelope for another shard (sent at the end of the turn).
@@ -470,98 +331,93 @@ impl Core {
         self.outboxes.push(dst, envelope);
     }
 
-    /// Holds the output of client `slot`'s connection until every other shard has applied
-    /// what this shard broadcast so far (see `Envelope::Fence`). A no-op with one shard.
-    pub(crate) fn fence_client(&mut self, slot: u32) {
-        if let Some((conn, generation)) = self.hold_for_fences(slot) {
-            self.send_fences(self.id, conn, generation, None);
+    /// The hold at `offset` in connection `conn_id`'s output (created if needed).
+    pub(crate) fn hold_at(&mut self, conn_id: u32, offset: usize) -> Option<HoldKey> {
+        let conn = self.conns.get_mut(conn_id as usize)?;
+        let holds = conn.holds.get_or_insert_with(Box::default);
+        let id = holds.at(offset.min(conn.out.len()));
+        Some(HoldKey {
+            conn: conn_id,
+            generation: conn.generation,
+            id,
+        })
+    }
+
+    /// Holds client `slot`'s connection output from `offset` until every other shard has
+    /// applied what this shard broadcast so far (see `Envelope::Fence`). A no-op with one
+    /// shard.
+    pub(crate) fn fence_client(&mut self, slot: u32, offset: usize) {
+        if let Some(hold) = self.hold_client_for_remote(slot, offset) {
+            self.send_fences(self.id, hold, None);
         }
     }
 
-    /// Makes client `slot`'s connection wait for one `FenceDone` from every other shard;
-    /// returns the connection and its generation, for the fences that will be answered
-    /// (`None`: one shard, or no connection, nothing to wait for).
-    pub(crate) fn hold_for_fences(&mut self, slot: u32) -> Option<(u32, u32)> {
-        let conn_id = self.clients.get(slot as usize).and_then(|c| c.conn)?;
-        let others = self.shared.shards.saturating_sub(1);
-        let conn = self.conns.get_mut(conn_id as usize)?;
+    /// Makes client `slot`'s connection output from `offset` wait for one answer from every
+    /// other shard; returns the hold they will answer for (`None`: one shard, or no
+    /// connection, nothing to wait for).
+    pub(crate) fn hold_client_for_remote(&mut self, slot: u32, offset: usize) -> Option<HoldKey> {
+        let others = self.shared.shards.saturating_sub(1) as u32;
         if others == 0 {
             return None;
         }
-        conn.fences = conn.fences.saturating_add(others as u16);
-        Some((conn_id, conn.generation))
+        let conn_id = self.clients.get(slot as usize).and_then(|c| c.conn)?;
+        let key = self.hold_at(conn_id, offset)?;
+        self.add_remote(key, others);
+        Some(key)
     }
 
-    /// Sends a `Fence` for connection `conn` of shard `origin` to every shard but `origin`
-    /// and `skip`: each answers `origin` once it has applied what this shard sent it before.
-    pub(crate) fn send_fences(
-        &mut self,
-        origin: ShardId,
-        conn: u32,
-        generation: u32,
-        skip: Option<ShardId>,
-    ) {
+    /// Hold `key` waits for `n` more answers from other shards.
+    pub(crate) fn add_remote(&mut self, key: HoldKey, n: u32) {
+        if let Some(holds) = self
+            .conns
+            .get_mut(key.conn as usize)
+            .filter(|c| c.generation == key.generation)
+            .and_then(|c| c.holds.as_mut())
+        {
+            holds.add_remote(key.id, n);
+        }
+    }
+
+    /// Sends a `Fence` for `hold` (a connection of shard `origin`) to every shard but
+    /// `origin` and `skip`: each answers `origin` once it has applied what this shard sent
+    /// it before.
+    pub(crate) fn send_fences(&mut self, origin: ShardId, hold: HoldKey, skip: Option<ShardId>) {
         for i in 0..self.shared.shards {
             match ShardId::new(i as u8) {
                 Some(dst) if dst != origin && Some(dst) != skip => {
-                    let envelope = Envelope::Fence {
-                        origin,
-                        conn,
-                        generation,
-                    };
-                    self.send_to(dst, envelope);
+                    self.send_to(dst, Envelope::Fence { origin, hold });
                 }
                 Some(_) | None => {}
             }
         }
     }
 
-    /// Another shard answered a `Fence`: once all have, the held output goes out.
-    pub(crate) fn fence_done(&mut self, conn_id: u32, generation: u32) {
-        let Some(conn) = self.conns.get_mut(conn_id as usize) else {
-            return;
-        };
-        if conn.generation != generation {
-            return; // The connection closed meanwhile; its slot was reused.
-        }
-        conn.fences = conn.fences.saturating_sub(1);
-        if conn.fences == 0 {
-            self.mark_dirty(conn_id);
-        }
+    /// Another shard answered for `key` (a `Fence`, or its part of a durable publish).
+    pub(crate) fn fence_done(&mut self, key: HoldKey) {
+        self.update_holds(key, |h| h.remote_done(key.id));
     }
 
-    /// Closes connection `id` after a last flush: if the session still counted on it, the
-    /// connection was lost (will, expiry).
-    pub(crate) fn finish_conn(&mut self, id: u32) {
-        self.tick_clock();
-        let Some(conn) = self.conns.try_remove(id as usize) else {
+    /// The commit `key` waited for is done (every ticket up to `ticket`).
+    pub(crate) fn hold_committed(&mut self, key: HoldKey, ticket: u64) {
+        self.update_holds(key, |h| h.committed(ticket));
+    }
+
+    /// Applies `f` to the holds of `key`'s connection (if it is still the same one) and
+    /// schedules a flush for what they release.
+    fn update_holds(&mut self, key: HoldKey, f: impl FnOnce(&mut Holds)) {
+        let Some(conn) = self.conns.get_mut(key.conn as usize) else {
             return;
         };
-        super::io::last_flush(&conn);
-        let Some(slot) = conn.client else {
-            return;
-        };
-        let attached = self
-            .clients
-            .get(slot as usize)
-            .is_some_and(|c| c.conn == Some(id));
-        if attached {
-            let mut actions = std::mem::take(&mut self.actions);
-            if let Some(client) = self.clients.get_mut(slot as usize) {
-                client.conn = None;
-                log!(
-                    INFO,
-                    self.log_id,
-                    "client {} from {} disconnected without DISCONNECT",
-                    client.session.client_id().as_str(),
-                    conn.peer
-                );
-                client.session.connection_lost(self.now_ms, &mut actions);
-            }
-            self.apply_actions(slot, &mut actions);
-            self.actions = actions;
-            self.reschedule_client(slot);
+        if conn.generation != key.generation {
+            return; // The connection closed meanwhile; its slot was reused.
         }
+        if let Some(holds) = conn.holds.as_mut() {
+            f(holds);
+            if holds.is_empty() {
+                conn.holds = None;
+            }
+        }
+        self.mark_dirty(key.conn);
     }
 
     /// Arms the wheel for client `slot`'s next session deadline (only when earlier than
@@ -618,27 +474,42 @@ impl Core {
             return;
         }
         client.timer_tick = 0;
+        self.fire_client_deadline(slot);
+        self.reschedule_client(slot);
+    }
+
+    /// Calls client `slot`'s session timers if its next deadline has passed.
+    pub(crate) fn fire_client_deadline(&mut self, slot: u32) {
+        let Some(client) = self.clients.get_mut(slot as usize) else {
+            return;
+        };
         if client
             .session
             .next_deadline()
             .is_some_and(|d| d <= self.now_ms)
         {
             let mut actions = std::mem::take(&mut self.actions);
+            let mut hold_from = None;
             let out = match client.conn.and_then(|c| self.conns.get_mut(c as usize)) {
-                Some(conn) => &mut conn.out,
+                Some(conn) => {
+                    hold_from = Some(conn.out.len());
+                    &mut conn.out
+                }
                 None => &mut self.sink,
             };
             client
                 .session
                 .handle_timeout(self.now_ms, out, &mut actions);
             self.sink.clear();
-            if let Some(c) = client.conn {
+            let conn = client.conn;
+            if let Some(c) = conn {
                 self.mark_dirty(c);
             }
-            self.apply_actions(slot, &mut actions);
+            self.marked_conn = conn;
+            self.apply_actions(slot, &mut actions, hold_from);
+            self.marked_conn = None;
             self.actions = actions;
         }
-        self.reschedule_client(slot);
     }
 
     fn conn_timer(&mut self, id: u32, generation: u32, tick: u32) {
@@ -653,31 +524,27 @@ impl Core {
             return;
         }
         conn.timer_tick = 0;
-        let (phase, since, over, peer, client) = (
-            conn.phase,
-            conn.since_ms,
-            conn.out.len() >= max_out,
-            conn.peer,
-            conn.client,
-        );
+        let (phase, since, peer, client) = (conn.phase, conn.since, conn.peer, conn.client);
+        let over = self.is_slow(id);
+        let since_ms = stamp_ms(since);
         match phase {
-            Phase::AwaitingConnect if self.now_ms >= since + connect_ms => {
+            Phase::AwaitingConnect if self.now_ms >= since_ms + connect_ms => {
                 log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
                 self.request_close(id);
             }
-            Phase::Open if since != 0 && over && self.now_ms >= since + slow_ms => {
+            Phase::Open if since != 0 && over && self.now_ms >= since_ms + slow_ms => {
                 let client = self.client_name(client);
                 log!(
                     WARN,
                     self.log_id,
-                    "client {client} from {peer}: output over {max_out} bytes for {}s; \
-                     disconnecting slow consumer",
+                    "client {client} from {peer}: slow consumer (output over {max_out} bytes, \
+                     or messages waiting with no acknowledgement) for {}s; disconnecting",
                     slow_ms / 1000
                 );
                 self.stats.slow_consumers_closed += 1;
                 self.request_close(id);
             }
-            Phase::Open if since != 0 && over => self.schedule_conn(id, since + slow_ms),
+            Phase::Open if since != 0 && over => self.schedule_conn(id, since_ms + slow_ms),
             Phase::AwaitingConnect | Phase::Open | Phase::Closing => {}
         }
     }
@@ -688,52 +555,6 @@ impl Core {
             || "-".to_owned(),
             |c| c.session.client_id().as_str().to_owned(),
         )
-    }
-
-    /// Server shutdown, first step: every session's will is due (sessions end with the
-    /// broker) and is routed like any publish, to subscribers on every shard; the second step
-    /// (`begin_shutdown`) waits until every shard has done this.
-    pub(crate) fn route_shutdown_wills(&mut self) {
-        self.tick_clock();
-        let slots: Vec<u32> = self.clients.iter().map(|(slot, _)| slot as u32).collect();
-        for slot in slots {
-            let mut actions = std::mem::take(&mut self.actions);
-            if let Some(client) = self.clients.get_mut(slot as usize) {
-                client
-                    .session
-                    .publish_will_at_shutdown(self.now_ms, &mut actions);
-            }
-            self.apply_actions(slot, &mut actions);
-            self.actions = actions;
-        }
-    }
-
-    /// Server shutdown, second step: every session is told (v5 clients get DISCONNECT
-    /// 0x8B) and every connection closes.
-    pub(crate) fn begin_shutdown(&mut self) {
-        self.listeners.close(&self.poller);
-        self.tick_clock();
-        let attached: Vec<(u32, u32)> = self
-            .clients
-            .iter()
-            .filter_map(|(slot, c)| c.conn.map(|conn| (slot as u32, conn)))
-            .collect();
-        for (slot, conn) in attached {
-            let mut actions = std::mem::take(&mut self.actions);
-            if let (Some(client), Some(c)) = (
-                self.clients.get_mut(slot as usize),
-                self.conns.get_mut(conn as usize),
-            ) {
-                client.session.shutdown(&mut c.out, &mut actions);
-            }
-            self.mark_dirty(conn);
-            self.apply_actions(slot, &mut actions);
-            self.actions = actions;
-        }
-        let all: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
-        for id in all {
-            self.request_close(id);
-        }
     }
 }
 
@@ -751,7 +572,7 @@ mod tests {
         let session = size_of::<crate::session::Session>();
         eprintln!("Conn: {conn} B, Client: {client} B (Session: {session} B)");
         assert!(conn <= 112, "Conn grew to {conn} bytes");
-        assert!(session <= 272, "Session grew to {session} bytes");
-        assert!(client <= 288, "Client grew to {client} bytes");
+        assert!(session <= 256, "Session grew to {session} bytes");
+        assert!(client <= 280, "Client grew to {client} bytes");
     }
 }

@@ -4,12 +4,13 @@
 //! One turn, in this order:
 //! 1. drain the other shards' channels (always, whatever else is congested: two shards that
 //!    both wait for room in each other's channel must still empty their own, or neither ever
-//!    gets room);
+//!    gets room), and the storage writer's answers (commits release held acknowledgements);
 //! 2. accept and read the sockets the poller reports (skipped while an outbox is
 //!    backlogged: reading makes envelopes for shards that are already behind);
 //! 3. fire due timers (one wheel tick per second);
 //! 4. close the connections marked for closing;
-//! 5. flush the outboxes to the channels and every dirty connection to its socket;
+//! 5. send this turn's storage batch, then flush the outboxes to the channels and every
+//!    dirty connection to its socket;
 //! 6. move the shutdown on by one step (`Lifecycle`).
 //!
 //! Waiting: when a turn leaves nothing to do, the task parks on the poller's fd (an io_uring
@@ -142,6 +143,7 @@ impl Core {
     pub(crate) fn turn(&mut self, events: &mut [PollEvent]) -> bool {
         self.tick_clock();
         let mut busy = self.drain_inbox(DRAIN_BUDGET) >= DRAIN_BUDGET;
+        self.on_store_completions();
         busy |= self.io_pass(events);
         if self.now_ms >= self.next_tick_ms {
             self.on_tick();
@@ -150,14 +152,21 @@ impl Core {
         self.finish_closing();
         self.flush_all();
         busy |= self.advance_lifecycle();
-        busy
+        // Writing a connection can make more output or storage work (a client that read its
+        // socket gets the messages that waited for room): the next turn sends it.
+        busy | self.has_local_work()
+    }
+
+    /// Work this shard made for itself that no wake-up will announce.
+    fn has_local_work(&self) -> bool {
+        !self.dirty.is_empty() || !self.closing.is_empty() || self.persist.has_batch()
     }
 
     /// Whether something other than the poller or the clock calls for a turn: envelopes in
     /// the channels, room in a channel an outbox waits for, or a shutdown step. Checked after
     /// the notifier is armed, so a wake between the check and the park is never lost.
     fn has_work(&self) -> bool {
-        if any_pending(&self.inbox) || !self.closing.is_empty() {
+        if any_pending(&self.inbox) || self.has_local_work() || self.persist.has_completions() {
             return true;
         }
         if self.outboxes.is_pending() && self.outboxes.has_room(self.id, &self.shared.mesh) {
@@ -167,9 +176,17 @@ impl Core {
         match self.lifecycle {
             Lifecycle::Running => stop,
             Lifecycle::RoutingWills => !self.outboxes.is_pending(),
-            Lifecycle::WillsRouted => self.all_wills_routed(),
+            Lifecycle::WillsRouted => self.all_wills_routed() && self.persist.pending() == 0,
             Lifecycle::Closing { .. } | Lifecycle::Done => true,
         }
+    }
+
+    /// How long a stopping shard waits for outstanding commits before it closes its
+    /// connections anyway (their held acknowledgements are then never sent).
+    fn commit_wait_until(&mut self) -> u64 {
+        *self
+            .stop_commit_deadline
+            .get_or_insert(self.now_ms + SHUTDOWN_GRACE_MS)
     }
 
     fn all_wills_routed(&self) -> bool {
@@ -201,6 +218,11 @@ impl Core {
             }
             Lifecycle::WillsRouted => {
                 if !self.all_wills_routed() {
+                    return false;
+                }
+                // Acknowledgements held for commits go out before the connections close
+                // (bounded: the writer answers within milliseconds, or fails them).
+                if self.persist.pending() > 0 && self.now_ms < self.commit_wait_until() {
                     return false;
                 }
                 // Every shard's wills are in our channels: deliver them before the

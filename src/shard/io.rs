@@ -80,7 +80,7 @@ impl Core {
     /// While the outboxes are backlogged no event is taken (the kernel keeps them queued)
     /// and no input is read: reading makes envelopes for shards that are already behind.
     pub(crate) fn io_pass(&mut self, events: &mut [PollEvent]) -> bool {
-        let n = if self.outboxes.backlogged() {
+        let n = if self.reads_held() {
             0
         } else {
             self.poller.poll(events)
@@ -95,7 +95,7 @@ impl Core {
         self.accept_again();
         let again = std::mem::take(&mut self.again);
         for &(id, generation) in &again {
-            if self.outboxes.backlogged() {
+            if self.reads_held() {
                 self.again.push((id, generation));
             } else if self.is_live(id, generation) {
                 self.service_read(id);
@@ -103,7 +103,13 @@ impl Core {
         }
         n == events.len()
             || self.listeners.has_again()
-            || (!self.again.is_empty() && !self.outboxes.backlogged())
+            || (!self.again.is_empty() && !self.reads_held())
+    }
+
+    /// Reading clients is held back while the outboxes to another shard or the storage
+    /// writer are too far behind: reading makes more work for them.
+    pub(crate) fn reads_held(&self) -> bool {
+        self.outboxes.backlogged() || self.persist.backlogged()
     }
 
     fn is_live(&self, id: u32, generation: u32) -> bool {
@@ -134,7 +140,7 @@ impl Core {
         // Input that waited while the connection was paused is read once output drained.
         let pending = self.conns.get(id as usize).is_some_and(|c| c.read_pending);
         if flags & readable != 0 || pending {
-            if self.outboxes.backlogged() {
+            if self.reads_held() {
                 // Taken from the poller, so no edge will come again: read it once the
                 // other shards catch up.
                 self.again.push((id, generation));
@@ -234,7 +240,7 @@ impl Core {
 
     fn read_loop(&mut self, id: u32, scratch: &mut [u8]) -> ReadOutcome {
         for read in 0..READS_PER_WAKE {
-            if read > 0 && self.outboxes.backlogged() {
+            if read > 0 && self.reads_held() {
                 // The last read made another shard's share of envelopes too large: leave
                 // the rest in the socket until it drains (the caller queues this one).
                 return ReadOutcome::Continue { drained: false };
@@ -292,10 +298,10 @@ impl Core {
             }
         };
         let step = self.decode_all(id, &mut work);
-        if let (Step::Continue, Some(conn)) = (&step, self.conns.get_mut(id as usize)) {
-            if !work.is_empty() {
-                conn.input = Some(Box::new(work));
-            }
+        if let (Step::Continue, Some(conn)) = (&step, self.conns.get_mut(id as usize))
+            && !work.is_empty()
+        {
+            conn.input = Some(Box::new(work));
         }
         step
     }
@@ -342,17 +348,30 @@ impl Core {
             _ => return Step::Close,
         };
         let (slot, packet) = slot;
+        if matches!(
+            packet,
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
+        ) {
+            // Progress: the slow-consumer clock starts again (`track_output`).
+            if let Some(conn) = self.conns.get_mut(id as usize) {
+                conn.since = 0;
+            }
+        }
         let mut actions = std::mem::take(&mut self.actions);
+        let mut hold_from = None;
         if let (Some(client), Some(conn)) = (
             self.clients.get_mut(slot as usize),
             self.conns.get_mut(id as usize),
         ) {
+            hold_from = Some(conn.out.len());
             client
                 .session
                 .handle_packet(packet, self.now_ms, &mut conn.out, &mut actions);
         }
         self.mark_dirty(id);
-        self.apply_actions(slot, &mut actions);
+        self.marked_conn = Some(id);
+        self.apply_actions(slot, &mut actions, hold_from);
+        self.marked_conn = None;
         self.actions = actions;
         self.reschedule_client(slot);
         Step::Continue
@@ -450,6 +469,9 @@ impl Core {
     /// shard before the packet that tells our client about it (e.g. SUBACK).
     /// Returns false when a channel was full and envelopes wait for the next turn.
     pub(crate) fn flush_all(&mut self) -> bool {
+        // The storage batch before the envelopes: whatever another shard stores because of
+        // an envelope of this turn reaches the writer after this shard's part.
+        self.persist.end_turn(self.id.index());
         let sent_all = self.outboxes.flush(self.id, &self.shared.mesh);
         let dirty = std::mem::take(&mut self.dirty);
         for &(id, generation) in &dirty {
@@ -470,24 +492,40 @@ impl Core {
         sent_all
     }
 
-    /// One `send` of everything queued for connection `id`.
+    /// One `send` of everything queued for connection `id` that no hold keeps back (held
+    /// output goes when the hold is released: `Core::update_holds` marks it dirty again).
     pub(crate) fn flush_conn(&mut self, id: u32) {
+        let max_out = self.shared.config.limits.max_output_buffer;
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
         conn.dirty = false;
-        if conn.fences > 0 && conn.phase != Phase::Closing {
-            return; // Held until the other shards answer (`Core::fence_done` re-marks it).
-        }
-        if !conn.write_blocked && !conn.out.is_empty() {
-            match sys::send(conn.fd.as_fd(), &conn.out) {
+        let was_over = conn.out.len() >= max_out;
+        let ready = conn
+            .holds
+            .as_ref()
+            .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
+        if !conn.write_blocked && ready > 0 {
+            match sys::send(conn.fd.as_fd(), &conn.out[..ready]) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
                     // Free the buffer: an idle connection holds no output memory.
                     conn.out = BytesMut::new();
+                    if let Some(h) = conn.holds.as_mut() {
+                        // A hold at the very end still waits for what comes after it.
+                        h.advance(n);
+                        if h.is_empty() {
+                            conn.holds = None;
+                        }
+                    }
                 }
                 Ok(IoOutcome::Done(n)) => {
                     conn.out.advance(n);
-                    conn.write_blocked = true;
+                    if let Some(h) = conn.holds.as_mut() {
+                        h.advance(n);
+                    }
+                    // Short of what was offered: the socket is full. Short of the buffer
+                    // only because of a hold: not blocked.
+                    conn.write_blocked = n < ready;
                 }
                 Ok(IoOutcome::WouldBlock) => conn.write_blocked = true,
                 Err(e) => {
@@ -497,29 +535,71 @@ impl Core {
                 }
             }
         }
+        let now_under = conn.out.len() < max_out;
+        if was_over && now_under && self.marked_conn != Some(id) {
+            self.resume_output(id);
+        }
         self.track_output(id);
     }
 
-    /// Starts or stops the slow-consumer clock of connection `id`: output at or over
-    /// `max_output_buffer` (where the session starts dropping QoS 0) for longer than
-    /// `slow_consumer_timeout_secs` gets the connection closed by its timer.
-    fn track_output(&mut self, id: u32) {
+    /// Connection `id`'s output went back under `max_output_buffer`: its session sends what
+    /// it queued meanwhile (QoS 1/2 deliveries wait in the queue, not in the output).
+    fn resume_output(&mut self, id: u32) {
+        let Some(slot) = self.conns.get(id as usize).and_then(|c| c.client) else {
+            return;
+        };
+        let mut actions = std::mem::take(&mut self.actions);
+        let mut hold_from = None;
+        if let (Some(client), Some(conn)) = (
+            self.clients.get_mut(slot as usize),
+            self.conns.get_mut(id as usize),
+        ) {
+            hold_from = Some(conn.out.len());
+            client
+                .session
+                .resume_output(self.now_ms, &mut conn.out, &mut actions);
+        }
+        self.marked_conn = Some(id);
+        self.apply_actions(slot, &mut actions, hold_from);
+        self.marked_conn = None;
+        self.actions = actions;
+        self.mark_dirty(id);
+    }
+
+    /// Whether connection `id`'s client is a slow consumer right now: its output is over
+    /// `max_output_buffer`, or its session is behind (messages wait with the inflight window
+    /// full, or its queue is full).
+    pub(crate) fn is_slow(&self, id: u32) -> bool {
         let max_out = self.shared.config.limits.max_output_buffer;
+        let Some(conn) = self.conns.get(id as usize) else {
+            return false;
+        };
+        conn.out.len() >= max_out
+            || conn
+                .client
+                .and_then(|s| self.clients.get(s as usize))
+                .is_some_and(|c| c.session.is_behind())
+    }
+
+    /// Starts or stops the slow-consumer clock of connection `id` (see `is_slow`): a client
+    /// that stays slow for `slow_consumer_timeout_secs` is disconnected by its timer. Every
+    /// acknowledgement from the client restarts the clock (`on_packet`), so a subscriber
+    /// that keeps up, however full its window, is never taken for a stuck one.
+    fn track_output(&mut self, id: u32) {
         let slow_ms = u64::from(self.shared.config.limits.slow_consumer_timeout_secs) * 1000;
         let now = self.now_ms;
+        let slow = self.is_slow(id);
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
         if conn.phase != Phase::Open {
             return;
         }
-        if conn.out.len() >= max_out {
-            if conn.since_ms == 0 {
-                conn.since_ms = now.max(1);
-                self.schedule_conn(id, now + slow_ms);
-            }
-        } else {
-            conn.since_ms = 0;
+        if !slow {
+            conn.since = 0;
+        } else if conn.since == 0 {
+            conn.since = super::core::stamp(now);
+            self.schedule_conn(id, now + slow_ms);
         }
     }
 
@@ -533,10 +613,15 @@ impl Core {
 }
 
 /// The last write before a connection's fd closes: whatever the socket takes now (the
-/// final CONNACK / DISCONNECT), then FIN.
+/// final CONNACK / DISCONNECT) up to the first hold (held acknowledgements are never sent
+/// early, not even at a close), then FIN.
 pub(crate) fn last_flush(conn: &Conn) {
-    if !conn.out.is_empty() && !conn.write_blocked {
-        let _ = sys::send(conn.fd.as_fd(), &conn.out);
+    let ready = conn
+        .holds
+        .as_ref()
+        .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
+    if ready > 0 && !conn.write_blocked {
+        let _ = sys::send(conn.fd.as_fd(), &conn.out[..ready]);
     }
     sys::shutdown_write(conn.fd.as_fd());
 }

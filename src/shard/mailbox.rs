@@ -30,6 +30,7 @@ use std::task::{Context, Waker};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
+use super::hold::HoldKey;
 use super::routes::SessionKey;
 use crate::codec::Connect;
 use crate::router::delivery::Subscription;
@@ -45,38 +46,62 @@ use crate::session::{ClientId, Message};
 /// broker.
 pub const DEFAULT_CROSS_SHARD_QUEUE: usize = 64 * 1024;
 
+/// A publisher's acknowledgement waits for the receiving shard: it answers `origin` for
+/// `hold` (`FenceDone`) once what it stored for the publish is durable (at once when it
+/// stored nothing).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AckRequest {
+    pub(crate) origin: ShardId,
+    pub(crate) hold: HoldKey,
+    /// The origin recorded this shard's part of the fan-out of a QoS 2 message
+    /// (`Core::fanout_part`): remove the record with this shard's copies.
+    pub(crate) fanout: bool,
+}
+
+/// A change of one of the replicated routing indexes: `durable` picks the index of shards
+/// with a persistent QoS 1/2 subscriber, otherwise the index of shards with any.
+#[derive(Clone, Debug)]
+pub(crate) struct InterestChange {
+    pub(crate) durable: bool,
+    pub(crate) op: InterestOp,
+}
+
 /// What one shard asks of another.
 #[derive(Debug)]
 pub(crate) enum Envelope {
     /// A publish. `deliver`: match the local trie and deliver to local subscribers.
     /// `retain`: update this shard's replica of the retained store first (retained publishes
-    /// go to every shard, in order, on the same channels as deliveries).
+    /// go to every shard, in order, on the same channels as deliveries). `ack`: the
+    /// publisher waits for what this shard stores for it.
     Publish {
         message: Arc<Message>,
         deliver: bool,
         retain: bool,
+        ack: Option<AckRequest>,
     },
     /// A retained update for a topic the receiving shard owns (`Core::retain_owner`), from
-    /// the shard whose client published it (`origin`). The owner applies it and passes it to
-    /// every other shard, so every replica applies one topic's updates in the owner's order
-    /// (publishers on two shards otherwise leave each replica with the other's message).
-    /// `fence`: the publisher's connection (slot, generation) waits until every replica has
-    /// it; the owner answers for itself and fences the others on `origin`'s behalf.
+    /// the shard whose client published it (`origin`). The owner applies and stores it and
+    /// passes it to every other shard, so every replica applies one topic's updates in the
+    /// owner's order (publishers on two shards otherwise leave each replica with the
+    /// other's message). `fence`: the publisher's output waits until every replica has it
+    /// (and the owner has stored it); the owner answers for itself and fences the others on
+    /// `origin`'s behalf.
     Retain {
         message: Arc<Message>,
         origin: ShardId,
-        fence: Option<(u32, u32)>,
+        fence: Option<HoldKey>,
     },
     /// A publish for the one member of a share group the publishing shard chose.
     SharedDeliver {
         message: Arc<Message>,
         subscriber: SessionKey,
         subscription: Subscription,
+        ack: Option<AckRequest>,
     },
     /// The source shard gained its first or lost its last subscriber of these filters, in
     /// order. Batched (`INTEREST_BATCH` at most): a mass disconnect of clients with hundreds
     /// of subscriptions each makes one envelope per few hundred changes, not one per change.
-    Interest(Vec<InterestOp>),
+    Interest(Vec<InterestChange>),
     /// A session joined or left a share group.
     Share(ShareOp<SessionKey>),
     /// A connection whose CONNECT was read on the source shard, moving to its home shard.
@@ -85,13 +110,12 @@ pub(crate) enum Envelope {
     /// answers `FenceDone`. Channels are FIFO, so the answer proves the broadcast was
     /// applied there; the origin holds the connection's output (its SUBACK / PUBACK) until
     /// every other shard has answered.
-    Fence {
-        origin: ShardId,
-        conn: u32,
-        generation: u32,
-    },
-    /// The answer to `Fence`.
-    FenceDone { conn: u32, generation: u32 },
+    Fence { origin: ShardId, hold: HoldKey },
+    /// The answer to `Fence` or to an `AckRequest`.
+    FenceDone { hold: HoldKey },
+    /// The answer to an `AckRequest` whose storage commit failed: the acknowledgement must
+    /// never be sent.
+    CommitFailed { hold: HoldKey, disk_full: bool },
 }
 
 /// Routing changes one `Envelope::Interest` carries at most: enough to make a mass
@@ -111,7 +135,8 @@ impl Envelope {
             | Envelope::Share(_)
             | Envelope::Handoff(_)
             | Envelope::Fence { .. }
-            | Envelope::FenceDone { .. } => 1,
+            | Envelope::FenceDone { .. }
+            | Envelope::CommitFailed { .. } => 1,
         }
     }
 }
@@ -253,15 +278,15 @@ impl Outboxes {
 
     /// Queues a routing change, joining the batch at the tail of the queue when there is one
     /// with room (the tail only, so the order with every other envelope holds).
-    pub(crate) fn push_interest(&mut self, dst: ShardId, op: InterestOp) {
+    pub(crate) fn push_interest(&mut self, dst: ShardId, op: InterestChange) {
         let Some(q) = self.queues.get_mut(dst.index()) else {
             return;
         };
-        if let Some(Envelope::Interest(batch)) = q.back_mut() {
-            if batch.len() < INTEREST_BATCH {
-                batch.push(op);
-                return;
-            }
+        if let Some(Envelope::Interest(batch)) = q.back_mut()
+            && batch.len() < INTEREST_BATCH
+        {
+            batch.push(op);
+            return;
         }
         let mut batch = Vec::with_capacity(INTEREST_BATCH.min(16));
         batch.push(op);
@@ -283,6 +308,20 @@ impl Outboxes {
 
     pub(crate) fn is_pending(&self) -> bool {
         self.pending
+    }
+
+    /// Moves every queued envelope into the channels, whatever their bound: only at start-up,
+    /// before any shard serves clients, when each shard sends the routing updates of its
+    /// restored sessions and waits for the others' (a bounded flush could wait for a shard
+    /// that is itself waiting).
+    pub(crate) fn flush_unbounded(&mut self, me: ShardId, mesh: &Mesh) {
+        for (dst, queue) in self.queues.iter_mut().enumerate() {
+            let tx = &mesh.senders[me.index()][dst];
+            for envelope in queue.drain(..) {
+                let _ = tx.send(envelope);
+            }
+        }
+        self.pending = false;
     }
 
     /// Moves queued envelopes into the channels and wakes each destination that received
@@ -374,8 +413,11 @@ mod tests {
 
     fn fence_done(n: u32) -> Envelope {
         Envelope::FenceDone {
-            conn: n,
-            generation: 0,
+            hold: HoldKey {
+                conn: n,
+                generation: 0,
+                id: 0,
+            },
         }
     }
 
@@ -410,8 +452,8 @@ mod tests {
         // FIFO across the outbox and the channel.
         let mut next = 10;
         drain(&receivers[1], usize::MAX, |e| match e {
-            Envelope::FenceDone { conn, .. } => {
-                assert_eq!(conn, next);
+            Envelope::FenceDone { hold } => {
+                assert_eq!(hold.conn, next);
                 next += 1;
             }
             other => panic!("unexpected {other:?}"),

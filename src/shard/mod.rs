@@ -17,12 +17,16 @@
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
 
+mod clients;
 mod core;
 mod event_loop;
+mod hold;
 mod io;
 mod listen;
 pub mod log;
 mod mailbox;
+mod persist;
+mod recovery;
 mod registry;
 mod route;
 mod routes;
@@ -76,6 +80,8 @@ pub enum BrokerError {
     ShardPanicked(usize),
     #[error("signal handling failed: {0}")]
     Signal(std::io::Error),
+    #[error("{0}")]
+    Storage(ringmq_storage::OpenError),
 }
 
 /// The home shard of a client id: where its session, takeover, will and expiry live.
@@ -103,6 +109,11 @@ pub(crate) struct Shared {
     pub(crate) wills_routed: AtomicUsize,
     /// Mixed into assigned client ids so two broker runs do not hand out the same ids.
     pub(crate) id_entropy: u64,
+    /// Wall-clock milliseconds at broker-clock 0 (stored times are wall-clock times).
+    pub(crate) wall_epoch_ms: u64,
+    /// Shards that restored their stored sessions and sent the routing updates they make
+    /// (the start-up barrier: no shard serves clients before every shard's are in).
+    pub(crate) restored: AtomicUsize,
 }
 
 impl Shared {
@@ -120,6 +131,9 @@ pub struct BrokerHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// The storage writer: stopped (after committing everything the shards sent) once the
+    /// shards are done.
+    writer: Option<ringmq_storage::WriterHandle>,
 }
 
 /// A cloneable way to ask a running broker to stop (e.g. from a signal thread).
@@ -154,13 +168,19 @@ impl BrokerHandle {
         self.join()
     }
 
-    /// Waits for the shard threads (after a `StopTrigger::stop`).
+    /// Waits for the shard threads (after a `StopTrigger::stop`), then for the storage
+    /// writer to commit what they sent.
     pub fn join(self) -> Result<(), BrokerError> {
         let mut result = Ok(());
         for (i, t) in self.threads.into_iter().enumerate() {
             if t.join().is_err() {
                 result = Err(BrokerError::ShardPanicked(i));
             }
+        }
+        if let Some(writer) = self.writer
+            && let Err(e) = writer.stop()
+        {
+            crate::log!(ERROR, None, "the storage writer stopped with an error: {e}");
         }
         result
     }
@@ -177,36 +197,52 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
     let id_entropy = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
+    let clock = Clock::new();
     let shared = Arc::new(Shared {
         config,
-        clock: Clock::new(),
+        wall_epoch_ms: persist::wall_epoch_ms(clock.now_ms()),
+        clock,
         mesh,
         shards,
         stop: AtomicBool::new(false),
         wills_routed: AtomicUsize::new(0),
         id_entropy,
+        restored: AtomicUsize::new(0),
     });
+    let mut opened = recovery::open(&shared.config, &shared)?;
+    let writer = opened.writer.take();
+    let mut recoveries = std::mem::take(&mut opened.recoveries).into_iter();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(shards);
     for (i, (listeners, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
         let shard_shared = Arc::clone(&shared);
         let ready = ready_tx.clone();
+        let start = ShardStart {
+            listeners,
+            inbox,
+            persist: recovery::persist_for(&mut opened, i, shared.wall_epoch_ms),
+            recovery: recoveries.next().unwrap_or_default(),
+        };
         let spawned = std::thread::Builder::new()
             .name(format!("ringmq-shard-{i}"))
-            .spawn(move || shard_thread(shard_shared, i, listeners, inbox, ready));
+            .spawn(move || shard_thread(shard_shared, i, start, ready));
         match spawned {
             Ok(t) => threads.push(t),
             Err(source) => {
+                // The others wait at the start-up barrier for this one.
+                shared.restored.fetch_add(1, Ordering::SeqCst);
                 let handle = BrokerHandle {
                     shared,
                     threads,
                     local_addrs,
+                    writer: None,
                 };
                 let _ = handle.shutdown();
                 return Err(BrokerError::Thread { shard: i, source });
             }
         }
     }
+    drop(opened);
     drop(ready_tx);
     let mut first_error = None;
     for _ in 0..shards {
@@ -224,6 +260,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         shared,
         threads,
         local_addrs,
+        writer,
     };
     if let Some(e) = first_error {
         let _ = handle.shutdown();
@@ -308,14 +345,17 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 type Ready = std::sync::mpsc::Sender<Result<(), BrokerError>>;
 
-/// The body of one shard thread: pin, build the runtime of the configured driver, run.
-fn shard_thread(
-    shared: Arc<Shared>,
-    index: usize,
+/// What a shard thread starts with.
+#[derive(Debug)]
+struct ShardStart {
     listeners: Vec<std::net::TcpListener>,
     inbox: Vec<Receiver<Envelope>>,
-    ready: Ready,
-) {
+    persist: persist::Persist,
+    recovery: recovery::ShardRecovery,
+}
+
+/// The body of one shard thread: pin, build the runtime of the configured driver, run.
+fn shard_thread(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Ready) {
     if shared.config.pin_threads {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Err(e) = monoio::utils::bind_to_cpu_set(Some(index % cpus)) {
@@ -327,9 +367,13 @@ fn shard_thread(
             );
         }
     }
-    let runtime_error = |source| BrokerError::Runtime {
-        shard: index,
-        source,
+    let runtime_error = |source| {
+        // The others wait at the start-up barrier for this one.
+        shared.restored.fetch_add(1, Ordering::SeqCst);
+        BrokerError::Runtime {
+            shard: index,
+            source,
+        }
     };
     match shared.config.driver {
         DriverKind::Epoll => {
@@ -338,7 +382,7 @@ fn shard_thread(
                 .with_entries(RING_ENTRIES)
                 .build()
             {
-                Ok(mut rt) => rt.block_on(shard_body(shared, index, listeners, inbox, ready)),
+                Ok(mut rt) => rt.block_on(shard_body(Arc::clone(&shared), index, start, ready)),
                 Err(e) => {
                     let _ = ready.send(Err(runtime_error(e)));
                 }
@@ -350,7 +394,7 @@ fn shard_thread(
                 .with_entries(RING_ENTRIES)
                 .build()
             {
-                Ok(mut rt) => rt.block_on(shard_body(shared, index, listeners, inbox, ready)),
+                Ok(mut rt) => rt.block_on(shard_body(Arc::clone(&shared), index, start, ready)),
                 Err(e) => {
                     let _ = ready.send(Err(runtime_error(e)));
                 }
@@ -361,29 +405,29 @@ fn shard_thread(
 
 /// Inside the shard's runtime: register the listeners with a new poller, build the core,
 /// run the loop until the shard stops.
-async fn shard_body(
-    shared: Arc<Shared>,
-    index: usize,
-    listeners: Vec<std::net::TcpListener>,
-    inbox: Vec<Receiver<Envelope>>,
-    ready: Ready,
-) {
+async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Ready) {
+    let ShardStart {
+        listeners,
+        inbox,
+        persist,
+        mut recovery,
+    } = start;
+    let fail = |e: BrokerError| {
+        shared.restored.fetch_add(1, Ordering::SeqCst);
+        let _ = ready.send(Err(e));
+    };
     let Some(id) = ShardId::new(index as u8) else {
-        let _ = ready.send(Err(BrokerError::TooManyShards(index + 1)));
+        fail(BrokerError::TooManyShards(index + 1));
         return;
     };
     let listeners = listen::Listeners::new(listeners);
-    let poller = new_poller().and_then(|(poller, wait)| {
-        listeners.register(&poller)?;
-        Ok((poller, wait))
-    });
-    let (poller, poller_ready) = match poller {
+    let (poller, poller_ready) = match new_poller() {
         Ok(p) => p,
         Err(source) => {
-            let _ = ready.send(Err(BrokerError::Runtime {
+            fail(BrokerError::Runtime {
                 shard: index,
                 source,
-            }));
+            });
             return;
         }
     };
@@ -398,7 +442,22 @@ async fn shard_body(
         },
         listeners.len()
     );
-    let core = core::Core::new(id, shared, inbox, poller, listeners);
+    let mut core = core::Core::new(id, Arc::clone(&shared), inbox, poller, listeners, persist);
+    // Stored sessions first, on every shard, and every shard's routing updates applied
+    // everywhere, before the listeners open (before this, connections wait in the backlog).
+    let restored = core.restore(&mut recovery);
+    core.flush_outboxes_unbounded();
+    recovery::restored_barrier(&shared);
+    while core.drain_inbox(usize::MAX) > 0 {}
+    core.after_restore(&restored, &recovery);
+    drop(recovery);
+    if let Err(source) = core.listeners.register(&core.poller) {
+        let _ = ready.send(Err(BrokerError::Runtime {
+            shard: index,
+            source,
+        }));
+        return;
+    }
     let _ = ready.send(Ok(()));
     event_loop::run(core, poller_ready).await;
 }

@@ -86,6 +86,7 @@ mod tests {
             conn: None,
             generation: 0,
             timer_tick: 0,
+            durable: false,
         }
     }
 

@@ -1,14 +1,21 @@
 //! Routing as the runtime runs it: publishes out to shards, envelopes in from shards,
 //! subscriptions into the local trie and the replicated indexes.
 //!
-//! Owns: the message flow of DESIGN.md "Routing". A publish matches this shard's replica of
-//! the interest index and goes, as ONE envelope per interested shard (this one handled in
-//! place, without the channel), to the shards that match their local tries and deliver once
-//! per session. A retained publish is delivered the same way, and its store update goes to
-//! the topic's owner shard, which applies it and passes it on to every other shard: each
-//! replica applies one topic's updates in the owner's order. Shared groups: this shard picks the member (local first, else round robin) and
-//! sends the message to that member's shard only. Interest and membership changes are
-//! broadcast to every shard.
+//! Owns: the message flow of the README's "Architecture". A publish matches this shard's
+//! replica of the interest index and goes, as ONE envelope per interested shard (this one
+//! handled in place, without the channel), to the shards that match their local tries and
+//! deliver once per session. A retained publish is delivered the same way, and its store
+//! update goes to the topic's owner shard, which applies and stores it and passes it on to
+//! every other shard: each replica applies one topic's updates in the owner's order. Shared
+//! groups: this shard picks the member and sends the message to that member's shard only.
+//! Interest and membership changes are broadcast to every shard.
+//!
+//! Durability: a QoS 1/2 publish from a client is acknowledged only once every shard that
+//! stored something for it (a persistent subscriber's copy, the retained store) has
+//! committed. This shard's part waits for its own ticket; another shard's part is an
+//! `AckRequest` it answers after its commit. Only shards in the durable interest index
+//! (a persistent QoS 1/2 subscriber matches) are asked, so traffic that needs no storage
+//! never waits.
 //!
 //! Must never: send one envelope per subscriber, reorder envelopes to one shard, or deliver
 //! to a client slot without checking it is the same client (generation) that subscribed.
@@ -16,14 +23,28 @@
 use std::sync::Arc;
 
 use super::core::{Core, Phase};
-use super::mailbox::{Envelope, Handoff};
+use super::hold::HoldKey;
+use super::mailbox::{AckRequest, Envelope, Handoff, InterestChange};
 use super::routes::{self, SessionKey};
-use crate::codec::RetainHandling;
+use crate::codec::{QoS, RetainHandling};
 use crate::router::delivery::Subscription as RouteSub;
-use crate::router::interest::{InterestOp, ShardId};
+use crate::router::interest::{InterestOp, ShardId, ShardMask};
 use crate::router::shared::{ShareMember, ShareOp};
 use crate::router::topic::TopicFilter;
 use crate::session::{Delivery, Message, Subscription};
+
+/// The client whose publish is being routed and where its output for this publish
+/// begins: holds for the acknowledgement start there.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Publisher {
+    pub(crate) slot: u32,
+    pub(crate) hold_from: Option<usize>,
+    /// The publish awaits an acknowledgement (QoS 1/2 from the client).
+    pub(crate) acked: bool,
+    /// The publisher's session is stored: a QoS 2 publish that other shards store records
+    /// its fan-out (see `Core::fanout_part`).
+    pub(crate) persistent: bool,
+}
 
 impl Core {
     fn other_shards(&self) -> impl Iterator<Item = ShardId> + use<> {
@@ -33,79 +54,180 @@ impl Core {
             .filter(move |s| *s != me)
     }
 
-    /// Routes a publish from a session of this shard (`publisher`) or from storage.
-    pub(crate) fn route_publish(&mut self, message: Arc<Message>, publisher: Option<u32>) {
+    /// The shards where a persistent session subscribed at QoS 1/2 matches `message`
+    /// (empty when nothing is stored or the message is QoS 0).
+    fn durable_shards(&mut self, message: &Message) -> ShardMask {
+        if !self.persist.enabled() || message.qos == QoS::AtMostOnce {
+            return ShardMask::EMPTY;
+        }
+        let routes = &mut self.routes;
+        routes
+            .durable_cache
+            .shards_for(&routes.durable, &message.topic, &mut routes.stack)
+    }
+
+    /// Whether a client's publish must be refused rather than routed: it needs storage
+    /// (a persistent subscriber or the retained store) and the store is failing.
+    pub(crate) fn needs_unavailable_store(&mut self, message: &Message) -> bool {
+        self.persist.enabled()
+            && !self.persist.healthy()
+            && (message.retain || !self.durable_shards(message).is_empty())
+    }
+
+    /// Routes a publish from a session of this shard (`publisher`) or from the broker. The
+    /// publisher's acknowledgement, already written when it waits for one, is held for
+    /// whatever must be durable first.
+    pub(crate) fn route_publish(
+        &mut self,
+        mut message: Arc<Message>,
+        publisher: Option<Publisher>,
+    ) {
+        let persisting = self.persist.enabled() && message.qos != QoS::AtMostOnce;
         let routes = &mut self.routes;
         let mask =
             routes
                 .interest_cache
                 .shards_for(&routes.interest, &message.topic, &mut routes.stack);
+        let dmask = self.durable_shards(&message);
+        let acked = publisher.filter(|p| p.acked);
+        if persisting && message.store_id == 0 {
+            Arc::make_mut(&mut message).store_id = self.persist.new_msg_id();
+        }
         let me = self.id;
+        let before = self.persist.produced();
+        // The publisher's acknowledgement waits for every other shard that stores a copy.
+        let remote_durable = dmask.iter().filter(|s| *s != me).count() as u32;
+        let ack_hold = match acked {
+            Some(p) if remote_durable > 0 && self.persist.waits() => {
+                self.hold_for_answers(p, remote_durable)
+            }
+            Some(_) | None => None,
+        };
+        let fanout = acked.is_some_and(|p| p.persistent) && message.qos == QoS::ExactlyOnce;
         for shard in mask.iter().filter(|s| *s != me) {
+            let ack = match ack_hold {
+                Some(hold) if dmask.contains(shard) => Some(AckRequest {
+                    origin: me,
+                    hold,
+                    fanout: fanout && self.fanout_part(&message, shard),
+                }),
+                Some(_) | None => None,
+            };
             let envelope = Envelope::Publish {
                 message: Arc::clone(&message),
                 deliver: true,
                 retain: false,
+                ack,
             };
             self.send_to(shard, envelope);
         }
         if message.retain {
-            // The PUBACK/PUBREC waits until every shard's replica holds the message, so a
-            // subscriber told "it is published" finds it wherever it subscribes.
-            let fence = publisher.and_then(|slot| self.hold_for_fences(slot));
-            let owner = self.retain_owner(&message);
-            if owner == me {
-                self.replicate_retained(&message, me, fence);
-            } else {
-                let envelope = Envelope::Retain {
-                    message: Arc::clone(&message),
-                    origin: me,
-                    fence,
-                };
-                self.send_to(owner, envelope);
-            }
+            self.route_retained(&message, publisher);
         }
         if mask.contains(me) {
-            self.deliver_local(&message, publisher);
+            self.deliver_local(&message, publisher.map(|p| p.slot));
         }
-        self.route_shared(&message);
+        self.route_shared(&message, acked);
+        let stored_here = self.persist.produced() > before;
+        if let Some(p) = acked
+            && stored_here
+            && let Some(offset) = p.hold_from
+        {
+            self.hold_client_for_commit(p.slot, offset);
+        }
     }
 
-    /// The shard that orders the retained updates of `message`'s topic.
+    /// Records, in this shard's batch, that `shard` has yet to store its part of QoS 2
+    /// `message` (returns true). The publisher's inbound id commits with this record, and
+    /// `shard` removes it in the same batch as its own copies: if a crash falls between the
+    /// two commits, recovery finishes the fan-out from the record, so the message is neither
+    /// lost (the publisher's resend is a duplicate by then) nor stored twice.
+    fn fanout_part(&mut self, message: &Message, shard: ShardId) -> bool {
+        let id = self.put_message(message);
+        self.persist_fanout(id, shard, true);
+        true
+    }
+
+    /// Holds publisher `p`'s output for `n` answers from other shards.
+    fn hold_for_answers(&mut self, p: Publisher, n: u32) -> Option<HoldKey> {
+        let offset = p.hold_from?;
+        let conn = self.clients.get(p.slot as usize).and_then(|c| c.conn)?;
+        let key = self.hold_at(conn, offset)?;
+        self.add_remote(key, n);
+        Some(key)
+    }
+
+    /// A retained publish: its store update goes to the topic's owner. The publisher's
+    /// output waits until every replica holds it (and the owner stored it), so a subscriber
+    /// told "it is published" finds it wherever it subscribes, even after a crash.
+    fn route_retained(&mut self, message: &Arc<Message>, publisher: Option<Publisher>) {
+        let me = self.id;
+        let fence = publisher.and_then(|p| {
+            let offset = p.hold_from?;
+            self.hold_client_for_remote(p.slot, offset)
+        });
+        let owner = self.retain_owner(message);
+        if owner == me {
+            let before = self.persist.produced();
+            self.replicate_retained(message, me, fence);
+            if self.persist.produced() > before
+                && let Some(p) = publisher
+                && let Some(offset) = p.hold_from
+            {
+                self.hold_client_for_commit(p.slot, offset);
+            }
+        } else {
+            let envelope = Envelope::Retain {
+                message: Arc::clone(message),
+                origin: me,
+                fence,
+            };
+            self.send_to(owner, envelope);
+        }
+    }
+
+    /// The shard that orders (and stores) the retained updates of `message`'s topic.
     fn retain_owner(&self, message: &Message) -> ShardId {
         let index = super::home_shard(message.topic.as_bytes(), self.shared.shards);
-        ShardId::new(index as u8).unwrap_or(self.id)
+        ShardId::new(index as u8).expect("home_shard is below the shard count")
     }
 
-    /// As the topic's owner: applies a retained update, passes it to every other shard, and
-    /// fences the publisher's connection (of shard `origin`) behind it on every replica.
+    /// As the topic's owner: applies and stores a retained update, passes it to every other
+    /// shard, and fences the publisher's output (of shard `origin`) behind it on every
+    /// replica; the owner's own answer waits for its commit.
     fn replicate_retained(
         &mut self,
         message: &Arc<Message>,
         origin: ShardId,
-        fence: Option<(u32, u32)>,
+        fence: Option<HoldKey>,
     ) {
         self.routes.retained.set(routes::retained_entry(message));
+        let before = self.persist.produced();
+        if self.persist.enabled() {
+            self.persist_retained(message);
+        }
         for shard in self.other_shards() {
             let envelope = Envelope::Publish {
                 message: Arc::clone(message),
                 deliver: false,
                 retain: true,
+                ack: None,
             };
             self.send_to(shard, envelope);
         }
-        if let Some((conn, generation)) = fence {
+        if let Some(hold) = fence {
             // Behind the update on each channel: every other shard answers `origin` once it
             // has applied it; this shard answers for itself.
-            self.send_fences(origin, conn, generation, Some(self.id));
+            self.send_fences(origin, hold, Some(self.id));
             if origin != self.id {
-                self.send_to(origin, Envelope::FenceDone { conn, generation });
+                self.answer_after_commit(origin, hold, before);
             }
         }
     }
 
-    /// One member of every matching share group gets the message.
-    fn route_shared(&mut self, message: &Arc<Message>) {
+    /// One member of every matching share group gets the message; a member on another shard
+    /// that stores it answers before the publisher is acknowledged.
+    fn route_shared(&mut self, message: &Arc<Message>, acked: Option<Publisher>) {
         let routes = &mut self.routes;
         let mut picks = std::mem::take(&mut routes.picks);
         routes
@@ -115,14 +237,29 @@ impl Core {
             let member = pick.member;
             if member.shard == self.id {
                 self.deliver_shared(member.subscriber, member.subscription, message);
-            } else {
-                let envelope = Envelope::SharedDeliver {
-                    message: Arc::clone(message),
-                    subscriber: member.subscriber,
-                    subscription: member.subscription,
-                };
-                self.send_to(member.shard, envelope);
+                continue;
             }
+            let durable = member.durable
+                && message.qos != QoS::AtMostOnce
+                && member.subscription.options.qos != QoS::AtMostOnce
+                && self.persist.waits();
+            let ack = match acked {
+                Some(p) if durable => self.hold_for_answers(p, 1).map(|hold| AckRequest {
+                    origin: self.id,
+                    hold,
+                    fanout: p.persistent
+                        && message.qos == QoS::ExactlyOnce
+                        && self.fanout_part(message, member.shard),
+                }),
+                Some(_) | None => None,
+            };
+            let envelope = Envelope::SharedDeliver {
+                message: Arc::clone(message),
+                subscriber: member.subscriber,
+                subscription: member.subscription,
+                ack,
+            };
+            self.send_to(member.shard, envelope);
         }
         self.routes.picks = picks;
     }
@@ -177,23 +314,32 @@ impl Core {
             return;
         };
         let conn = client.conn;
+        let mut actions = std::mem::take(&mut self.actions);
         let mut early_flush = false;
+        let mut hold_from = None;
         match conn.and_then(|c| self.conns.get_mut(c as usize)) {
             Some(c) if c.phase == Phase::Open => {
+                hold_from = Some(c.out.len());
                 client
                     .session
-                    .deliver(message, delivery, self.now_ms, &mut c.out);
+                    .deliver(message, delivery, self.now_ms, &mut c.out, &mut actions);
                 early_flush = c.out.len() >= super::io::EARLY_FLUSH_BYTES && !c.write_blocked;
             }
             _ => {
-                client
-                    .session
-                    .deliver(message, delivery, self.now_ms, &mut self.sink);
+                client.session.deliver(
+                    message,
+                    delivery,
+                    self.now_ms,
+                    &mut self.sink,
+                    &mut actions,
+                );
                 self.sink.clear();
             }
         }
+        self.apply_actions(slot, &mut actions, hold_from);
+        self.actions = actions;
         if let Some(c) = conn {
-            if early_flush {
+            if early_flush && self.marked_conn != Some(c) {
                 self.flush_conn(c);
             } else {
                 self.mark_dirty(c);
@@ -203,15 +349,50 @@ impl Core {
     }
 
     /// `Action::Subscribe`: into the trie (or the share group), interest broadcast, then
-    /// retained messages per Retain Handling [MQTT-3.3.1-9..11].
+    /// retained messages per Retain Handling [MQTT-3.3.1-9..11]. `hold_from`: where the
+    /// SUBACK's call began writing (it waits for the other shards to apply the change).
     pub(crate) fn subscribe(
         &mut self,
         slot: u32,
         filter: TopicFilter,
         sub: Subscription,
         existed: bool,
+        hold_from: Option<usize>,
     ) {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+        if self.clients.get(slot as usize).is_none() {
+            return;
+        }
+        let shared = filter.is_shared();
+        self.route_subscription(slot, filter.clone(), sub);
+        // SUBACK only once every shard routes this filter here (or can pick this member of
+        // a share group): a publish that follows it (from any client, on any shard) must
+        // reach the new subscriber. Fenced for every subscribe, not only the first of its
+        // filter on this shard, because an earlier subscriber's broadcast may still be in
+        // flight.
+        if let Some(offset) = hold_from {
+            self.fence_client(slot, offset);
+        }
+        if shared {
+            return; // No retained messages for shared subscriptions [MQTT-4.8.2].
+        }
+        let send_retained = match sub.options.retain_handling {
+            RetainHandling::SendAtSubscribe => true,
+            RetainHandling::SendAtSubscribeIfNew => !existed,
+            RetainHandling::DoNotSend => false,
+        };
+        if send_retained {
+            self.send_retained(slot, &filter, &sub);
+        }
+    }
+
+    /// Puts one subscription of client `slot` into the routes: the local trie and the
+    /// interest indexes (broadcast), or the share group (broadcast).
+    pub(crate) fn route_subscription(&mut self, slot: u32, filter: TopicFilter, sub: Subscription) {
+        let Some((generation, durable)) = self
+            .clients
+            .get(slot as usize)
+            .map(|c| (c.generation, c.durable))
+        else {
             return;
         };
         let route_sub = routes::route_sub(&sub);
@@ -220,12 +401,12 @@ impl Core {
                 shard: self.id,
                 subscriber: SessionKey { slot, generation },
                 subscription: route_sub,
+                durable,
             };
             self.broadcast_share(ShareOp::Join { filter, member });
-            // SUBACK only once every shard can pick this member.
-            self.fence_client(slot);
-            return; // No retained messages for shared subscriptions [MQTT-4.8.2].
+            return;
         }
+        let old = self.routes.local.get(&filter, slot).copied();
         let inserted = self.routes.local.insert(&filter, slot, route_sub);
         if matches!(
             inserted,
@@ -237,21 +418,22 @@ impl Core {
                 filter: filter.clone(),
                 shard: self.id,
             };
-            self.broadcast_interest(op);
+            self.broadcast_interest(false, op);
         }
-        // SUBACK only once every shard routes this filter here: a publish that follows it
-        // (from any client, on any shard) must reach the new subscriber. Fenced for every
-        // subscribe, not only the first of its filter on this shard, because an earlier
-        // subscriber's broadcast may still be in flight.
-        self.fence_client(slot);
-        let send_retained = match sub.options.retain_handling {
-            RetainHandling::SendAtSubscribe => true,
-            RetainHandling::SendAtSubscribeIfNew => !existed,
-            RetainHandling::DoNotSend => false,
-        };
-        if send_retained {
-            self.send_retained(slot, &filter, &sub);
+        if durable {
+            if old.is_some_and(|o| o.options.qos != QoS::AtMostOnce) {
+                self.durable_sub_removed(&filter);
+            }
+            if sub.options.qos != QoS::AtMostOnce {
+                self.durable_sub_added(&filter);
+            }
         }
+    }
+
+    /// Recovery: a QoS 2 message whose fan-out to this shard a crash cut short goes to the
+    /// sessions of this shard that match it now.
+    pub(crate) fn finish_fanout(&mut self, message: &Arc<Message>) {
+        self.deliver_local(message, None);
     }
 
     fn send_retained(&mut self, slot: u32, filter: &TopicFilter, sub: &Subscription) {
@@ -280,13 +462,25 @@ impl Core {
 
     /// `Action::Unsubscribe`.
     pub(crate) fn unsubscribe(&mut self, slot: u32, filter: &TopicFilter) {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+        let Some((generation, durable)) = self
+            .clients
+            .get(slot as usize)
+            .map(|c| (c.generation, c.durable))
+        else {
             return;
         };
-        self.remove_subscription(slot, SessionKey { slot, generation }, filter);
+        self.remove_subscription(slot, SessionKey { slot, generation }, filter, durable);
     }
 
-    pub(crate) fn remove_subscription(&mut self, slot: u32, key: SessionKey, filter: &TopicFilter) {
+    /// Takes one subscription of client `slot` out of the router; `durable`: the client's
+    /// subscriptions count in the durable index.
+    pub(crate) fn remove_subscription(
+        &mut self,
+        slot: u32,
+        key: SessionKey,
+        filter: &TopicFilter,
+        durable: bool,
+    ) {
         if filter.is_shared() {
             self.broadcast_share(ShareOp::Leave {
                 filter: filter.clone(),
@@ -296,24 +490,64 @@ impl Core {
             return;
         }
         if let Some(removed) = self.routes.local.remove(filter, slot) {
+            if durable && removed.value.options.qos != QoS::AtMostOnce {
+                self.durable_sub_removed(filter);
+            }
             if removed.last_for_filter {
                 let op = InterestOp::Remove {
                     filter: filter.clone(),
                     shard: self.id,
                 };
-                self.broadcast_interest(op);
+                self.broadcast_interest(false, op);
             }
         }
     }
 
-    fn broadcast_interest(&mut self, op: InterestOp) {
-        self.routes.interest.apply(&op);
-        for shard in self.other_shards() {
-            self.outboxes.push_interest(shard, op.clone());
+    /// A persistent session subscribed to `filter` at QoS 1/2.
+    pub(crate) fn durable_sub_added(&mut self, filter: &TopicFilter) {
+        let count = self.routes.durable_local.entry(filter.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            let op = InterestOp::Add {
+                filter: filter.clone(),
+                shard: self.id,
+            };
+            self.broadcast_interest(true, op);
         }
     }
 
-    fn broadcast_share(&mut self, op: ShareOp<SessionKey>) {
+    /// A persistent session's QoS 1/2 subscription to `filter` ended (or stopped counting).
+    pub(crate) fn durable_sub_removed(&mut self, filter: &TopicFilter) {
+        let Some(count) = self.routes.durable_local.get_mut(filter) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.routes.durable_local.remove(filter);
+            let op = InterestOp::Remove {
+                filter: filter.clone(),
+                shard: self.id,
+            };
+            self.broadcast_interest(true, op);
+        }
+    }
+
+    fn broadcast_interest(&mut self, durable: bool, op: InterestOp) {
+        if durable {
+            self.routes.durable.apply(&op);
+        } else {
+            self.routes.interest.apply(&op);
+        }
+        for shard in self.other_shards() {
+            let change = InterestChange {
+                durable,
+                op: op.clone(),
+            };
+            self.outboxes.push_interest(shard, change);
+        }
+    }
+
+    pub(crate) fn broadcast_share(&mut self, op: ShareOp<SessionKey>) {
         self.routes.shared.apply(&op);
         for shard in self.other_shards() {
             self.send_to(shard, Envelope::Share(op.clone()));
@@ -337,22 +571,44 @@ impl Core {
                 message,
                 deliver,
                 retain,
+                ack,
             } => {
+                let before = self.persist.produced();
                 if retain {
                     self.routes.retained.set(routes::retained_entry(&message));
                 }
                 if deliver {
                     self.deliver_local(&message, None);
                 }
+                if let Some(req) = ack {
+                    if req.fanout {
+                        self.persist_fanout(message.store_id, self.id, false);
+                    }
+                    self.answer_after_commit(req.origin, req.hold, before);
+                }
             }
             Envelope::SharedDeliver {
                 message,
                 subscriber,
                 subscription,
-            } => self.deliver_shared(subscriber, subscription, &message),
-            Envelope::Interest(ops) => {
-                for op in &ops {
-                    self.routes.interest.apply(op);
+                ack,
+            } => {
+                let before = self.persist.produced();
+                self.deliver_shared(subscriber, subscription, &message);
+                if let Some(req) = ack {
+                    if req.fanout {
+                        self.persist_fanout(message.store_id, self.id, false);
+                    }
+                    self.answer_after_commit(req.origin, req.hold, before);
+                }
+            }
+            Envelope::Interest(changes) => {
+                for change in &changes {
+                    if change.durable {
+                        self.routes.durable.apply(&change.op);
+                    } else {
+                        self.routes.interest.apply(&change.op);
+                    }
                 }
             }
             Envelope::Share(op) => {
@@ -364,12 +620,11 @@ impl Core {
                 fence,
             } => self.replicate_retained(&message, origin, fence),
             Envelope::Handoff(handoff) => self.accept_handoff(*handoff),
-            Envelope::Fence {
-                origin,
-                conn,
-                generation,
-            } => self.send_to(origin, Envelope::FenceDone { conn, generation }),
-            Envelope::FenceDone { conn, generation } => self.fence_done(conn, generation),
+            Envelope::Fence { origin, hold } => self.send_to(origin, Envelope::FenceDone { hold }),
+            Envelope::FenceDone { hold } => self.fence_done(hold),
+            Envelope::CommitFailed { hold, disk_full } => {
+                self.remote_commit_failed(hold, disk_full)
+            }
         }
     }
 

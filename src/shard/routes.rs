@@ -18,7 +18,7 @@ use crate::router::delivery::{Fanout, Subscription as RouteSub, SubscriptionTrie
 use crate::router::interest::{InterestCache, InterestIndex, ShardId};
 use crate::router::retained::{RetainedMessage, RetainedStack, RetainedStore};
 use crate::router::shared::{SharePick, SharedGroups};
-use crate::router::topic::TopicName;
+use crate::router::topic::{TopicFilter, TopicName};
 use crate::router::trie::MatchStack;
 use crate::session::{Message, Subscription};
 
@@ -37,6 +37,13 @@ pub(crate) struct Routes {
     /// Replica: filter -> shards with a local subscriber.
     pub(crate) interest: InterestIndex,
     pub(crate) interest_cache: InterestCache,
+    /// Replica: filter -> shards with a local persistent session subscribed at QoS 1/2.
+    /// A QoS 1/2 publish waits (before its acknowledgement) only for these shards.
+    pub(crate) durable: InterestIndex,
+    pub(crate) durable_cache: InterestCache,
+    /// This shard's persistent QoS 1/2 subscriptions per filter (the `durable` bit is set
+    /// while the count is above 0).
+    pub(crate) durable_local: hashbrown::HashMap<TopicFilter, u32, foldhash::fast::RandomState>,
     /// Replica: every share group of the broker.
     pub(crate) shared: SharedGroups<SessionKey>,
     /// Replica of the retained store.
@@ -53,6 +60,9 @@ impl Routes {
             local: SubscriptionTrie::new(),
             interest: InterestIndex::new(),
             interest_cache: InterestCache::new(),
+            durable: InterestIndex::new(),
+            durable_cache: InterestCache::new(),
+            durable_local: hashbrown::HashMap::default(),
             shared: SharedGroups::new(me),
             retained: RetainedStore::new(),
             stack: MatchStack::default(),
@@ -94,5 +104,7 @@ pub(crate) fn retained_message(entry: &RetainedMessage) -> Arc<Message> {
         properties: entry.properties.clone(),
         expires_at_ms: entry.expires_at,
         origin: None,
+        store_id: 0,
+        owned: true,
     })
 }

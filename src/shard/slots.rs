@@ -81,12 +81,11 @@ impl<T> Slots<T> {
             if let Some(entry) = chunks
                 .get_mut(key / CHUNK)
                 .and_then(|c| c.get_mut(key % CHUNK))
+                && let Entry::Vacant { next } = *entry
             {
-                if let Entry::Vacant { next } = *entry {
-                    self.free = next;
-                    *entry = Entry::Occupied(value);
-                    return key;
-                }
+                self.free = next;
+                *entry = Entry::Occupied(value);
+                return key;
             }
             // Unreachable: the free list names only vacant entries. Forget the list rather
             // than overwrite a value.
@@ -169,7 +168,7 @@ mod tests {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            if rng % 3 == 0 && !model.is_empty() {
+            if rng.is_multiple_of(3) && !model.is_empty() {
                 let nth = (rng / 3) as usize % model.len();
                 let key = *model.keys().nth(nth).expect("key");
                 assert_eq!(slots.try_remove(key), model.remove(&key));

@@ -316,7 +316,7 @@ impl Broker {
             match o {
                 Output::Send { to, datagram } => {
                     self.sent += 1;
-                    if self.drop_every.is_some_and(|n| self.sent % n == 0) {
+                    if self.drop_every.is_some_and(|n| self.sent.is_multiple_of(n)) {
                         self.dropped += 1;
                         continue;
                     }
@@ -342,7 +342,7 @@ impl Broker {
                     self.anon
                         .handle_packet(Packet::Publish(p), self.now, &mut out, &mut actions);
                     for a in actions {
-                        if let Action::Publish(m) = a {
+                        if let Action::Publish { message: m, .. } = a {
                             self.route(&m, &mut more);
                         }
                     }
@@ -404,13 +404,36 @@ impl Broker {
         };
         let (mut out, mut actions) = (BytesMut::new(), Vec::new());
         f(s, &mut out, &mut actions);
+        // As the shard does: a routed publish is acknowledged (success) at once.
+        let acks: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish {
+                    message,
+                    ack: Some(id),
+                } => Some((message.qos, *id)),
+                _ => None,
+            })
+            .collect();
+        let now = self.now;
+        for (qos, id) in acks {
+            s.acknowledge(
+                qos,
+                id,
+                crate::codec::ReasonCode::Success,
+                now,
+                &mut out,
+                &mut actions,
+            );
+        }
         // What the call wrote goes out before its actions run (a retained message that
         // `Action::Subscribe` delivers follows the SUBACK), as on a TCP connection.
         self.session_output(client, &mut out, more);
         let mut closed = false;
         for a in actions {
             match a {
-                Action::Publish(m) => self.route(&m, more),
+                Action::Publish { message: m, .. } => self.route(&m, more),
+                Action::Persist(_) => {}
                 Action::Subscribe { filter, sub, .. } => {
                     self.subscribe_action(client, filter, sub, more)
                 }
@@ -471,7 +494,7 @@ impl Broker {
                 from_retained_store: true,
             };
             let now = self.now;
-            self.session_call(client, more, |s, out, _| s.deliver(&m, &d, now, out));
+            self.session_call(client, more, |s, out, a| s.deliver(&m, &d, now, out, a));
         }
     }
 
@@ -500,7 +523,7 @@ impl Broker {
                 ..d
             };
             let now = self.now;
-            self.session_call(&client, more, |s, out, _| s.deliver(m, &d, now, out));
+            self.session_call(&client, more, |s, out, a| s.deliver(m, &d, now, out, a));
         }
     }
 }

@@ -217,5 +217,5 @@ fn connect_on_a_connected_session_ends_the_old_connection_first() {
     h.connect(c, true);
     let (packets, actions) = h.take();
     assert!(matches!(&packets[0], Packet::ConnAck(a) if a.session_present));
-    assert!(matches!(&actions[..], [Action::Publish(m)] if m.topic == topic("w")));
+    assert!(matches!(&actions[..], [Action::Publish { message: m, .. }] if m.topic == topic("w")));
 }

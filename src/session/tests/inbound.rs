@@ -7,7 +7,7 @@ fn routed(actions: &[Action]) -> Vec<Arc<Message>> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Publish(m) => Some(Arc::clone(m)),
+            Action::Publish { message: m, .. } => Some(Arc::clone(m)),
             _ => None,
         })
         .collect()
@@ -391,4 +391,40 @@ fn packets_after_close_are_ignored() {
     h.take();
     h.packet(Packet::Publish(publish("t", QoS::AtLeastOnce, Some(1))));
     assert_eq!(h.take(), (vec![], vec![]));
+}
+
+/// The shard may refuse a routed publish (its store is failing, an ACL denies it): v5 gets
+/// the code in PUBACK/PUBREC and a refused QoS 2 id is not kept as awaiting PUBREL (a resend
+/// is a new attempt); 3.x acknowledgements carry no code, so the connection closes.
+#[test]
+fn a_refused_publish_is_answered_with_its_code() {
+    let mut h = Harness::v5();
+    h.packet_refused(
+        Packet::Publish(publish("t", QoS::AtLeastOnce, Some(1))),
+        ReasonCode::QuotaExceeded,
+    );
+    let (packets, _) = h.take();
+    assert_eq!(
+        packets,
+        vec![Packet::PubAck(ack_with(1, ReasonCode::QuotaExceeded))]
+    );
+    h.packet_refused(
+        Packet::Publish(publish("t", QoS::ExactlyOnce, Some(2))),
+        ReasonCode::QuotaExceeded,
+    );
+    let (packets, _) = h.take();
+    assert_eq!(
+        packets,
+        vec![Packet::PubRec(ack_with(2, ReasonCode::QuotaExceeded))]
+    );
+    assert!(h.s.data().awaiting_rel.is_empty());
+
+    let mut h = Harness::v311();
+    h.packet_refused(
+        Packet::Publish(publish("t", QoS::AtLeastOnce, Some(1))),
+        ReasonCode::QuotaExceeded,
+    );
+    let (packets, actions) = h.take();
+    assert!(packets.is_empty(), "3.x: no acknowledgement");
+    assert!(actions.contains(&Action::Close { will: true }));
 }

@@ -14,7 +14,7 @@ fn will_published(actions: &[Action]) -> Vec<&Message> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Publish(m) => Some(&**m),
+            Action::Publish { message: m, .. } => Some(&**m),
             _ => None,
         })
         .collect()
@@ -310,20 +310,22 @@ fn takeover_of_expiry_zero_session_ends_it() {
 }
 
 #[test]
-fn shutdown_publishes_the_will_then_sends_0x8b() {
-    // A delayed will is due at shutdown: the in-memory session ends with the broker.
+fn shutdown_without_a_store_publishes_the_will_then_sends_0x8b() {
+    // A delayed will is due at shutdown: a session nothing stores ends with the broker.
     let c = with_will(ProtocolVersion::V5, false, Some(100), Some(30));
     let mut h = Harness::connected(Limits::default(), c);
-    h.s.publish_will_at_shutdown(h.now, &mut h.actions);
+    h.s.publish_will_at_shutdown(h.now, false, &mut h.actions);
     let (packets, actions) = h.take();
     assert!(packets.is_empty());
-    assert!(matches!(actions.as_slice(), [Action::Publish(m)] if m.topic.as_str() == "status/c1"));
+    assert!(
+        matches!(actions.as_slice(), [Action::Publish { message: m, .. }] if m.topic.as_str() == "status/c1")
+    );
     assert!(h.s.data().will.is_none());
-    h.s.shutdown(&mut h.out, &mut h.actions);
+    h.s.shutdown(h.now, &mut h.out, &mut h.actions);
     let (packets, actions) = h.take();
     assert_eq!(packets, vec![disconnect(ReasonCode::ServerShuttingDown)]);
     assert_eq!(actions, [Action::Close { will: false }]);
-    assert_eq!(h.s.next_deadline(), None);
+    assert_eq!(h.s.next_deadline(), Some(h.now + 100_000));
 }
 
 #[test]
@@ -332,10 +334,37 @@ fn shutdown_publishes_a_pending_delayed_will_of_an_offline_session() {
     let mut h = Harness::connected(Limits::default(), c);
     h.lost();
     assert!(h.actions().is_empty(), "the will waits for its delay");
-    h.s.publish_will_at_shutdown(h.now, &mut h.actions);
-    assert!(matches!(h.actions().as_slice(), [Action::Publish(_)]));
-    h.s.publish_will_at_shutdown(h.now, &mut h.actions);
+    h.s.publish_will_at_shutdown(h.now, false, &mut h.actions);
+    assert!(matches!(h.actions().as_slice(), [Action::Publish { .. }]));
+    h.s.publish_will_at_shutdown(h.now, false, &mut h.actions);
     assert!(h.actions().is_empty(), "published once");
+}
+
+#[test]
+fn shutdown_keeps_the_will_of_a_stored_session_until_it_ends() {
+    // A clean shutdown with a store: the session outlives the restart and its will is not
+    // published; it goes out only if the session expires before the client returns.
+    let c = with_will(ProtocolVersion::V5, false, Some(100), Some(30));
+    let mut h = Harness::connected(Limits::default(), c);
+    h.changes.clear();
+    h.s.publish_will_at_shutdown(h.now, true, &mut h.actions);
+    assert!(h.actions().is_empty());
+    h.s.shutdown(h.now, &mut h.out, &mut h.actions);
+    let (packets, actions) = h.take();
+    assert_eq!(packets, vec![disconnect(ReasonCode::ServerShuttingDown)]);
+    assert_eq!(actions, [Action::Close { will: false }]);
+    assert_eq!(h.take_changes(), vec![Change::Header]);
+    let header = h.s.header();
+    assert!(!header.connected);
+    assert_eq!(header.expires_at_ms, Some(h.now + 100_000));
+    assert!(header.will.is_some(), "the will is kept");
+    h.advance(100_000);
+    let (_, actions) = h.take();
+    assert_eq!(
+        will_published(&actions).len(),
+        1,
+        "published when the session ends"
+    );
 }
 
 #[test]

@@ -89,6 +89,8 @@ pub(super) fn message(t: &'static str, qos: QoS) -> Arc<Message> {
         properties: PublishProperties::default(),
         expires_at_ms: None,
         origin: Some(client("publisher")),
+        store_id: 0,
+        owned: true,
     })
 }
 
@@ -120,11 +122,16 @@ pub(super) fn sub_opts(qos: QoS) -> SubscriptionOptions {
     }
 }
 
-/// One session plus the buffers and clock a shard would hold.
+/// One session plus the buffers and clock a shard would hold. Like the shard, it
+/// acknowledges a routed publish at once (`Session::acknowledge` with success), and it keeps
+/// the storage changes apart (`changes`) so that tests about the protocol see the actions
+/// they expect.
 pub(super) struct Harness {
     pub s: Session,
     pub out: BytesMut,
     pub actions: Vec<Action>,
+    /// `Action::Persist` changes taken out of `actions` by `take`, in order.
+    pub changes: Vec<Change>,
     pub now: u64,
 }
 
@@ -134,6 +141,7 @@ impl Harness {
             s: Session::new(client("c1"), std::sync::Arc::new(limits)),
             out: BytesMut::new(),
             actions: Vec::new(),
+            changes: Vec::new(),
             now: 1_000,
         }
     }
@@ -172,12 +180,41 @@ impl Harness {
     }
 
     pub fn packet(&mut self, p: Packet) {
+        let start = self.actions.len();
         self.s
             .handle_packet(p, self.now, &mut self.out, &mut self.actions);
+        self.acknowledge_from(start, ReasonCode::Success);
+    }
+
+    /// A packet whose publish the shard refuses with `code` instead of routing it.
+    pub fn packet_refused(&mut self, p: Packet, code: ReasonCode) {
+        let start = self.actions.len();
+        self.s
+            .handle_packet(p, self.now, &mut self.out, &mut self.actions);
+        self.acknowledge_from(start, code);
+    }
+
+    /// Acknowledges, as the shard does, every publish action from index `start` on.
+    fn acknowledge_from(&mut self, start: usize, code: ReasonCode) {
+        let acks: Vec<(QoS, PacketId)> = self.actions[start..]
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish {
+                    message,
+                    ack: Some(id),
+                } => Some((message.qos, *id)),
+                _ => None,
+            })
+            .collect();
+        for (qos, id) in acks {
+            self.s
+                .acknowledge(qos, id, code, self.now, &mut self.out, &mut self.actions);
+        }
     }
 
     pub fn deliver(&mut self, m: &Arc<Message>, d: &Delivery) {
-        self.s.deliver(m, d, self.now, &mut self.out);
+        self.s
+            .deliver(m, d, self.now, &mut self.out, &mut self.actions);
     }
 
     pub fn advance(&mut self, ms: u64) {
@@ -194,7 +231,33 @@ impl Harness {
     /// client would), and the actions emitted.
     pub fn take(&mut self) -> (Vec<Packet>, Vec<Action>) {
         let packets = decode_all(&mut self.out, self.s.protocol());
-        (packets, std::mem::take(&mut self.actions))
+        let mut actions = Vec::new();
+        for a in std::mem::take(&mut self.actions) {
+            match a {
+                Action::Persist(c) => self.changes.push(c),
+                other => actions.push(other),
+            }
+        }
+        (packets, actions)
+    }
+
+    /// The storage changes since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.take_keeping_output();
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Moves `Persist` actions to `changes` without touching output or other actions.
+    fn take_keeping_output(&mut self) {
+        let (changes, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.actions)
+            .into_iter()
+            .partition(|a| matches!(a, Action::Persist(_)));
+        self.actions = rest;
+        for c in changes {
+            if let Action::Persist(c) = c {
+                self.changes.push(c);
+            }
+        }
     }
 
     pub fn packets(&mut self) -> Vec<Packet> {

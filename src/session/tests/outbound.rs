@@ -150,7 +150,10 @@ fn qos2_outbound_flow_and_duplicate_pubrec() {
     assert_eq!(h.packets(), vec![Packet::PubRel(ack(1))]);
     assert_eq!(
         h.s.data().inflight,
-        [Outbound::Released { packet_id: pid(1) }]
+        [Outbound::Released {
+            packet_id: pid(1),
+            seq: 0
+        }]
     );
     h.packet(Packet::PubComp(ack(1)));
     assert!(h.packets().is_empty());
@@ -319,12 +322,39 @@ fn queue_byte_bound() {
     let mut h = Harness::connected(limits, persistent(ProtocolVersion::V5));
     h.lost();
     h.take();
-    // "payload" is 7 bytes: one fits, the second does not.
+    // Topic "a" and "payload": 8 bytes are charged; one fits, the second does not.
     h.deliver(&message("a", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
     h.deliver(&message("b", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
     assert_eq!(h.s.data().queue.len(), 1);
-    assert_eq!(h.s.data().queued_bytes, 7);
+    assert_eq!(h.s.data().queued_bytes, 8);
     assert_eq!(h.s.stats().dropped_queue_full, 1);
+}
+
+/// A queued message is charged for everything it holds (topic and properties too) and
+/// keeps none of the read buffer it was decoded from.
+#[test]
+fn queued_messages_own_their_bytes_and_are_charged_in_full() {
+    let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V5));
+    h.lost();
+    h.take();
+    // A message whose topic and payload are views into a much larger read.
+    let read = Bytes::from(vec![b'x'; 1 << 20]);
+    let mut m = (*message("big/read", QoS::AtLeastOnce)).clone();
+    m.payload = read.slice(10..11);
+    m.owned = false;
+    m.properties
+        .user_properties
+        .push(crate::codec::UserProperty {
+            name: mstr("k"),
+            value: mstr("vv"),
+        });
+    h.deliver(&Arc::new(m), &live(QoS::AtLeastOnce));
+    let queued = &h.s.data().queue[0];
+    assert!(queued.message.owned);
+    assert_eq!(h.s.data().queued_bytes, "big/read".len() + 1 + 3);
+    drop(h);
+    // The session let go of its view: the 1 MiB buffer has one owner again.
+    assert!(read.is_unique(), "the queued message still pins the read");
 }
 
 #[test]
@@ -399,7 +429,11 @@ fn clean_start_discards_queued_and_inflight() {
     let packets = h.take().0;
     assert_eq!(packets.len(), 1);
     assert!(matches!(&packets[0], Packet::ConnAck(c) if !c.session_present));
-    assert_eq!(h.s.data(), &SessionData::default());
+    let fresh = SessionData {
+        next_seq: h.s.data().next_seq,
+        ..SessionData::default()
+    };
+    assert_eq!(h.s.data(), &fresh, "only the message numbering goes on");
 }
 
 #[test]
@@ -410,12 +444,7 @@ fn slow_consumer_drops_qos0() {
     };
     let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V5, "c1", true));
     h.out.extend_from_slice(b"full");
-    h.s.deliver(
-        &message("t", QoS::AtMostOnce),
-        &live(QoS::AtMostOnce),
-        h.now,
-        &mut h.out,
-    );
+    h.deliver(&message("t", QoS::AtMostOnce), &live(QoS::AtMostOnce));
     assert_eq!(&h.out[..], b"full");
     assert_eq!(h.s.stats().dropped_qos0, 1);
 }

@@ -1,0 +1,405 @@
+//! The glue between a shard's connections and the sessions homed on it: attaching a
+//! connection to its client's session (takeover, clean start), executing what a session
+//! asks for (`apply_actions`), acknowledging a client's publish once it is routed (and, for
+//! a stored message, durable), the end of a connection and of a session, and the
+//! shutdown steps that concern sessions.
+//!
+//! Owns: the order in which a session's actions take effect, and the bookkeeping of which
+//! clients count in the durable routing index (`Client::durable`).
+//!
+//! Must never: call a session without executing the actions it returned, let a client's
+//! subscriptions count in the durable index when its session is not stored, or
+//! acknowledge a publish that storage refused.
+
+use std::sync::Arc;
+
+use super::core::{Client, Core, Phase};
+use super::route::Publisher;
+use super::routes::SessionKey;
+use crate::codec::{Connect, PacketId, QoS, ReasonCode};
+use crate::log;
+use crate::session::{Action, ClientId, Message, Session};
+
+impl Core {
+    /// Attaches connection `id` (CONNECT decoded, home shard reached) to the session of
+    /// `client_id`, taking over an existing connection of that client.
+    pub(crate) fn attach(
+        &mut self,
+        id: u32,
+        connect: Box<Connect>,
+        client_id: ClientId,
+        assigned: bool,
+    ) {
+        let now = self.now_ms;
+        let mut existing = self.registry.get(&self.clients, &client_id);
+        if let Some(slot) = existing {
+            self.take_over(slot);
+            // Clean start (or a session the takeover ended) begins afresh.
+            let live = self
+                .clients
+                .get(slot as usize)
+                .is_some_and(|c| !c.session.is_ended());
+            if !live || connect.clean_start {
+                if live {
+                    // `discard` publishes a pending delayed will (its session ends) and
+                    // emits `Ended`; `end_client` then has nothing left to do.
+                    let mut actions = std::mem::take(&mut self.actions);
+                    if let Some(client) = self.clients.get_mut(slot as usize) {
+                        client.session.discard(now, &mut actions);
+                    }
+                    self.apply_actions(slot, &mut actions, None);
+                    self.actions = actions;
+                    self.end_client(slot);
+                }
+                existing = None;
+            }
+        }
+        let session_present = existing.is_some();
+        let slot = match existing {
+            Some(slot) => slot,
+            None => self.new_client(client_id.clone()),
+        };
+        let version = connect.protocol;
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        conn.phase = Phase::Open;
+        conn.version = Some(version);
+        conn.client = Some(slot);
+        conn.since = 0;
+        let peer = conn.peer;
+        let hold_from = conn.out.len();
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(client) = self.clients.get_mut(slot as usize) {
+            client.conn = Some(id);
+            client.session.connect(
+                *connect,
+                session_present,
+                assigned,
+                now,
+                &mut conn.out,
+                &mut actions,
+            );
+        }
+        log!(
+            INFO,
+            self.log_id,
+            "client {} connected from {peer} ({version:?}, session present: {session_present})",
+            client_id.as_str()
+        );
+        self.mark_dirty(id);
+        self.marked_conn = Some(id);
+        self.apply_actions(slot, &mut actions, Some(hold_from));
+        self.marked_conn = None;
+        self.actions = actions;
+        self.sync_durability(slot);
+        self.reschedule_client(slot);
+    }
+
+    pub(crate) fn new_client(&mut self, client_id: ClientId) -> u32 {
+        // Not a view of the CONNECT's read: that would pin the read (with whatever else the
+        // client sent in it) for the session's life.
+        let client_id = client_id.detached();
+        let session = Session::new(client_id, Arc::clone(&self.session_limits));
+        self.insert_client(session)
+    }
+
+    /// Adds a session (new or restored) to this shard's clients and registry.
+    pub(crate) fn insert_client(&mut self, session: Session) -> u32 {
+        let generation = self.next_generation();
+        let slot = self.clients.insert(Client {
+            session,
+            conn: None,
+            generation,
+            timer_tick: 0,
+            durable: false,
+        }) as u32;
+        self.registry.insert(&self.clients, slot);
+        slot
+    }
+
+    /// Makes client `slot`'s subscriptions count in the durable routing index exactly while
+    /// its session is stored (persistent, with storage on): a QoS 1/2 publish then waits
+    /// for this shard's commit before it is acknowledged.
+    pub(crate) fn sync_durability(&mut self, slot: u32) {
+        let Some(client) = self.clients.get(slot as usize) else {
+            return;
+        };
+        let durable = client.session.is_persistent() && self.persist.enabled();
+        if durable == client.durable {
+            return;
+        }
+        let subs: Vec<_> = client
+            .session
+            .subscriptions()
+            .map(|(f, s)| (f.clone(), *s))
+            .collect();
+        if let Some(c) = self.clients.get_mut(slot as usize) {
+            c.durable = durable;
+        }
+        for (filter, sub) in subs {
+            if filter.is_shared() {
+                // Members carry the flag: join again with the new one.
+                self.subscribe(slot, filter, sub, true, None);
+                continue;
+            }
+            if sub.options.qos == QoS::AtMostOnce {
+                continue;
+            }
+            if durable {
+                self.durable_sub_added(&filter);
+            } else {
+                self.durable_sub_removed(&filter);
+            }
+        }
+    }
+
+    /// A new connection claims client `slot`: the old connection (if any) is told and
+    /// closed [MQTT-3.1.4-3].
+    fn take_over(&mut self, slot: u32) {
+        let Some(client) = self.clients.get_mut(slot as usize) else {
+            return;
+        };
+        let Some(old) = client.conn.take() else {
+            return;
+        };
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(conn) = self.conns.get_mut(old as usize) {
+            client
+                .session
+                .taken_over(self.now_ms, &mut conn.out, &mut actions);
+            conn.client = None;
+            log!(
+                INFO,
+                self.log_id,
+                "client {} taken over; closing its connection from {}",
+                client.session.client_id().as_str(),
+                conn.peer
+            );
+        }
+        self.mark_dirty(old);
+        self.request_close(old);
+        self.apply_actions(slot, &mut actions, None);
+        self.actions = actions;
+    }
+
+    /// Executes a session's actions in order. `slot` is the client that produced them;
+    /// `hold_from`: where in its connection's output the call that produced them began
+    /// writing (acknowledgements from there on may be held), `None` when nothing of it may
+    /// be held (no connection, or a server-side end).
+    pub(crate) fn apply_actions(
+        &mut self,
+        slot: u32,
+        actions: &mut Vec<Action>,
+        hold_from: Option<usize>,
+    ) {
+        for action in actions.drain(..) {
+            match action {
+                Action::Publish { message, ack } => {
+                    self.publish_from(slot, message, ack, hold_from)
+                }
+                Action::Subscribe {
+                    filter,
+                    sub,
+                    existed,
+                } => self.subscribe(slot, filter, sub, existed, hold_from),
+                Action::Unsubscribe { filter } => self.unsubscribe(slot, &filter),
+                Action::Close { .. } => self.detach_and_close(slot),
+                Action::Ended => self.end_client(slot),
+                Action::Persist(change) => self.persist_change(slot, change, hold_from),
+            }
+        }
+    }
+
+    /// Acknowledges a message of client `slot`'s session when the client waits for that
+    /// (`ack`), then routes it: the acknowledgement goes first in the client's output (as a
+    /// client publishing to its own subscription expects) and is held for whatever the
+    /// routing must make durable. When the message needs storage and the store is failing,
+    /// the answer is 0x97 (v5; 3.x is disconnected) and the message is not routed.
+    fn publish_from(
+        &mut self,
+        slot: u32,
+        mut message: Arc<Message>,
+        ack: Option<PacketId>,
+        hold_from: Option<usize>,
+    ) {
+        let qos = message.qos;
+        if qos != QoS::AtMostOnce && self.persist.enabled() {
+            // The only reference yet: no copy is made. Every shard that stores the message
+            // stores it under this id (one copy per message, however many sessions).
+            Arc::make_mut(&mut message).store_id = self.persist.new_msg_id();
+        }
+        let publisher = Publisher {
+            slot,
+            hold_from,
+            acked: ack.is_some(),
+            persistent: self.clients.get(slot as usize).is_some_and(|c| c.durable),
+        };
+        let Some(packet_id) = ack else {
+            self.route_publish(message, Some(publisher));
+            return;
+        };
+        let refused = self.needs_unavailable_store(&message);
+        let code = if refused {
+            ReasonCode::QuotaExceeded
+        } else {
+            ReasonCode::Success
+        };
+        let mut more = Vec::new();
+        let Some(client) = self.clients.get_mut(slot as usize) else {
+            return;
+        };
+        let conn = client.conn;
+        let out = match conn.and_then(|c| self.conns.get_mut(c as usize)) {
+            Some(c) => &mut c.out,
+            None => &mut self.sink,
+        };
+        client
+            .session
+            .acknowledge(qos, packet_id, code, self.now_ms, out, &mut more);
+        self.sink.clear();
+        self.apply_actions(slot, &mut more, hold_from);
+        if let Some(c) = conn {
+            self.mark_dirty(c);
+        }
+        if refused {
+            log!(
+                WARN,
+                self.log_id,
+                "client {}: publish to {} refused, the store is failing",
+                self.client_name(Some(slot)),
+                message.topic.as_str()
+            );
+        } else {
+            self.route_publish(message, Some(publisher));
+        }
+    }
+
+    /// The session let go of its connection: flush what it wrote, then close.
+    fn detach_and_close(&mut self, slot: u32) {
+        let Some(conn) = self
+            .clients
+            .get_mut(slot as usize)
+            .and_then(|c| c.conn.take())
+        else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(conn as usize) {
+            c.client = None;
+            let peer = c.peer;
+            let client = self.client_name(Some(slot));
+            log!(
+                INFO,
+                self.log_id,
+                "client {client} at {peer}: connection closed by the session"
+            );
+        }
+        self.mark_dirty(conn);
+        self.request_close(conn);
+    }
+
+    /// The session is over: its subscriptions leave the router, the slot is freed.
+    pub(crate) fn end_client(&mut self, slot: u32) {
+        let Some(client) = self.clients.try_remove(slot as usize) else {
+            return;
+        };
+        let key = SessionKey {
+            slot,
+            generation: client.generation,
+        };
+        for (filter, _) in client.session.subscriptions() {
+            self.remove_subscription(slot, key, filter, client.durable);
+        }
+        self.registry.remove(client.session.client_id(), slot);
+        if let Some(conn) = client.conn {
+            if let Some(c) = self.conns.get_mut(conn as usize) {
+                c.client = None;
+            }
+            self.request_close(conn);
+        }
+    }
+
+    /// Closes connection `id` after a last flush: if the session still counted on it, the
+    /// connection was lost (will, expiry).
+    pub(crate) fn finish_conn(&mut self, id: u32) {
+        self.tick_clock();
+        let Some(conn) = self.conns.try_remove(id as usize) else {
+            return;
+        };
+        super::io::last_flush(&conn);
+        let Some(slot) = conn.client else {
+            return;
+        };
+        let attached = self
+            .clients
+            .get(slot as usize)
+            .is_some_and(|c| c.conn == Some(id));
+        if attached {
+            let mut actions = std::mem::take(&mut self.actions);
+            if let Some(client) = self.clients.get_mut(slot as usize) {
+                client.conn = None;
+                log!(
+                    INFO,
+                    self.log_id,
+                    "client {} from {} disconnected without DISCONNECT",
+                    client.session.client_id().as_str(),
+                    conn.peer
+                );
+                client.session.connection_lost(self.now_ms, &mut actions);
+            }
+            self.apply_actions(slot, &mut actions, None);
+            self.actions = actions;
+            self.reschedule_client(slot);
+        }
+    }
+
+    /// Server shutdown, first step: the will of every session that ends with the broker is
+    /// due (a stored session keeps its will across the restart) and is routed like any
+    /// publish, to subscribers on every shard; the second step (`begin_shutdown`) waits
+    /// until every shard has done this.
+    pub(crate) fn route_shutdown_wills(&mut self) {
+        self.tick_clock();
+        let kept = self.persist.enabled();
+        let slots: Vec<u32> = self.clients.iter().map(|(slot, _)| slot as u32).collect();
+        for slot in slots {
+            let mut actions = std::mem::take(&mut self.actions);
+            if let Some(client) = self.clients.get_mut(slot as usize) {
+                client
+                    .session
+                    .publish_will_at_shutdown(self.now_ms, kept, &mut actions);
+            }
+            self.apply_actions(slot, &mut actions, None);
+            self.actions = actions;
+        }
+    }
+
+    /// Server shutdown, second step: every session is told (v5 clients get DISCONNECT
+    /// 0x8B) and every connection closes; stored sessions record that they are offline.
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.listeners.close(&self.poller);
+        self.tick_clock();
+        let attached: Vec<(u32, u32)> = self
+            .clients
+            .iter()
+            .filter_map(|(slot, c)| c.conn.map(|conn| (slot as u32, conn)))
+            .collect();
+        for (slot, conn) in attached {
+            let mut actions = std::mem::take(&mut self.actions);
+            if let (Some(client), Some(c)) = (
+                self.clients.get_mut(slot as usize),
+                self.conns.get_mut(conn as usize),
+            ) {
+                client
+                    .session
+                    .shutdown(self.now_ms, &mut c.out, &mut actions);
+            }
+            self.mark_dirty(conn);
+            self.apply_actions(slot, &mut actions, None);
+            self.actions = actions;
+        }
+        let all: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
+        for id in all {
+            self.request_close(id);
+        }
+    }
+}
