@@ -262,9 +262,9 @@ fn paused_reader_resumes_once_it_drains(driver: DriverKind) {
     let (mut echo, _) =
         Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, "echo", true, 0);
     echo.subscribe("echo", QoS::AtLeastOnce);
-    // 200 x 100 KB publishes to its own subscription: the 128 deliveries in flight (12.8 MB)
-    // outgrow the socket buffers of a reader that reads nothing, and the 20 MB of publishes
-    // outgrow what the sockets hold while the broker does not read them.
+    // 200 x 100 KB publishes to its own subscription: deliveries beyond `max_output_buffer`
+    // wait in the session's queue (they go out as the client reads), and the 20 MB of
+    // publishes outgrow what the sockets hold while the broker does not read them.
     let mut writer = echo.writer();
     let payload = Bytes::from(vec![b'e'; 100 * 1024]);
     let sender = std::thread::spawn(move || {

@@ -63,11 +63,13 @@ macro_rules! both_drivers {
     };
 }
 
-/// A broker running in this process; shut down on drop.
+/// A broker running in this process, on a store of its own in a temporary directory
+/// (removed with it); shut down on drop.
 pub struct Broker {
     handle: Option<ringmq::shard::BrokerHandle>,
     pub addr: SocketAddr,
     pub shards: usize,
+    _data: process::DataDir,
 }
 
 impl Broker {
@@ -88,6 +90,10 @@ impl Broker {
             pin_threads: false,
             ..Config::default()
         };
+        // Every black-box test runs on the persistent path: acknowledgements of stored state
+        // wait for real commits.
+        let data = process::DataDir::new("inproc");
+        config.storage.data_dir = data.0.clone();
         config
             .apply_env(std::env::var("RINGMQ_DRIVER").ok().as_deref())
             .expect("RINGMQ_DRIVER");
@@ -98,6 +104,7 @@ impl Broker {
             handle: Some(handle),
             addr,
             shards,
+            _data: data,
         }
     }
 

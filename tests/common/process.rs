@@ -4,9 +4,37 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A directory for one test's store, removed when dropped.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// A fresh, empty directory under the system's temporary directory.
+    pub fn new(name: &str) -> DataDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("ringmq-test-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create data dir");
+        DataDir(dir)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// A running `ringmq` process; killed on drop if still running.
 pub struct BrokerProcess {
@@ -14,19 +42,45 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
     /// Everything the broker wrote to stderr so far.
     log: Arc<Mutex<String>>,
+    /// The store of a broker started with `start` (the caller owns it with `start_in`).
+    _data: Option<DataDir>,
 }
 
 impl BrokerProcess {
-    /// Starts `ringmq` listening on an ephemeral loopback port with the extra `args`, and
-    /// waits (bounded) until it logs the address it listens on.
+    /// Starts `ringmq` with a fresh store of its own (removed with it), listening on an
+    /// ephemeral loopback port, with the extra `args`.
     pub fn start(args: &[&str]) -> BrokerProcess {
+        let data = DataDir::new("broker");
+        let mut broker = BrokerProcess::start_in(&data, args);
+        broker._data = Some(data);
+        broker
+    }
+
+    /// Starts `ringmq` on the store in `data` (which outlives it: a restart finds it).
+    pub fn start_in(data: &DataDir, args: &[&str]) -> BrokerProcess {
+        match BrokerProcess::try_start_in(data, args) {
+            Ok(b) => b,
+            Err((status, log)) => panic!("ringmq did not start ({status}); its log:\n{log}"),
+        }
+    }
+
+    /// As `start_in`, but a broker that exits instead of listening gives its exit status
+    /// and log.
+    pub fn try_start_in(data: &DataDir, args: &[&str]) -> Result<BrokerProcess, (String, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--listen", "127.0.0.1:0", "--no-pin"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--no-pin",
+                "--data-dir",
+                data.path(),
+            ])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("ringmq starts");
+        let started = Instant::now();
         let stderr = child.stderr.take().expect("stderr piped");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -35,27 +89,40 @@ impl BrokerProcess {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split(',').next().unwrap_or("").trim().to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
+                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split(',').next().unwrap_or("").trim().to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
                 }
                 let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
                 log.push_str(&line);
                 log.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                panic!("ringmq did not start listening within 30 s; its log:\n{log}");
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => break addr.parse().expect("listen address"),
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        // Let the reader thread take the last lines.
+                        std::thread::sleep(Duration::from_millis(100));
+                        let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        return Err((status.to_string(), log));
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        let _ = child.kill();
+                        let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        return Err(("no listener within 60 s".to_owned(), log));
+                    }
+                }
             }
         };
-        BrokerProcess { child, addr, log }
+        Ok(BrokerProcess {
+            child,
+            addr,
+            log,
+            _data: None,
+        })
     }
 
     pub fn pid(&self) -> u32 {
