@@ -96,8 +96,14 @@ pub(crate) fn open(config: &Config, shared: &Arc<Shared>) -> Result<Opened, Brok
         ..storage::StoreOptions::default()
     };
     let started = std::time::Instant::now();
-    let (store, recovered) =
-        storage::Store::open(&s.data_dir, &options).map_err(BrokerError::Storage)?;
+    // redb panics on some damaged files (an `unreachable!` deep in its B-tree code); the store
+    // turns such a panic into `OpenError::Corrupt`, and the default hook would print a panic
+    // message before that clear error. Only the starting thread runs here.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = storage::Store::open(&s.data_dir, &options);
+    std::panic::set_hook(hook);
+    let (store, recovered) = opened.map_err(BrokerError::Storage)?;
     let max_msg_id = recovered.max_msg_id;
     let sessions = recovered.sessions.len();
     let recoveries = distribute(recovered, shards, shared.wall_epoch_ms);
