@@ -10,3 +10,6 @@ mod restart;
 
 #[path = "persistence/crash.rs"]
 mod crash;
+
+#[path = "persistence/faults.rs"]
+mod faults;
