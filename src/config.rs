@@ -3,7 +3,8 @@
 //!
 //! Owns: the `Config` value handed to the shards at start. Defaults follow DESIGN.md
 //! ("Security and limits"). Every field is a TOML key of the same name; unknown keys are an
-//! error so that a typo never silently leaves a default in place.
+//! error so that a typo never silently leaves a default in place. Listener URLs and their
+//! TLS / PROXY settings live in `listener`.
 //!
 //! Must never: panic on user input; every error is a `ConfigError` with a message that names
 //! the offending argument, key or value.
@@ -19,6 +20,10 @@ use crate::router::topic::TopicName;
 
 use crate::auth::AuthConfig;
 use crate::auth::passwd::{PASSWD_USAGE, PasswdAction, PasswdArgs, invalid_user_name};
+
+mod listener;
+
+pub use listener::{ListenerConfig, ListenerKind, ListenerUrl, WsPath};
 
 /// Which I/O driver the shards use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -252,11 +257,14 @@ fn predefined_topics<'de, D: Deserializer<'de>>(
 }
 
 /// Everything the broker needs to start.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// TCP listen addresses.
+    /// The addresses today's runtime binds and serves: the plain MQTT listeners (no TLS, no
+    /// WebSocket, no PROXY header) of `listeners`, in order. Derived by `set_listeners`.
     pub listen: Vec<SocketAddr>,
+    /// Every configured listener: the TOML `listen` entries (plain MQTT) first, then the
+    /// `[[listeners]]` tables; or the `--listen` arguments, which replace both.
+    pub listeners: Vec<ListenerConfig>,
     /// Number of shards (threads); 0 means one per available core.
     pub shards: usize,
     /// I/O driver choice; the `RINGMQ_DRIVER=epoll` environment variable forces epoll.
@@ -273,10 +281,15 @@ pub struct Config {
     pub mqttsn: MqttSnConfig,
 }
 
+/// The listener when none is configured.
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1883);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listen: vec![DEFAULT_LISTEN],
+            listeners: vec![ListenerConfig::new(ListenerUrl::mqtt(DEFAULT_LISTEN))],
             shards: 0,
             driver: DriverKind::Auto,
             pin_threads: true,
@@ -302,6 +315,22 @@ pub enum ConfigError {
     Usage(String),
     #[error("invalid value {value:?} for {what}")]
     Value { what: &'static str, value: String },
+    /// A listener's settings or files are unusable (named by its URL).
+    #[error("listener {listener}: {problem}")]
+    Listener { listener: String, problem: String },
+}
+
+/// The TOML file as written: every key optional, so that "not given" (defaults apply) and
+/// "given" can be told apart for the two listener keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<Vec<SocketAddr>>,
+    listeners: Option<Vec<ListenerConfig>>,
+    shards: Option<usize>,
+    driver: Option<DriverKind>,
+    pin_threads: Option<bool>,
+    limits: Option<Limits>,
 }
 
 /// What the command line asked for.
@@ -324,7 +353,10 @@ USAGE:
     ringmq passwd -D FILE USER                             delete USER from FILE
 
 OPTIONS:
-    --listen HOST:PORT   TCP listener (repeatable; default 127.0.0.1:1883)
+    --listen URL         listener (repeatable; default 127.0.0.1:1883): HOST:PORT or
+                         mqtt://HOST:PORT for MQTT over TCP; mqtts://HOST:PORT,
+                         ws://HOST:PORT/PATH and wss://HOST:PORT/PATH need the
+                         TLS files of a [[listeners]] table in --config
     --shards N           shard threads (default: one per core)
     --data-dir DIR       where sessions and messages are stored (default ./ringmq-data)
     --durability MODE    sync (acknowledge after commit, default), relaxed, or none
@@ -344,12 +376,41 @@ PASSWD OPTIONS:
 ";
 
 impl Config {
-    /// Parses a TOML document.
+    /// Parses a TOML document. `listen = [...]` (plain MQTT) and `[[listeners]]` tables
+    /// may both appear; together they replace the default listener.
     pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        let mut config = Config::default();
+        if file.listen.is_some() || file.listeners.is_some() {
+            let plain = file.listen.unwrap_or_default().into_iter();
+            let plain = plain.map(|a| ListenerConfig::new(ListenerUrl::mqtt(a)));
+            config.set_listeners(plain.chain(file.listeners.unwrap_or_default()).collect());
+        }
+        config.shards = file.shards.unwrap_or(config.shards);
+        config.driver = file.driver.unwrap_or(config.driver);
+        config.pin_threads = file.pin_threads.unwrap_or(config.pin_threads);
+        config.limits = file.limits.unwrap_or(config.limits);
+        Ok(config)
+    }
+
+    /// Sets the listeners and derives `listen` (the plain MQTT ones) from them.
+    pub fn set_listeners(&mut self, listeners: Vec<ListenerConfig>) {
+        self.listen = listeners
+            .iter()
+            .filter(|l| l.is_plain_tcp())
+            .map(|l| l.url.addr)
+            .collect();
+        self.listeners = listeners;
+    }
+
+    /// The listeners that today's runtime does not serve (TLS, WebSocket, PROXY header):
+    /// they are configured and checked, and served once the transports are wired into the
+    /// shards.
+    pub fn unserved_listeners(&self) -> impl Iterator<Item = &ListenerConfig> {
+        self.listeners.iter().filter(|l| !l.is_plain_tcp())
     }
 
     /// Applies environment overrides (`RINGMQ_DRIVER=epoll|auto`).
@@ -411,11 +472,10 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             "-V" | "--version" => return Ok(Command::Version),
             "--listen" => {
                 let v = value("--listen")?;
-                let addr = v.parse().map_err(|_| ConfigError::Value {
-                    what: "--listen",
-                    value: v,
-                })?;
-                listen.push(addr);
+                let url: ListenerUrl = v
+                    .parse()
+                    .map_err(|e| ConfigError::Usage(format!("--listen: {e}")))?;
+                listen.push(ListenerConfig::new(url));
             }
             "--shards" => {
                 let v = value("--shards")?;
@@ -469,7 +529,17 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
         None => Config::default(),
     };
     if !listen.is_empty() {
-        config.listen = listen;
+        // A `--listen URL` for a TLS listener takes its files from the config file's
+        // `[[listeners]]` table with the same URL.
+        let from_file = std::mem::take(&mut config.listeners);
+        let listen = listen.into_iter().map(|l| {
+            from_file
+                .iter()
+                .find(|f| f.url == l.url)
+                .cloned()
+                .unwrap_or(l)
+        });
+        config.set_listeners(listen.collect());
     }
     if let Some(n) = shards {
         config.shards = n;
@@ -538,9 +608,7 @@ impl Config {
                 value: v.to_string(),
             })
         };
-        if self.listen.is_empty() {
-            return bad("listen (at least one address)", &"[]");
-        }
+        listener::validate_listeners(&self.listeners)?;
         if self.shards > 64 {
             return bad("shards (0..=64)", &self.shards);
         }
@@ -715,6 +783,86 @@ mod tests {
             let c = Config::from_toml(bad, p).expect("parses");
             assert!(c.validate().is_err(), "{bad} validated");
         }
+    }
+
+    #[test]
+    fn listen_urls_on_the_command_line() {
+        let Command::Run(c) =
+            parse_args(args("--listen 127.0.0.1:1 --listen ws://127.0.0.1:2/mqtt")).expect("parse")
+        else {
+            panic!("not run")
+        };
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listen, vec!["127.0.0.1:1".parse().expect("addr")]);
+        assert_eq!(c.unserved_listeners().count(), 1);
+        let e = parse_args(args("--listen mqtts://127.0.0.1:3")).expect_err("no cert");
+        assert!(e.to_string().contains("mqtts://127.0.0.1:3"), "{e}");
+        let e = parse_args(args("--listen wss://127.0.0.1:3/a?b")).expect_err("bad path");
+        assert!(e.to_string().contains("'?'"), "{e}");
+    }
+
+    #[test]
+    fn toml_listeners_join_the_listen_list() {
+        let p = std::path::Path::new("t.toml");
+        let text = r#"
+            listen = ["127.0.0.1:1883"]
+            [[listeners]]
+            url = "mqtts://0.0.0.0:8883"
+            cert = "/etc/ringmq/server.pem"
+            key = "/etc/ringmq/server.key"
+            client_ca = "/etc/ringmq/ca.pem"
+            require_client_cert = true
+            use_identity_as_username = true
+            [[listeners]]
+            url = "ws://0.0.0.0:8080/mqtt"
+            proxy_protocol = true
+            [[listeners]]
+            url = "mqtt://0.0.0.0:1884"
+        "#;
+        let c = Config::from_toml(text, p).expect("toml");
+        c.validate().expect("valid");
+        let urls: Vec<String> = c.listeners.iter().map(|l| l.url.to_string()).collect();
+        assert_eq!(
+            urls,
+            [
+                "mqtt://127.0.0.1:1883",
+                "mqtts://0.0.0.0:8883",
+                "ws://0.0.0.0:8080/mqtt",
+                "mqtt://0.0.0.0:1884"
+            ]
+        );
+        assert_eq!(
+            c.listen.len(),
+            2,
+            "plain MQTT listeners are what the runtime binds"
+        );
+        assert!(c.listeners[1].use_identity_as_username);
+        assert!(c.listeners[2].proxy_protocol);
+
+        let only_tls = Config::from_toml(
+            "[[listeners]]\nurl = \"mqtts://0.0.0.0:8883\"\ncert = \"c\"\nkey = \"k\"\n",
+            p,
+        )
+        .expect("toml");
+        assert!(
+            only_tls.listen.is_empty(),
+            "no default listener beside [[listeners]]"
+        );
+        assert_eq!(Config::from_toml("", p).expect("empty"), Config::default());
+
+        for bad in [
+            "[[listeners]]\nurl = \"http://0.0.0.0:80\"\n",
+            "[[listeners]]\nurl = \"mqtt://0.0.0.0:1\"\ncertificate = \"c\"\n",
+        ] {
+            assert!(Config::from_toml(bad, p).is_err(), "{bad}");
+        }
+        let plain_with_cert = "[[listeners]]\nurl = \"ws://0.0.0.0:1\"\ncert = \"c\"\n";
+        let c = Config::from_toml(plain_with_cert, p).expect("parses");
+        let e = c.validate().expect_err("cert on ws://").to_string();
+        assert!(
+            e.contains("ws://0.0.0.0:1/mqtt") && e.contains("not TLS"),
+            "{e}"
+        );
     }
 
     #[test]

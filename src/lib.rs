@@ -7,3 +7,4 @@ pub mod mqttsn;
 pub mod router;
 pub mod session;
 pub mod shard;
+pub mod transport;

@@ -68,6 +68,24 @@ fn main() -> ExitCode {
         eprintln!("ringmq: {e}");
         return ExitCode::from(2);
     }
+    // Every listener's files are loaded and checked before any listener opens, so that a
+    // missing or mismatched certificate stops the start with a message naming it.
+    if let Err(e) = ringmq::transport::ListenerRuntime::load_all(&config) {
+        eprintln!("ringmq: {e}");
+        return ExitCode::from(2);
+    }
+    for l in config.unserved_listeners() {
+        ringmq::log!(
+            WARN,
+            None,
+            "listener {} is configured but not served yet: this build serves plain MQTT over TCP only",
+            l.url
+        );
+    }
+    if config.listen.is_empty() {
+        eprintln!("ringmq: no listener this build can serve (plain MQTT over TCP without PROXY)");
+        return ExitCode::from(2);
+    }
     let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
     ringmq::log!(
         INFO,

@@ -1,0 +1,384 @@
+//! Listener settings: where a listener binds, which transport it speaks (MQTT over TCP, TLS,
+//! WebSocket, WebSocket over TLS), the paths of its TLS files and whether a PROXY protocol
+//! header precedes each connection.
+//!
+//! Owns: the `--listen URL` syntax (`mqtt://`, `mqtts://`, `ws://`, `wss://`, or a bare
+//! `HOST:PORT` for plain MQTT), the `[[listeners]]` TOML table, and the checks that need no
+//! file access (a TLS listener names its certificate and key, a plain one names no TLS
+//! setting, a WebSocket path is well formed, no address is used twice).
+//!
+//! Must never: read a file or depend on the runtime. Loading and checking the certificate
+//! files is `transport::ListenerRuntime::load`'s job; this module stores only paths, so that
+//! `Config` stays `Clone + Debug + PartialEq`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The transport a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListenerKind {
+    /// MQTT over TCP (`mqtt://`, or a bare `HOST:PORT`).
+    Mqtt,
+    /// MQTT over TLS over TCP (`mqtts://`).
+    Mqtts,
+    /// MQTT over WebSocket (`ws://`).
+    Ws,
+    /// MQTT over WebSocket over TLS (`wss://`).
+    Wss,
+}
+
+impl ListenerKind {
+    /// The URL scheme of this kind.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            ListenerKind::Mqtt => "mqtt",
+            ListenerKind::Mqtts => "mqtts",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+
+    /// Whether the connection starts with a TLS handshake.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Mqtts | ListenerKind::Wss)
+    }
+
+    /// Whether MQTT travels in WebSocket frames.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+/// Longest WebSocket path accepted in a listener URL. A path is compared with the request
+/// line of every upgrade; 256 bytes is far more than any MQTT deployment uses.
+const MAX_WS_PATH: usize = 256;
+
+/// The HTTP path a WebSocket listener upgrades on: starts with `/`, visible ASCII only, no
+/// query (`?`) or fragment (`#`), at most 256 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WsPath(String);
+
+impl WsPath {
+    /// The path used when a `ws://` or `wss://` URL names none: what MQTT clients use by
+    /// convention (mosquitto's and HiveMQ's examples, the Paho JavaScript default).
+    pub const DEFAULT: &'static str = "/mqtt";
+
+    /// Checks `path`; the error says what is wrong with it.
+    pub fn new(path: &str) -> Result<WsPath, &'static str> {
+        if !path.starts_with('/') {
+            return Err("a WebSocket path must start with '/'");
+        }
+        if path.len() > MAX_WS_PATH {
+            return Err("a WebSocket path is at most 256 bytes");
+        }
+        if !path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        {
+            return Err("a WebSocket path holds visible ASCII only, without '?' or '#'");
+        }
+        Ok(WsPath(path.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where a listener binds and what it speaks, as written in `--listen` or `url = "..."`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerUrl {
+    pub kind: ListenerKind,
+    pub addr: SocketAddr,
+    /// The upgrade path; `Some` exactly for the WebSocket kinds.
+    pub path: Option<WsPath>,
+}
+
+impl ListenerUrl {
+    /// A plain MQTT listener on `addr`.
+    pub fn mqtt(addr: SocketAddr) -> ListenerUrl {
+        ListenerUrl {
+            kind: ListenerKind::Mqtt,
+            addr,
+            path: None,
+        }
+    }
+}
+
+impl FromStr for ListenerUrl {
+    type Err = String;
+
+    /// `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, `ws://HOST:PORT[/PATH]`,
+    /// `wss://HOST:PORT[/PATH]` or a bare `HOST:PORT` (plain MQTT). HOST is an IP address
+    /// (IPv6 in brackets); the port is required.
+    fn from_str(s: &str) -> Result<ListenerUrl, String> {
+        let Some((scheme, rest)) = s.split_once("://") else {
+            let addr = s
+                .parse()
+                .map_err(|_| format!("{s:?} is neither HOST:PORT nor a listener URL"))?;
+            return Ok(ListenerUrl::mqtt(addr));
+        };
+        let kind = match scheme {
+            "mqtt" => ListenerKind::Mqtt,
+            "mqtts" => ListenerKind::Mqtts,
+            "ws" => ListenerKind::Ws,
+            "wss" => ListenerKind::Wss,
+            other => {
+                return Err(format!("unknown scheme {other:?} (mqtt, mqtts, ws or wss)"));
+            }
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        let addr: SocketAddr = authority.parse().map_err(|_| {
+            format!("{authority:?} in {s:?} is not IP:PORT (an IPv6 address goes in brackets)")
+        })?;
+        let path = match (kind.is_websocket(), path) {
+            (true, None) => Some(WsPath(WsPath::DEFAULT.to_owned())),
+            (true, Some(p)) => Some(WsPath::new(p).map_err(|e| format!("{s:?}: {e}"))?),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(format!(
+                    "{s:?}: only ws:// and wss:// listeners take a path"
+                ));
+            }
+        };
+        Ok(ListenerUrl { kind, addr, path })
+    }
+}
+
+impl TryFrom<String> for ListenerUrl {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<ListenerUrl, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for ListenerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.kind.scheme(), self.addr)?;
+        match &self.path {
+            Some(p) => f.write_str(p.as_str()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One listener: a `[[listeners]]` table, a `--listen` argument, or an entry of the
+/// top-level `listen` list (plain MQTT).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and transport, e.g. `mqtts://0.0.0.0:8883` or `ws://0.0.0.0:8080/mqtt`.
+    #[serde(deserialize_with = "url_from_string")]
+    pub url: ListenerUrl,
+    /// PEM file with the server's certificate chain, leaf first (TLS listeners only).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// PEM bundle of the CAs that client certificates are verified against. When set, the
+    /// server asks every client for a certificate; see `require_client_cert`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse clients that present no certificate. When false, a client
+    /// without a certificate is accepted and one with a certificate must still pass
+    /// verification.
+    #[serde(default)]
+    pub require_client_cert: bool,
+    /// Take the MQTT username from the client certificate (its subject CN, else its first
+    /// DNS, e-mail or URI SAN). Needs `client_ca` and `require_client_cert`.
+    #[serde(default)]
+    pub use_identity_as_username: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) giving the real
+    /// client address; a connection without one is closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+fn url_from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ListenerUrl, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+impl ListenerConfig {
+    /// A listener with no TLS file and no PROXY header for `url`.
+    pub fn new(url: ListenerUrl) -> ListenerConfig {
+        ListenerConfig {
+            url,
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: false,
+            use_identity_as_username: false,
+            proxy_protocol: false,
+        }
+    }
+
+    /// Whether today's runtime serves this listener itself: plain MQTT over TCP with no
+    /// PROXY header. The others need the transport layers wired into the shard.
+    pub fn is_plain_tcp(&self) -> bool {
+        self.url.kind == ListenerKind::Mqtt && !self.proxy_protocol
+    }
+
+    fn error(&self, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Listener {
+            listener: self.url.to_string(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The checks that need no file: TLS files named exactly where TLS is spoken, client
+    /// certificate settings that hang together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.url.kind.is_tls() {
+            if self.cert.is_none() {
+                return Err(self.error("a TLS listener needs `cert` (PEM certificate chain)"));
+            }
+            if self.key.is_none() {
+                return Err(self.error("a TLS listener needs `key` (PEM private key)"));
+            }
+        } else {
+            let tls_keys = [
+                ("cert", self.cert.is_some()),
+                ("key", self.key.is_some()),
+                ("client_ca", self.client_ca.is_some()),
+                ("require_client_cert", self.require_client_cert),
+                ("use_identity_as_username", self.use_identity_as_username),
+            ];
+            if let Some((name, _)) = tls_keys.iter().find(|(_, set)| *set) {
+                return Err(self.error(format!(
+                    "`{name}` is a TLS setting but this listener is not TLS (use mqtts:// or wss://)"
+                )));
+            }
+        }
+        if self.require_client_cert && self.client_ca.is_none() {
+            return Err(self.error("`require_client_cert` needs `client_ca`"));
+        }
+        if self.use_identity_as_username && !self.require_client_cert {
+            return Err(self.error(
+                "`use_identity_as_username` needs `client_ca` and `require_client_cert = true`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every listener and that no two bind the same address.
+pub(super) fn validate_listeners(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
+    if listeners.is_empty() {
+        return Err(ConfigError::Value {
+            what: "listen / listeners (at least one listener)",
+            value: "[]".to_owned(),
+        });
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        l.validate()?;
+        if listeners[..i].iter().any(|o| o.url.addr == l.url.addr) {
+            return Err(l.error(format!("address {} is used by two listeners", l.url.addr)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> ListenerUrl {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn url_forms() {
+        let u = url("127.0.0.1:1883");
+        assert_eq!((u.kind, u.path), (ListenerKind::Mqtt, None));
+        assert_eq!(url("mqtt://0.0.0.0:1883").kind, ListenerKind::Mqtt);
+        let u = url("mqtts://[::1]:8883");
+        assert_eq!(u.kind, ListenerKind::Mqtts);
+        assert_eq!(u.addr, "[::1]:8883".parse().expect("addr"));
+        let u = url("ws://0.0.0.0:8080/ws/mqtt");
+        assert_eq!(u.kind, ListenerKind::Ws);
+        assert_eq!(u.path.as_ref().map(WsPath::as_str), Some("/ws/mqtt"));
+        let u = url("wss://0.0.0.0:8443");
+        assert_eq!(u.path.as_ref().map(WsPath::as_str), Some("/mqtt"));
+        assert_eq!(u.to_string(), "wss://0.0.0.0:8443/mqtt");
+        assert_eq!(url("mqtt://1.2.3.4:5").to_string(), "mqtt://1.2.3.4:5");
+    }
+
+    #[test]
+    fn bad_urls_say_why() {
+        for bad in [
+            "http://0.0.0.0:80",
+            "mqtt://0.0.0.0",
+            "mqtt://localhost:1883",
+            "mqtt://0.0.0.0:1883/mqtt",
+            "ws://0.0.0.0:80/a b",
+            "ws://0.0.0.0:80/mqtt?x=1",
+            "ws://::1:80/mqtt",
+            "nope",
+            "",
+        ] {
+            assert!(bad.parse::<ListenerUrl>().is_err(), "{bad} accepted");
+        }
+        assert!(WsPath::new("mqtt").is_err());
+        assert!(WsPath::new(&format!("/{}", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn tls_settings_belong_to_tls_listeners() {
+        let mut l = ListenerConfig::new(url("mqtt://0.0.0.0:1883"));
+        assert!(l.validate().is_ok());
+        l.cert = Some("c.pem".into());
+        let e = l.validate().expect_err("cert on plain").to_string();
+        assert!(
+            e.contains("mqtt://0.0.0.0:1883") && e.contains("`cert`"),
+            "{e}"
+        );
+
+        let mut l = ListenerConfig::new(url("mqtts://0.0.0.0:8883"));
+        assert!(
+            l.validate()
+                .expect_err("no cert")
+                .to_string()
+                .contains("`cert`")
+        );
+        l.cert = Some("c.pem".into());
+        assert!(
+            l.validate()
+                .expect_err("no key")
+                .to_string()
+                .contains("`key`")
+        );
+        l.key = Some("k.pem".into());
+        assert!(l.validate().is_ok());
+        l.require_client_cert = true;
+        assert!(
+            l.validate().is_err(),
+            "require_client_cert without client_ca"
+        );
+        l.client_ca = Some("ca.pem".into());
+        assert!(l.validate().is_ok());
+        l.require_client_cert = false;
+        l.use_identity_as_username = true;
+        assert!(l.validate().is_err(), "identity with optional client certs");
+    }
+
+    #[test]
+    fn one_address_one_listener() {
+        let a = ListenerConfig::new(url("mqtt://0.0.0.0:1883"));
+        let b = ListenerConfig::new(url("ws://0.0.0.0:1883/mqtt"));
+        let e = validate_listeners(&[a, b]).expect_err("duplicate");
+        assert!(e.to_string().contains("used by two listeners"), "{e}");
+        assert!(validate_listeners(&[]).is_err());
+    }
+}
