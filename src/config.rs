@@ -331,6 +331,9 @@ struct ConfigFile {
     driver: Option<DriverKind>,
     pin_threads: Option<bool>,
     limits: Option<Limits>,
+    storage: Option<StorageConfig>,
+    auth: Option<AuthConfig>,
+    mqttsn: Option<MqttSnConfig>,
 }
 
 /// What the command line asked for.
@@ -393,6 +396,9 @@ impl Config {
         config.driver = file.driver.unwrap_or(config.driver);
         config.pin_threads = file.pin_threads.unwrap_or(config.pin_threads);
         config.limits = file.limits.unwrap_or(config.limits);
+        config.storage = file.storage.unwrap_or(config.storage);
+        config.auth = file.auth.unwrap_or(config.auth);
+        config.mqttsn = file.mqttsn.unwrap_or(config.mqttsn);
         Ok(config)
     }
 
@@ -749,6 +755,32 @@ mod tests {
         assert_eq!(c.limits.receive_maximum, 32, "unset keys keep defaults");
         assert!(Config::from_toml("[limits]\nmax_inflite = 7\n", p).is_err());
         assert!(Config::from_toml("listen = [\"not an addr\"]\n", p).is_err());
+    }
+
+    #[test]
+    fn storage_table_and_flags() {
+        let p = std::path::Path::new("t.toml");
+        let text = "[storage]\ndata_dir = \"/var/lib/ringmq\"\ndurability = \"relaxed\"\n\
+                    commit_interval_ms = 5\n";
+        let c = Config::from_toml(text, p).expect("toml");
+        assert_eq!(c.storage.data_dir, PathBuf::from("/var/lib/ringmq"));
+        assert_eq!(c.storage.durability, Durability::Relaxed);
+        assert_eq!(c.storage.commit_interval_ms, 5);
+        assert_eq!(c.storage.cache_mb, 64, "unset keys keep defaults");
+        assert!(Config::from_toml("[storage]\ndurability = \"fast\"\n", p).is_err());
+        assert!(Config::from_toml("[storage]\ndata = \"x\"\n", p).is_err());
+        let Command::Run(c) = parse_args(args("--data-dir /tmp/x --in-memory")).expect("parse")
+        else {
+            panic!("not run")
+        };
+        assert_eq!(c.storage.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.storage.durability, Durability::None);
+        let Command::Run(c) = parse_args(args("--durability relaxed")).expect("parse") else {
+            panic!("not run")
+        };
+        assert_eq!(c.storage.durability, Durability::Relaxed);
+        assert!(parse_args(args("--durability maybe")).is_err());
+        assert_eq!(Config::default().storage.durability, Durability::Sync);
     }
 
     #[test]
