@@ -191,7 +191,7 @@ fn help_mentions_passwd_and_broker_flags_still_work() {
         .expect("run");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("ringmq passwd [-c]") && help.contains("--listen HOST:PORT"));
+    assert!(help.contains("ringmq passwd [-c]") && help.contains("--listen URL"));
     let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args(["--shards", "0"])
         .output()
