@@ -14,11 +14,13 @@
 use std::sync::Arc;
 
 use super::core::{Client, Core, Phase};
+use super::event_loop::Lifecycle;
 use super::route::Publisher;
 use super::routes::SessionKey;
 use crate::codec::{Connect, PacketId, QoS, ReasonCode};
 use crate::log;
 use crate::session::{Action, ClientId, Message, Session};
+use crate::transport::CloseReason;
 
 impl Core {
     /// Attaches connection `id` (CONNECT decoded, home shard reached) to the session of
@@ -323,10 +325,16 @@ impl Core {
     /// connection was lost (will, expiry).
     pub(crate) fn finish_conn(&mut self, id: u32) {
         self.tick_clock();
-        let Some(conn) = self.conns.try_remove(id as usize) else {
+        let Some(mut conn) = self.conns.try_remove(id as usize) else {
             return;
         };
-        super::io::last_flush(&conn);
+        let reason = match self.lifecycle {
+            Lifecycle::Running | Lifecycle::RoutingWills | Lifecycle::WillsRouted => {
+                conn.close_reason()
+            }
+            Lifecycle::Closing { .. } | Lifecycle::Done => CloseReason::GoingAway,
+        };
+        super::io::last_flush(&mut conn, reason);
         let Some(slot) = conn.client else {
             return;
         };

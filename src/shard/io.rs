@@ -25,6 +25,7 @@ use super::sys::{self, IoOutcome, PollEvent};
 use crate::codec::{self, DecodeError, ErrorResponse, Packet};
 use crate::log;
 use crate::router::interest::ShardId;
+use crate::transport::CloseReason;
 
 /// Size of the shard's read buffer: one `recv` takes up to this much. 64 KiB holds hundreds
 /// of small packets (one syscall for all of them) and a typical kernel socket buffer's worth.
@@ -80,6 +81,7 @@ impl Core {
     /// While the outboxes are backlogged no event is taken (the kernel keeps them queued)
     /// and no input is read: reading makes envelopes for shards that are already behind.
     pub(crate) fn io_pass(&mut self, events: &mut [PollEvent]) -> bool {
+        self.handshake_turn();
         let n = if self.reads_held() {
             0
         } else {
@@ -102,6 +104,7 @@ impl Core {
             }
         }
         n == events.len()
+            || self.handshakes.has_waiting()
             || self.listeners.has_again()
             || (!self.again.is_empty() && !self.reads_held())
     }
@@ -154,11 +157,11 @@ impl Core {
     /// not read its socket is not read either: TCP back-pressure instead of unbounded
     /// output.
     fn reads_paused(&self, conn: &Conn) -> bool {
-        conn.write_blocked && conn.out.len() > self.shared.config.limits.max_output_buffer
+        conn.write_blocked && conn.output_len() > self.shared.config.limits.max_output_buffer
     }
 
     /// Reads connection `id` (unless it is paused or closing) and acts on what came of it.
-    fn service_read(&mut self, id: u32) {
+    pub(crate) fn service_read(&mut self, id: u32) {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
         };
@@ -169,7 +172,7 @@ impl Core {
         if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.read_pending = paused;
         }
-        if paused {
+        if paused || self.defer_handshake(id) {
             return;
         }
         match self.on_readable(id) {
@@ -215,6 +218,7 @@ impl Core {
         let handoff = Handoff {
             fd: conn.fd,
             peer: conn.peer,
+            extra: conn.extra,
             connect,
             client_id,
             assigned,
@@ -239,6 +243,10 @@ impl Core {
     }
 
     fn read_loop(&mut self, id: u32, scratch: &mut [u8]) -> ReadOutcome {
+        let layered = self
+            .conns
+            .get(id as usize)
+            .is_some_and(|c| c.transport().is_some());
         for read in 0..READS_PER_WAKE {
             if read > 0 && self.reads_held() {
                 // The last read made another shard's share of envelopes too large: leave
@@ -258,7 +266,12 @@ impl Core {
                     return ReadOutcome::Close;
                 }
                 Ok(IoOutcome::Done(n)) => {
-                    match self.process_input(id, &scratch[..n]) {
+                    let step = if layered {
+                        self.read_through(id, &mut scratch[..n])
+                    } else {
+                        self.process_input(id, &scratch[..n])
+                    };
+                    match step {
                         Step::Continue => {}
                         Step::Close => return ReadOutcome::Close,
                         Step::Handoff(parts) => return ReadOutcome::Handoff(parts),
@@ -290,18 +303,18 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return Step::Close;
         };
-        let mut work = match conn.input.take() {
+        let mut work = match conn.take_input() {
             None => BytesMut::from(bytes),
             Some(mut input) => {
                 input.extend_from_slice(bytes);
-                *input
+                input
             }
         };
         let step = self.decode_all(id, &mut work);
         if let (Step::Continue, Some(conn)) = (&step, self.conns.get_mut(id as usize))
             && !work.is_empty()
         {
-            conn.input = Some(Box::new(work));
+            conn.keep_input(work);
         }
         step
     }
@@ -378,8 +391,14 @@ impl Core {
     }
 
     /// CONNECT decoded: refuse it, attach it here, or hand the connection to its home.
-    fn on_connect(&mut self, id: u32, connect: Box<codec::Connect>, rest: &mut BytesMut) -> Step {
+    fn on_connect(
+        &mut self,
+        id: u32,
+        mut connect: Box<codec::Connect>,
+        rest: &mut BytesMut,
+    ) -> Step {
         use crate::session::{ConnectDecision, refuse_connect, validate_connect};
+        self.apply_identity(id, &mut connect);
         let peer = self.conns.get(id as usize).map(|c| c.peer);
         let decision = validate_connect(&connect, &self.shared.config.limits);
         let (client_id, assigned) = match decision {
@@ -447,6 +466,12 @@ impl Core {
             "protocol error from client {client} at {peer}: {error:?}; answering {response:?} and closing"
         );
         self.mark_dirty(id);
+        let reason = if matches!(error, DecodeError::PacketTooLarge) {
+            CloseReason::TooBig
+        } else {
+            CloseReason::ProtocolError
+        };
+        self.set_close_reason(id, reason);
         self.request_close(id);
     }
 
@@ -500,12 +525,18 @@ impl Core {
             return;
         };
         conn.dirty = false;
-        let was_over = conn.out.len() >= max_out;
+        let was_over = conn.output_len() >= max_out;
         let ready = conn
             .holds
             .as_ref()
             .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
-        if !conn.write_blocked && ready > 0 {
+        if conn.transport().is_some() {
+            if let Err(failure) = super::layered::flush_layered(conn) {
+                conn.out = BytesMut::new();
+                self.flush_failed(id, failure);
+                return;
+            }
+        } else if !conn.write_blocked && ready > 0 {
             match sys::send(conn.fd.as_fd(), &conn.out[..ready]) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
                     // Free the buffer: an idle connection holds no output memory.
@@ -535,7 +566,7 @@ impl Core {
                 }
             }
         }
-        let now_under = conn.out.len() < max_out;
+        let now_under = conn.output_len() < max_out;
         if was_over && now_under && self.marked_conn != Some(id) {
             self.resume_output(id);
         }
@@ -574,7 +605,7 @@ impl Core {
         let Some(conn) = self.conns.get(id as usize) else {
             return false;
         };
-        conn.out.len() >= max_out
+        conn.output_len() >= max_out
             || conn
                 .client
                 .and_then(|s| self.clients.get(s as usize))
@@ -614,8 +645,13 @@ impl Core {
 
 /// The last write before a connection's fd closes: whatever the socket takes now (the
 /// final CONNACK / DISCONNECT) up to the first hold (held acknowledgements are never sent
-/// early, not even at a close), then FIN.
-pub(crate) fn last_flush(conn: &Conn) {
+/// early, not even at a close), then FIN. A connection with a transport also sends its
+/// farewell for `reason` (`layered::last_flush_layered`).
+pub(crate) fn last_flush(conn: &mut Conn, reason: CloseReason) {
+    if conn.transport().is_some() {
+        super::layered::last_flush_layered(conn, reason);
+        return;
+    }
     let ready = conn
         .holds
         .as_ref()

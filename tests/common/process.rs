@@ -39,7 +39,10 @@ impl Drop for DataDir {
 /// A running `ringmq` process; killed on drop if still running.
 pub struct BrokerProcess {
     child: Child,
+    /// The first listener's address (the plain MQTT listener the harness adds).
     pub addr: SocketAddr,
+    /// Every listener's address, in the order of the `--listen` arguments.
+    pub addrs: Vec<SocketAddr>,
     /// Everything the broker wrote to stderr so far.
     log: Arc<Mutex<String>>,
     /// The store of a broker started with `start` (the caller owns it with `start_in`).
@@ -89,9 +92,14 @@ impl BrokerProcess {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // `listening on 127.0.0.1:41234 (mqtt), 127.0.0.1:41235 (mqtts), ...`
                 if !sent && let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split(',').next().unwrap_or("").trim().to_owned();
-                    let _ = tx.send(addr);
+                    let addrs: Vec<String> = rest
+                        .split(',')
+                        .filter_map(|l| l.split_whitespace().next())
+                        .map(str::to_owned)
+                        .collect();
+                    let _ = tx.send(addrs);
                     sent = true;
                 }
                 let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,9 +107,14 @@ impl BrokerProcess {
                 log.push('\n');
             }
         });
-        let addr = loop {
+        let addrs: Vec<SocketAddr> = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(addr) => break addr.parse().expect("listen address"),
+                Ok(addrs) => {
+                    break addrs
+                        .iter()
+                        .map(|a| a.parse().expect("listen address"))
+                        .collect();
+                }
                 Err(_) => {
                     if let Ok(Some(status)) = child.try_wait() {
                         // Let the reader thread take the last lines.
@@ -119,7 +132,8 @@ impl BrokerProcess {
         };
         Ok(BrokerProcess {
             child,
-            addr,
+            addr: addrs[0],
+            addrs,
             log,
             _data: None,
         })
