@@ -70,14 +70,34 @@ impl BrokerProcess {
     /// As `start_in`, but a broker that exits instead of listening gives its exit status
     /// and log.
     pub fn try_start_in(data: &DataDir, args: &[&str]) -> Result<BrokerProcess, (String, String)> {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        BrokerProcess::try_start_raw(data, &all)
+    }
+
+    /// Starts `ringmq` with the TOML `config` (written into the store's directory) and the
+    /// extra `args`, and no listener but the config's (or the args'); `addrs` are the
+    /// listeners in config order.
+    pub fn start_config(config: &str, args: &[&str]) -> BrokerProcess {
+        let data = DataDir::new("broker");
+        let file = data.0.join("ringmq.toml");
+        std::fs::write(&file, config).expect("write config");
+        let file = file.to_str().expect("utf-8 path").to_owned();
+        let mut all = vec!["--config", file.as_str()];
+        all.extend_from_slice(args);
+        match BrokerProcess::try_start_raw(&data, &all) {
+            Ok(mut b) => {
+                b._data = Some(data);
+                b
+            }
+            Err((status, log)) => panic!("ringmq did not start ({status}); its log:\n{log}"),
+        }
+    }
+
+    /// As `try_start_in`, with exactly `args` (no listener added).
+    pub fn try_start_raw(data: &DataDir, args: &[&str]) -> Result<BrokerProcess, (String, String)> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--no-pin",
-                "--data-dir",
-                data.path(),
-            ])
+            .args(["--no-pin", "--data-dir", data.path()])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
