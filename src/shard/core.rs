@@ -173,7 +173,7 @@ pub(crate) struct Core {
     /// The MQTT bytes a transport took out of one read of `scratch` (decrypted, unframed);
     /// the second read buffer of the shard, emptied after each read.
     pub(crate) app: BytesMut,
-    /// TLS handshakes left for this turn and the connections waiting for the next (see
+    /// The time this turn spent on TLS handshakes and the connections waiting for the next (see
     /// `layered::HandshakeBudget`).
     pub(crate) handshakes: HandshakeBudget,
     /// Output of calls on sessions with no connection; always discarded.

@@ -6,16 +6,18 @@
 //! the wire bytes it made that the socket has not taken yet), the read step (socket bytes ->
 //! `Transport::read` -> the shard's second scratch buffer `Core::app` -> the decoder), the
 //! flush step (MQTT output up to the first waiting hold -> `Transport::write` -> one `send`),
-//! the farewell at close (`Transport::close`), the TLS handshake budget of a turn, and the
+//! the farewell at close (`Transport::close`), the TLS handshake time budget of a turn, and the
 //! facts a transport gives about its client (the PROXY address, the certificate's identity).
 //!
 //! Must never: wrap (encrypt, frame) output behind a waiting hold (wrapped bytes can no
 //! longer be held back or taken back: `Holds` positions are MQTT positions in `Conn::out`),
-//! reorder wire bytes, or read more TLS handshakes in a turn than `HANDSHAKES_PER_TURN`.
+//! reorder wire bytes, or start a TLS handshake step once a turn has spent
+//! `HANDSHAKE_TIME_PER_TURN` on them.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
@@ -26,13 +28,16 @@ use crate::codec::{Connect, MqttStr};
 use crate::log;
 use crate::transport::{CloseReason, ReadStatus, Transport, TransportError};
 
-/// TLS connections whose handshake input is read per turn. A full handshake costs the
-/// server about 0.2-0.3 ms of CPU (key exchange and signature, measured in the handshake
-/// burst of README "Transports"); 8 per turn keep a turn's handshake work near 2 ms, so a
-/// burst of thousands of new TLS clients delays the shard's other clients by that much per
-/// turn instead of by the whole burst. Handshakes beyond it wait, in arrival order, for
-/// the next turns; the CONNECT timeout still covers them.
-pub(crate) const HANDSHAKES_PER_TURN: usize = 8;
+/// CPU time a turn may spend reading TLS handshakes. A full handshake costs the broker
+/// about 0.15 ms with X25519 (what OpenSSL and browsers offer first) and 0.6-0.9 ms with
+/// P-384 (what rustls clients on `ring` offer first), measured with `ringmq-bench
+/// connect-rate --tls` (README "Transports"). Once a turn has spent this long on them, the
+/// connections with handshake input wait, in arrival order, for the next turns: a burst of
+/// thousands of new TLS clients delays the shard's other clients by about this much per turn
+/// instead of by the whole burst (measured: a bystander's worst PINGRESP during a burst of
+/// 5,000 handshakes went from 296-425 ms unbounded to the machine's noise floor). The first
+/// handshake of a turn always runs, and the CONNECT timeout still covers the waiting ones.
+pub(crate) const HANDSHAKE_TIME_PER_TURN: Duration = Duration::from_millis(2);
 
 /// The parts of a connection most connections do not have, boxed together so that an idle
 /// plain TCP connection pays one null pointer for all of them.
@@ -204,12 +209,20 @@ pub(crate) fn last_flush_layered(conn: &mut Conn, reason: CloseReason) {
     sys::shutdown_write(conn.fd.as_fd());
 }
 
-/// The TLS handshakes a shard still reads this turn, and the connections that wait for a
+/// When this turn's first TLS handshake step began, and the connections that wait for a
 /// later turn (oldest first).
 #[derive(Debug, Default)]
 pub(crate) struct HandshakeBudget {
-    left: usize,
+    started: Option<Instant>,
     waiting: VecDeque<(u32, u32)>,
+}
+
+impl HandshakeBudget {
+    /// Whether this turn's time for handshakes is spent.
+    fn spent(&self) -> bool {
+        self.started
+            .is_some_and(|t| t.elapsed() >= HANDSHAKE_TIME_PER_TURN)
+    }
 }
 
 impl HandshakeBudget {
@@ -223,7 +236,7 @@ impl Core {
     /// The start of a turn's socket work: a fresh handshake budget, spent first on the
     /// connections that waited for it (in arrival order).
     pub(crate) fn handshake_turn(&mut self) {
-        self.handshakes.left = HANDSHAKES_PER_TURN;
+        self.handshakes.started = None;
         let waiting = std::mem::take(&mut self.handshakes.waiting);
         for (id, generation) in waiting {
             let live = self
@@ -233,7 +246,7 @@ impl Core {
             if !live {
                 continue;
             }
-            if self.reads_held() || self.handshakes.left == 0 {
+            if self.reads_held() || self.handshakes.spent() {
                 self.handshakes.waiting.push_back((id, generation));
             } else {
                 self.service_read(id);
@@ -242,7 +255,7 @@ impl Core {
     }
 
     /// Whether connection `id` must wait for a later turn before it is read: its read would
-    /// run a TLS handshake step and this turn's budget is spent. Spends one unit otherwise.
+    /// run a TLS handshake step and this turn's time for those is spent.
     pub(crate) fn defer_handshake(&mut self, id: u32) -> bool {
         let Some(conn) = self.conns.get(id as usize) else {
             return false;
@@ -250,14 +263,14 @@ impl Core {
         if !conn.in_tls_handshake() {
             return false;
         }
-        if self.handshakes.left == 0 {
+        if self.handshakes.spent() {
             let key = (id, conn.generation);
             if !self.handshakes.waiting.contains(&key) {
                 self.handshakes.waiting.push_back(key);
             }
             return true;
         }
-        self.handshakes.left -= 1;
+        self.handshakes.started.get_or_insert_with(Instant::now);
         false
     }
 
