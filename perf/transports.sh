@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # RingMQ and mosquitto over TLS and WebSocket with ringmq-bench, in the same run, on
 # loopback: the seven goal scenarios of perf/goals.sh (MQTT 3.1.1, 64 B, closed loop) over
-# mqtts:// and ws://, TLS handshakes per second (5,000 connections, 1,000 in flight) with
+# mqtts:// and ws://, TLS handshakes per second (5,000 connections, 4,000 in flight) with
 # the PINGRESP latency of a plain client meanwhile (--probe-port), and the memory of idle
 # TLS and WebSocket connections (RSS slope from 2,000 to 10,000 connections, fresh broker per
 # point). Certificates: a P-256 CA and server certificate made here with openssl. Each
@@ -9,6 +9,7 @@
 # broker's CPU time over the measured seconds divided by the messages delivered.
 #
 #   perf/transports.sh [--runs N] [--out FILE] [--only messaging|handshakes|memory]
+#                      [--brokers "ringmq mosquitto"] [--keep]   (--keep: leave the JSON in /tmp)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,12 +17,16 @@ CMDLINE="perf/transports.sh $*"
 RUNS=3
 OUT=/dev/stdout
 ONLY=""
+BROKERS="ringmq mosquitto"
+KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift ;;
         --out) OUT=$2; shift ;;
         --only) ONLY=$2; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --brokers) BROKERS=$2; shift ;;
+        --keep) KEEP=1 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "transports.sh: unknown argument '$1' (see --help)" >&2; exit 1 ;;
     esac
     shift
@@ -41,7 +46,7 @@ BASE=19100
 STARTS=0
 log() { echo "transports.sh: $*" >&2; }
 stop() { [ -n "$PID" ] && { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }; PID=""; }
-trap 'stop; rm -rf "$WORK"' EXIT
+trap 'stop; [ $KEEP = 1 ] && log "results in $WORK" || rm -rf "$WORK"' EXIT
 
 # P-256 CA and server certificate (localhost, 127.0.0.1).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -150,7 +155,7 @@ cell() {
 }
 
 messaging() {
-    for broker in ringmq mosquitto; do
+    for broker in $BROKERS; do
         start $broker
         for t in tls ws; do
             for row in "${ROWS[@]}"; do
@@ -173,28 +178,28 @@ messaging() {
         line="| $title"
         for t in tls ws; do
             for broker in ringmq mosquitto; do
+                [[ " $BROKERS " == *" $broker "* ]] || { line="$line | -"; continue; }
                 files=()
                 for i in $(seq 1 "$RUNS"); do files+=("$WORK/$broker-$t-$id-$i.json"); done
                 line="$line | $(cell "${files[@]}")"
             done
         done
-        # columns: ringmq tls, mosquitto tls, ringmq ws, mosquitto ws
         echo "$line |"
-    done | awk -F'|' 'BEGIN{OFS="|"} {print $1,$2,$3,$5,$4,$6,$7}'
+    done
     echo
 }
 
 handshakes() {
-    echo "### Handshakes (5,000 connections, 1,000 in flight; a plain client pings every 5 ms meanwhile)"
+    echo "### Handshakes (5,000 connections, 4,000 in flight; a plain client pings every 5 ms meanwhile)"
     echo
     echo "| broker | transport | connections/s | broker CPU | CONNACK p99 | probe PINGRESP p50 / p99 / max |"
     echo "|---|---|---|---|---|---|"
-    for broker in ringmq mosquitto; do
+    for broker in $BROKERS; do
         for t in tcp tls wss; do
             start $broker
             f="$WORK/hs-$broker-$t.json"
             # shellcheck disable=SC2046
-            bench "$f" connect-rate --connections 5000 --concurrency 1000 --probe-port "$P" $(tflags $t)
+            bench "$f" connect-rate --connections 5000 --concurrency 4000 --probe-port "$P" $(tflags $t)
             jq -r --arg b "$broker" --arg t "$t" '
                 if .failed then "| \($b) | \($t) | failed | | | |" else
                 "| \($b) | \($t) | \(.connects_per_s | round) | \(.broker_cpu_pct | round)% | \(.connack_p99_us / 1000 | round) ms | \(.probe_pingresp_p50_us / 1000 * 10 | round / 10) / \(.probe_pingresp_p99_us / 1000 * 10 | round / 10) / \(.probe_pingresp_max_us / 1000 * 10 | round / 10) ms |" end' "$f"
@@ -209,7 +214,7 @@ memory() {
     echo
     echo "| broker | transport | RSS at 2,000 | RSS at 10,000 | slope 2k -> 10k per connection |"
     echo "|---|---|---|---|---|"
-    for broker in ringmq mosquitto; do
+    for broker in $BROKERS; do
         for t in tcp tls ws wss; do
             for n in 2000 10000; do
                 start $broker
