@@ -4,6 +4,7 @@
 //! Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod conn;
 pub mod process;
 
 use std::io::{ErrorKind, Read, Write};
