@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use super::core::{Client, Core, Phase};
+use super::core::{Client, Core, LINGER_MS, MAX_LINGERING, Phase};
 use super::route::Publisher;
 use super::routes::SessionKey;
 use crate::codec::{Connect, PacketId, QoS, ReasonCode};
@@ -319,38 +319,76 @@ impl Core {
         }
     }
 
-    /// Closes connection `id` after a last flush: if the session still counted on it, the
-    /// connection was lost (will, expiry).
+    /// Begins the close of connection `id` (requested earlier in the turn): if the session
+    /// still counted on it, the connection was lost (will, expiry). Then the connection
+    /// lingers (see `Phase::Lingering`) unless the client already closed its side or too
+    /// many linger already: it closes at once then.
     pub(crate) fn finish_conn(&mut self, id: u32) {
         self.tick_clock();
-        let Some(conn) = self.conns.try_remove(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        super::io::last_flush(&conn);
-        let Some(slot) = conn.client else {
+        let (client, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
+        if let Some(slot) = client {
+            self.connection_lost(slot, id, peer);
+        }
+        if peer_closed || self.lingering >= MAX_LINGERING {
+            self.close_now(id);
             return;
-        };
+        }
+        let stamp = super::core::stamp(self.now_ms);
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            conn.phase = Phase::Lingering;
+            conn.since = stamp;
+            conn.input = None;
+            self.lingering += 1;
+        }
+        self.schedule_conn(id, self.now_ms + LINGER_MS);
+        self.flush_conn(id);
+    }
+
+    /// Client `slot`'s connection `id` ended without the session letting go first.
+    fn connection_lost(&mut self, slot: u32, id: u32, peer: std::net::SocketAddr) {
         let attached = self
             .clients
             .get(slot as usize)
             .is_some_and(|c| c.conn == Some(id));
-        if attached {
-            let mut actions = std::mem::take(&mut self.actions);
-            if let Some(client) = self.clients.get_mut(slot as usize) {
-                client.conn = None;
-                log!(
-                    INFO,
-                    self.log_id,
-                    "client {} from {} disconnected without DISCONNECT",
-                    client.session.client_id().as_str(),
-                    conn.peer
-                );
-                client.session.connection_lost(self.now_ms, &mut actions);
-            }
-            self.apply_actions(slot, &mut actions, None);
-            self.actions = actions;
-            self.reschedule_client(slot);
+        if !attached {
+            return;
         }
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(client) = self.clients.get_mut(slot as usize) {
+            client.conn = None;
+            log!(
+                INFO,
+                self.log_id,
+                "client {} from {peer} disconnected without DISCONNECT",
+                client.session.client_id().as_str(),
+            );
+            client.session.connection_lost(self.now_ms, &mut actions);
+        }
+        self.apply_actions(slot, &mut actions, None);
+        self.actions = actions;
+        self.reschedule_client(slot);
+    }
+
+    /// Closes connection `id` now: whatever the socket takes up to the first hold, then the
+    /// fd closes (a session still attached is told first).
+    pub(crate) fn close_now(&mut self, id: u32) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        if let Some(slot) = conn.client.take() {
+            let peer = conn.peer;
+            self.connection_lost(slot, id, peer);
+        }
+        let Some(conn) = self.conns.try_remove(id as usize) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
+            self.lingering -= 1;
+        }
+        super::io::last_flush(&conn);
     }
 
     /// Server shutdown, first step: the will of every session that ends with the broker is

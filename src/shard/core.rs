@@ -41,16 +41,40 @@ use crate::log;
 use crate::router::interest::ShardId;
 use crate::session::{Action, ClientId, Session};
 
-/// Where a connection is in its life.
+/// Where a connection is in its life. A close is never abrupt: the reason code (CONNACK,
+/// DISCONNECT) and any held acknowledgement must reach the client, and the client's unread
+/// bytes must not make the kernel answer with a reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Accepted; only CONNECT is accepted, within `connect_timeout_secs`.
     AwaitingConnect,
     /// Attached to a session (or refused, with the CONNACK pending a flush).
     Open,
-    /// Closed after a last flush at the end of the turn.
+    /// A close was requested; it begins at the end of the turn (`Core::finish_conn`).
     Closing,
+    /// The session let go; what may still be written is written (held acknowledgements once
+    /// their commit is done), input is read and thrown away. Bounded by `LINGER_MS`.
+    Lingering,
+    /// Everything was written and the write side shut (FIN sent); input is read and thrown
+    /// away until the client closes too or `LINGER_MS` passes.
+    Draining,
 }
+
+impl Phase {
+    /// The connection is closing: no more input is acted on.
+    pub(crate) fn is_closing(self) -> bool {
+        matches!(self, Phase::Closing | Phase::Lingering | Phase::Draining)
+    }
+}
+
+/// How long a closing connection may take to write its last output and see the client close
+/// (the reason code reaches a client that is still writing; about what mosquitto and the
+/// Linux stack give a closing socket).
+pub(crate) const LINGER_MS: u64 = 2_000;
+
+/// Connections a shard lets linger at once; beyond that a closing connection closes at once
+/// (a flood of bad connections cannot hold memory for `LINGER_MS` each without bound).
+pub(crate) const MAX_LINGERING: usize = 4_096;
 
 /// One TCP connection on this shard. Kept small: it exists once per idle connection, and it
 /// is all user space holds for one (readiness comes from the shard's `Poller`).
@@ -182,6 +206,8 @@ pub(crate) struct Core {
     pub(crate) marked_conn: Option<u32>,
     /// Shutdown: until when outstanding commits are waited for (set at the first look).
     pub(crate) stop_commit_deadline: Option<u64>,
+    /// Connections in `Phase::Lingering` or `Phase::Draining`.
+    pub(crate) lingering: usize,
 }
 
 impl Core {
@@ -236,6 +262,7 @@ impl Core {
             persist,
             marked_conn: None,
             stop_commit_deadline: None,
+            lingering: 0,
             shared,
         }
     }
@@ -302,7 +329,7 @@ impl Core {
     /// once: the caller may be in the middle of that connection's input).
     pub(crate) fn request_close(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id as usize)
-            && conn.phase != Phase::Closing
+            && !conn.phase.is_closing()
         {
             conn.phase = Phase::Closing;
             self.closing.push((id, conn.generation));
@@ -545,6 +572,10 @@ impl Core {
                 self.request_close(id);
             }
             Phase::Open if since != 0 && over => self.schedule_conn(id, since_ms + slow_ms),
+            Phase::Lingering | Phase::Draining if self.now_ms >= since_ms + LINGER_MS => {
+                self.close_now(id);
+            }
+            Phase::Lingering | Phase::Draining => self.schedule_conn(id, since_ms + LINGER_MS),
             Phase::AwaitingConnect | Phase::Open | Phase::Closing => {}
         }
     }

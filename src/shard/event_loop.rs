@@ -250,7 +250,7 @@ impl Core {
         self.flush_all();
         let left: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
         for id in left {
-            self.finish_conn(id);
+            self.close_now(id);
         }
     }
 }

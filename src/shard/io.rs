@@ -134,8 +134,15 @@ impl Core {
             // no further edge would report it, so reads go on until `recv` says so.
             conn.peer_closed = true;
         }
+        let closing = matches!(conn.phase, Phase::Lingering | Phase::Draining);
         if flags & writable != 0 && conn.write_blocked {
             self.on_writable(id);
+        }
+        if closing {
+            if flags & readable != 0 {
+                self.discard_input(id);
+            }
+            return;
         }
         // Input that waited while the connection was paused is read once output drained.
         let pending = self.conns.get(id as usize).is_some_and(|c| c.read_pending);
@@ -150,6 +157,24 @@ impl Core {
         }
     }
 
+    /// A closing connection's input is read and thrown away: a close with unread input makes
+    /// the kernel send a reset, which can destroy the reason code still in flight to the
+    /// client. The client's close (EOF) ends the linger at once.
+    fn discard_input(&mut self, id: u32) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while let Some(conn) = self.conns.get(id as usize) {
+            match sys::recv(conn.fd.as_fd(), &mut scratch) {
+                Ok(IoOutcome::Done(0)) | Err(_) => {
+                    self.close_now(id);
+                    break;
+                }
+                Ok(IoOutcome::Done(_)) => {}
+                Ok(IoOutcome::WouldBlock) => break,
+            }
+        }
+        self.scratch = scratch;
+    }
+
     /// A connection that holds more than `max_output_buffer` bytes for a client that does
     /// not read its socket is not read either: TCP back-pressure instead of unbounded
     /// output.
@@ -162,7 +187,7 @@ impl Core {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
         };
-        if conn.phase == Phase::Closing {
+        if conn.phase.is_closing() {
             return;
         }
         let paused = self.reads_paused(conn);
@@ -248,7 +273,7 @@ impl Core {
             let Some(conn) = self.conns.get(id as usize) else {
                 return ReadOutcome::Close;
             };
-            if conn.phase == Phase::Closing {
+            if conn.phase.is_closing() {
                 return ReadOutcome::Close;
             }
             let peer_closed = conn.peer_closed;
@@ -311,7 +336,7 @@ impl Core {
             let Some(conn) = self.conns.get(id as usize) else {
                 return Step::Close;
             };
-            if conn.phase == Phase::Closing {
+            if conn.phase.is_closing() {
                 return Step::Close;
             }
             let version = conn.version;
@@ -534,6 +559,11 @@ impl Core {
                     return;
                 }
             }
+        }
+        if conn.phase == Phase::Lingering && conn.out.is_empty() && conn.holds.is_none() {
+            // Everything the client is owed is written: FIN, then wait for the client's.
+            sys::shutdown_write(conn.fd.as_fd());
+            conn.phase = Phase::Draining;
         }
         let now_under = conn.out.len() < max_out;
         if was_over && now_under && self.marked_conn != Some(id) {

@@ -66,12 +66,11 @@ fn read_exactly(stream: &mut TcpStream, n: usize) {
     }
 }
 
-/// One scenario at a time: each holds up to 10,000 sockets in this process, and the
-/// process may open 20,000 files.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn mass_disconnect(shards: usize, clients: usize, filters: usize) {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // One at a time: each holds up to 10,000 sockets and the process may open 20,000.
+    let _serial = super::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let shards_arg = shards.to_string();
     let broker = BrokerProcess::start(&["--shards", &shards_arg]);
     let idle_fds = broker.open_fds();
