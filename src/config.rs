@@ -74,6 +74,9 @@ pub struct Limits {
     pub max_client_id_len: usize,
     /// Subscriptions per client; more are refused with SUBACK 0x97 (quota exceeded).
     pub max_subscriptions: usize,
+    /// Topic filters one SUBSCRIBE may carry; the ones beyond get SUBACK 0x97 (3.x 0x80).
+    /// Each filter may scan the retained store, so one packet must not carry unbounded work.
+    pub max_subscribe_filters: usize,
     /// User properties per packet.
     pub max_user_properties: usize,
     /// Topic aliases a v5 client may use towards us (our Topic Alias Maximum).
@@ -122,6 +125,7 @@ impl Default for Limits {
             max_topic_len: 4096,
             max_client_id_len: 256,
             max_subscriptions: 1000,
+            max_subscribe_filters: 256,
             max_user_properties: 64,
             topic_alias_maximum: 10,
             max_keep_alive: 3600,

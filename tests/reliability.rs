@@ -16,3 +16,6 @@ mod mass_disconnect;
 
 #[path = "reliability/watchdog.rs"]
 mod watchdog;
+
+#[path = "reliability/subscribe_flood.rs"]
+mod subscribe_flood;

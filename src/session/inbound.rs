@@ -299,9 +299,30 @@ impl Session {
         }
         let id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.filters.len());
-        for (filter, options) in s.filters {
-            let code = self.subscribe_one(&filter, options, id);
-            if !code.is_error() {
+        // Filters beyond `max_subscribe_filters` are refused unread. Among the others, a
+        // filter named twice is subscribed once, with its last options (a repeated filter
+        // replaces the earlier subscription [MQTT-3.8.4-3]): 20,000 x `#` is one
+        // subscription and one scan of the retained store, not 20,000.
+        let cap = self.limits.max_subscribe_filters;
+        let taken = s.filters.len().min(cap);
+        let last: std::collections::BTreeMap<&crate::router::topic::TopicFilter, usize> = s.filters
+            [..taken]
+            .iter()
+            .enumerate()
+            .map(|(i, (f, _))| (f, i))
+            .collect();
+        let repeated: Vec<bool> = (0..taken)
+            .map(|i| last.get(&s.filters[i].0) != Some(&i))
+            .collect();
+        drop(last);
+        for (i, (filter, options)) in s.filters.into_iter().enumerate() {
+            let code = if i >= cap {
+                // More filters than one SUBSCRIBE may carry (a setting).
+                ReasonCode::QuotaExceeded
+            } else {
+                self.subscribe_one(&filter, options, id)
+            };
+            if !code.is_error() && !repeated.get(i).copied().unwrap_or(true) {
                 let existed = self.data.subscriptions.contains_key(&filter);
                 let mut options = options;
                 options.qos = options.qos.min(self.max_qos());

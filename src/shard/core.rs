@@ -208,6 +208,8 @@ pub(crate) struct Core {
     pub(crate) stop_commit_deadline: Option<u64>,
     /// Connections in `Phase::Lingering` or `Phase::Draining`.
     pub(crate) lingering: usize,
+    /// New subscriptions whose retained messages are still to be sent (`retained.rs`).
+    pub(crate) retained_jobs: std::collections::VecDeque<super::retained::RetainedJob>,
 }
 
 impl Core {
@@ -263,6 +265,7 @@ impl Core {
             marked_conn: None,
             stop_commit_deadline: None,
             lingering: 0,
+            retained_jobs: std::collections::VecDeque::new(),
             shared,
         }
     }

@@ -145,6 +145,9 @@ impl Core {
         let mut busy = self.drain_inbox(DRAIN_BUDGET) >= DRAIN_BUDGET;
         self.on_store_completions();
         busy |= self.io_pass(events);
+        if self.has_retained_jobs() {
+            busy |= self.run_retained_jobs();
+        }
         if self.now_ms >= self.next_tick_ms {
             self.on_tick();
             self.next_tick_ms = (self.now_ms / TICK_MS + 1) * TICK_MS;
@@ -159,7 +162,10 @@ impl Core {
 
     /// Work this shard made for itself that no wake-up will announce.
     fn has_local_work(&self) -> bool {
-        !self.dirty.is_empty() || !self.closing.is_empty() || self.persist.has_batch()
+        !self.dirty.is_empty()
+            || !self.closing.is_empty()
+            || self.persist.has_batch()
+            || (self.has_retained_jobs() && self.retained_ready())
     }
 
     /// Whether something other than the poller or the clock calls for a turn: envelopes in

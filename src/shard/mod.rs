@@ -28,6 +28,7 @@ mod mailbox;
 mod persist;
 mod recovery;
 mod registry;
+mod retained;
 mod route;
 mod routes;
 mod slots;

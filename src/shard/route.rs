@@ -381,7 +381,7 @@ impl Core {
             RetainHandling::DoNotSend => false,
         };
         if send_retained {
-            self.send_retained(slot, &filter, &sub);
+            self.queue_retained(slot, filter, sub);
         }
     }
 
@@ -434,30 +434,6 @@ impl Core {
     /// sessions of this shard that match it now.
     pub(crate) fn finish_fanout(&mut self, message: &Arc<Message>) {
         self.deliver_local(message, None);
-    }
-
-    fn send_retained(&mut self, slot: u32, filter: &TopicFilter, sub: &Subscription) {
-        let mut found = Vec::new();
-        let routes = &mut self.routes;
-        routes.retained.for_each_matching(
-            filter,
-            self.now_ms,
-            &mut routes.retained_stack,
-            |entry| found.push(routes::retained_message(entry)),
-        );
-        let ids: &[u32] = match &sub.id {
-            Some(id) => std::slice::from_ref(id),
-            None => &[],
-        };
-        for message in &found {
-            let delivery = Delivery {
-                qos: sub.options.qos,
-                retain_as_published: sub.options.retain_as_published,
-                subscription_ids: ids,
-                from_retained_store: true,
-            };
-            self.deliver_to(slot, message, &delivery);
-        }
     }
 
     /// `Action::Unsubscribe`.
