@@ -86,6 +86,22 @@ pub struct Limits {
     pub max_keep_alive: u16,
     /// Largest session expiry interval granted to v5 clients (seconds).
     pub max_session_expiry: u32,
+    /// Session expiry of a 3.x session that outlives its connection (clean session 0), which
+    /// has no expiry of its own (seconds; 4294967295: never). Without one, a client that
+    /// never returns would hold its session and queue forever.
+    pub session_expiry_3x: u32,
+    /// Connections the broker serves at once, all shards together; a CONNECT beyond is
+    /// refused (v5 0x97, 3.x 0x03), and connections far beyond are closed at accept. 0: the
+    /// process's file-descriptor limit less a reserve.
+    pub max_connections: usize,
+    /// Sessions (connected or not) the broker keeps, all shards together; a new one beyond is
+    /// refused (v5 0x97, 3.x 0x03). 0: no limit.
+    pub max_sessions: usize,
+    /// Retained messages kept (each shard holds a replica); a new retained topic beyond is
+    /// refused (v5 PUBACK/PUBREC 0x97; otherwise delivered without being retained).
+    pub max_retained_messages: usize,
+    /// Topic and payload bytes of the retained messages (per replica), with the same rule.
+    pub max_retained_bytes: usize,
     /// Whether retained messages are accepted (0x9A when not).
     pub retain_available: bool,
     /// Highest QoS accepted from clients.
@@ -130,6 +146,11 @@ impl Default for Limits {
             topic_alias_maximum: 10,
             max_keep_alive: 3600,
             max_session_expiry: u32::MAX,
+            session_expiry_3x: 7 * 24 * 3600,
+            max_connections: 0,
+            max_sessions: 0,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 256 * 1024 * 1024,
             retain_available: true,
             max_qos: 2,
             shared_subscriptions: true,

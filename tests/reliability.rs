@@ -19,3 +19,6 @@ mod watchdog;
 
 #[path = "reliability/subscribe_flood.rs"]
 mod subscribe_flood;
+
+#[path = "reliability/limits.rs"]
+mod limits;

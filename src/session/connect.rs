@@ -89,15 +89,15 @@ pub fn refuse_connect(version: ProtocolVersion, code: ReasonCode, out: &mut Byte
 }
 
 /// The session expiry granted for a CONNECT, in seconds. 3.x: clean session -> 0, else
-/// "never" (`u32::MAX`) [MQTT-3.1.2-4..5]; v5: the requested value, absent = 0
-/// [MQTT-3.1.2-11]. Both capped by `max_session_expiry`.
+/// `session_expiry_3x` (3.x has no expiry of its own [MQTT-3.1.2-4..5]); v5: the requested
+/// value, absent = 0 [MQTT-3.1.2-11]. Both capped by `max_session_expiry`.
 fn granted_session_expiry(connect: &Connect, limits: &Limits) -> u32 {
     let requested = if connect.protocol.is_v5() {
         connect.properties.session_expiry_interval.unwrap_or(0)
     } else if connect.clean_start {
         0
     } else {
-        u32::MAX
+        limits.session_expiry_3x
     };
     requested.min(limits.max_session_expiry)
 }

@@ -299,10 +299,10 @@ impl Session {
         }
         let id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.filters.len());
-        // Filters beyond `max_subscribe_filters` are refused unread. Among the others, a
-        // filter named twice is subscribed once, with its last options (a repeated filter
-        // replaces the earlier subscription [MQTT-3.8.4-3]): 20,000 x `#` is one
-        // subscription and one scan of the retained store, not 20,000.
+        // Filters beyond `max_subscribe_filters` are refused unread. A filter named twice
+        // replaces its earlier subscription [MQTT-3.8.4-3] as usual, but only its last
+        // occurrence reaches the router: 20,000 x `#` is one routing change and one scan of
+        // the retained store, not 20,000.
         let cap = self.limits.max_subscribe_filters;
         let taken = s.filters.len().min(cap);
         let last: std::collections::BTreeMap<&crate::router::topic::TopicFilter, usize> = s.filters
@@ -315,6 +315,8 @@ impl Session {
             .map(|i| last.get(&s.filters[i].0) != Some(&i))
             .collect();
         drop(last);
+        // Whether a repeated filter existed before this packet (Retain Handling 1).
+        let mut existed_before = std::collections::BTreeMap::new();
         for (i, (filter, options)) in s.filters.into_iter().enumerate() {
             let code = if i >= cap {
                 // More filters than one SUBSCRIBE may carry (a setting).
@@ -322,8 +324,10 @@ impl Session {
             } else {
                 self.subscribe_one(&filter, options, id)
             };
-            if !code.is_error() && !repeated.get(i).copied().unwrap_or(true) {
-                let existed = self.data.subscriptions.contains_key(&filter);
+            if !code.is_error() {
+                let existed = *existed_before
+                    .entry(filter.clone())
+                    .or_insert_with(|| self.data.subscriptions.contains_key(&filter));
                 let mut options = options;
                 options.qos = options.qos.min(self.max_qos());
                 let sub = Subscription { options, id };
@@ -333,11 +337,13 @@ impl Session {
                     sub,
                 };
                 self.persist(change, actions);
-                actions.push(Action::Subscribe {
-                    filter,
-                    sub,
-                    existed,
-                });
+                if !repeated[i] {
+                    actions.push(Action::Subscribe {
+                        filter,
+                        sub,
+                        existed,
+                    });
+                }
             }
             reasons.push(code);
         }

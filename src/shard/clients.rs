@@ -55,6 +55,12 @@ impl Core {
             }
         }
         let session_present = existing.is_some();
+        if existing.is_none()
+            && let Err(code) = self.admit_session()
+        {
+            self.refuse_attach(id, &connect, code);
+            return;
+        }
         let slot = match existing {
             Some(slot) => slot,
             None => self.new_client(client_id.clone()),
@@ -94,6 +100,25 @@ impl Core {
         self.actions = actions;
         self.sync_durability(slot);
         self.reschedule_client(slot);
+    }
+
+    /// Refuses connection `id`'s CONNECT with `code` after all (a limit of the home shard).
+    fn refuse_attach(&mut self, id: u32, connect: &Connect, code: ReasonCode) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        crate::session::refuse_connect(connect.protocol, code, &mut conn.out);
+        conn.phase = Phase::Open;
+        log!(
+            INFO,
+            self.log_id,
+            "refusing CONNECT of client {:?} from {}: {} (max_sessions)",
+            connect.client_id.as_str(),
+            conn.peer,
+            code.name()
+        );
+        self.mark_dirty(id);
+        self.request_close(id);
     }
 
     pub(crate) fn new_client(&mut self, client_id: ClientId) -> u32 {
@@ -235,11 +260,23 @@ impl Core {
             acked: ack.is_some(),
             persistent: self.clients.get(slot as usize).is_some_and(|c| c.durable),
         };
+        let over_retained = self.retained_over_limit(&message);
+        let v5 = self
+            .clients
+            .get(slot as usize)
+            .and_then(|c| c.session.protocol())
+            .is_some_and(|p| p.is_v5());
+        if over_retained && (!v5 || ack.is_none()) {
+            // No acknowledgement to refuse in (QoS 0), or one without a code (3.x): the
+            // message goes out, not retained.
+            Arc::make_mut(&mut message).retain = false;
+            self.stats.retained_refused += 1;
+        }
         let Some(packet_id) = ack else {
             self.route_publish(message, Some(publisher));
             return;
         };
-        let refused = self.needs_unavailable_store(&message);
+        let refused = self.needs_unavailable_store(&message) || (message.retain && over_retained);
         let code = if refused {
             ReasonCode::QuotaExceeded
         } else {
@@ -266,9 +303,14 @@ impl Core {
             log!(
                 WARN,
                 self.log_id,
-                "client {}: publish to {} refused, the store is failing",
+                "client {}: publish to {} refused ({})",
                 self.client_name(Some(slot)),
-                message.topic.as_str()
+                message.topic.as_str(),
+                if over_retained {
+                    "retained limits"
+                } else {
+                    "the store is failing"
+                }
             );
         } else {
             self.route_publish(message, Some(publisher));

@@ -152,6 +152,8 @@ pub(crate) struct ShardStats {
     pub(crate) accepted: u64,
     pub(crate) handed_off: u64,
     pub(crate) slow_consumers_closed: u64,
+    /// Publishes that asked to be retained beyond the retained limits.
+    pub(crate) retained_refused: u64,
 }
 
 /// Everything one shard owns.

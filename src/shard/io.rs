@@ -406,7 +406,8 @@ impl Core {
     fn on_connect(&mut self, id: u32, connect: Box<codec::Connect>, rest: &mut BytesMut) -> Step {
         use crate::session::{ConnectDecision, refuse_connect, validate_connect};
         let peer = self.conns.get(id as usize).map(|c| c.peer);
-        let decision = validate_connect(&connect, &self.shared.config.limits);
+        let decision = validate_connect(&connect, &self.shared.config.limits)
+            .and_then(|d| self.admit_connection().map(|()| d));
         let (client_id, assigned) = match decision {
             Ok(ConnectDecision::UseId(client_id)) => (client_id, false),
             Ok(ConnectDecision::AssignId) => (self.assign_id(), true),

@@ -122,6 +122,12 @@ impl Core {
     }
 
     fn adopt_accepted(&mut self, fd: OwnedFd, peer: std::net::SocketAddr) {
+        if self.far_beyond_connection_limit() {
+            // Far beyond `max_connections`: closed unread (the ones just beyond the limit
+            // are refused with a CONNACK).
+            self.listeners.refused += 1;
+            return;
+        }
         if let Err(e) = sys::set_nodelay(fd.as_fd()) {
             log!(WARN, self.log_id, "TCP_NODELAY on {peer}: {e}");
         }

@@ -22,6 +22,7 @@ mod core;
 mod event_loop;
 mod hold;
 mod io;
+mod limits;
 mod listen;
 pub mod log;
 mod mailbox;
@@ -115,6 +116,10 @@ pub(crate) struct Shared {
     /// Shards that restored their stored sessions and sent the routing updates they make
     /// (the start-up barrier: no shard serves clients before every shard's are in).
     pub(crate) restored: AtomicUsize,
+    /// What each shard holds, for the broker-wide limits (`limits.rs`).
+    pub(crate) load: Vec<limits::ShardLoad>,
+    /// `Limits::max_connections` in force (the fd limit when it is 0).
+    pub(crate) max_connections: usize,
 }
 
 impl Shared {
@@ -199,7 +204,10 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let clock = Clock::new();
+    let max_connections = limits::effective_max_connections(config.limits.max_connections);
     let shared = Arc::new(Shared {
+        load: (0..shards).map(|_| limits::ShardLoad::default()).collect(),
+        max_connections,
         config,
         wall_epoch_ms: persist::wall_epoch_ms(clock.now_ms()),
         clock,

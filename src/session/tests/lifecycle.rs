@@ -368,13 +368,22 @@ fn shutdown_keeps_the_will_of_a_stored_session_until_it_ends() {
 }
 
 #[test]
-fn connection_lost_3x_persistent_session_never_expires() {
+fn connection_lost_3x_persistent_session_expires_after_session_expiry_3x() {
     let mut h = Harness::connected(
         Limits::default(),
         connect_packet(ProtocolVersion::V311, "c1", false),
     );
     h.lost();
     assert_eq!(h.actions(), []);
+    let expiry = u64::from(Limits::default().session_expiry_3x) * 1000;
+    assert_eq!(h.s.next_deadline(), Some(h.now + expiry));
+    // Configured to never expire, as 3.x itself would have it.
+    let limits = Limits {
+        session_expiry_3x: u32::MAX,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V311, "c1", false));
+    h.lost();
     assert_eq!(h.s.next_deadline(), None);
     assert!(!h.s.is_connected());
     assert_eq!(h.s.protocol(), Some(ProtocolVersion::V311));

@@ -140,7 +140,8 @@ fn subscription_quota_is_0x97() {
             ]
         )]
     );
-    assert_eq!(actions.len(), 3);
+    // The router hears of `a` once (its last occurrence) and of `b`.
+    assert_eq!(actions.len(), 2);
     assert_eq!(h.s.subscriptions().count(), 2);
 }
 
@@ -334,4 +335,6 @@ fn filters_per_packet_are_capped_and_repeats_subscribed_once() {
         [("b", QoS::AtMostOnce), ("a", QoS::AtLeastOnce)]
     );
     assert_eq!(h.s.subscriptions().count(), 2);
+    let a = h.s.subscriptions().find(|(f, _)| f.as_str() == "a");
+    assert_eq!(a.map(|(_, s)| s.options.qos), Some(QoS::AtLeastOnce));
 }
