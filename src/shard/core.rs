@@ -33,6 +33,7 @@ use super::mailbox::{Envelope, Outboxes};
 use super::persist::Persist;
 use super::registry::Registry;
 use super::routes::Routes;
+use super::sys;
 use super::sys::Poller;
 use super::timer::{TimerKey, TimerWheel};
 use crate::codec::{DecodeLimits, ProtocolVersion};
@@ -520,6 +521,16 @@ impl Core {
             .next_deadline()
             .is_some_and(|d| d <= self.now_ms)
         {
+            if let Some(c) = client.conn
+                && let Some(conn) = self.conns.get(c as usize)
+                && sys::has_unread_input(conn.fd.as_fd())
+            {
+                // Input this shard has not read yet (reads held while other shards catch
+                // up) may be the packet that keeps the session alive: read it first, and
+                // look again at the next tick.
+                self.again.push((c, conn.generation));
+                return;
+            }
             let mut actions = std::mem::take(&mut self.actions);
             let mut hold_from = None;
             let out = match client.conn.and_then(|c| self.conns.get_mut(c as usize)) {
@@ -561,8 +572,20 @@ impl Core {
         let since_ms = stamp_ms(since);
         match phase {
             Phase::AwaitingConnect if self.now_ms >= since_ms + connect_ms => {
-                log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
-                self.request_close(id);
+                let unread = self
+                    .conns
+                    .get(id as usize)
+                    .is_some_and(|c| sys::has_unread_input(c.fd.as_fd()));
+                if unread {
+                    // The client sent in time and this shard has not read it yet (reads
+                    // held while other shards catch up): the delay is the broker's. Read
+                    // it, and look again in a second.
+                    self.again.push((id, generation));
+                    self.schedule_conn(id, self.now_ms + 1000);
+                } else {
+                    log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
+                    self.request_close(id);
+                }
             }
             Phase::Open if since != 0 && over && self.now_ms >= since_ms + slow_ms => {
                 let client = self.client_name(client);

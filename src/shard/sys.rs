@@ -55,6 +55,24 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<IoOutcome> 
     })
 }
 
+/// Whether the socket holds input not read yet (a one-byte peek that consumes nothing).
+pub(crate) fn has_unread_input(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    let got = retry_interrupted(|| {
+        // SAFETY: `byte` is a valid, writable 1-byte region for the duration of the call;
+        // MSG_PEEK leaves the data in the socket. `fd` is borrowed from a live socket.
+        unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_PEEK,
+            )
+        }
+    });
+    matches!(got, Ok(IoOutcome::Done(n)) if n > 0)
+}
+
 /// Writes as much of `buf` as the socket accepts without blocking.
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<IoOutcome> {
     retry_interrupted(|| {

@@ -54,16 +54,29 @@ fn connect_and_subscribe(client: usize, filters: usize) -> Vec<u8> {
 }
 
 /// Reads until `n` bytes arrived (CONNACK + SUBACK), bounded.
-fn read_exactly(stream: &mut TcpStream, n: usize) {
+fn read_exactly(broker: &BrokerProcess, stream: &mut TcpStream, n: usize) {
     let mut got = 0;
     let mut buf = vec![0u8; n];
     while got < n {
         match stream.read(&mut buf[got..]) {
-            Ok(0) => panic!("broker closed a connection during setup"),
+            Ok(0) => panic!(
+                "broker closed a connection during setup; its warnings:\n{}",
+                warnings(broker)
+            ),
             Ok(k) => got += k,
             Err(e) => panic!("reading CONNACK/SUBACK: {e}"),
         }
     }
+}
+
+/// The last lines of the broker's log other than connections, for a failure message.
+fn warnings(broker: &BrokerProcess) -> String {
+    let log = broker.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(" connected from "))
+        .collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 fn mass_disconnect(shards: usize, clients: usize, filters: usize) {
@@ -85,7 +98,7 @@ fn mass_disconnect(shards: usize, clients: usize, filters: usize) {
     }
     // CONNACK (4 bytes) and SUBACK (2 + 2 + one code per filter).
     for s in &mut streams {
-        read_exactly(s, 4 + 4 + filters);
+        read_exactly(&broker, s, 4 + 4 + filters);
     }
     // All at once: every close on every shard broadcasts its filters' removal.
     drop(streams);

@@ -14,6 +14,11 @@ use crate::common::{Broker, Client};
 
 const RETAINED: usize = 2_000;
 
+/// A PINGRESP slower than this means the shard stopped serving others (a debug build on a
+/// busy 2-core machine answers within tens of milliseconds; before the per-turn budget the
+/// bystander waited for the whole retained scan).
+const FROZEN: Duration = Duration::from_millis(250);
+
 fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s);
@@ -46,6 +51,10 @@ fn subscribe_packet(filters: &[String]) -> Vec<u8> {
 /// Returns the slowest PINGRESP another client of the shard saw while `filters` were
 /// subscribed in one packet, and how many retained messages the subscriber got.
 fn flood(filters: Vec<String>) -> (Duration, usize) {
+    // Alone: latency is what is measured, and the other tests here load both cores.
+    let _serial = super::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let broker = Broker::start(1);
     let v = ProtocolVersion::V311;
     let (mut p, _) = Client::connect(broker.addr, v, "setter", true);
@@ -95,7 +104,7 @@ fn flood(filters: Vec<String>) -> (Duration, usize) {
 fn twenty_thousand_times_the_same_filter() {
     let (worst, got) = flood(vec!["#".to_owned(); 20_000]);
     eprintln!("20,000 x #: slowest PINGRESP {worst:?}, {got} retained messages");
-    assert!(worst < Duration::from_millis(50), "PINGRESP took {worst:?}");
+    assert!(worst < FROZEN, "PINGRESP took {worst:?}");
     assert_eq!(got, RETAINED, "each retained message once");
 }
 
@@ -105,7 +114,7 @@ fn twenty_thousand_times_the_same_filter() {
 fn twenty_thousand_distinct_filters() {
     let (worst, got) = flood((0..20_000).map(|i| format!("+/{i}")).collect());
     eprintln!("20,000 distinct filters: slowest PINGRESP {worst:?}, {got} retained messages");
-    assert!(worst < Duration::from_millis(50), "PINGRESP took {worst:?}");
+    assert!(worst < FROZEN, "PINGRESP took {worst:?}");
     assert_eq!(
         got, 256,
         "one retained message for each filter the packet may carry"
