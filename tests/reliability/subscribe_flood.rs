@@ -14,10 +14,8 @@ use crate::common::{Broker, Client};
 
 const RETAINED: usize = 2_000;
 
-/// A PINGRESP slower than this means the shard stopped serving others (a debug build on a
-/// busy 2-core machine answers within tens of milliseconds; before the per-turn budget the
-/// bystander waited for the whole retained scan).
-const FROZEN: Duration = Duration::from_millis(250);
+/// What a flood may add to the bystander's slowest PINGRESP.
+const ADDED: Duration = Duration::from_millis(50);
 
 fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -48,9 +46,46 @@ fn subscribe_packet(filters: &[String]) -> Vec<u8> {
     out
 }
 
-/// Returns the slowest PINGRESP another client of the shard saw while `filters` were
-/// subscribed in one packet, and how many retained messages the subscriber got.
-fn flood(filters: Vec<String>) -> (Duration, usize) {
+/// The slowest PINGRESP over 2 s, one every 5 ms.
+fn slowest_ping(victim: &mut Client) -> Duration {
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let t = Instant::now();
+        victim.ping();
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    worst
+}
+
+/// What the flood did: another client's slowest PINGRESP with no flood and while
+/// `filters` were subscribed in one packet, and how many retained messages the subscriber
+/// got.
+struct Flood {
+    quiet: Duration,
+    flooded: Duration,
+    retained: usize,
+}
+
+impl Flood {
+    /// The flood added at most `ADDED` to the slowest PINGRESP (the quiet figure absorbs
+    /// what a machine shared with other work adds to both).
+    fn check(&self, what: &str) {
+        eprintln!(
+            "{what}: slowest PINGRESP {:?} (without the flood {:?}), {} retained messages",
+            self.flooded, self.quiet, self.retained
+        );
+        assert!(
+            self.flooded < self.quiet + ADDED,
+            "{what}: PINGRESP took {:?}, {:?} without the flood",
+            self.flooded,
+            self.quiet
+        );
+    }
+}
+
+fn flood(filters: Vec<String>) -> Flood {
     // Alone: latency is what is measured, and the other tests here load both cores.
     let _serial = super::ONE_AT_A_TIME
         .lock()
@@ -80,43 +115,38 @@ fn flood(filters: Vec<String>) -> (Duration, usize) {
             got
         })
     };
-    victim.ping();
+    let quiet = slowest_ping(&mut victim);
     attack
         .write_all(&subscribe_packet(&filters))
         .expect("send SUBSCRIBE");
-    let mut worst = Duration::ZERO;
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(2) {
-        let t = Instant::now();
-        victim.ping();
-        worst = worst.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let flooded = slowest_ping(&mut victim);
     stop.store(true, Ordering::SeqCst);
-    let got = reader.join().expect("reader");
+    let retained = reader.join().expect("reader");
     broker.stop();
-    (worst, got)
+    Flood {
+        quiet,
+        flooded,
+        retained,
+    }
 }
 
 /// 20,000 times `#` in one packet (80 KB): one subscription, one scan, every retained
 /// message once.
 #[test]
 fn twenty_thousand_times_the_same_filter() {
-    let (worst, got) = flood(vec!["#".to_owned(); 20_000]);
-    eprintln!("20,000 x #: slowest PINGRESP {worst:?}, {got} retained messages");
-    assert!(worst < FROZEN, "PINGRESP took {worst:?}");
-    assert_eq!(got, RETAINED, "each retained message once");
+    let f = flood(vec!["#".to_owned(); 20_000]);
+    f.check("20,000 x #");
+    assert_eq!(f.retained, RETAINED, "each retained message once");
 }
 
 /// 20,000 distinct filters: the first `max_subscribe_filters` (256) are subscribed, the
 /// others refused (0x80), and the retained messages of those subscribed go out.
 #[test]
 fn twenty_thousand_distinct_filters() {
-    let (worst, got) = flood((0..20_000).map(|i| format!("+/{i}")).collect());
-    eprintln!("20,000 distinct filters: slowest PINGRESP {worst:?}, {got} retained messages");
-    assert!(worst < FROZEN, "PINGRESP took {worst:?}");
+    let f = flood((0..20_000).map(|i| format!("+/{i}")).collect());
+    f.check("20,000 distinct filters");
     assert_eq!(
-        got, 256,
+        f.retained, 256,
         "one retained message for each filter the packet may carry"
     );
 }
