@@ -22,3 +22,6 @@ mod subscribe_flood;
 
 #[path = "reliability/limits.rs"]
 mod limits;
+
+#[path = "reliability/memory.rs"]
+mod memory;

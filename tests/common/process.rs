@@ -67,7 +67,10 @@ impl BrokerProcess {
     /// As `start_in`, but a broker that exits instead of listening gives its exit status
     /// and log.
     pub fn try_start_in(data: &DataDir, args: &[&str]) -> Result<BrokerProcess, (String, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        // RINGMQ_TEST_BROKER runs another build instead (to show that a test fails on it).
+        let binary = std::env::var_os("RINGMQ_TEST_BROKER")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ringmq").into());
+        let mut child = Command::new(binary)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -153,6 +156,18 @@ impl BrokerProcess {
         std::thread::sleep(window);
         let after = self.cpu_ticks();
         (after - before) as f64 / window.as_secs_f64()
+    }
+
+    /// The process's resident set size in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
     }
 
     /// File descriptors the process holds open.
