@@ -20,6 +20,7 @@ use crate::router::topic::TopicName;
 
 use crate::auth::AuthConfig;
 use crate::auth::passwd::{PASSWD_USAGE, PasswdAction, PasswdArgs, invalid_user_name};
+use crate::router::delivery::OverlapMode;
 
 mod listener;
 
@@ -112,6 +113,10 @@ pub struct Limits {
     pub wildcard_subscriptions: bool,
     /// Whether v5 subscription identifiers are accepted.
     pub subscription_identifiers: bool,
+    /// A message matching several subscriptions of one client: one PUBLISH per matching
+    /// subscription (`per_subscription`, as mosquitto, HiveMQ and EMQX) or one per client at
+    /// the highest QoS with every identifier (`single`) [MQTT-3.3.4-2..5].
+    pub overlapping_subscriptions: OverlapMode,
     /// Bytes of encoded output buffered per connection before the connection counts as slow:
     /// QoS 0 messages are then dropped (and counted); a connection that stays over the limit
     /// for `slow_consumer_timeout_secs` is disconnected.
@@ -156,6 +161,7 @@ impl Default for Limits {
             shared_subscriptions: true,
             wildcard_subscriptions: true,
             subscription_identifiers: true,
+            overlapping_subscriptions: OverlapMode::PerSubscription,
             max_output_buffer: 4 * 1024 * 1024,
             slow_consumer_timeout_secs: 30,
             cross_shard_queue: crate::shard::DEFAULT_CROSS_SHARD_QUEUE,

@@ -7,7 +7,8 @@
 //! 2. `SharedGroups::pick(topic)` chooses one member per matching share group; S sends the
 //!    message to that member's shard, addressed to the member.
 //! 3. Each destination shard runs `Fanout::collect` over its local `SubscriptionTrie`: one
-//!    `Delivery` per local session, overlapping subscriptions merged.
+//!    `Delivery` per matching subscription, or per local session with overlapping
+//!    subscriptions merged (`OverlapMode`).
 //!
 //! Replication: `InterestOp` and `ShareOp` are plain data; every shard applies the same ops
 //! to its own replica. A shard emits `InterestOp::Add`/`Remove` when its local trie reports
@@ -23,7 +24,7 @@ pub mod shared;
 pub mod topic;
 pub mod trie;
 
-pub use delivery::{Delivery, Fanout, Subscription, SubscriptionTrie};
+pub use delivery::{Delivery, Fanout, OverlapMode, Subscription, SubscriptionTrie};
 pub use interest::{InterestCache, InterestIndex, InterestOp, MAX_SHARDS, ShardId, ShardMask};
 pub use retained::{RetainedMessage, RetainedStack, RetainedStore};
 pub use shared::{ShareMember, ShareOp, SharePick, SharedGroups};

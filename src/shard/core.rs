@@ -250,7 +250,7 @@ impl Core {
             conns: Slots::new(),
             clients: Slots::new(),
             registry: Registry::default(),
-            routes: Routes::new(id),
+            routes: Routes::new(id, limits),
             wheel: TimerWheel::new(now_ms),
             outboxes: Outboxes::new(shards, limits.cross_shard_queue),
             inbox,

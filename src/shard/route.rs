@@ -4,7 +4,7 @@
 //! Owns: the message flow of the README's "Architecture". A publish matches this shard's
 //! replica of the interest index and goes, as ONE envelope per interested shard (this one
 //! handled in place, without the channel), to the shards that match their local tries and
-//! deliver once per session. A retained publish is delivered the same way, and its store
+//! deliver once per matching subscription (or per session, `OverlapMode::Single`). A retained publish is delivered the same way, and its store
 //! update goes to the topic's owner shard, which applies and stores it and passes it on to
 //! every other shard: each replica applies one topic's updates in the owner's order. Shared
 //! groups: this shard picks the member and sends the message to that member's shard only.
@@ -264,7 +264,8 @@ impl Core {
         self.routes.picks = picks;
     }
 
-    /// Matches the local trie and delivers once per local session.
+    /// Matches the local trie and delivers once per matching subscription (or once per local
+    /// session with `overlapping_subscriptions = "single"`).
     fn deliver_local(&mut self, message: &Arc<Message>, publisher: Option<u32>) {
         let mut fanout = std::mem::take(&mut self.routes.fanout);
         fanout.collect(

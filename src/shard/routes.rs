@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::config::Limits;
 use crate::router::delivery::{Fanout, Subscription as RouteSub, SubscriptionTrie};
 use crate::router::interest::{InterestCache, InterestIndex, ShardId};
 use crate::router::retained::{RetainedMessage, RetainedStack, RetainedStore};
@@ -55,7 +56,7 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(me: ShardId) -> Routes {
+    pub(crate) fn new(me: ShardId, limits: &Limits) -> Routes {
         Routes {
             local: SubscriptionTrie::new(),
             interest: InterestIndex::new(),
@@ -67,7 +68,7 @@ impl Routes {
             retained: RetainedStore::new(),
             stack: MatchStack::default(),
             retained_stack: RetainedStack::default(),
-            fanout: Fanout::default(),
+            fanout: Fanout::new(limits.overlapping_subscriptions),
             picks: Vec::new(),
         }
     }
