@@ -21,6 +21,7 @@ use crate::router::topic::TopicName;
 use crate::auth::AuthConfig;
 use crate::auth::passwd::{PASSWD_USAGE, PasswdAction, PasswdArgs, invalid_user_name};
 use crate::router::delivery::OverlapMode;
+use crate::router::shared::ShareStrategy;
 
 mod listener;
 
@@ -117,6 +118,9 @@ pub struct Limits {
     /// subscription (`per_subscription`, as mosquitto, HiveMQ and EMQX) or one per client at
     /// the highest QoS with every identifier (`single`) [MQTT-3.3.4-2..5].
     pub overlapping_subscriptions: OverlapMode,
+    /// How the member of a share group that receives a message is chosen (see
+    /// `ShareStrategy`); `round_robin` spreads a group's messages over all its members.
+    pub shared_subscription_strategy: ShareStrategy,
     /// Bytes of encoded output buffered per connection before the connection counts as slow:
     /// QoS 0 messages are then dropped (and counted); a connection that stays over the limit
     /// for `slow_consumer_timeout_secs` is disconnected.
@@ -162,6 +166,7 @@ impl Default for Limits {
             wildcard_subscriptions: true,
             subscription_identifiers: true,
             overlapping_subscriptions: OverlapMode::PerSubscription,
+            shared_subscription_strategy: ShareStrategy::RoundRobin,
             max_output_buffer: 4 * 1024 * 1024,
             slow_consumer_timeout_secs: 30,
             cross_shard_queue: crate::shard::DEFAULT_CROSS_SHARD_QUEUE,

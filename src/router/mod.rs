@@ -4,8 +4,9 @@
 //! Flow of one publish on shard S (see DESIGN.md, Routing):
 //! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`) gives the shards with a
 //!    non-shared subscriber; S sends one envelope to each.
-//! 2. `SharedGroups::pick(topic)` chooses one member per matching share group; S sends the
-//!    message to that member's shard, addressed to the member.
+//! 2. `SharedGroups::pick(topic)` chooses one member per matching share group (by the
+//!    configured `ShareStrategy`); S sends the message to that member's shard, addressed to
+//!    the member.
 //! 3. Each destination shard runs `Fanout::collect` over its local `SubscriptionTrie`: one
 //!    `Delivery` per matching subscription, or per local session with overlapping
 //!    subscriptions merged (`OverlapMode`).
@@ -27,7 +28,7 @@ pub mod trie;
 pub use delivery::{Delivery, Fanout, OverlapMode, Subscription, SubscriptionTrie};
 pub use interest::{InterestCache, InterestIndex, InterestOp, MAX_SHARDS, ShardId, ShardMask};
 pub use retained::{RetainedMessage, RetainedStack, RetainedStore};
-pub use shared::{ShareMember, ShareOp, SharePick, SharedGroups};
+pub use shared::{ShareMember, ShareOp, SharePick, ShareStrategy, SharedGroups};
 pub use topic::{TopicError, TopicFilter, TopicName, topic_matches};
 pub use trie::{Inserted, MatchStack, Removed, Trie};
 

@@ -91,6 +91,17 @@ pub enum Action {
     Persist(Change),
 }
 
+/// See `Session::outbound_load`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundLoad {
+    /// The window is full or messages are queued (or the client is not connected).
+    Full,
+    /// At most half the window in use, nothing queued.
+    Spare,
+    /// In between: whatever was last concluded still holds.
+    Between,
+}
+
 /// Connection-bound state: valid only while a network connection is attached, never
 /// persisted.
 #[derive(Clone, Debug)]
@@ -373,6 +384,27 @@ impl Session {
     /// Fires the timers due at `now_ms` (early calls are harmless).
     pub fn handle_timeout(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
         self.timeout(now_ms, out, actions);
+    }
+
+    /// How far behind the outbound path to the client is, for shared subscriptions that
+    /// pick the least loaded member. Hysteresis is built in: `Full` once the inflight window
+    /// is full or anything waits in the queue (or no connection is attached), `Spare` only
+    /// once the window is at most half full with nothing queued, `Between` in the band
+    /// where the last announced state stands (so a member at its limit does not flip state
+    /// with every message and acknowledgement).
+    pub fn outbound_load(&self) -> OutboundLoad {
+        let State::Connected(c) = &self.state else {
+            return OutboundLoad::Full;
+        };
+        let inflight = self.data.inflight.len();
+        let window = usize::from(c.send_window);
+        if !self.data.queue.is_empty() || inflight >= window {
+            OutboundLoad::Full
+        } else if inflight <= window / 2 {
+            OutboundLoad::Spare
+        } else {
+            OutboundLoad::Between
+        }
     }
 
     pub fn is_connected(&self) -> bool {

@@ -99,6 +99,7 @@ impl Core {
         self.marked_conn = None;
         self.actions = actions;
         self.sync_durability(slot);
+        self.note_share_load(slot);
         self.reschedule_client(slot);
     }
 
@@ -138,6 +139,7 @@ impl Core {
             generation,
             timer_tick: 0,
             durable: false,
+            share_load: super::share::ShareLoad::NotMember,
         }) as u32;
         self.registry.insert(&self.clients, slot);
         slot
@@ -352,6 +354,7 @@ impl Core {
         for (filter, _) in client.session.subscriptions() {
             self.remove_subscription(slot, key, filter, client.durable);
         }
+        self.share_member_ended(key, client.share_load);
         self.registry.remove(client.session.client_id(), slot);
         if let Some(conn) = client.conn {
             if let Some(c) = self.conns.get_mut(conn as usize) {
@@ -411,6 +414,7 @@ impl Core {
         }
         self.apply_actions(slot, &mut actions, None);
         self.actions = actions;
+        self.note_share_load(slot);
         self.reschedule_client(slot);
     }
 

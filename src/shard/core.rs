@@ -145,6 +145,9 @@ pub(crate) struct Client {
     /// The session is stored: its QoS 1/2 subscriptions count in the durable routing index
     /// (see `Core::sync_durability`).
     pub(crate) durable: bool,
+    /// Shared-subscription member: what this shard last told the others about its
+    /// outbound window (`least_loaded`, see `share.rs`).
+    pub(crate) share_load: super::share::ShareLoad,
 }
 
 /// Counters of what the runtime did, for logs and tests.

@@ -398,6 +398,7 @@ impl Core {
         self.apply_actions(slot, &mut actions, hold_from);
         self.marked_conn = None;
         self.actions = actions;
+        self.note_share_load(slot);
         self.reschedule_client(slot);
         Step::Continue
     }

@@ -36,6 +36,7 @@ use crate::codec::Connect;
 use crate::router::delivery::Subscription;
 use crate::router::interest::{InterestOp, ShardId};
 use crate::router::shared::ShareOp;
+use crate::router::topic::TopicFilter;
 use crate::session::{ClientId, Message};
 
 /// Default of `Limits::cross_shard_queue`, envelopes per (source, destination) channel. Large
@@ -91,11 +92,14 @@ pub(crate) enum Envelope {
         origin: ShardId,
         fence: Option<HoldKey>,
     },
-    /// A publish for the one member of a share group the publishing shard chose.
+    /// A publish for the one member of a share group the publishing shard chose. `group`:
+    /// the whole `$share/{group}/{filter}`, to hand the message back to the group when the
+    /// member is gone.
     SharedDeliver {
         message: Arc<Message>,
         subscriber: SessionKey,
         subscription: Subscription,
+        group: Arc<TopicFilter>,
         ack: Option<AckRequest>,
     },
     /// The source shard gained its first or lost its last subscriber of these filters, in

@@ -32,6 +32,7 @@ mod registry;
 mod retained;
 mod route;
 mod routes;
+mod share;
 mod slots;
 pub mod sys;
 pub mod timer;

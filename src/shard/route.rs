@@ -27,7 +27,6 @@ use super::hold::HoldKey;
 use super::mailbox::{AckRequest, Envelope, Handoff, InterestChange};
 use super::routes::{self, SessionKey};
 use crate::codec::{QoS, RetainHandling};
-use crate::router::delivery::Subscription as RouteSub;
 use crate::router::interest::{InterestOp, ShardId, ShardMask};
 use crate::router::shared::{ShareMember, ShareOp};
 use crate::router::topic::TopicFilter;
@@ -230,13 +229,14 @@ impl Core {
     fn route_shared(&mut self, message: &Arc<Message>, acked: Option<Publisher>) {
         let routes = &mut self.routes;
         let mut picks = std::mem::take(&mut routes.picks);
+        let publisher = message.origin.as_ref().map(|c| c.as_str().as_bytes());
         routes
             .shared
-            .pick(&message.topic, &mut routes.stack, &mut picks);
+            .pick(&message.topic, publisher, &mut routes.stack, &mut picks);
         for pick in picks.drain(..) {
             let member = pick.member;
             if member.shard == self.id {
-                self.deliver_shared(member.subscriber, member.subscription, message);
+                self.deliver_shared(member.subscriber, member.subscription, &pick.group, message);
                 continue;
             }
             let durable = member.durable
@@ -257,6 +257,7 @@ impl Core {
                 message: Arc::clone(message),
                 subscriber: member.subscriber,
                 subscription: member.subscription,
+                group: pick.group,
                 ack,
             };
             self.send_to(member.shard, envelope);
@@ -286,27 +287,6 @@ impl Core {
         }
         fanout.clear();
         self.routes.fanout = fanout;
-    }
-
-    fn deliver_shared(&mut self, key: SessionKey, sub: RouteSub, message: &Arc<Message>) {
-        if self
-            .clients
-            .get(key.slot as usize)
-            .is_none_or(|c| c.generation != key.generation)
-        {
-            return; // The member left after the publishing shard picked it.
-        }
-        let ids: &[u32] = match &sub.id {
-            Some(id) => std::slice::from_ref(id),
-            None => &[],
-        };
-        let delivery = Delivery {
-            qos: sub.options.qos.min(message.qos),
-            retain_as_published: sub.options.retain_as_published,
-            subscription_ids: ids,
-            from_retained_store: false,
-        };
-        self.deliver_to(key.slot, message, &delivery);
     }
 
     /// Hands one message to the session in client `slot`.
@@ -346,6 +326,7 @@ impl Core {
                 self.mark_dirty(c);
             }
         }
+        self.note_share_load(slot);
         self.reschedule_client(slot);
     }
 
@@ -398,6 +379,7 @@ impl Core {
         };
         let route_sub = routes::route_sub(&sub);
         if filter.is_shared() {
+            self.share_member_joined(slot);
             let member = ShareMember {
                 shard: self.id,
                 subscriber: SessionKey { slot, generation },
@@ -568,10 +550,11 @@ impl Core {
                 message,
                 subscriber,
                 subscription,
+                group,
                 ack,
             } => {
                 let before = self.persist.produced();
-                self.deliver_shared(subscriber, subscription, &message);
+                self.deliver_shared(subscriber, subscription, &group, &message);
                 if let Some(req) = ack {
                     if req.fanout {
                         self.persist_fanout(message.store_id, self.id, false);

@@ -64,7 +64,7 @@ impl Routes {
             durable: InterestIndex::new(),
             durable_cache: InterestCache::new(),
             durable_local: hashbrown::HashMap::default(),
-            shared: SharedGroups::new(me),
+            shared: SharedGroups::new(me, limits.shared_subscription_strategy, random_seed(me)),
             retained: RetainedStore::new(),
             stack: MatchStack::default(),
             retained_stack: RetainedStack::default(),
@@ -72,6 +72,13 @@ impl Routes {
             picks: Vec::new(),
         }
     }
+}
+
+/// A seed for the `random` share strategy, different per shard and per process (the
+/// router takes its randomness as an argument).
+fn random_seed(me: ShardId) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(me.index())
 }
 
 /// The router's view of a session subscription.

@@ -127,6 +127,33 @@ fn puback_frees_the_window_and_drains_the_queue() {
 }
 
 #[test]
+fn outbound_load_has_a_band_between_full_and_spare() {
+    let limits = Limits {
+        max_inflight: 4,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V311, "c1", true));
+    let q1 = || message("t", QoS::AtLeastOnce);
+    let mut loads = vec![h.s.outbound_load()];
+    for _ in 0..5 {
+        h.deliver(&q1(), &live(QoS::AtLeastOnce));
+        loads.push(h.s.outbound_load());
+    }
+    use OutboundLoad::{Between, Full, Spare};
+    // 0, 1, 2 in flight: spare; 3: between; 4: full; 4 + 1 queued: full.
+    assert_eq!(loads, [Spare, Spare, Spare, Between, Full, Full]);
+    let mut loads = Vec::new();
+    for id in 1..=4 {
+        h.packet(Packet::PubAck(ack(id)));
+        loads.push(h.s.outbound_load());
+    }
+    // The queued one takes the freed slot (4 in flight), then 3, 2, 1.
+    assert_eq!(loads, [Full, Between, Spare, Spare]);
+    h.lost();
+    assert_eq!(h.s.outbound_load(), Full, "no connection, no room");
+}
+
+#[test]
 fn client_receive_maximum_caps_the_window() {
     // [MQTT-3.3.4-7..9].
     let mut c = connect_packet(ProtocolVersion::V5, "c1", true);
