@@ -237,9 +237,12 @@ fn hash_topic_keeps_a_topic_on_one_member(v: ProtocolVersion) {
     assert!(used.len() >= 2, "topics spread over members: {used:?}");
 }
 
+/// A member acknowledging on its own thread (`ack_in_background`).
+type Acking = std::thread::JoinHandle<(Client, Vec<String>)>;
+
 /// Acknowledges everything `member` receives, on a thread, until it has been quiet for a
 /// second; the thread returns the member and what it received.
-fn ack_in_background(mut member: Client) -> std::thread::JoinHandle<(Client, Vec<String>)> {
+fn ack_in_background(mut member: Client) -> Acking {
     std::thread::spawn(move || {
         let mut got = Vec::new();
         while let Ok(Some(packet)) = member.recv_within(Duration::from_secs(1)) {
@@ -307,6 +310,85 @@ fn least_loaded_skips_a_full_member(v: ProtocolVersion) {
     assert!(counts(&got).iter().all(|&n| n > 0), "{:?}", counts(&got));
 }
 
+/// Members on shards 1, 2 and 3 with an inflight window of 4; the one on shard 1 receives
+/// its share of 30 QoS 1 messages and acknowledges none. Returns the broker, that member,
+/// the two others (acknowledging on threads) and how many PUBLISH packets the first got.
+fn member_that_holds_messages(
+    v: ProtocolVersion,
+    expiry: Option<u32>,
+) -> (Broker, Client, Vec<Acking>, usize) {
+    let broker = broker_with(ShareStrategy::RoundRobin, |c| c.limits.max_inflight = 4);
+    let mut connect = common::connect_packet(v, &broker.client_id_on("holder", 1), true);
+    connect.properties.session_expiry_interval = expiry;
+    let (mut holder, _) = Client::connect_with(broker.addr, connect);
+    holder.subscribe(GROUP, QoS::AtLeastOnce);
+    let others = members_on(&broker, v, &[2, 3]);
+    let others: Vec<_> = others.into_iter().map(ack_in_background).collect();
+    let mut publisher = client_on(&broker, v, "pub", 0);
+    publish_n(&mut publisher, "m", 30, false);
+    let held = drain(&mut holder, false).len();
+    (broker, holder, others, held)
+}
+
+/// Every message `"m:{i}"`, `i < 30`, reached one of `others` exactly once.
+fn all_reached(others: Vec<Acking>) {
+    let mut got: Vec<String> = others
+        .into_iter()
+        .flat_map(|t| t.join().expect("member thread").1)
+        .collect();
+    got.sort_by_key(|p| p[2..].parse::<u32>().expect("n"));
+    let want: Vec<String> = (0..30).map(|i| format!("m:{i}")).collect();
+    assert_eq!(got, want);
+}
+
+/// A member whose session ends (clean session, connection dropped) with QoS 1 messages of
+/// the group unacknowledged and queued: they go to the other members, none is lost
+/// [MQTT-4.8.2-... the Server SHOULD send it to another subscriber].
+fn messages_of_a_departed_member_go_to_the_others(v: ProtocolVersion) {
+    let (_broker, holder, others, held) = member_that_holds_messages(v, None);
+    assert_eq!(held, 4, "its window: the rest of its share is queued");
+    holder.drop_connection();
+    all_reached(others);
+}
+
+/// v5: a member with a session expiry keeps its messages while offline; when its session
+/// expires they go to the other members.
+#[test]
+fn messages_of_an_expired_member_go_to_the_others() {
+    let v = ProtocolVersion::V5;
+    let (_broker, holder, others, held) = member_that_holds_messages(v, Some(1));
+    assert_eq!(held, 4);
+    holder.drop_connection();
+    // The others' threads stop after a quiet second, so they may stop before the expiry:
+    // collect what they got, then wait for the rest on fresh handles.
+    let started = std::time::Instant::now();
+    let mut got: Vec<String> = Vec::new();
+    let mut members = Vec::new();
+    for t in others {
+        let (m, g) = t.join().expect("member thread");
+        got.extend(g);
+        members.push(m);
+    }
+    assert_eq!(got.len(), 20, "the holder's 10 wait for its session to end");
+    let rest: Vec<String> = members
+        .iter_mut()
+        .flat_map(|m| {
+            let mut g = Vec::new();
+            while let Ok(Some(Packet::Publish(p))) = m.recv_within(Duration::from_secs(3)) {
+                m.ack(&p);
+                g.push(String::from_utf8(p.payload.to_vec()).expect("utf-8"));
+            }
+            g
+        })
+        .collect();
+    assert_eq!(rest.len(), 10, "returned after the expiry: {rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    got.extend(rest);
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 30);
+}
+
 both_versions!(
     round_robin_spreads_over_every_member,
     random_reaches_every_member,
@@ -315,4 +397,5 @@ both_versions!(
     hash_client_id_keeps_a_publisher_on_one_member,
     hash_topic_keeps_a_topic_on_one_member,
     least_loaded_skips_a_full_member,
+    messages_of_a_departed_member_go_to_the_others,
 );

@@ -209,7 +209,7 @@ impl Session {
                 });
             }
         }
-        self.data.clear();
+        super::lifecycle::return_to_groups(self.data.take(), actions);
     }
 
     /// v5 CONNACK properties: everything that differs from the spec's defaults.

@@ -89,6 +89,17 @@ pub enum Action {
     /// A persistent session's stored state changed (see `persist`): the output written by
     /// the same call must not reach the client before the change is durable.
     Persist(Change),
+    /// After `Ended`: a QoS 1/2 message this session was picked for as a member of share
+    /// group `group` and that the client never fully received (queued, or sent and not
+    /// acknowledged). The shard hands it to another member of the group [MQTT-4.8.2-... "If
+    /// the Client's Session terminates before the Client reconnects, the Server SHOULD send
+    /// the Application Message to another Client that is subscribed to the same Shared
+    /// Subscription"]. Emitted after the session left its groups (after `Ended`, or after
+    /// the `Unsubscribe`s of a clean start), so the shard cannot pick it again.
+    ReturnToGroup {
+        group: Arc<TopicFilter>,
+        message: Arc<Message>,
+    },
 }
 
 /// See `Session::outbound_load`.

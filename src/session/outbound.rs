@@ -36,6 +36,10 @@ impl Session {
             retain: message.retain
                 && (delivery.from_retained_store || delivery.retain_as_published),
             subscription_ids: delivery.subscription_ids.to_vec(),
+            share_group: delivery
+                .share_group
+                .filter(|_| message.qos.min(delivery.qos) != QoS::AtMostOnce)
+                .cloned(),
         };
         match &self.state {
             State::Connected(c) => {

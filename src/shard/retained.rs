@@ -157,6 +157,7 @@ impl Core {
                 retain_as_published: sub.options.retain_as_published,
                 subscription_ids: ids,
                 from_retained_store: true,
+                share_group: None,
             };
             self.deliver_to(slot, message, &delivery);
         }

@@ -282,6 +282,7 @@ impl Core {
                 retain_as_published: d.retain_as_published,
                 subscription_ids: fanout.subscription_ids(d),
                 from_retained_store: false,
+                share_group: None,
             };
             self.deliver_to(d.subscriber, message, &delivery);
         }

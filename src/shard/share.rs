@@ -1,6 +1,15 @@
 //! Shared subscriptions as the runtime runs them, on the member's side: delivering a message
-//! the publishing shard picked a member of this shard for, and telling the other shards when
-//! a member's outbound window fills up or has room again (`least_loaded`). The pick itself
+//! the publishing shard picked a member of this shard for, handing QoS 1/2 messages back to
+//! their group when the member they were picked for is gone (its session ended with them
+//! queued or unacknowledged, or ended between the pick and the delivery), and telling the
+//! other shards when a member's outbound window fills up or has room again
+//! (`least_loaded`).
+//!
+//! Handing back needs to know which of a session's messages came through which group:
+//! each shared delivery carries its group (`Delivery::share_group`, an `Arc` shared with
+//! the replica's group, so no copy), the session keeps it with the queued or inflight
+//! QoS 1/2 message (`QueuedMessage::share_group`), and when the session ends it emits
+//! `Action::ReturnToGroup` for each, after `Ended` (which takes it out of its groups). The pick itself
 //! is `route.rs` (`route_shared`) over this shard's replica of the groups
 //! (`router::shared`, whose module doc explains the strategies and why the window state is
 //! replicated rather than checked by the member's shard).
@@ -16,7 +25,10 @@
 use std::sync::Arc;
 
 use super::core::Core;
+use super::event_loop::Lifecycle;
+use super::mailbox::Envelope;
 use super::routes::SessionKey;
+use crate::codec::QoS;
 use crate::router::delivery::Subscription as RouteSub;
 use crate::router::shared::{ShareOp, ShareStrategy};
 use crate::router::topic::TopicFilter;
@@ -35,12 +47,13 @@ pub(crate) enum ShareLoad {
 
 impl Core {
     /// A message the publishing shard picked the session `key` for, as a member of `group`
-    /// with subscription `sub`.
+    /// with subscription `sub`. A member that is gone by now (its session ended after the
+    /// pick) hands the message back to the group.
     pub(crate) fn deliver_shared(
         &mut self,
         key: SessionKey,
         sub: RouteSub,
-        _group: &Arc<TopicFilter>,
+        group: &Arc<TopicFilter>,
         message: &Arc<Message>,
     ) {
         if self
@@ -48,7 +61,10 @@ impl Core {
             .get(key.slot as usize)
             .is_none_or(|c| c.generation != key.generation)
         {
-            return; // The member left after the publishing shard picked it.
+            if sub.options.qos.min(message.qos) != QoS::AtMostOnce {
+                self.return_to_group(group, message);
+            }
+            return;
         }
         let ids: &[u32] = match &sub.id {
             Some(id) => std::slice::from_ref(id),
@@ -59,8 +75,38 @@ impl Core {
             retain_as_published: sub.options.retain_as_published,
             subscription_ids: ids,
             from_retained_store: false,
+            share_group: Some(group),
         };
         self.deliver_to(key.slot, message, &delivery);
+    }
+
+    /// A QoS 1/2 message of share group `group` whose member is gone (its session ended, see
+    /// `Action::ReturnToGroup`) goes to another member, chosen by the group's strategy on
+    /// this shard's replica, which no longer lists the departed member (its `Leave` is
+    /// applied here first). Dropped when no member is left, and while the broker stops
+    /// (every member is going).
+    pub(crate) fn return_to_group(&mut self, group: &Arc<TopicFilter>, message: &Arc<Message>) {
+        if self.lifecycle != Lifecycle::Running {
+            return;
+        }
+        let publisher = message.origin.as_ref().map(|c| c.as_str().as_bytes());
+        let Some(pick) = self.routes.shared.pick_in(group, &message.topic, publisher) else {
+            return;
+        };
+        let member = pick.member;
+        if member.shard == self.id {
+            self.deliver_shared(member.subscriber, member.subscription, &pick.group, message);
+            return;
+        }
+        // No acknowledgement waits for it: its publisher was answered when it was routed.
+        let envelope = Envelope::SharedDeliver {
+            message: Arc::clone(message),
+            subscriber: member.subscriber,
+            subscription: member.subscription,
+            group: pick.group,
+            ack: None,
+        };
+        self.send_to(member.shard, envelope);
     }
 
     /// Client `slot` subscribed to a share group: from now on its window state counts.

@@ -112,6 +112,7 @@ pub(super) fn live(qos: QoS) -> Delivery<'static> {
         retain_as_published: false,
         subscription_ids: &[],
         from_retained_store: false,
+        share_group: None,
     }
 }
 
