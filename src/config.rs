@@ -22,6 +22,7 @@ use crate::auth::AuthConfig;
 use crate::auth::passwd::{PASSWD_USAGE, PasswdAction, PasswdArgs, invalid_user_name};
 use crate::router::delivery::OverlapMode;
 use crate::router::shared::ShareStrategy;
+use crate::session::TopicAliasPolicy;
 
 mod listener;
 
@@ -83,6 +84,16 @@ pub struct Limits {
     pub max_user_properties: usize,
     /// Topic aliases a v5 client may use towards us (our Topic Alias Maximum).
     pub topic_alias_maximum: u16,
+    /// Whether (and how) the broker assigns topic aliases to its deliveries to v5 clients
+    /// that accept them (CONNECT Topic Alias Maximum > 0): `recent` keeps the most
+    /// recently used topics, `hot` the most frequent, `off` assigns none. Off by default:
+    /// some clients announce a Topic Alias Maximum but fail on an aliased PUBLISH (e.g.
+    /// libmosquitto 2.0.11, see `tests/interop.rs`), and mosquitto, EMQX and HiveMQ do
+    /// not alias their deliveries, so clients do not expect it.
+    pub outbound_topic_aliases: TopicAliasPolicy,
+    /// Most outbound aliases per connection, whatever the client accepts: each costs a
+    /// copy of its topic name for the connection's life.
+    pub outbound_topic_alias_maximum: u16,
     /// Largest keep alive accepted (seconds). A v5 client asking for more (or 0) is told this
     /// value as Server Keep Alive; a 3.x client asking for more is refused with CONNACK 0x02.
     pub max_keep_alive: u16,
@@ -153,6 +164,8 @@ impl Default for Limits {
             max_subscribe_filters: 256,
             max_user_properties: 64,
             topic_alias_maximum: 10,
+            outbound_topic_aliases: TopicAliasPolicy::Off,
+            outbound_topic_alias_maximum: 10,
             max_keep_alive: 3600,
             max_session_expiry: u32::MAX,
             session_expiry_3x: 7 * 24 * 3600,

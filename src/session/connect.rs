@@ -9,6 +9,7 @@ use crate::codec::{
 };
 use crate::config::Limits;
 
+use super::alias::TopicAliasPolicy;
 use super::data::Outbound;
 use super::types::{ClientId, ClientIdError};
 use super::{Action, Connection, Session, State, max_qos};
@@ -114,6 +115,21 @@ fn effective_keep_alive(connect: &Connect, limits: &Limits) -> (u16, Option<u16>
     }
 }
 
+/// How many topic aliases the broker may use towards this client: none for 3.x, when the
+/// client's Topic Alias Maximum is absent or 0 [MQTT-3.2.2-... the Server MUST NOT send a
+/// Topic Alias], or with `outbound_topic_aliases = "off"`; else the smaller of the client's
+/// maximum and ours [MQTT-3.3.2-... not greater than the client's Topic Alias Maximum].
+fn outbound_alias_cap(connect: &Connect, limits: &Limits) -> u16 {
+    let theirs = connect.properties.topic_alias_maximum.unwrap_or(0);
+    match limits.outbound_topic_aliases {
+        _ if !connect.protocol.is_v5() => 0,
+        TopicAliasPolicy::Off => 0,
+        TopicAliasPolicy::Recent | TopicAliasPolicy::Hot => {
+            theirs.min(limits.outbound_topic_alias_maximum)
+        }
+    }
+}
+
 impl Session {
     /// Body of `Session::connect`.
     pub(super) fn attach(
@@ -162,7 +178,8 @@ impl Session {
             protocol: connect.protocol,
             keep_alive_timeout_ms: (keep_alive != 0).then(|| u32::from(keep_alive) * 1500),
             last_packet_ms: now_ms,
-            aliases: Vec::new(),
+            aliases: None,
+            out_alias_cap: outbound_alias_cap(&connect, &self.limits),
             send_window,
             client_max_packet: props.maximum_packet_size.unwrap_or(u32::MAX),
             connect_expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,

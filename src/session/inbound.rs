@@ -193,15 +193,17 @@ impl Session {
             return Err(ReasonCode::TopicAliasInvalid);
         }
         if publish.topic.is_empty() {
-            match c.aliases.get(alias - 1).and_then(Option::as_ref) {
+            let known = c.aliases.as_ref().and_then(|a| a.inbound.get(alias - 1));
+            match known.and_then(Option::as_ref) {
                 Some(topic) => publish.topic = topic.clone(),
                 None => return Err(ReasonCode::ProtocolError),
             }
         } else {
-            if c.aliases.len() < alias {
-                c.aliases.resize(alias, None);
+            let inbound = &mut c.aliases.get_or_insert_with(Box::default).inbound;
+            if inbound.len() < alias {
+                inbound.resize(alias, None);
             }
-            c.aliases[alias - 1] = Some(publish.topic.clone());
+            inbound[alias - 1] = Some(publish.topic.clone());
         }
         Ok(())
     }

@@ -29,6 +29,7 @@
 //! from the connection-bound state in `Connection`.
 #![forbid(unsafe_code)]
 
+mod alias;
 mod connect;
 mod data;
 mod inbound;
@@ -46,8 +47,9 @@ use bytes::BytesMut;
 
 use crate::codec::{self, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode};
 use crate::config::Limits;
-use crate::router::topic::{TopicFilter, TopicName};
+use crate::router::topic::TopicFilter;
 
+pub use alias::TopicAliasPolicy;
 pub use connect::{ConnectDecision, refuse_connect, validate_connect};
 pub use data::{Outbound, QueuedMessage, SessionData};
 pub use persist::{Change, Header};
@@ -124,10 +126,13 @@ struct Connection {
     keep_alive_timeout_ms: Option<u32>,
     /// When the last packet arrived (or the connection was attached).
     last_packet_ms: u64,
-    /// Inbound topic aliases (v5), index `alias - 1`; grows on demand up to our Topic Alias
-    /// Maximum. Per connection, never persisted [MQTT-3.3.2-... aliases end with the
-    /// connection], BAD_INPUTS #39.
-    aliases: Vec<Option<TopicName>>,
+    /// Topic aliases (v5) in both directions, allocated at the first one: inbound up to our
+    /// Topic Alias Maximum, outbound up to `out_alias_cap`. Per connection, never persisted
+    /// [MQTT-3.3.2-... aliases end with the connection], BAD_INPUTS #39.
+    aliases: Option<Box<alias::TopicAliases>>,
+    /// Outbound aliases we may assign: min(the client's Topic Alias Maximum, our cap); 0
+    /// when the client takes none, for 3.x, or when `outbound_topic_aliases` is off.
+    out_alias_cap: u16,
     /// Outbound QoS 1/2 window: `min(max_inflight, client Receive Maximum)` [MQTT-3.3.4-7..9].
     send_window: u16,
     /// Largest packet the client accepts (v5 Maximum Packet Size) [MQTT-3.1.2-24..25].

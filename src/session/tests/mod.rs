@@ -18,6 +18,7 @@ use crate::codec::{
     Ack, AckProperties, ConnectProperties, MqttStr, PacketId, Publish, PublishProperties,
     SubscriptionOptions, Will, WillProperties,
 };
+use crate::router::topic::TopicName;
 
 pub(super) fn pid(n: u16) -> PacketId {
     PacketId::new(n).expect("non-zero packet id")
