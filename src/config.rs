@@ -97,6 +97,13 @@ pub struct Limits {
     /// Largest keep alive accepted (seconds). A v5 client asking for more (or 0) is told this
     /// value as Server Keep Alive; a 3.x client asking for more is refused with CONNACK 0x02.
     pub max_keep_alive: u16,
+    /// When set, the keep alive of every v5 client, whatever it asked: sent in each v5
+    /// CONNACK as Server Keep Alive and enforced (1.5x) [MQTT-3.2.2-21]. 3.x clients
+    /// cannot be told a value and keep their own (capped by `max_keep_alive`).
+    pub server_keep_alive: Option<u16>,
+    /// Returned as Response Information in the CONNACK of a v5 client that sets Request
+    /// Response Information to 1 [MQTT-3.1.2-28]: the basis of its response topics.
+    pub response_information: Option<String>,
     /// Largest session expiry interval granted to v5 clients (seconds).
     pub max_session_expiry: u32,
     /// Session expiry of a 3.x session that outlives its connection (clean session 0), which
@@ -167,6 +174,8 @@ impl Default for Limits {
             outbound_topic_aliases: TopicAliasPolicy::Off,
             outbound_topic_alias_maximum: 10,
             max_keep_alive: 3600,
+            server_keep_alive: None,
+            response_information: None,
             max_session_expiry: u32::MAX,
             session_expiry_3x: 7 * 24 * 3600,
             max_connections: 0,
@@ -691,6 +700,16 @@ impl Config {
         if l.cross_shard_queue == 0 {
             return bad("limits.cross_shard_queue (> 0)", &0);
         }
+        if let Some(k) = l.server_keep_alive {
+            if l.max_keep_alive != 0 && (k == 0 || k > l.max_keep_alive) {
+                return bad("limits.server_keep_alive (1..=max_keep_alive)", &k);
+            }
+        }
+        if let Some(info) = &l.response_information {
+            if crate::codec::MqttStr::try_from_str(info).is_none() {
+                return bad("limits.response_information (an MQTT string)", info);
+            }
+        }
         let s = &self.storage;
         if s.commit_interval_ms == 0 || s.commit_interval_ms > 60_000 {
             return bad(
@@ -950,6 +969,57 @@ mod tests {
     fn validate_rejects_zero_receive_maximum() {
         let mut c = Config::default();
         c.limits.receive_maximum = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn delivery_settings_parse_and_validate() {
+        let p = std::path::Path::new("t.toml");
+        let c = Config::from_toml(
+            "[limits]\noverlapping_subscriptions = \"single\"\n\
+             shared_subscription_strategy = \"least_loaded\"\n\
+             outbound_topic_aliases = \"hot\"\noutbound_topic_alias_maximum = 4\n\
+             server_keep_alive = 30\nresponse_information = \"replies/\"\n",
+            p,
+        )
+        .expect("toml");
+        let l = &c.limits;
+        assert_eq!(l.overlapping_subscriptions, OverlapMode::Single);
+        assert_eq!(l.shared_subscription_strategy, ShareStrategy::LeastLoaded);
+        assert_eq!(l.outbound_topic_aliases, TopicAliasPolicy::Hot);
+        assert_eq!(l.outbound_topic_alias_maximum, 4);
+        assert_eq!(l.server_keep_alive, Some(30));
+        assert_eq!(l.response_information.as_deref(), Some("replies/"));
+        assert!(c.validate().is_ok());
+        let d = Limits::default();
+        assert_eq!(
+            (
+                d.overlapping_subscriptions,
+                d.shared_subscription_strategy,
+                d.outbound_topic_aliases,
+                d.server_keep_alive,
+            ),
+            (
+                OverlapMode::PerSubscription,
+                ShareStrategy::RoundRobin,
+                TopicAliasPolicy::Off,
+                None
+            )
+        );
+        for bad in [
+            "[limits]\noverlapping_subscriptions = \"twice\"\n",
+            "[limits]\nshared_subscription_strategy = \"roundrobin\"\n",
+            "[limits]\noutbound_topic_aliases = \"lru\"\n",
+        ] {
+            assert!(Config::from_toml(bad, p).is_err(), "{bad}");
+        }
+        for bad_keep_alive in [0, 3601] {
+            let mut c = Config::default();
+            c.limits.server_keep_alive = Some(bad_keep_alive);
+            assert!(c.validate().is_err(), "server_keep_alive {bad_keep_alive}");
+        }
+        let mut c = Config::default();
+        c.limits.response_information = Some("nul\0".to_owned());
         assert!(c.validate().is_err());
     }
 

@@ -103,15 +103,19 @@ fn granted_session_expiry(connect: &Connect, limits: &Limits) -> u32 {
     requested.min(limits.max_session_expiry)
 }
 
-/// The keep alive in force, and the Server Keep Alive to announce (v5) when it differs from
-/// the client's [MQTT-3.2.2-21]. A v5 keep alive of 0 or above the cap becomes the cap.
+/// The keep alive in force, and the Server Keep Alive to announce (v5) [MQTT-3.2.2-21]:
+/// `server_keep_alive` when set, for every v5 client; otherwise a v5 keep alive of 0 or
+/// above `max_keep_alive` becomes that cap (and is announced). 3.x: the client's own.
 fn effective_keep_alive(connect: &Connect, limits: &Limits) -> (u16, Option<u16>) {
     let asked = connect.keep_alive;
     let cap = limits.max_keep_alive;
-    if connect.protocol.is_v5() && cap != 0 && (asked == 0 || asked > cap) {
-        (cap, Some(cap))
-    } else {
-        (asked, None)
+    if !connect.protocol.is_v5() {
+        return (asked, None);
+    }
+    match limits.server_keep_alive {
+        Some(fixed) => (fixed, Some(fixed)),
+        None if cap != 0 && (asked == 0 || asked > cap) => (cap, Some(cap)),
+        None => (asked, None),
     }
 }
 
@@ -267,6 +271,13 @@ impl Session {
         }
         if !l.shared_subscriptions {
             p.shared_subscription_available = Some(false);
+        }
+        if connect.properties.request_response_information == Some(true) {
+            // Validated as an MQTT string with the configuration.
+            p.response_information = l
+                .response_information
+                .as_deref()
+                .and_then(crate::codec::MqttStr::try_from_str);
         }
     }
 
