@@ -389,6 +389,34 @@ fn messages_of_an_expired_member_go_to_the_others() {
     assert_eq!(got.len(), 30);
 }
 
+/// A member whose window and queue are full (2 + 2 here, never acknowledging) does not
+/// drop the group's QoS 1 messages it is picked for: they go to another member.
+fn a_member_with_a_full_queue_hands_messages_on(v: ProtocolVersion) {
+    let broker = broker_with(ShareStrategy::RoundRobin, |c| {
+        c.limits.max_inflight = 2;
+        c.limits.max_queued_messages = 2;
+    });
+    let mut members = members_on(&broker, v, &[1, 2, 3]);
+    let others: Vec<_> = members.drain(1..).map(ack_in_background).collect();
+    let mut publisher = client_on(&broker, v, "pub", 0);
+    publish_n(&mut publisher, "m", 30, false);
+    // Its window: 2 sent; 2 wait in its queue (sent once it acknowledges).
+    let stuck = drain(&mut members[0], false);
+    assert_eq!(stuck.len(), 2, "{stuck:?}");
+    let mut got: Vec<String> = stuck.into_iter().map(|(_, p)| p).collect();
+    for t in others {
+        got.extend(t.join().expect("member thread").1);
+    }
+    assert_eq!(
+        got.len(),
+        28,
+        "all but the 2 queued at the stuck member: {got:?}"
+    );
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 28, "no duplicates");
+}
+
 both_versions!(
     round_robin_spreads_over_every_member,
     random_reaches_every_member,
@@ -398,4 +426,5 @@ both_versions!(
     hash_topic_keeps_a_topic_on_one_member,
     least_loaded_skips_a_full_member,
     messages_of_a_departed_member_go_to_the_others,
+    a_member_with_a_full_queue_hands_messages_on,
 );

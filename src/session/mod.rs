@@ -423,6 +423,32 @@ impl Session {
         }
     }
 
+    /// Whether a delivery of `message` at `qos` would be dropped now because it would have
+    /// to wait in the queue and the queue is full (`max_queued_messages` or
+    /// `max_queued_bytes`; queued QoS 0 messages that could be evicted are not counted).
+    /// QoS 0 never waits for a full queue's room: `false`. The shard then offers a shared
+    /// subscription's message to another member of its group instead.
+    pub fn queue_would_refuse(&self, qos: QoS, message: &Message) -> bool {
+        if qos == QoS::AtMostOnce {
+            return false;
+        }
+        match &self.state {
+            State::Connected(c)
+                if self.data.queue.is_empty()
+                    && self.data.inflight.len() < usize::from(c.send_window) =>
+            {
+                false
+            }
+            State::Connected(_) | State::Offline(_) => {
+                let l = &self.limits;
+                self.data.queue.len() >= l.max_queued_messages
+                    || self.data.queued_bytes.saturating_add(message.stored_size())
+                        > l.max_queued_bytes
+            }
+            State::Detached | State::Ended => false,
+        }
+    }
+
     pub fn is_connected(&self) -> bool {
         matches!(self.state, State::Connected(_))
     }

@@ -234,7 +234,9 @@ impl Core {
                 Action::Close { .. } => self.detach_and_close(slot),
                 Action::Ended => self.end_client(slot),
                 Action::Persist(change) => self.persist_change(slot, change, hold_from),
-                Action::ReturnToGroup { group, message } => self.return_to_group(&group, &message),
+                Action::ReturnToGroup { group, message } => {
+                    self.return_to_group(&group, &message, 0)
+                }
             }
         }
     }

@@ -100,6 +100,9 @@ pub(crate) enum Envelope {
         subscriber: SessionKey,
         subscription: Subscription,
         group: Arc<TopicFilter>,
+        /// Times the message was already handed on by members that could not take it
+        /// (see `share::MAX_SHARE_HANDOVERS`).
+        hops: u8,
         ack: Option<AckRequest>,
     },
     /// The source shard gained its first or lost its last subscriber of these filters, in

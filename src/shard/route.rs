@@ -236,7 +236,13 @@ impl Core {
         for pick in picks.drain(..) {
             let member = pick.member;
             if member.shard == self.id {
-                self.deliver_shared(member.subscriber, member.subscription, &pick.group, message);
+                self.deliver_shared(
+                    member.subscriber,
+                    member.subscription,
+                    &pick.group,
+                    message,
+                    0,
+                );
                 continue;
             }
             let durable = member.durable
@@ -258,6 +264,7 @@ impl Core {
                 subscriber: member.subscriber,
                 subscription: member.subscription,
                 group: pick.group,
+                hops: 0,
                 ack,
             };
             self.send_to(member.shard, envelope);
@@ -552,10 +559,11 @@ impl Core {
                 subscriber,
                 subscription,
                 group,
+                hops,
                 ack,
             } => {
                 let before = self.persist.produced();
-                self.deliver_shared(subscriber, subscription, &group, &message);
+                self.deliver_shared(subscriber, subscription, &group, &message, hops);
                 if let Some(req) = ack {
                     if req.fanout {
                         self.persist_fanout(message.store_id, self.id, false);

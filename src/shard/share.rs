@@ -1,18 +1,27 @@
-//! Shared subscriptions as the runtime runs them, on the member's side: delivering a message
-//! the publishing shard picked a member of this shard for, handing QoS 1/2 messages back to
-//! their group when the member they were picked for is gone (its session ended with them
-//! queued or unacknowledged, or ended between the pick and the delivery), and telling the
-//! other shards when a member's outbound window fills up or has room again
-//! (`least_loaded`).
+//! Shared subscriptions as the runtime runs them, on the member's side:
+//! - delivering a message the publishing shard picked a member of this shard for (the pick
+//!   itself is `route.rs::route_shared`, over this shard's replica of the groups,
+//!   `router::shared`, whose module doc explains the strategies);
+//! - handing a QoS 1/2 message back to its group when the member it was picked for is gone
+//!   (its session ended with the message queued or unacknowledged, or between the pick and
+//!   the delivery) or cannot queue it (`MAX_SHARE_HANDOVERS`);
+//! - telling the other shards when a member's outbound window fills up or has room again
+//!   (`least_loaded`).
 //!
-//! Handing back needs to know which of a session's messages came through which group:
-//! each shared delivery carries its group (`Delivery::share_group`, an `Arc` shared with
-//! the replica's group, so no copy), the session keeps it with the queued or inflight
-//! QoS 1/2 message (`QueuedMessage::share_group`), and when the session ends it emits
-//! `Action::ReturnToGroup` for each, after `Ended` (which takes it out of its groups). The pick itself
-//! is `route.rs` (`route_shared`) over this shard's replica of the groups
-//! (`router::shared`, whose module doc explains the strategies and why the window state is
-//! replicated rather than checked by the member's shard).
+//! Handing back needs to know which of a session's messages came through which group: each
+//! shared delivery carries its group (`Delivery::share_group`, an `Arc` shared with the
+//! replica's group, so no copy), the session keeps it with the queued or inflight QoS 1/2
+//! message (`QueuedMessage::share_group`), and when the session ends it emits
+//! `Action::ReturnToGroup` for each, after `Ended` (which takes it out of its groups).
+//!
+//! Why a member with a full queue hands messages on: a publisher is acknowledged once its
+//! message is routed, and a delivery to a member on another shard (half of them with round
+//! robin on 2 shards) does not slow the publishing shard down the way an in-place delivery
+//! does, so under overload members' windows and queues fill and further picks for them were
+//! dropped (`dropped_queue_full`). `ringmq-bench shared --publishers 8 --subscribers 4
+//! --qos 1`, 2 shards, 3 s: 120k-1.35M messages lost per run without handing on; with it 0,
+//! 0 and 578 on a quiet machine, still 2.6k-270k while other jobs kept the 2 cores busy
+//! (`local_first` delivers in place and lost none; `least_loaded` lost 10k-45k).
 //!
 //! Owns: `Client::share_load`, what this shard last announced about each member's window.
 //! Announcements are `ShareOp::Load` broadcasts, made only with `least_loaded` and only on
@@ -45,25 +54,41 @@ pub(crate) enum ShareLoad {
     Full,
 }
 
+/// How many times a shared QoS 1/2 message is handed on when the member it reaches cannot
+/// queue it (its window is full and its queue at `max_queued_messages`/`max_queued_bytes`),
+/// before it is dropped as any message over a full queue is. Three: enough to get past one
+/// or two members that are behind in a group (the strategy picks another one each time);
+/// few enough that a group whose members are all full does not pass a message around
+/// (each pass is an envelope to another shard).
+pub(crate) const MAX_SHARE_HANDOVERS: u8 = 3;
+
 impl Core {
     /// A message the publishing shard picked the session `key` for, as a member of `group`
-    /// with subscription `sub`. A member that is gone by now (its session ended after the
-    /// pick) hands the message back to the group.
+    /// with subscription `sub`; `hops`: how often it was handed on already. A member that
+    /// is gone by now (its session ended after the pick) hands a QoS 1/2 message back to
+    /// the group, and so does a member whose queue is full, up to `MAX_SHARE_HANDOVERS`
+    /// times, rather than drop it.
     pub(crate) fn deliver_shared(
         &mut self,
         key: SessionKey,
         sub: RouteSub,
         group: &Arc<TopicFilter>,
         message: &Arc<Message>,
+        hops: u8,
     ) {
-        if self
+        let qos = sub.options.qos.min(message.qos);
+        let member = self
             .clients
             .get(key.slot as usize)
-            .is_none_or(|c| c.generation != key.generation)
-        {
-            if sub.options.qos.min(message.qos) != QoS::AtMostOnce {
-                self.return_to_group(group, message);
+            .filter(|c| c.generation == key.generation);
+        let Some(member) = member else {
+            if qos != QoS::AtMostOnce {
+                self.return_to_group(group, message, hops);
             }
+            return;
+        };
+        if hops < MAX_SHARE_HANDOVERS && member.session.queue_would_refuse(qos, message) {
+            self.return_to_group(group, message, hops + 1);
             return;
         }
         let ids: &[u32] = match &sub.id {
@@ -71,7 +96,7 @@ impl Core {
             None => &[],
         };
         let delivery = Delivery {
-            qos: sub.options.qos.min(message.qos),
+            qos,
             retain_as_published: sub.options.retain_as_published,
             subscription_ids: ids,
             from_retained_store: false,
@@ -80,12 +105,18 @@ impl Core {
         self.deliver_to(key.slot, message, &delivery);
     }
 
-    /// A QoS 1/2 message of share group `group` whose member is gone (its session ended, see
-    /// `Action::ReturnToGroup`) goes to another member, chosen by the group's strategy on
-    /// this shard's replica, which no longer lists the departed member (its `Leave` is
-    /// applied here first). Dropped when no member is left, and while the broker stops
-    /// (every member is going).
-    pub(crate) fn return_to_group(&mut self, group: &Arc<TopicFilter>, message: &Arc<Message>) {
+    /// A QoS 1/2 message of share group `group` that its member cannot take goes to another
+    /// member, chosen by the group's strategy on this shard's replica: the member is gone
+    /// (its session ended, see `Action::ReturnToGroup`; the replica no longer lists it,
+    /// its `Leave` was applied here first), or its queue is full (`hops` > 0; the strategy
+    /// moves on to another member). Dropped when no member is left, and while the broker
+    /// stops (every member is going).
+    pub(crate) fn return_to_group(
+        &mut self,
+        group: &Arc<TopicFilter>,
+        message: &Arc<Message>,
+        hops: u8,
+    ) {
         if self.lifecycle != Lifecycle::Running {
             return;
         }
@@ -95,7 +126,8 @@ impl Core {
         };
         let member = pick.member;
         if member.shard == self.id {
-            self.deliver_shared(member.subscriber, member.subscription, &pick.group, message);
+            let (key, sub) = (member.subscriber, member.subscription);
+            self.deliver_shared(key, sub, &pick.group, message, hops);
             return;
         }
         // No acknowledgement waits for it: its publisher was answered when it was routed.
@@ -104,6 +136,7 @@ impl Core {
             subscriber: member.subscriber,
             subscription: member.subscription,
             group: pick.group,
+            hops,
             ack: None,
         };
         self.send_to(member.shard, envelope);

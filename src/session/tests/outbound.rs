@@ -625,3 +625,27 @@ fn an_alias_whose_publish_was_too_large_is_defined_again() {
         pairs(&[("a", Some(1)), ("", Some(1))])
     );
 }
+
+#[test]
+fn queue_would_refuse_only_when_the_message_would_wait_in_a_full_queue() {
+    let limits = Limits {
+        max_inflight: 1,
+        max_queued_messages: 1,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V311, "c1", true));
+    let m = message("t", QoS::AtLeastOnce);
+    let refuses = |h: &Harness, qos| h.s.queue_would_refuse(qos, &m);
+    assert!(!refuses(&h, QoS::AtLeastOnce), "window room: sent at once");
+    h.deliver(&m, &live(QoS::AtLeastOnce));
+    assert!(
+        !refuses(&h, QoS::AtLeastOnce),
+        "window full, queue has room"
+    );
+    h.deliver(&m, &live(QoS::AtLeastOnce));
+    assert!(refuses(&h, QoS::AtLeastOnce), "window and queue full");
+    assert!(refuses(&h, QoS::ExactlyOnce));
+    assert!(!refuses(&h, QoS::AtMostOnce), "QoS 0 never waits for it");
+    h.packet(Packet::PubAck(ack(1)));
+    assert!(!refuses(&h, QoS::AtLeastOnce));
+}
