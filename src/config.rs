@@ -700,15 +700,16 @@ impl Config {
         if l.cross_shard_queue == 0 {
             return bad("limits.cross_shard_queue (> 0)", &0);
         }
-        if let Some(k) = l.server_keep_alive {
-            if l.max_keep_alive != 0 && (k == 0 || k > l.max_keep_alive) {
-                return bad("limits.server_keep_alive (1..=max_keep_alive)", &k);
-            }
+        if let Some(k) = l.server_keep_alive
+            && l.max_keep_alive != 0
+            && (k == 0 || k > l.max_keep_alive)
+        {
+            return bad("limits.server_keep_alive (1..=max_keep_alive)", &k);
         }
-        if let Some(info) = &l.response_information {
-            if crate::codec::MqttStr::try_from_str(info).is_none() {
-                return bad("limits.response_information (an MQTT string)", info);
-            }
+        if let Some(info) = &l.response_information
+            && crate::codec::MqttStr::try_from_str(info).is_none()
+        {
+            return bad("limits.response_information (an MQTT string)", info);
         }
         let s = &self.storage;
         if s.commit_interval_ms == 0 || s.commit_interval_ms > 60_000 {

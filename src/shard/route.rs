@@ -176,6 +176,10 @@ impl Core {
                 self.hold_client_for_commit(p.slot, offset);
             }
         } else {
+            // This shard's replica holds it at once (a subscriber here right after a
+            // delivery finds it); the owner's update, in the owner's order, follows and
+            // settles concurrent updates from other shards the same way on every replica.
+            self.routes.retained.set(routes::retained_entry(message));
             let envelope = Envelope::Retain {
                 message: Arc::clone(message),
                 origin: me,

@@ -144,10 +144,10 @@ impl Core {
 
     /// Client `slot` subscribed to a share group: from now on its window state counts.
     pub(crate) fn share_member_joined(&mut self, slot: u32) {
-        if let Some(client) = self.clients.get_mut(slot as usize) {
-            if client.share_load == ShareLoad::NotMember {
-                client.share_load = ShareLoad::Room;
-            }
+        if let Some(client) = self.clients.get_mut(slot as usize)
+            && client.share_load == ShareLoad::NotMember
+        {
+            client.share_load = ShareLoad::Room;
         }
     }
 

@@ -147,10 +147,10 @@ impl<K: Copy + Ord + Hash> Group<K> {
     /// The sticky member's index, choosing the first member when there is none (the same
     /// one on every replica with the same members).
     fn sticky_index(&mut self) -> usize {
-        if let Some(key) = self.sticky {
-            if let Ok(i) = self.members.binary_search_by_key(&key, ShareMember::key) {
-                return i;
-            }
+        if let Some(key) = self.sticky
+            && let Ok(i) = self.members.binary_search_by_key(&key, ShareMember::key)
+        {
+            return i;
         }
         self.sticky = self.members.first().map(ShareMember::key);
         0
