@@ -119,12 +119,16 @@ impl Session {
     pub(super) fn attach(
         &mut self,
         connect: Connect,
-        session_present: bool,
-        assigned_client_id: bool,
+        how: super::Attach<'_>,
         now_ms: u64,
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
+        let super::Attach {
+            session_present,
+            assigned_client_id,
+            auth,
+        } = how;
         if let State::Connected(_) = self.state {
             // The shard must call `taken_over` first; if it did not, the old connection ends
             // here as if lost, so that its will and flows stay consistent.
@@ -174,6 +178,10 @@ impl Session {
         if connect.protocol.is_v5() {
             self.fill_connack_properties(&mut properties, &connect, assigned_client_id);
             properties.server_keep_alive = server_keep_alive;
+            if let Some(a) = auth {
+                properties.authentication_method = Some(a.method.clone());
+                properties.authentication_data = Some(a.server_final.clone());
+            }
         }
         let connack = ConnAck {
             session_present: resume,

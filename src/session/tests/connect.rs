@@ -3,7 +3,7 @@
 use super::*;
 use crate::codec::{ConnAck, ConnAckProperties};
 
-fn connack(h: &mut Harness) -> ConnAck {
+pub(super) fn connack(h: &mut Harness) -> ConnAck {
     match h.take().0.first() {
         Some(Packet::ConnAck(c)) => c.clone(),
         other => panic!("CONNACK expected, got {other:?}"),
