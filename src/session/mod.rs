@@ -283,6 +283,14 @@ impl Session {
         self.dispatch(packet, policy, now_ms, out, actions);
     }
 
+    /// A packet the shard answered itself (AUTH of a re-authentication, see `Enhanced`)
+    /// still counts as activity for keep alive [MQTT-3.1.2-22].
+    pub fn packet_seen(&mut self, now_ms: u64) {
+        if let State::Connected(c) = &mut self.state {
+            c.last_packet_ms = now_ms;
+        }
+    }
+
     /// The rules changed and the client may no longer hold its subscription to `filter`:
     /// it is removed as by an UNSUBSCRIBE (`Persist`, `Unsubscribe`), without a packet to
     /// the client (MQTT has none for this). Returns whether it existed.

@@ -369,9 +369,11 @@ impl Core {
     /// An AUTH packet of client `slot` on connection `id` [MQTT-4.12.1]: answered by its
     /// `Enhanced`; a failure ends the connection (DISCONNECT 0x87, or 0x82 out of sequence).
     pub(crate) fn on_reauth(&mut self, slot: u32, id: u32, auth: Auth) {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+        let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
         };
+        client.session.packet_seen(self.now_ms);
+        let generation = client.generation;
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
