@@ -243,9 +243,8 @@ impl Core {
         if !matches!(packet, Packet::Subscribe(_)) || self.auth.snapshot.acl().is_none() {
             return None;
         }
-        let (client_id, username, _) = self.subject_of(slot)?;
+        let (_, username, _) = self.subject_of(slot)?;
         let client = self.clients.get(slot as usize)?;
-        debug_assert_eq!(client.session.client_id().as_str(), client_id);
         Some(AclPolicy {
             snapshot: Arc::clone(&self.auth.snapshot),
             client_id: client.session.client_id().clone(),

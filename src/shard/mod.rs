@@ -12,7 +12,8 @@
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
-//! the epoll `Poller`, signals), `log.rs`.
+//! the epoll `Poller`, signals), `log.rs`, `auth.rs` (CONNECT authentication, the shared
+//! `[auth]` snapshot and its reload), `access.rs` (the ACL applied to a shard's clients).
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
