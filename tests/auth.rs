@@ -1,15 +1,15 @@
 //! Black-box tests of password authentication on the running broker (real sockets, 1 and 4
 //! shards, 3.1.1 and 5.0): a password file made by `mosquitto_passwd` and used unchanged,
 //! one made by `ringmq passwd` (argon2id), every CONNECT refusal code, CONNECTs parked while
-//! their password is checked off the shard (pipelined packets, hand-off, the CONNECT
-//! timeout, a full verifier queue), the failure throttle, and rumqttc and
-//! mosquitto_pub/sub with credentials. SCRAM is in `tests/auth_scram.rs`, ACLs in
-//! `tests/acl.rs`.
+//! their password is checked off the shard (pipelined packets, hand-off, a full verifier
+//! queue; a slow check and the CONNECT timeout in `tests/auth_slow.rs`), the failure
+//! throttle, and rumqttc and mosquitto_pub/sub with credentials. SCRAM is in
+//! `tests/auth_scram.rs`, ACLs in `tests/acl.rs`.
 
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::authfiles::AuthFiles;
 use common::{Broker, Client, connect_credentials};
@@ -190,51 +190,6 @@ matrix!(
     argon2id_and_anonymous,
     pipelined_behind_a_parked_connect
 );
-
-/// A password that takes about 3 s to check (mosquitto_passwd -I): the shard keeps serving
-/// others meanwhile (the hash runs on a verifier thread), and the CONNECT timeout still
-/// ends the parked connection.
-#[test]
-fn a_slow_check_blocks_no_shard_and_the_connect_timeout_still_holds() {
-    let files = AuthFiles::new("slow");
-    files.mosquitto_user("fast", "pw", &[]);
-    files.mosquitto_user("slow", "pw", &["-I", "6000000"]);
-    let b = auth_broker(1, &files, |c| {
-        c.limits.connect_timeout_secs = 1;
-        c.auth.verifier_threads = 1;
-    });
-    let v = ProtocolVersion::V5;
-    let mut other = accepted(
-        try_connect(&b, v, "other", Some("fast"), Some("pw")),
-        "fast",
-    );
-    let started = Instant::now();
-    let mut slow = Client::tcp(b.addr, v);
-    let connect = connect_credentials(v, "slowpoke", Some("slow"), Some(b"pw"));
-    slow.send(&Packet::Connect(Box::new(connect)));
-    let mut worst = Duration::ZERO;
-    while started.elapsed() < Duration::from_millis(800) {
-        let t = Instant::now();
-        other.ping();
-        worst = worst.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        worst < Duration::from_millis(50),
-        "PINGRESP took {worst:?} during a check"
-    );
-    let got = slow.expect_closed();
-    let waited = started.elapsed();
-    assert!(
-        got.is_empty(),
-        "closed by the CONNECT timeout, no CONNACK: {got:?}"
-    );
-    assert!(
-        waited < Duration::from_millis(2_900),
-        "closed before the check ended ({waited:?})"
-    );
-    other.ping();
-}
 
 /// One verifier thread (64 queued checks): a burst of 150 CONNECTs fills the queue; those
 /// beyond it are refused as busy at once, the others succeed, nobody waits forever.
