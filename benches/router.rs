@@ -11,8 +11,8 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ringmq::codec::model::{PublishProperties, QoS, SubscriptionOptions};
 use ringmq::router::{
-    Fanout, InterestCache, InterestIndex, InterestOp, MatchStack, RetainedMessage, RetainedStack,
-    RetainedStore, ShardId, Subscription, SubscriptionTrie, TopicFilter, TopicName,
+    Fanout, InterestCache, InterestIndex, InterestOp, MatchStack, OverlapMode, RetainedMessage,
+    RetainedStack, RetainedStore, ShardId, Subscription, SubscriptionTrie, TopicFilter, TopicName,
 };
 
 /// Deterministic pseudo-random numbers (SplitMix64), so runs are comparable.
@@ -121,7 +121,8 @@ fn bench_match(c: &mut Criterion) {
 }
 
 /// One publish to `k` subscribers among 10k unrelated subscriptions: every subscriber has
-/// `route/t`, every other one also `route/#` (overlap merged by `Fanout`).
+/// `route/t`, every other one also `route/#`, delivered per subscription (the default:
+/// 1.5 k deliveries) or merged per subscriber (`single`: k deliveries).
 fn bench_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout");
     group.warm_up_time(Duration::from_millis(500));
@@ -146,16 +147,21 @@ fn bench_fanout(c: &mut Criterion) {
         }
         let t = TopicName::from_static("route/t");
         let mut stack = MatchStack::default();
-        let mut fan = Fanout::default();
-        fan.collect(&trie, &t, Some(0), QoS::AtLeastOnce, &mut stack);
-        assert_eq!(fan.deliveries().len(), k as usize);
-        group.throughput(Throughput::Elements(u64::from(k)));
-        group.bench_function(BenchmarkId::from_parameter(k), |b| {
-            b.iter(|| {
-                fan.collect(&trie, &t, Some(0), QoS::AtLeastOnce, &mut stack);
-                black_box(fan.deliveries().len())
-            })
-        });
+        for (name, mode, deliveries) in [
+            ("per_subscription", OverlapMode::PerSubscription, k + k / 2),
+            ("single", OverlapMode::Single, k),
+        ] {
+            let mut fan = Fanout::new(mode);
+            fan.collect(&trie, &t, Some(0), QoS::AtLeastOnce, &mut stack);
+            assert_eq!(fan.deliveries().len(), deliveries as usize);
+            group.throughput(Throughput::Elements(u64::from(k)));
+            group.bench_function(BenchmarkId::new(name, k), |b| {
+                b.iter(|| {
+                    fan.collect(&trie, &t, Some(0), QoS::AtLeastOnce, &mut stack);
+                    black_box(fan.deliveries().len())
+                })
+            });
+        }
     }
     group.finish();
 }

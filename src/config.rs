@@ -20,6 +20,9 @@ use crate::router::topic::TopicName;
 
 use crate::auth::AuthConfig;
 use crate::auth::passwd::{PASSWD_USAGE, PasswdAction, PasswdArgs, invalid_user_name};
+use crate::router::delivery::OverlapMode;
+use crate::router::shared::ShareStrategy;
+use crate::session::TopicAliasPolicy;
 
 mod listener;
 
@@ -74,15 +77,51 @@ pub struct Limits {
     pub max_client_id_len: usize,
     /// Subscriptions per client; more are refused with SUBACK 0x97 (quota exceeded).
     pub max_subscriptions: usize,
+    /// Topic filters one SUBSCRIBE may carry; the ones beyond get SUBACK 0x97 (3.x 0x80).
+    /// Each filter may scan the retained store, so one packet must not carry unbounded work.
+    pub max_subscribe_filters: usize,
     /// User properties per packet.
     pub max_user_properties: usize,
     /// Topic aliases a v5 client may use towards us (our Topic Alias Maximum).
     pub topic_alias_maximum: u16,
+    /// Whether (and how) the broker assigns topic aliases to its deliveries to v5 clients
+    /// that accept them (CONNECT Topic Alias Maximum > 0): `recent` keeps the most
+    /// recently used topics, `hot` the most frequent, `off` assigns none. Off by default:
+    /// some clients announce a Topic Alias Maximum but fail on an aliased PUBLISH (e.g.
+    /// libmosquitto 2.0.11, see `tests/interop.rs`), and mosquitto, EMQX and HiveMQ do
+    /// not alias their deliveries, so clients do not expect it.
+    pub outbound_topic_aliases: TopicAliasPolicy,
+    /// Most outbound aliases per connection, whatever the client accepts: each costs a
+    /// copy of its topic name for the connection's life.
+    pub outbound_topic_alias_maximum: u16,
     /// Largest keep alive accepted (seconds). A v5 client asking for more (or 0) is told this
     /// value as Server Keep Alive; a 3.x client asking for more is refused with CONNACK 0x02.
     pub max_keep_alive: u16,
+    /// When set, the keep alive of every v5 client, whatever it asked: sent in each v5
+    /// CONNACK as Server Keep Alive and enforced (1.5x) [MQTT-3.2.2-21]. 3.x clients
+    /// cannot be told a value and keep their own (capped by `max_keep_alive`).
+    pub server_keep_alive: Option<u16>,
+    /// Returned as Response Information in the CONNACK of a v5 client that sets Request
+    /// Response Information to 1 [MQTT-3.1.2-28]: the basis of its response topics.
+    pub response_information: Option<String>,
     /// Largest session expiry interval granted to v5 clients (seconds).
     pub max_session_expiry: u32,
+    /// Session expiry of a 3.x session that outlives its connection (clean session 0), which
+    /// has no expiry of its own (seconds; 4294967295: never). Without one, a client that
+    /// never returns would hold its session and queue forever.
+    pub session_expiry_3x: u32,
+    /// Connections the broker serves at once, all shards together; a CONNECT beyond is
+    /// refused (v5 0x97, 3.x 0x03), and connections far beyond are closed at accept. 0: the
+    /// process's file-descriptor limit less a reserve.
+    pub max_connections: usize,
+    /// Sessions (connected or not) the broker keeps, all shards together; a new one beyond is
+    /// refused (v5 0x97, 3.x 0x03). 0: no limit.
+    pub max_sessions: usize,
+    /// Retained messages kept (each shard holds a replica); a new retained topic beyond is
+    /// refused (v5 PUBACK/PUBREC 0x97; otherwise delivered without being retained).
+    pub max_retained_messages: usize,
+    /// Topic and payload bytes of the retained messages (per replica), with the same rule.
+    pub max_retained_bytes: usize,
     /// Whether retained messages are accepted (0x9A when not).
     pub retain_available: bool,
     /// Highest QoS accepted from clients.
@@ -93,6 +132,13 @@ pub struct Limits {
     pub wildcard_subscriptions: bool,
     /// Whether v5 subscription identifiers are accepted.
     pub subscription_identifiers: bool,
+    /// A message matching several subscriptions of one client: one PUBLISH per matching
+    /// subscription (`per_subscription`, as mosquitto, HiveMQ and EMQX) or one per client at
+    /// the highest QoS with every identifier (`single`) [MQTT-3.3.4-2..5].
+    pub overlapping_subscriptions: OverlapMode,
+    /// How the member of a share group that receives a message is chosen (see
+    /// `ShareStrategy`); `round_robin` spreads a group's messages over all its members.
+    pub shared_subscription_strategy: ShareStrategy,
     /// Bytes of encoded output buffered per connection before the connection counts as slow:
     /// QoS 0 messages are then dropped (and counted); a connection that stays over the limit
     /// for `slow_consumer_timeout_secs` is disconnected.
@@ -122,15 +168,27 @@ impl Default for Limits {
             max_topic_len: 4096,
             max_client_id_len: 256,
             max_subscriptions: 1000,
+            max_subscribe_filters: 256,
             max_user_properties: 64,
             topic_alias_maximum: 10,
+            outbound_topic_aliases: TopicAliasPolicy::Off,
+            outbound_topic_alias_maximum: 10,
             max_keep_alive: 3600,
+            server_keep_alive: None,
+            response_information: None,
             max_session_expiry: u32::MAX,
+            session_expiry_3x: 7 * 24 * 3600,
+            max_connections: 0,
+            max_sessions: 0,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 256 * 1024 * 1024,
             retain_available: true,
             max_qos: 2,
             shared_subscriptions: true,
             wildcard_subscriptions: true,
             subscription_identifiers: true,
+            overlapping_subscriptions: OverlapMode::PerSubscription,
+            shared_subscription_strategy: ShareStrategy::RoundRobin,
             max_output_buffer: 4 * 1024 * 1024,
             slow_consumer_timeout_secs: 30,
             cross_shard_queue: crate::shard::DEFAULT_CROSS_SHARD_QUEUE,
@@ -272,7 +330,7 @@ pub struct Config {
     pub limits: Limits,
     /// Persistence.
     pub storage: StorageConfig,
-    /// Authentication and authorization (`[auth]`; not enforced by the broker yet).
+    /// Authentication and authorization (`[auth]`).
     pub auth: AuthConfig,
     /// The MQTT-SN gateway (`[mqttsn]`).
     pub mqttsn: MqttSnConfig,
@@ -338,6 +396,11 @@ pub enum Command {
     Run(Box<Config>),
     /// `ringmq passwd ...`: edit a password file and exit.
     Passwd(PasswdArgs),
+    /// `ringmq reload --pid PID`: tell a running broker to reload its password and ACL
+    /// files (SIGHUP) and exit.
+    Reload {
+        pid: u32,
+    },
     Help,
     Version,
 }
@@ -350,6 +413,8 @@ USAGE:
     ringmq [OPTIONS]
     ringmq passwd [-c] [--stdin] [--no-scram] FILE USER   add or update USER in FILE
     ringmq passwd -D FILE USER                             delete USER from FILE
+    ringmq reload --pid PID       reload the password and ACL files of the broker PID
+                                  (the same as kill -HUP PID)
 
 OPTIONS:
     --listen URL         listener (repeatable; default 127.0.0.1:1883): HOST:PORT or
@@ -446,6 +511,20 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let args: Vec<String> = args.into_iter().collect();
     if args.first().map(String::as_str) == Some("passwd") {
         return parse_passwd_args(&args[1..]).map(Command::Passwd);
+    }
+    if args.first().map(String::as_str) == Some("reload") {
+        return match &args[1..] {
+            [flag, pid] if flag == "--pid" => match pid.parse::<u32>() {
+                Ok(pid) if pid > 0 => Ok(Command::Reload { pid }),
+                _ => Err(ConfigError::Value {
+                    what: "reload --pid (a process id)",
+                    value: pid.clone(),
+                }),
+            },
+            _ => Err(ConfigError::Usage(
+                "usage: ringmq reload --pid PID".to_owned(),
+            )),
+        };
     }
     let mut listen = Vec::new();
     let mut shards = None;
@@ -631,6 +710,17 @@ impl Config {
         }
         if l.cross_shard_queue == 0 {
             return bad("limits.cross_shard_queue (> 0)", &0);
+        }
+        if let Some(k) = l.server_keep_alive
+            && l.max_keep_alive != 0
+            && (k == 0 || k > l.max_keep_alive)
+        {
+            return bad("limits.server_keep_alive (1..=max_keep_alive)", &k);
+        }
+        if let Some(info) = &l.response_information
+            && crate::codec::MqttStr::try_from_str(info).is_none()
+        {
+            return bad("limits.response_information (an MQTT string)", info);
         }
         let s = &self.storage;
         if s.commit_interval_ms == 0 || s.commit_interval_ms > 60_000 {
@@ -891,6 +981,57 @@ mod tests {
     }
 
     #[test]
+    fn delivery_settings_parse_and_validate() {
+        let p = std::path::Path::new("t.toml");
+        let c = Config::from_toml(
+            "[limits]\noverlapping_subscriptions = \"single\"\n\
+             shared_subscription_strategy = \"least_loaded\"\n\
+             outbound_topic_aliases = \"hot\"\noutbound_topic_alias_maximum = 4\n\
+             server_keep_alive = 30\nresponse_information = \"replies/\"\n",
+            p,
+        )
+        .expect("toml");
+        let l = &c.limits;
+        assert_eq!(l.overlapping_subscriptions, OverlapMode::Single);
+        assert_eq!(l.shared_subscription_strategy, ShareStrategy::LeastLoaded);
+        assert_eq!(l.outbound_topic_aliases, TopicAliasPolicy::Hot);
+        assert_eq!(l.outbound_topic_alias_maximum, 4);
+        assert_eq!(l.server_keep_alive, Some(30));
+        assert_eq!(l.response_information.as_deref(), Some("replies/"));
+        assert!(c.validate().is_ok());
+        let d = Limits::default();
+        assert_eq!(
+            (
+                d.overlapping_subscriptions,
+                d.shared_subscription_strategy,
+                d.outbound_topic_aliases,
+                d.server_keep_alive,
+            ),
+            (
+                OverlapMode::PerSubscription,
+                ShareStrategy::RoundRobin,
+                TopicAliasPolicy::Off,
+                None
+            )
+        );
+        for bad in [
+            "[limits]\noverlapping_subscriptions = \"twice\"\n",
+            "[limits]\nshared_subscription_strategy = \"roundrobin\"\n",
+            "[limits]\noutbound_topic_aliases = \"lru\"\n",
+        ] {
+            assert!(Config::from_toml(bad, p).is_err(), "{bad}");
+        }
+        for bad_keep_alive in [0, 3601] {
+            let mut c = Config::default();
+            c.limits.server_keep_alive = Some(bad_keep_alive);
+            assert!(c.validate().is_err(), "server_keep_alive {bad_keep_alive}");
+        }
+        let mut c = Config::default();
+        c.limits.response_information = Some("nul\0".to_owned());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn auth_table_parses_and_rejects_unknown_keys() {
         let p = std::path::Path::new("t.toml");
         let c = Config::from_toml(
@@ -953,6 +1094,23 @@ mod tests {
         }
         // Only as the first argument: the broker's own flags are unchanged.
         assert!(parse_args(args("--shards 2 passwd f u")).is_err());
+    }
+
+    #[test]
+    fn reload_subcommand() {
+        assert_eq!(
+            parse_args(args("reload --pid 42")).expect("reload"),
+            Command::Reload { pid: 42 }
+        );
+        for bad in [
+            "reload",
+            "reload --pid",
+            "reload --pid 0",
+            "reload --pid x",
+            "reload 42",
+        ] {
+            assert!(parse_args(args(bad)).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -216,3 +216,133 @@ fn publish_with_mosquitto(addr: SocketAddr, version: &str, topic: &str, message:
         .expect("run mosquitto_pub");
     assert!(status.success(), "{version}: mosquitto_pub failed");
 }
+
+/// rumqttc (5.0) accepting 2 topic aliases, broker set to assign them: rumqttc checks every
+/// alias against its table (an unknown one would make it send DISCONNECT 0x82 and end the
+/// stream), and the aliased deliveries (topic + alias, then the alias alone, re-mapped when
+/// more topics than aliases come) resolve to the topics published, in order. rumqttc 0.25
+/// hands the application the PUBLISH as received (empty topic) and resolves only in its
+/// own state, so the test resolves the events itself, as such an application must: one
+/// more reason why `outbound_topic_aliases` is off by default.
+#[test]
+fn rumqttc_v5_resolves_outbound_topic_aliases() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let broker = Broker::start_with(2, |c| {
+        c.limits.outbound_topic_aliases = ringmq::session::TopicAliasPolicy::Recent;
+    });
+    let addr = broker.addr;
+    let topics = ["a", "b", "a", "a", "c", "a", "b", "b", "d", "c", "a", "a"];
+    runtime().block_on(async move {
+        let mut options = MqttOptions::new("rq5-alias-sub", "127.0.0.1", addr.port());
+        options.set_topic_alias_max(Some(2));
+        let (sub, mut sub_loop) = AsyncClient::new(options, 16);
+        sub.subscribe("interop/alias/#", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = sub_loop.poll().await.expect("sub loop") {
+                break;
+            }
+        }
+        let options = MqttOptions::new("rq5-alias-pub", "127.0.0.1", addr.port());
+        let (publisher, mut pub_loop) = AsyncClient::new(options, 16);
+        for (i, t) in topics.iter().enumerate() {
+            let topic = format!("interop/alias/{t}");
+            publisher
+                .publish(topic, QoS::AtLeastOnce, false, format!("m{i}"))
+                .await
+                .expect("publish");
+        }
+        tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
+        let mut got = Vec::new();
+        let mut by_alias_only = 0;
+        let mut aliases = std::collections::HashMap::new();
+        while got.len() < topics.len() {
+            let event = tokio::time::timeout(Duration::from_secs(5), sub_loop.poll())
+                .await
+                .expect("delivery within 5 s")
+                .expect("sub loop");
+            if let Event::Incoming(Packet::Publish(p)) = event {
+                let alias = p.properties.as_ref().and_then(|p| p.topic_alias);
+                assert!(alias.is_some_and(|a| (1..=2).contains(&a)), "{alias:?}");
+                let mut topic = String::from_utf8(p.topic.to_vec()).expect("utf-8 topic");
+                if topic.is_empty() {
+                    by_alias_only += 1;
+                    topic = aliases.get(&alias).cloned().expect("a known alias");
+                } else {
+                    aliases.insert(alias, topic.clone());
+                }
+                let payload = String::from_utf8(p.payload.to_vec()).expect("utf-8");
+                got.push((topic, payload));
+            }
+        }
+        let want: Vec<(String, String)> = topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("interop/alias/{t}"), format!("m{i}")))
+            .collect();
+        assert_eq!(got, want);
+        // Least recently used replaced: m2, m3, m5 (a), m7 (b), m11 (a) by alias alone.
+        assert_eq!(by_alias_only, 5);
+    });
+}
+
+/// mosquitto_sub 2.0.11 (Debian's libmosquitto) sends a Topic Alias Maximum when asked
+/// (`-D connect topic-alias-maximum 2`) but treats a PUBLISH with an empty topic and a
+/// known alias as a protocol error and disconnects (mosquitto issue 1468; newer versions
+/// accept it). With the default `outbound_topic_aliases = "off"` such a client gets every
+/// topic in full.
+#[test]
+fn mosquitto_sub_advertising_aliases_works_with_the_default() {
+    let broker = Broker::start(2);
+    let port = broker.addr.port().to_string();
+    let topics = ["a", "b", "a", "a", "c", "a"];
+    let sub = mosquitto_tool("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-v",
+        ])
+        .args(["-D", "connect", "topic-alias-maximum", "2"])
+        .args([
+            "-t",
+            "interop/alias/#",
+            "-C",
+            &topics.len().to_string(),
+            "-W",
+            "5",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut publisher, _) = common::Client::connect(
+        broker.addr,
+        ringmq::codec::ProtocolVersion::V5,
+        "alias-pub",
+        true,
+    );
+    let mut want = String::new();
+    for (i, t) in topics.iter().enumerate() {
+        let topic = format!("interop/alias/{t}");
+        let payload = format!("m{i}");
+        publisher.publish(
+            &topic,
+            payload.as_bytes(),
+            ringmq::codec::QoS::AtLeastOnce,
+            false,
+        );
+        want.push_str(&format!("{topic} {payload}\n"));
+    }
+    let out = sub.wait_with_output().expect("mosquitto_sub output");
+    assert!(out.status.success(), "mosquitto_sub exit {:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}

@@ -174,6 +174,8 @@ impl Loopback {
                     self.subs.retain(|(c, _, _)| c != client);
                     self.sessions.remove(client);
                 }
+                // No shared subscriptions in these tests.
+                Action::ReturnToGroup { .. } => {}
             }
         }
     }
@@ -201,6 +203,7 @@ impl Loopback {
                 retain_as_published: false,
                 subscription_ids: &[],
                 from_retained_store: true,
+                share_group: None,
             };
             self.call(client, more, |s, o, a| s.deliver(&m, &d, now, o, a));
         }

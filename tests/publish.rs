@@ -5,6 +5,7 @@ mod common;
 
 use common::{Broker, Client, publish};
 use ringmq::codec::{Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use ringmq::router::OverlapMode;
 
 const ALL_QOS: [QoS; 3] = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
 
@@ -33,17 +34,95 @@ fn delivery_qos_is_the_minimum(v: ProtocolVersion, shards: usize) {
     sub.expect_nothing();
 }
 
-/// Overlapping subscriptions of one client deliver once, at the highest granted QoS.
-fn overlapping_subscriptions_deliver_once(v: ProtocolVersion, shards: usize) {
+/// Subscribes `sub` to three overlapping filters: `a/+/c` (QoS 0, id 1), `a/#` (QoS 1, id 2,
+/// Retain As Published) and `a/b/c` (QoS 2, id 3); identifiers and RAP only at v5.
+fn subscribe_overlapping(sub: &mut Client, v: ProtocolVersion) {
+    let v5 = v == ProtocolVersion::V5;
+    for (f, qos, id, rap) in [
+        ("a/+/c", QoS::AtMostOnce, 1, false),
+        ("a/#", QoS::AtLeastOnce, 2, true),
+        ("a/b/c", QoS::ExactlyOnce, 3, false),
+    ] {
+        let options = SubscriptionOptions {
+            qos,
+            retain_as_published: rap && v5,
+            ..Default::default()
+        };
+        sub.subscribe_with(f, options, v5.then_some(id));
+    }
+}
+
+/// Overlapping subscriptions of one client: by default one PUBLISH per matching
+/// subscription, each with that subscription's QoS, identifier and Retain As Published
+/// [MQTT-3.3.4-5] (as mosquitto, HiveMQ and EMQX do).
+fn overlapping_subscriptions_deliver_per_subscription(v: ProtocolVersion, shards: usize) {
     let broker = Broker::start(shards);
-    let (mut sub, _) = Client::connect(broker.addr, v, "overlap", true);
-    sub.subscribe("a/+/c", QoS::AtMostOnce);
-    sub.subscribe("a/#", QoS::AtLeastOnce);
-    sub.subscribe("a/b/c", QoS::AtMostOnce);
-    let (mut publisher, _) = Client::connect(broker.addr, v, "overlap-pub", true);
-    publisher.publish("a/b/c", b"once", QoS::ExactlyOnce, false);
+    let (mut sub, _) = Client::connect(broker.addr, v, &broker.client_id_on("ov-sub", 0), true);
+    subscribe_overlapping(&mut sub, v);
+    let pub_id = broker.client_id_on("ov-pub", 1);
+    let (mut publisher, _) = Client::connect(broker.addr, v, &pub_id, true);
+    publisher.publish("a/b/c", b"each", QoS::ExactlyOnce, true);
+    // All three copies first, then the acknowledgements (the QoS 2 flow's PUBREL would
+    // otherwise interleave with the next copy).
+    let copies: Vec<_> = (0..3)
+        .map(|_| match sub.recv() {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect();
+    copies.iter().for_each(|p| sub.ack(p));
+    let mut got: Vec<(QoS, Vec<u32>, bool)> = copies
+        .iter()
+        .map(|p| {
+            assert_eq!(&p.payload[..], b"each");
+            let ids = p.properties.subscription_identifiers.clone();
+            (p.qos, ids, p.retain)
+        })
+        .collect();
+    got.sort_by_key(|(qos, ..)| *qos);
+    let v5 = v == ProtocolVersion::V5;
+    let ids = |id: u32| if v5 { vec![id] } else { vec![] };
+    assert_eq!(
+        got,
+        [
+            (QoS::AtMostOnce, ids(1), false),
+            // Only the Retain As Published subscription keeps RETAIN [MQTT-3.3.1-12..13].
+            (QoS::AtLeastOnce, ids(2), v5),
+            (QoS::ExactlyOnce, ids(3), false),
+        ]
+    );
+    sub.expect_nothing();
+    // A message matching one subscription still comes once.
+    publisher.publish("a/x", b"one", QoS::AtLeastOnce, false);
+    assert_eq!(
+        sub.recv_publish().properties.subscription_identifiers,
+        ids(2)
+    );
+    sub.expect_nothing();
+}
+
+/// `overlapping_subscriptions = "single"`: one PUBLISH per client, at the highest granted QoS,
+/// with every matching identifier [MQTT-3.3.4-3..4] and RETAIN kept if any subscription has
+/// Retain As Published.
+fn overlapping_subscriptions_single_copy(v: ProtocolVersion, shards: usize) {
+    let broker = Broker::start_with(shards, |c| {
+        c.limits.overlapping_subscriptions = OverlapMode::Single;
+    });
+    let (mut sub, _) = Client::connect(broker.addr, v, &broker.client_id_on("ov-sub", 0), true);
+    subscribe_overlapping(&mut sub, v);
+    let pub_id = broker.client_id_on("ov-pub", 1);
+    let (mut publisher, _) = Client::connect(broker.addr, v, &pub_id, true);
+    publisher.publish("a/b/c", b"once", QoS::ExactlyOnce, true);
     let got = sub.recv_publish();
-    assert_eq!(got.qos, QoS::AtLeastOnce);
+    assert_eq!(got.qos, QoS::ExactlyOnce);
+    let mut ids = got.properties.subscription_identifiers.clone();
+    ids.sort_unstable();
+    let v5 = v == ProtocolVersion::V5;
+    assert_eq!(ids, if v5 { vec![1, 2, 3] } else { vec![] });
+    assert_eq!(got.retain, v5);
+    sub.expect_nothing();
+    publisher.publish("a/b/c", b"capped", QoS::AtLeastOnce, false);
+    assert_eq!(sub.recv_publish().qos, QoS::AtLeastOnce);
     sub.expect_nothing();
 }
 
@@ -59,8 +138,11 @@ fn dollar_topics(v: ProtocolVersion, shards: usize) {
     publisher.publish("$SYS/test/x", b"forged", QoS::AtMostOnce, false);
     publisher.publish("$other/x", b"dollar", QoS::AtMostOnce, false);
     publisher.publish("plain/x", b"plain", QoS::AtMostOnce, false);
-    let got = wild.recv_publish();
-    assert_eq!(&got.payload[..], b"plain", "[MQTT-4.7.2-1]");
+    // One copy per matching subscription (`#` and `+/x`), none for the `$` topics.
+    for _ in 0..2 {
+        let got = wild.recv_publish();
+        assert_eq!(&got.payload[..], b"plain", "[MQTT-4.7.2-1]");
+    }
     wild.expect_nothing();
     sys.expect_nothing();
 }
@@ -118,8 +200,8 @@ fn unsubscribe_stops_delivery(v: ProtocolVersion, shards: usize) {
     sub.expect_nothing();
 }
 
-/// v5: subscription identifiers of every matching subscription come with the message, and
-/// No Local keeps a client's own messages from it.
+/// v5: each matching subscription's identifier comes with its own copy, and No Local keeps a
+/// client's own messages from the No Local subscription only [MQTT-3.8.3-3].
 fn v5_subscription_ids_and_no_local(v: ProtocolVersion, shards: usize) {
     if v != ProtocolVersion::V5 {
         return;
@@ -134,10 +216,12 @@ fn v5_subscription_ids_and_no_local(v: ProtocolVersion, shards: usize) {
     c.subscribe_with("ids/#", opts, Some(9));
     let (mut publisher, _) = Client::connect(broker.addr, v, "ids-pub", true);
     publisher.publish("ids/x", b"x", QoS::AtLeastOnce, false);
-    let got = c.recv_publish();
-    let mut ids = got.properties.subscription_identifiers.clone();
-    ids.sort_unstable();
-    assert_eq!(ids, vec![7, 9]);
+    let mut ids: Vec<Vec<u32>> = (0..2)
+        .map(|_| c.recv_publish().properties.subscription_identifiers)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![vec![7], vec![9]]);
+    c.expect_nothing();
 
     let no_local = SubscriptionOptions {
         qos: QoS::AtLeastOnce,
@@ -149,6 +233,15 @@ fn v5_subscription_ids_and_no_local(v: ProtocolVersion, shards: usize) {
     c.expect_nothing();
     publisher.publish("mine/t", b"theirs", QoS::AtLeastOnce, false);
     assert_eq!(&c.recv_publish().payload[..], b"theirs");
+    // No Local applies per subscription: an overlapping one without it still delivers.
+    c.subscribe_with("mine/#", opts, Some(3));
+    c.publish("mine/t", b"own again", QoS::AtLeastOnce, false);
+    let got = c.recv_publish();
+    assert_eq!(
+        (&got.payload[..], got.properties.subscription_identifiers),
+        (&b"own again"[..], vec![3])
+    );
+    c.expect_nothing();
 }
 
 /// A publish that follows a SUBACK reaches the new subscriber, whichever shard the publisher
@@ -185,7 +278,8 @@ fn suback_and_puback_are_causal_across_shards(v: ProtocolVersion, shards: usize)
 matrix!(
     suback_and_puback_are_causal_across_shards,
     delivery_qos_is_the_minimum,
-    overlapping_subscriptions_deliver_once,
+    overlapping_subscriptions_deliver_per_subscription,
+    overlapping_subscriptions_single_copy,
     dollar_topics,
     ordering_is_kept,
     unsubscribe_stops_delivery,

@@ -358,8 +358,10 @@ fn tls_record_flood_before_the_handshake_is_bounded() {
         pinger.ping_within(Duration::from_millis(300));
     }
     for f in floods {
-        let (sent, answer) = f.join().expect("flood thread");
-        assert!(sent < 10_000_000, "the broker read all {sent} bytes");
+        // What follows the refusal may be read and thrown away while the connection lingers
+        // (so that no reset destroys the alert); it is never kept: the bounds are the RSS
+        // and the time below, and `read_until_closed` sees every connection end.
+        let (_sent, answer) = f.join().expect("flood thread");
         // rustls answers a refused ClientHello with an alert record (content type 21).
         assert!(answer.is_empty() || answer[0] == 0x15, "{answer:?}");
     }

@@ -40,6 +40,8 @@ TARGET AND CONNECTIONS:
   --ws-path PATH       WebSocket upgrade path [/mqtt]
   --probe-port N       during the run, a plain MQTT client on this port of --host sends
                        PINGREQ every 5 ms; its PINGRESP latency is reported (probe_*)
+  --username U         CONNECT with this user name (every connection)
+  --password P         and this password (with --username) [empty]
 
 MESSAGING SCENARIOS:
   --pairs N            pairs (pairs) [4]
@@ -136,6 +138,9 @@ pub struct Config {
     pub ws_path: String,
     /// A plain MQTT port to measure PINGRESP latency on during the run.
     pub probe_port: Option<u16>,
+    /// Every CONNECT carries this user name and `password`.
+    pub username: Option<String>,
+    pub password: String,
 }
 
 impl Config {
@@ -264,6 +269,8 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         ws: false,
         ws_path: "/mqtt".into(),
         probe_port: None,
+        username: None,
+        password: String::new(),
     };
     let mut i = 1;
     while i < args.len() {
@@ -323,6 +330,8 @@ fn apply(c: &mut Config, flag: &str, v: &str) -> Result<(), String> {
         "--source-ips" => c.source_ips = num(flag, v)?,
         "--concurrency" => c.concurrency = num(flag, v)?,
         "--pid" => c.pid = Some(num(flag, v)?),
+        "--username" => c.username = Some(v.to_string()),
+        "--password" => c.password = v.to_string(),
         "--pairs" => {
             c.publishers = num(flag, v)?;
             c.subscribers = c.publishers;
@@ -373,6 +382,9 @@ fn validate(c: &mut Config) -> Result<(), String> {
     }
     if c.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
+    }
+    if c.username.is_none() && !c.password.is_empty() {
+        return Err("--password needs --username".into());
     }
     if c.duration.is_zero() {
         return Err("--duration must be positive".into());

@@ -28,11 +28,14 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Connects to `host:port` and starts pinging (failures show in `finish`).
-    pub fn start(host: Ipv4Addr, port: u16) -> Probe {
+    /// Connects to `host:port` (with the run's user name and password, if any) and starts
+    /// pinging (failures show in `finish`).
+    pub fn start(host: Ipv4Addr, port: u16, credentials: Option<(String, String)>) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || run(SocketAddr::from((host, port)), &flag));
+        let thread = std::thread::spawn(move || {
+            run(SocketAddr::from((host, port)), credentials.as_ref(), &flag)
+        });
         Probe { stop, thread }
     }
 
@@ -48,7 +51,11 @@ impl Probe {
     }
 }
 
-fn run(addr: SocketAddr, stop: &AtomicBool) -> Result<Histogram<u64>, String> {
+fn run(
+    addr: SocketAddr,
+    credentials: Option<&(String, String)>,
+    stop: &AtomicBool,
+) -> Result<Histogram<u64>, String> {
     let err = |what: &str, e: std::io::Error| format!("probe {addr}: {what}: {e}");
     let mut s = TcpStream::connect(addr).map_err(|e| err("connect", e))?;
     s.set_nodelay(true).map_err(|e| err("nodelay", e))?;
@@ -56,7 +63,8 @@ fn run(addr: SocketAddr, stop: &AtomicBool) -> Result<Histogram<u64>, String> {
         .map_err(|e| err("timeout", e))?;
     let mut out = Vec::new();
     let id = format!("probe-{}", std::process::id());
-    wire::encode_connect(&mut out, Protocol::V311, &id, 60, false);
+    let credentials = credentials.map(|(u, p)| (u.as_str(), p.as_str()));
+    wire::encode_connect(&mut out, Protocol::V311, &id, 60, false, credentials);
     s.write_all(&out).map_err(|e| err("CONNECT", e))?;
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).map_err(|e| err("CONNACK", e))?;

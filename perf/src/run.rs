@@ -38,10 +38,14 @@ pub fn run(cfg: Config) -> Result<i32, String> {
         .map(|ca| (ca, cfg.server_name.as_str()));
     let link = LinkConfig::new(tls, ws)?;
     let sh = Arc::new(Shared::new(cfg, plan, tag, link).map_err(|e| format!("eventfd: {e}"))?);
-    let probe = sh
-        .cfg
-        .probe_port
-        .map(|port| Probe::start(sh.cfg.host, port));
+    let probe = sh.cfg.probe_port.map(|port| {
+        let credentials = sh
+            .cfg
+            .username
+            .clone()
+            .map(|u| (u, sh.cfg.password.clone()));
+        Probe::start(sh.cfg.host, port, credentials)
+    });
     let mut handles = Vec::new();
     for id in 0..sh.cfg.threads {
         let w = Worker::new(sh.clone(), id).map_err(|e| format!("epoll: {e}"))?;

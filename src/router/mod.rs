@@ -4,10 +4,12 @@
 //! Flow of one publish on shard S (see DESIGN.md, Routing):
 //! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`) gives the shards with a
 //!    non-shared subscriber; S sends one envelope to each.
-//! 2. `SharedGroups::pick(topic)` chooses one member per matching share group; S sends the
-//!    message to that member's shard, addressed to the member.
+//! 2. `SharedGroups::pick(topic)` chooses one member per matching share group (by the
+//!    configured `ShareStrategy`); S sends the message to that member's shard, addressed to
+//!    the member.
 //! 3. Each destination shard runs `Fanout::collect` over its local `SubscriptionTrie`: one
-//!    `Delivery` per local session, overlapping subscriptions merged.
+//!    `Delivery` per matching subscription, or per local session with overlapping
+//!    subscriptions merged (`OverlapMode`).
 //!
 //! Replication: `InterestOp` and `ShareOp` are plain data; every shard applies the same ops
 //! to its own replica. A shard emits `InterestOp::Add`/`Remove` when its local trie reports
@@ -23,10 +25,10 @@ pub mod shared;
 pub mod topic;
 pub mod trie;
 
-pub use delivery::{Delivery, Fanout, Subscription, SubscriptionTrie};
+pub use delivery::{Delivery, Fanout, OverlapMode, Subscription, SubscriptionTrie};
 pub use interest::{InterestCache, InterestIndex, InterestOp, MAX_SHARDS, ShardId, ShardMask};
 pub use retained::{RetainedMessage, RetainedStack, RetainedStore};
-pub use shared::{ShareMember, ShareOp, SharePick, SharedGroups};
+pub use shared::{ShareMember, ShareOp, SharePick, ShareStrategy, SharedGroups};
 pub use topic::{TopicError, TopicFilter, TopicName, topic_matches};
 pub use trie::{Inserted, MatchStack, Removed, Trie};
 

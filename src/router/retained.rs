@@ -68,6 +68,8 @@ pub struct RetainedStore {
     nodes: Vec<Node>,
     free: Vec<u32>,
     len: usize,
+    /// Topic and payload bytes of the messages held (what `max_retained_bytes` bounds).
+    bytes: usize,
 }
 
 impl Default for RetainedStore {
@@ -82,12 +84,18 @@ impl RetainedStore {
             nodes: vec![Node::default()],
             free: Vec::new(),
             len: 0,
+            bytes: 0,
         }
     }
 
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Topic and payload bytes of the retained messages.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,9 +121,11 @@ impl RetainedStore {
         for level in msg.topic.levels() {
             node = self.child_or_insert(node, level);
         }
+        self.bytes += msg.topic.len() + msg.payload.len();
         let old = self.nodes[node].message.replace(msg);
-        if old.is_none() {
-            self.len += 1;
+        match &old {
+            None => self.len += 1,
+            Some(o) => self.bytes -= o.topic.len() + o.payload.len(),
         }
         old
     }
@@ -140,6 +150,7 @@ impl RetainedStore {
         }
         let old = self.nodes[node].message.take()?;
         self.len -= 1;
+        self.bytes -= old.topic.len() + old.payload.len();
         while node != 0 && self.nodes[node].is_unused() {
             let Some((parent, level)) = path.pop() else {
                 break;

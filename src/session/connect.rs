@@ -9,6 +9,7 @@ use crate::codec::{
 };
 use crate::config::Limits;
 
+use super::alias::TopicAliasPolicy;
 use super::data::Outbound;
 use super::types::{ClientId, ClientIdError};
 use super::{Action, Connection, Session, State, max_qos};
@@ -27,8 +28,9 @@ pub enum ConnectDecision {
 /// Checks a decoded CONNECT against the protocol rules that need no session and against
 /// `limits`. `Err(code)` is the CONNACK refusal (write it with `refuse_connect`, then close).
 ///
-/// - v5 Authentication Method: no enhanced authentication method is supported yet -> 0x8C
-///   [MQTT-4.12.0-1] (BAD_INPUTS #23).
+/// - v5 Authentication Method: not decided here; which methods are supported depends on
+///   the authentication settings in force (the shard answers 0x8C [MQTT-4.12.0-1] for any
+///   other, BAD_INPUTS #23).
 /// - Empty client id: 3.1 -> refused (the 3.1 spec requires 1..23 characters); 3.1.1 ->
 ///   refused unless clean session [MQTT-3.1.3-8] (BAD_INPUTS #17); v5 -> assigned.
 ///   Longer than `max_client_id_len` -> 0x85 (3.x return code 2) [MQTT-3.1.3-5].
@@ -42,9 +44,6 @@ pub enum ConnectDecision {
 ///   the topic limits -> 0x90.
 pub fn validate_connect(connect: &Connect, limits: &Limits) -> Result<ConnectDecision, ReasonCode> {
     let v = connect.protocol;
-    if v.is_v5() && connect.properties.authentication_method.is_some() {
-        return Err(ReasonCode::BadAuthenticationMethod);
-    }
     if !v.is_v5() && limits.max_keep_alive != 0 && connect.keep_alive > limits.max_keep_alive {
         return Err(ReasonCode::ClientIdentifierNotValid);
     }
@@ -89,28 +88,47 @@ pub fn refuse_connect(version: ProtocolVersion, code: ReasonCode, out: &mut Byte
 }
 
 /// The session expiry granted for a CONNECT, in seconds. 3.x: clean session -> 0, else
-/// "never" (`u32::MAX`) [MQTT-3.1.2-4..5]; v5: the requested value, absent = 0
-/// [MQTT-3.1.2-11]. Both capped by `max_session_expiry`.
+/// `session_expiry_3x` (3.x has no expiry of its own [MQTT-3.1.2-4..5]); v5: the requested
+/// value, absent = 0 [MQTT-3.1.2-11]. Both capped by `max_session_expiry`.
 fn granted_session_expiry(connect: &Connect, limits: &Limits) -> u32 {
     let requested = if connect.protocol.is_v5() {
         connect.properties.session_expiry_interval.unwrap_or(0)
     } else if connect.clean_start {
         0
     } else {
-        u32::MAX
+        limits.session_expiry_3x
     };
     requested.min(limits.max_session_expiry)
 }
 
-/// The keep alive in force, and the Server Keep Alive to announce (v5) when it differs from
-/// the client's [MQTT-3.2.2-21]. A v5 keep alive of 0 or above the cap becomes the cap.
+/// The keep alive in force, and the Server Keep Alive to announce (v5) [MQTT-3.2.2-21]:
+/// `server_keep_alive` when set, for every v5 client; otherwise a v5 keep alive of 0 or
+/// above `max_keep_alive` becomes that cap (and is announced). 3.x: the client's own.
 fn effective_keep_alive(connect: &Connect, limits: &Limits) -> (u16, Option<u16>) {
     let asked = connect.keep_alive;
     let cap = limits.max_keep_alive;
-    if connect.protocol.is_v5() && cap != 0 && (asked == 0 || asked > cap) {
-        (cap, Some(cap))
-    } else {
-        (asked, None)
+    if !connect.protocol.is_v5() {
+        return (asked, None);
+    }
+    match limits.server_keep_alive {
+        Some(fixed) => (fixed, Some(fixed)),
+        None if cap != 0 && (asked == 0 || asked > cap) => (cap, Some(cap)),
+        None => (asked, None),
+    }
+}
+
+/// How many topic aliases the broker may use towards this client: none for 3.x, when the
+/// client's Topic Alias Maximum is absent or 0 [MQTT-3.2.2-... the Server MUST NOT send a
+/// Topic Alias], or with `outbound_topic_aliases = "off"`; else the smaller of the client's
+/// maximum and ours [MQTT-3.3.2-... not greater than the client's Topic Alias Maximum].
+fn outbound_alias_cap(connect: &Connect, limits: &Limits) -> u16 {
+    let theirs = connect.properties.topic_alias_maximum.unwrap_or(0);
+    match limits.outbound_topic_aliases {
+        _ if !connect.protocol.is_v5() => 0,
+        TopicAliasPolicy::Off => 0,
+        TopicAliasPolicy::Recent | TopicAliasPolicy::Hot => {
+            theirs.min(limits.outbound_topic_alias_maximum)
+        }
     }
 }
 
@@ -119,12 +137,16 @@ impl Session {
     pub(super) fn attach(
         &mut self,
         connect: Connect,
-        session_present: bool,
-        assigned_client_id: bool,
+        how: super::Attach<'_>,
         now_ms: u64,
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
+        let super::Attach {
+            session_present,
+            assigned_client_id,
+            auth,
+        } = how;
         if let State::Connected(_) = self.state {
             // The shard must call `taken_over` first; if it did not, the old connection ends
             // here as if lost, so that its will and flows stay consistent.
@@ -162,7 +184,8 @@ impl Session {
             protocol: connect.protocol,
             keep_alive_timeout_ms: (keep_alive != 0).then(|| u32::from(keep_alive) * 1500),
             last_packet_ms: now_ms,
-            aliases: Vec::new(),
+            aliases: None,
+            out_alias_cap: outbound_alias_cap(&connect, &self.limits),
             send_window,
             client_max_packet: props.maximum_packet_size.unwrap_or(u32::MAX),
             connect_expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,
@@ -174,6 +197,10 @@ impl Session {
         if connect.protocol.is_v5() {
             self.fill_connack_properties(&mut properties, &connect, assigned_client_id);
             properties.server_keep_alive = server_keep_alive;
+            if let Some(a) = auth {
+                properties.authentication_method = Some(a.method.clone());
+                properties.authentication_data = Some(a.server_final.clone());
+            }
         }
         let connack = ConnAck {
             session_present: resume,
@@ -209,7 +236,7 @@ impl Session {
                 });
             }
         }
-        self.data.clear();
+        super::lifecycle::return_to_groups(self.data.take(), actions);
     }
 
     /// v5 CONNACK properties: everything that differs from the spec's defaults.
@@ -250,6 +277,13 @@ impl Session {
         }
         if !l.shared_subscriptions {
             p.shared_subscription_available = Some(false);
+        }
+        if connect.properties.request_response_information == Some(true) {
+            // Validated as an MQTT string with the configuration.
+            p.response_information = l
+                .response_information
+                .as_deref()
+                .and_then(crate::codec::MqttStr::try_from_str);
         }
     }
 

@@ -31,6 +31,10 @@ pub struct QueuedMessage {
     pub retain: bool,
     /// v5 Subscription Identifiers [MQTT-3.3.4-3].
     pub subscription_ids: Vec<u32>,
+    /// QoS 1/2 deliveries picked for a share group: the group, where the message goes back
+    /// if the session ends before the client has it. Not stored: after a restart the
+    /// message stays with the session (and is lost with it if it expires).
+    pub share_group: Option<Arc<TopicFilter>>,
 }
 
 impl QueuedMessage {
@@ -215,10 +219,11 @@ impl SessionData {
     /// Clears everything: a clean start or the end of a session. Sequence numbers go on
     /// increasing: one never names two messages of the same client id, even across a clean
     /// start whose old stored entries are being removed.
-    pub(crate) fn clear(&mut self) {
-        let next_seq = self.next_seq;
-        *self = SessionData::default();
-        self.next_seq = next_seq;
+    /// Returns what was there (its messages may go back to their share groups).
+    pub(crate) fn take(&mut self) -> SessionData {
+        let old = std::mem::take(self);
+        self.next_seq = old.next_seq;
+        old
     }
 
     /// A fresh `seq` for an outbound message.

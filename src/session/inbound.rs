@@ -11,6 +11,7 @@ use crate::codec::{
     Unsubscribe,
 };
 
+use super::auth::AccessPolicy;
 use super::lifecycle::Detach;
 use super::persist::Change;
 use super::types::{Message, Subscription};
@@ -29,6 +30,7 @@ impl Session {
     pub(super) fn dispatch(
         &mut self,
         packet: Packet,
+        policy: &dyn AccessPolicy,
         now_ms: u64,
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
@@ -44,12 +46,13 @@ impl Session {
             Packet::PubRec(a) => self.on_pubrec(a, now_ms, out, actions),
             Packet::PubRel(a) => self.on_pubrel(a, out, actions),
             Packet::PubComp(a) => self.on_pubcomp(a, now_ms, out, actions),
-            Packet::Subscribe(s) => self.on_subscribe(s, now_ms, out, actions),
+            Packet::Subscribe(s) => self.on_subscribe(s, policy, now_ms, out, actions),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, out, actions),
             Packet::PingReq => self.send(&Packet::PingResp, out),
             Packet::Disconnect(d) => self.on_disconnect(d, now_ms, out, actions),
             // Server-to-client packets and a second CONNECT [MQTT-3.1.0-2] (BAD_INPUTS #16,
-            // #63); AUTH while no enhanced authentication method is in use [MQTT-4.12.0-1].
+            // #63); AUTH while no enhanced authentication method is in use [MQTT-4.12.0-1]
+            // (the shard gives AUTH of a connection that uses one to its `Enhanced`).
             Packet::Connect(_)
             | Packet::ConnAck(_)
             | Packet::SubAck(_)
@@ -193,15 +196,17 @@ impl Session {
             return Err(ReasonCode::TopicAliasInvalid);
         }
         if publish.topic.is_empty() {
-            match c.aliases.get(alias - 1).and_then(Option::as_ref) {
+            let known = c.aliases.as_ref().and_then(|a| a.inbound.get(alias - 1));
+            match known.and_then(Option::as_ref) {
                 Some(topic) => publish.topic = topic.clone(),
                 None => return Err(ReasonCode::ProtocolError),
             }
         } else {
-            if c.aliases.len() < alias {
-                c.aliases.resize(alias, None);
+            let inbound = &mut c.aliases.get_or_insert_with(Box::default).inbound;
+            if inbound.len() < alias {
+                inbound.resize(alias, None);
             }
-            c.aliases[alias - 1] = Some(publish.topic.clone());
+            inbound[alias - 1] = Some(publish.topic.clone());
         }
         Ok(())
     }
@@ -289,6 +294,7 @@ impl Session {
     fn on_subscribe(
         &mut self,
         s: Subscribe,
+        policy: &dyn AccessPolicy,
         now_ms: u64,
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
@@ -299,10 +305,35 @@ impl Session {
         }
         let id = s.properties.subscription_identifier;
         let mut reasons = Vec::with_capacity(s.filters.len());
-        for (filter, options) in s.filters {
-            let code = self.subscribe_one(&filter, options, id);
+        // Filters beyond `max_subscribe_filters` are refused unread. A filter named twice
+        // replaces its earlier subscription [MQTT-3.8.4-3] as usual, but only its last
+        // occurrence reaches the router: 20,000 x `#` is one routing change and one scan of
+        // the retained store, not 20,000.
+        let cap = self.limits.max_subscribe_filters;
+        let taken = s.filters.len().min(cap);
+        let last: std::collections::BTreeMap<&crate::router::topic::TopicFilter, usize> = s.filters
+            [..taken]
+            .iter()
+            .enumerate()
+            .map(|(i, (f, _))| (f, i))
+            .collect();
+        let repeated: Vec<bool> = (0..taken)
+            .map(|i| last.get(&s.filters[i].0) != Some(&i))
+            .collect();
+        drop(last);
+        // Whether a repeated filter existed before this packet (Retain Handling 1).
+        let mut existed_before = std::collections::BTreeMap::new();
+        for (i, (filter, options)) in s.filters.into_iter().enumerate() {
+            let code = if i >= cap {
+                // More filters than one SUBSCRIBE may carry (a setting).
+                ReasonCode::QuotaExceeded
+            } else {
+                self.subscribe_one(&filter, options, id, policy)
+            };
             if !code.is_error() {
-                let existed = self.data.subscriptions.contains_key(&filter);
+                let existed = *existed_before
+                    .entry(filter.clone())
+                    .or_insert_with(|| self.data.subscriptions.contains_key(&filter));
                 let mut options = options;
                 options.qos = options.qos.min(self.max_qos());
                 let sub = Subscription { options, id };
@@ -312,11 +343,13 @@ impl Session {
                     sub,
                 };
                 self.persist(change, actions);
-                actions.push(Action::Subscribe {
-                    filter,
-                    sub,
-                    existed,
-                });
+                if !repeated[i] {
+                    actions.push(Action::Subscribe {
+                        filter,
+                        sub,
+                        existed,
+                    });
+                }
             }
             reasons.push(code);
         }
@@ -334,6 +367,7 @@ impl Session {
         filter: &crate::router::topic::TopicFilter,
         options: crate::codec::SubscriptionOptions,
         id: Option<u32>,
+        policy: &dyn AccessPolicy,
     ) -> ReasonCode {
         let l = &self.limits;
         if filter.len() > l.max_topic_len || filter.level_count() > l.max_topic_levels {
@@ -351,6 +385,9 @@ impl Session {
         let existed = self.data.subscriptions.contains_key(filter);
         if !existed && self.data.subscriptions.len() >= l.max_subscriptions {
             return ReasonCode::QuotaExceeded; // BAD_INPUTS #61
+        }
+        if !policy.may_subscribe(filter) {
+            return ReasonCode::NotAuthorized;
         }
         ReasonCode::granted(options.qos.min(self.max_qos()))
     }

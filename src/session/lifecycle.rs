@@ -136,10 +136,11 @@ impl Session {
             self.persisted = false;
         }
         let subscriptions = std::mem::take(&mut self.data.subscriptions);
-        self.data.clear();
+        let old = self.data.take();
         self.data.subscriptions = subscriptions;
         self.state = State::Ended;
         actions.push(Action::Ended);
+        return_to_groups(old, actions);
     }
 
     /// Body of `Session::handle_timeout`.
@@ -169,6 +170,28 @@ impl Session {
                 }
             }
             State::Detached | State::Ended => {}
+        }
+    }
+}
+
+/// `Action::ReturnToGroup` for every message of an ending session that a share group picked
+/// it for and that its client does not have yet: flows still waiting for PUBACK/PUBREC
+/// (the oldest), then the queue, in delivery order. A QoS 2 flow past PUBREC is the
+/// client's already; QoS 0 carries no promise and is not passed on.
+pub(super) fn return_to_groups(data: super::SessionData, actions: &mut Vec<Action>) {
+    let sent = data.inflight.into_iter().filter_map(|flow| match flow {
+        super::Outbound::Published { delivery, .. } => Some(delivery),
+        super::Outbound::Released { .. } => None,
+    });
+    for entry in sent.chain(data.queue) {
+        if let (Some(group), false) = (
+            entry.share_group,
+            entry.qos == crate::codec::QoS::AtMostOnce,
+        ) {
+            actions.push(Action::ReturnToGroup {
+                group,
+                message: entry.message,
+            });
         }
     }
 }

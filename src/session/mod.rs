@@ -13,6 +13,9 @@
 //! # Call order (for the shard)
 //!
 //! 1. Decode CONNECT; `validate_connect` -> on `Err(code)` `refuse_connect` and close.
+//!    Authentication happens here, before any session: a password check, or an exchange
+//!    of AUTH packets (`Authenticating`, see `auth`) whose outcome goes to
+//!    `connect_with_auth` in step 3.
 //! 2. Find the client's session on its home shard. If it is connected, call `taken_over`
 //!    with the OLD connection's output buffer, flush and close that connection.
 //!    If no session exists (or it emitted `Action::Ended`), create one with `Session::new`.
@@ -20,7 +23,9 @@
 //!    state, publishes a pending delayed will and emits `Unsubscribe`s) or `discard` it
 //!    and create a new one.
 //! 3. `connect`: writes CONNACK, resends and drains into `out`.
-//! 4. For each decoded packet `handle_packet`; for each routed message `deliver`; whenever
+//! 4. For each decoded packet `handle_packet` (or `handle_packet_with` under an ACL; AUTH
+//!    packets of a connection that authenticated with a method go to its `Enhanced`
+//!    instead); for each routed message `deliver`; whenever
 //!    `now_ms >= next_deadline()` `handle_timeout`. After every call: execute `actions` in
 //!    order, then flush `out`.
 //! 5. When the socket fails or closes without DISCONNECT: `connection_lost`.
@@ -29,6 +34,8 @@
 //! from the connection-bound state in `Connection`.
 #![forbid(unsafe_code)]
 
+mod alias;
+mod auth;
 mod connect;
 mod data;
 mod inbound;
@@ -46,8 +53,10 @@ use bytes::BytesMut;
 
 use crate::codec::{self, Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode};
 use crate::config::Limits;
-use crate::router::topic::{TopicFilter, TopicName};
+use crate::router::topic::TopicFilter;
 
+pub use alias::TopicAliasPolicy;
+pub use auth::{AccessPolicy, AllowAll, AuthError, Authenticated, Authenticating, Enhanced};
 pub use connect::{ConnectDecision, refuse_connect, validate_connect};
 pub use data::{Outbound, QueuedMessage, SessionData};
 pub use persist::{Change, Header};
@@ -89,6 +98,40 @@ pub enum Action {
     /// A persistent session's stored state changed (see `persist`): the output written by
     /// the same call must not reach the client before the change is durable.
     Persist(Change),
+    /// After `Ended`: a QoS 1/2 message this session was picked for as a member of share
+    /// group `group` and that the client never fully received (queued, or sent and not
+    /// acknowledged). The shard hands it to another member of the group [MQTT-4.8.2-... "If
+    /// the Client's Session terminates before the Client reconnects, the Server SHOULD send
+    /// the Application Message to another Client that is subscribed to the same Shared
+    /// Subscription"]. Emitted after the session left its groups (after `Ended`, or after
+    /// the `Unsubscribe`s of a clean start), so the shard cannot pick it again.
+    ReturnToGroup {
+        group: Arc<TopicFilter>,
+        message: Arc<Message>,
+    },
+}
+
+/// See `Session::outbound_load`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundLoad {
+    /// The window is full or messages are queued (or the client is not connected).
+    Full,
+    /// At most half the window in use, nothing queued.
+    Spare,
+    /// In between: whatever was last concluded still holds.
+    Between,
+}
+
+/// How `Session::connect_with_auth` attaches a connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attach<'a> {
+    /// The shard resumes an existing session and the client did not ask for a clean start
+    /// [MQTT-3.2.2-2..3].
+    pub session_present: bool,
+    /// The id was assigned by the server; v5 CONNACK carries it [MQTT-3.2.2-16].
+    pub assigned_client_id: bool,
+    /// The outcome of enhanced authentication, for the v5 CONNACK.
+    pub auth: Option<&'a Authenticated>,
 }
 
 /// Connection-bound state: valid only while a network connection is attached, never
@@ -102,10 +145,13 @@ struct Connection {
     keep_alive_timeout_ms: Option<u32>,
     /// When the last packet arrived (or the connection was attached).
     last_packet_ms: u64,
-    /// Inbound topic aliases (v5), index `alias - 1`; grows on demand up to our Topic Alias
-    /// Maximum. Per connection, never persisted [MQTT-3.3.2-... aliases end with the
-    /// connection], BAD_INPUTS #39.
-    aliases: Vec<Option<TopicName>>,
+    /// Topic aliases (v5) in both directions, allocated at the first one: inbound up to our
+    /// Topic Alias Maximum, outbound up to `out_alias_cap`. Per connection, never persisted
+    /// [MQTT-3.3.2-... aliases end with the connection], BAD_INPUTS #39.
+    aliases: Option<Box<alias::TopicAliases>>,
+    /// Outbound aliases we may assign: min(the client's Topic Alias Maximum, our cap); 0
+    /// when the client takes none, for 3.x, or when `outbound_topic_aliases` is off.
+    out_alias_cap: u16,
     /// Outbound QoS 1/2 window: `min(max_inflight, client Receive Maximum)` [MQTT-3.3.4-7..9].
     send_window: u16,
     /// Largest packet the client accepts (v5 Maximum Packet Size) [MQTT-3.1.2-24..25].
@@ -217,14 +263,26 @@ impl Session {
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
-        self.attach(
-            connect,
+        let how = Attach {
             session_present,
             assigned_client_id,
-            now_ms,
-            out,
-            actions,
-        );
+            auth: None,
+        };
+        self.attach(connect, how, now_ms, out, actions);
+    }
+
+    /// `connect` with `how` spelled out: also for a client that authenticated with an
+    /// Authentication Method (see `auth`), whose v5 CONNACK carries the method and the final
+    /// Authentication Data [MQTT-4.12.0-... the Server sends CONNACK with the method].
+    pub fn connect_with_auth(
+        &mut self,
+        connect: Connect,
+        how: Attach<'_>,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.attach(connect, how, now_ms, out, actions);
     }
 
     /// One decoded packet from the client. Ignored unless connected.
@@ -235,7 +293,58 @@ impl Session {
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
-        self.dispatch(packet, now_ms, out, actions);
+        self.dispatch(packet, &AllowAll, now_ms, out, actions);
+    }
+
+    /// `handle_packet` under authorization rules: a SUBSCRIBE filter `policy` refuses gets
+    /// SUBACK 0x87 (3.x 0x80) [MQTT-3.9.3-... Not authorized]. (Publishes are checked by the
+    /// shard when it routes them: see `Action::Publish` and `acknowledge`.)
+    pub fn handle_packet_with(
+        &mut self,
+        packet: Packet,
+        policy: &dyn AccessPolicy,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.dispatch(packet, policy, now_ms, out, actions);
+    }
+
+    /// A packet the shard answered itself (AUTH of a re-authentication, see `Enhanced`)
+    /// still counts as activity for keep alive [MQTT-3.1.2-22].
+    pub fn packet_seen(&mut self, now_ms: u64) {
+        if let State::Connected(c) = &mut self.state {
+            c.last_packet_ms = now_ms;
+        }
+    }
+
+    /// The rules changed and the client may no longer hold its subscription to `filter`:
+    /// it is removed as by an UNSUBSCRIBE (`Persist`, `Unsubscribe`), without a packet to
+    /// the client (MQTT has none for this). Returns whether it existed.
+    pub fn revoke_subscription(&mut self, filter: &TopicFilter, actions: &mut Vec<Action>) -> bool {
+        if self.data.subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        let change = persist::Change::Unsubscribed {
+            filter: filter.clone(),
+        };
+        self.persist(change, actions);
+        actions.push(Action::Unsubscribe {
+            filter: filter.clone(),
+        });
+        true
+    }
+
+    /// The server ends the connection with `code` (v5: DISCONNECT with it; 3.x: closed), as
+    /// for a protocol violation: the will is due. E.g. a failed re-authentication (0x87).
+    pub fn end_connection(
+        &mut self,
+        code: ReasonCode,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.server_disconnect(code, now_ms, out, actions);
     }
 
     /// A routed message for this client (live, or from the retained store). Delivery QoS is
@@ -373,6 +482,53 @@ impl Session {
     /// Fires the timers due at `now_ms` (early calls are harmless).
     pub fn handle_timeout(&mut self, now_ms: u64, out: &mut BytesMut, actions: &mut Vec<Action>) {
         self.timeout(now_ms, out, actions);
+    }
+
+    /// How far behind the outbound path to the client is, for shared subscriptions that
+    /// pick the least loaded member. Hysteresis is built in: `Full` once the inflight window
+    /// is full or anything waits in the queue (or no connection is attached), `Spare` only
+    /// once the window is at most half full with nothing queued, `Between` in the band
+    /// where the last announced state stands (so a member at its limit does not flip state
+    /// with every message and acknowledgement).
+    pub fn outbound_load(&self) -> OutboundLoad {
+        let State::Connected(c) = &self.state else {
+            return OutboundLoad::Full;
+        };
+        let inflight = self.data.inflight.len();
+        let window = usize::from(c.send_window);
+        if !self.data.queue.is_empty() || inflight >= window {
+            OutboundLoad::Full
+        } else if inflight <= window / 2 {
+            OutboundLoad::Spare
+        } else {
+            OutboundLoad::Between
+        }
+    }
+
+    /// Whether a delivery of `message` at `qos` would be dropped now because it would have
+    /// to wait in the queue and the queue is full (`max_queued_messages` or
+    /// `max_queued_bytes`; queued QoS 0 messages that could be evicted are not counted).
+    /// QoS 0 never waits for a full queue's room: `false`. The shard then offers a shared
+    /// subscription's message to another member of its group instead.
+    pub fn queue_would_refuse(&self, qos: QoS, message: &Message) -> bool {
+        if qos == QoS::AtMostOnce {
+            return false;
+        }
+        match &self.state {
+            State::Connected(c)
+                if self.data.queue.is_empty()
+                    && self.data.inflight.len() < usize::from(c.send_window) =>
+            {
+                false
+            }
+            State::Connected(_) | State::Offline(_) => {
+                let l = &self.limits;
+                self.data.queue.len() >= l.max_queued_messages
+                    || self.data.queued_bytes.saturating_add(message.stored_size())
+                        > l.max_queued_bytes
+            }
+            State::Detached | State::Ended => false,
+        }
     }
 
     pub fn is_connected(&self) -> bool {

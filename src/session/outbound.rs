@@ -1,13 +1,15 @@
 //! Messages to the client: delivery parameters, the bounded queue, the inflight window,
-//! packet-id allocation, the Maximum Packet Size check, and the acknowledgements the client
-//! sends for our QoS 1/2 flows (PUBACK, PUBREC, PUBCOMP).
+//! packet-id allocation, outbound topic aliases, the Maximum Packet Size check, and the
+//! acknowledgements the client sends for our QoS 1/2 flows (PUBACK, PUBREC, PUBCOMP).
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
 use crate::codec::{self, Ack, AckProperties, Packet, PacketId, PublishOut, QoS, ReasonCode};
+use crate::router::topic::TopicName;
 
+use super::alias::{AliasUse, OutboundAliases};
 use super::data::{Enqueued, Outbound, QueuedMessage};
 use super::persist::{Change, enqueued};
 use super::types::{Delivery, Message};
@@ -36,6 +38,10 @@ impl Session {
             retain: message.retain
                 && (delivery.from_retained_store || delivery.retain_as_published),
             subscription_ids: delivery.subscription_ids.to_vec(),
+            share_group: delivery
+                .share_group
+                .filter(|_| message.qos.min(delivery.qos) != QoS::AtMostOnce)
+                .cloned(),
         };
         match &self.state {
             State::Connected(c) => {
@@ -137,7 +143,8 @@ impl Session {
 
     /// Encodes the PUBLISH into `out` unless it exceeds the client's Maximum Packet Size
     /// [MQTT-3.1.2-25] (BAD_INPUTS #29): then nothing is written, the drop is counted and
-    /// `false` returned.
+    /// `false` returned. With outbound topic aliases, the topic goes out with a new alias
+    /// or is replaced by an alias the client knows (see `alias.rs`).
     pub(super) fn write_publish(
         &mut self,
         entry: &QueuedMessage,
@@ -146,34 +153,56 @@ impl Session {
         now_ms: u64,
         out: &mut BytesMut,
     ) -> bool {
-        let State::Connected(c) = &self.state else {
+        let policy = self.limits.outbound_topic_aliases;
+        let State::Connected(c) = &mut self.state else {
             return false;
         };
         let (protocol, limit) = (c.protocol, c.client_max_packet as usize);
         let m = &entry.message;
+        let alias = match c.out_alias_cap {
+            0 => AliasUse::Plain,
+            cap => c
+                .aliases
+                .get_or_insert_with(Box::default)
+                .outbound
+                .get_or_insert_with(|| OutboundAliases::new(policy, cap))
+                .lookup(m.topic.as_bytes()),
+        };
+        let no_topic = TopicName::default();
+        let (topic, topic_alias) = match alias {
+            AliasUse::Plain => (&m.topic, None),
+            AliasUse::Define(a) => (&m.topic, Some(a)),
+            AliasUse::Use(a) => (&no_topic, Some(a)),
+        };
         // Written from borrowed parts, no clone of the message: Message Expiry Interval
         // rewritten to what remains [MQTT-3.3.2-6], this delivery's subscription
-        // identifiers, never a topic alias.
+        // identifiers, the topic alias of this connection.
         let publish = PublishOut {
             dup,
             qos: entry.qos,
             retain: entry.retain,
-            topic: &m.topic,
+            topic,
             packet_id,
             properties: &m.properties,
             message_expiry_interval: m.remaining_expiry_secs(now_ms),
-            topic_alias: None,
+            topic_alias,
             subscription_identifiers: &entry.subscription_ids,
             payload: &m.payload,
         };
         let start = out.len();
         codec::encode_publish(&publish, protocol, out);
-        if out.len() - start > limit {
-            out.truncate(start);
-            self.count(|s| &mut s.dropped_too_large, 1);
-            return false;
+        if out.len() - start <= limit {
+            return true;
         }
-        true
+        out.truncate(start);
+        if let (AliasUse::Define(a), Some(aliases)) = (alias, c.aliases.as_deref_mut()) {
+            // The client never learns this alias's new topic.
+            if let Some(outbound) = aliases.outbound.as_mut() {
+                outbound.forget(a);
+            }
+        }
+        self.count(|s| &mut s.dropped_too_large, 1);
+        false
     }
 
     /// Sends queued messages while the window has room (QoS 0 entries need none); expired

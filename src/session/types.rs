@@ -4,11 +4,13 @@
 //! Must never: hold connection-bound state (that lives in `Connection`), touch a socket or
 //! the clock.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::codec::{MqttStr, PublishProperties, QoS, SubscriptionOptions, Will};
 use crate::config::Limits;
-use crate::router::topic::TopicName;
+use crate::router::topic::{TopicFilter, TopicName};
 
 /// A validated client identifier: a well-formed MQTT string of at most
 /// `Limits::max_client_id_len` bytes. Empty only never: an empty id from the client is
@@ -224,6 +226,10 @@ pub struct Delivery<'a> {
     /// The message comes from the retained store because of a new subscription: RETAIN
     /// stays set [MQTT-3.3.1-9] whatever Retain As Published says.
     pub from_retained_store: bool,
+    /// The share group (`$share/{group}/{filter}`) this delivery was picked for: if the
+    /// session ends before the client has the message (QoS 1/2), it goes back to the group
+    /// (`Action::ReturnToGroup`) [MQTT-4.8.2-... SHOULD send it to another subscriber].
+    pub share_group: Option<&'a Arc<TopicFilter>>,
 }
 
 impl<'a> Delivery<'a> {
@@ -263,6 +269,7 @@ impl<'a> Delivery<'a> {
             retain_as_published,
             subscription_ids: ids,
             from_retained_store: false,
+            share_group: None,
         })
     }
 }

@@ -13,13 +13,14 @@
 
 use std::sync::Arc;
 
-use super::core::{Client, Core, Phase};
+use super::auth::Identity;
+use super::core::{Client, Conn, Core, LINGER_MS, MAX_LINGERING, Phase};
 use super::event_loop::Lifecycle;
 use super::route::Publisher;
 use super::routes::SessionKey;
 use crate::codec::{Connect, PacketId, QoS, ReasonCode};
 use crate::log;
-use crate::session::{Action, ClientId, Message, Session};
+use crate::session::{Action, Attach, ClientId, Message, Session};
 use crate::transport::CloseReason;
 
 impl Core {
@@ -31,6 +32,7 @@ impl Core {
         connect: Box<Connect>,
         client_id: ClientId,
         assigned: bool,
+        identity: Identity,
     ) {
         let now = self.now_ms;
         let mut existing = self.registry.get(&self.clients, &client_id);
@@ -57,6 +59,12 @@ impl Core {
             }
         }
         let session_present = existing.is_some();
+        if existing.is_none()
+            && let Err(code) = self.admit_session()
+        {
+            self.refuse_attach(id, &connect, code);
+            return;
+        }
         let slot = match existing {
             Some(slot) => slot,
             None => self.new_client(client_id.clone()),
@@ -72,16 +80,16 @@ impl Core {
         let peer = conn.peer;
         let hold_from = conn.out.len();
         let mut actions = std::mem::take(&mut self.actions);
+        let how = Attach {
+            session_present,
+            assigned_client_id: assigned,
+            auth: identity.enhanced.as_deref(),
+        };
         if let Some(client) = self.clients.get_mut(slot as usize) {
             client.conn = Some(id);
-            client.session.connect(
-                *connect,
-                session_present,
-                assigned,
-                now,
-                &mut conn.out,
-                &mut actions,
-            );
+            client
+                .session
+                .connect_with_auth(*connect, how, now, &mut conn.out, &mut actions);
         }
         log!(
             INFO,
@@ -91,11 +99,36 @@ impl Core {
         );
         self.mark_dirty(id);
         self.marked_conn = Some(id);
+        self.set_identity(slot, &identity);
         self.apply_actions(slot, &mut actions, Some(hold_from));
+        if session_present {
+            // Resumed, maybe by another user or under other rules than it was made with.
+            self.recheck_subscriptions(slot);
+        }
         self.marked_conn = None;
         self.actions = actions;
         self.sync_durability(slot);
+        self.note_share_load(slot);
         self.reschedule_client(slot);
+    }
+
+    /// Refuses connection `id`'s CONNECT with `code` after all (a limit of the home shard).
+    fn refuse_attach(&mut self, id: u32, connect: &Connect, code: ReasonCode) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        crate::session::refuse_connect(connect.protocol, code, &mut conn.out);
+        conn.phase = Phase::Open;
+        log!(
+            INFO,
+            self.log_id,
+            "refusing CONNECT of client {:?} from {}: {} (max_sessions)",
+            connect.client_id.as_str(),
+            conn.peer,
+            code.name()
+        );
+        self.mark_dirty(id);
+        self.request_close(id);
     }
 
     pub(crate) fn new_client(&mut self, client_id: ClientId) -> u32 {
@@ -115,6 +148,7 @@ impl Core {
             generation,
             timer_tick: 0,
             durable: false,
+            share_load: super::share::ShareLoad::NotMember,
         }) as u32;
         self.registry.insert(&self.clients, slot);
         slot
@@ -204,11 +238,20 @@ impl Core {
                     filter,
                     sub,
                     existed,
-                } => self.subscribe(slot, filter, sub, existed, hold_from),
-                Action::Unsubscribe { filter } => self.unsubscribe(slot, &filter),
+                } => {
+                    self.note_subscription(slot, &filter);
+                    self.subscribe(slot, filter, sub, existed, hold_from)
+                }
+                Action::Unsubscribe { filter } => {
+                    self.note_unsubscription(slot, &filter);
+                    self.unsubscribe(slot, &filter)
+                }
                 Action::Close { .. } => self.detach_and_close(slot),
                 Action::Ended => self.end_client(slot),
                 Action::Persist(change) => self.persist_change(slot, change, hold_from),
+                Action::ReturnToGroup { group, message } => {
+                    self.return_to_group(&group, &message, 0)
+                }
             }
         }
     }
@@ -237,12 +280,32 @@ impl Core {
             acked: ack.is_some(),
             persistent: self.clients.get(slot as usize).is_some_and(|c| c.durable),
         };
+        let denied = !self.may_publish_from(slot, &message.topic);
+        let over_retained = !denied && self.retained_over_limit(&message);
+        let v5 = self
+            .clients
+            .get(slot as usize)
+            .and_then(|c| c.session.protocol())
+            .is_some_and(|p| p.is_v5());
+        if over_retained && (!v5 || ack.is_none()) {
+            // No acknowledgement to refuse in (QoS 0), or one without a code (3.x): the
+            // message goes out, not retained.
+            Arc::make_mut(&mut message).retain = false;
+            self.stats.retained_refused += 1;
+        }
         let Some(packet_id) = ack else {
-            self.route_publish(message, Some(publisher));
+            if denied {
+                self.log_denied_publish(slot, &message);
+            } else {
+                self.route_publish(message, Some(publisher));
+            }
             return;
         };
-        let refused = self.needs_unavailable_store(&message);
-        let code = if refused {
+        let refused = !denied
+            && (self.needs_unavailable_store(&message) || (message.retain && over_retained));
+        let code = if denied {
+            self.refused_publish_code(slot)
+        } else if refused {
             ReasonCode::QuotaExceeded
         } else {
             ReasonCode::Success
@@ -264,17 +327,35 @@ impl Core {
         if let Some(c) = conn {
             self.mark_dirty(c);
         }
-        if refused {
+        if denied {
+            self.log_denied_publish(slot, &message);
+        } else if refused {
             log!(
                 WARN,
                 self.log_id,
-                "client {}: publish to {} refused, the store is failing",
+                "client {}: publish to {} refused ({})",
                 self.client_name(Some(slot)),
-                message.topic.as_str()
+                message.topic.as_str(),
+                if over_retained {
+                    "retained limits"
+                } else {
+                    "the store is failing"
+                }
             );
         } else {
             self.route_publish(message, Some(publisher));
         }
+    }
+
+    /// A publish (or will) the ACL refused: not routed; logged.
+    fn log_denied_publish(&self, slot: u32, message: &Message) {
+        log!(
+            INFO,
+            self.log_id,
+            "client {}: publish to {} denied by the ACL; dropped",
+            self.client_name(Some(slot)),
+            message.topic.as_str()
+        );
     }
 
     /// The session let go of its connection: flush what it wrote, then close.
@@ -312,7 +393,9 @@ impl Core {
         for (filter, _) in client.session.subscriptions() {
             self.remove_subscription(slot, key, filter, client.durable);
         }
+        self.share_member_ended(key, client.share_load);
         self.registry.remove(client.session.client_id(), slot);
+        self.access_client_ended(slot);
         if let Some(conn) = client.conn {
             if let Some(c) = self.conns.get_mut(conn as usize) {
                 c.client = None;
@@ -321,43 +404,99 @@ impl Core {
         }
     }
 
-    /// Closes connection `id` after a last flush: if the session still counted on it, the
-    /// connection was lost (will, expiry).
+    /// Begins the close of connection `id` (requested earlier in the turn): if the session
+    /// still counted on it, the connection was lost (will, expiry). Then the connection
+    /// lingers (see `Phase::Lingering`) unless the client already closed its side or too
+    /// many linger already: it closes at once then.
     pub(crate) fn finish_conn(&mut self, id: u32) {
         self.tick_clock();
-        let Some(mut conn) = self.conns.try_remove(id as usize) else {
+        let reason = self.farewell_reason(id);
+        self.set_close_reason(id, reason);
+        let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        let reason = match self.lifecycle {
-            Lifecycle::Running | Lifecycle::RoutingWills | Lifecycle::WillsRouted => {
-                conn.close_reason()
-            }
-            Lifecycle::Closing { .. } | Lifecycle::Done => CloseReason::GoingAway,
-        };
-        super::io::last_flush(&mut conn, reason);
-        let Some(slot) = conn.client else {
+        let (client, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
+        let generation = conn.generation;
+        self.auth_conn_closed(id, generation);
+        if let Some(slot) = client {
+            self.connection_lost(slot, id, peer);
+        }
+        if peer_closed || self.lingering >= MAX_LINGERING {
+            self.close_now(id);
             return;
-        };
+        }
+        let stamp = super::core::stamp(self.now_ms);
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            conn.phase = Phase::Lingering;
+            conn.since = stamp;
+            drop(conn.take_input());
+            self.lingering += 1;
+        }
+        self.schedule_conn(id, self.now_ms + LINGER_MS);
+        self.flush_conn(id);
+    }
+
+    /// Client `slot`'s connection `id` ended without the session letting go first.
+    fn connection_lost(&mut self, slot: u32, id: u32, peer: std::net::SocketAddr) {
         let attached = self
             .clients
             .get(slot as usize)
             .is_some_and(|c| c.conn == Some(id));
-        if attached {
-            let mut actions = std::mem::take(&mut self.actions);
-            if let Some(client) = self.clients.get_mut(slot as usize) {
-                client.conn = None;
-                log!(
-                    INFO,
-                    self.log_id,
-                    "client {} from {} disconnected without DISCONNECT",
-                    client.session.client_id().as_str(),
-                    conn.peer
-                );
-                client.session.connection_lost(self.now_ms, &mut actions);
+        if !attached {
+            return;
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(client) = self.clients.get_mut(slot as usize) {
+            client.conn = None;
+            log!(
+                INFO,
+                self.log_id,
+                "client {} from {peer} disconnected without DISCONNECT",
+                client.session.client_id().as_str(),
+            );
+            client.session.connection_lost(self.now_ms, &mut actions);
+        }
+        self.apply_actions(slot, &mut actions, None);
+        self.actions = actions;
+        self.note_share_load(slot);
+        self.reschedule_client(slot);
+    }
+
+    /// Closes connection `id` now: whatever the socket takes up to the first hold (and the
+    /// transport's farewell), then the fd closes (a session still attached is told first).
+    pub(crate) fn close_now(&mut self, id: u32) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        if let Some(slot) = conn.client.take() {
+            let peer = conn.peer;
+            self.connection_lost(slot, id, peer);
+        }
+        let Some(mut conn) = self.conns.try_remove(id as usize) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
+            self.lingering -= 1;
+        }
+        let reason = self.farewell_reason_of(&conn);
+        super::io::last_flush(&mut conn, reason);
+    }
+
+    /// The farewell a transport sends when connection `id` ends (see `farewell_reason_of`).
+    fn farewell_reason(&self, id: u32) -> CloseReason {
+        self.conns
+            .get(id as usize)
+            .map_or(CloseReason::Normal, |c| self.farewell_reason_of(c))
+    }
+
+    /// The reason set for the connection (a protocol error, a timeout), or "going away"
+    /// once the broker is closing its connections.
+    fn farewell_reason_of(&self, conn: &Conn) -> CloseReason {
+        match self.lifecycle {
+            Lifecycle::Running | Lifecycle::RoutingWills | Lifecycle::WillsRouted => {
+                conn.close_reason()
             }
-            self.apply_actions(slot, &mut actions, None);
-            self.actions = actions;
-            self.reschedule_client(slot);
+            Lifecycle::Closing { .. } | Lifecycle::Done => CloseReason::GoingAway,
         }
     }
 

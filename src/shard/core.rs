@@ -7,8 +7,9 @@
 //! runs on the shard's thread, inside `RefCell` borrows that never cross an `.await`.
 //!
 //! Lifecycle of a connection: accepted -> `AwaitingConnect` (CONNECT timeout on the wheel)
-//! -> CONNECT decoded: refused and closed, or handed to its home shard, or attached to a
-//! client here (`Open`) -> `Closing` (requested by the session, takeover, shutdown, an I/O
+//! -> CONNECT decoded: refused and closed, or authenticated (`Verifying` while a password is
+//! checked off the shard, `Authenticating` during an AUTH exchange) and then handed to its
+//! home shard, or attached to a client here (`Open`) -> `Closing` (requested by the session, takeover, shutdown, an I/O
 //! error or a timer; queued in `closing`) -> the end of the turn calls `finish_conn`:
 //! a last flush, the fd closes, and the session hears `connection_lost` if it was still
 //! attached.
@@ -34,6 +35,7 @@ use super::mailbox::{Envelope, Outboxes};
 use super::persist::Persist;
 use super::registry::Registry;
 use super::routes::Routes;
+use super::sys;
 use super::sys::Poller;
 use super::timer::{TimerKey, TimerWheel};
 use crate::codec::{DecodeLimits, ProtocolVersion};
@@ -43,16 +45,46 @@ use crate::router::interest::ShardId;
 use crate::session::{Action, ClientId, Session};
 use crate::transport::CloseReason;
 
-/// Where a connection is in its life.
+/// Where a connection is in its life. A close is never abrupt: the reason code (CONNACK,
+/// DISCONNECT) and any held acknowledgement must reach the client, and the client's unread
+/// bytes must not make the kernel answer with a reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Accepted; only CONNECT is accepted, within `connect_timeout_secs`.
     AwaitingConnect,
+    /// CONNECT decoded, its password being checked on a verifier thread (`auth.rs`): not
+    /// read until the verdict; the CONNECT timeout still runs.
+    Verifying,
+    /// A v5 CONNECT with an Authentication Method: AUTH packets until CONNACK (`auth.rs`);
+    /// the CONNECT timeout still runs.
+    Authenticating,
     /// Attached to a session (or refused, with the CONNACK pending a flush).
     Open,
-    /// Closed after a last flush at the end of the turn.
+    /// A close was requested; it begins at the end of the turn (`Core::finish_conn`).
     Closing,
+    /// The session let go; what may still be written is written (held acknowledgements once
+    /// their commit is done), input is read and thrown away. Bounded by `LINGER_MS`.
+    Lingering,
+    /// Everything was written and the write side shut (FIN sent); input is read and thrown
+    /// away until the client closes too or `LINGER_MS` passes.
+    Draining,
 }
+
+impl Phase {
+    /// The connection is closing: no more input is acted on.
+    pub(crate) fn is_closing(self) -> bool {
+        matches!(self, Phase::Closing | Phase::Lingering | Phase::Draining)
+    }
+}
+
+/// How long a closing connection may take to write its last output and see the client close
+/// (the reason code reaches a client that is still writing; about what mosquitto and the
+/// Linux stack give a closing socket).
+pub(crate) const LINGER_MS: u64 = 2_000;
+
+/// Connections a shard lets linger at once; beyond that a closing connection closes at once
+/// (a flood of bad connections cannot hold memory for `LINGER_MS` each without bound).
+pub(crate) const MAX_LINGERING: usize = 4_096;
 
 /// One TCP connection on this shard. Kept small: it exists once per idle connection, and it
 /// is all user space holds for one (readiness comes from the shard's `Poller`).
@@ -124,6 +156,9 @@ pub(crate) struct Client {
     /// The session is stored: its QoS 1/2 subscriptions count in the durable routing index
     /// (see `Core::sync_durability`).
     pub(crate) durable: bool,
+    /// Shared-subscription member: what this shard last told the others about its
+    /// outbound window (`least_loaded`, see `share.rs`).
+    pub(crate) share_load: super::share::ShareLoad,
 }
 
 /// Counters of what the runtime did, for logs and tests.
@@ -132,6 +167,8 @@ pub(crate) struct ShardStats {
     pub(crate) accepted: u64,
     pub(crate) handed_off: u64,
     pub(crate) slow_consumers_closed: u64,
+    /// Publishes that asked to be retained beyond the retained limits.
+    pub(crate) retained_refused: u64,
 }
 
 /// Everything one shard owns.
@@ -192,6 +229,13 @@ pub(crate) struct Core {
     pub(crate) marked_conn: Option<u32>,
     /// Shutdown: until when outstanding commits are waited for (set at the first look).
     pub(crate) stop_commit_deadline: Option<u64>,
+    /// Connections in `Phase::Lingering` or `Phase::Draining`.
+    pub(crate) lingering: usize,
+    /// New subscriptions whose retained messages are still to be sent (`retained.rs`).
+    pub(crate) retained_jobs: std::collections::VecDeque<super::retained::RetainedJob>,
+    /// Authentication and authorization: the snapshot in force, parked CONNECTs, what the
+    /// ACL needs per client (`auth.rs`, `access.rs`).
+    pub(crate) auth: super::auth::ShardAuth,
 }
 
 impl Core {
@@ -229,7 +273,7 @@ impl Core {
             conns: Slots::new(),
             clients: Slots::new(),
             registry: Registry::default(),
-            routes: Routes::new(id),
+            routes: Routes::new(id, limits),
             wheel: TimerWheel::new(now_ms),
             outboxes: Outboxes::new(shards, limits.cross_shard_queue),
             inbox,
@@ -248,6 +292,12 @@ impl Core {
             persist,
             marked_conn: None,
             stop_commit_deadline: None,
+            lingering: 0,
+            retained_jobs: std::collections::VecDeque::new(),
+            auth: super::auth::ShardAuth::new(
+                &shared.auth,
+                Arc::clone(&shared.mesh.notifiers[id.index()]),
+            ),
             shared,
         }
     }
@@ -320,7 +370,7 @@ impl Core {
     /// once: the caller may be in the middle of that connection's input).
     pub(crate) fn request_close(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id as usize)
-            && conn.phase != Phase::Closing
+            && !conn.phase.is_closing()
         {
             conn.phase = Phase::Closing;
             self.closing.push((id, conn.generation));
@@ -506,6 +556,16 @@ impl Core {
             .next_deadline()
             .is_some_and(|d| d <= self.now_ms)
         {
+            if let Some(c) = client.conn
+                && let Some(conn) = self.conns.get(c as usize)
+                && sys::has_unread_input(conn.fd.as_fd())
+            {
+                // Input this shard has not read yet (reads held while other shards catch
+                // up) may be the packet that keeps the session alive: read it first, and
+                // look again at the next tick.
+                self.again.push((c, conn.generation));
+                return;
+            }
             let mut actions = std::mem::take(&mut self.actions);
             let mut hold_from = None;
             let out = match client.conn.and_then(|c| self.conns.get_mut(c as usize)) {
@@ -546,9 +606,33 @@ impl Core {
         let over = self.is_slow(id);
         let since_ms = stamp_ms(since);
         match phase {
-            Phase::AwaitingConnect if self.now_ms >= since_ms + connect_ms => {
-                log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
-                self.set_close_reason(id, CloseReason::PolicyViolation);
+            Phase::AwaitingConnect | Phase::Authenticating
+                if self.now_ms >= since_ms + connect_ms =>
+            {
+                let unread = self
+                    .conns
+                    .get(id as usize)
+                    .is_some_and(|c| sys::has_unread_input(c.fd.as_fd()));
+                if unread {
+                    // The client sent in time and this shard has not read it yet (reads
+                    // held while other shards catch up): the delay is the broker's. Read
+                    // it, and look again in a second.
+                    self.again.push((id, generation));
+                    self.schedule_conn(id, self.now_ms + 1000);
+                } else {
+                    log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
+                    self.set_close_reason(id, CloseReason::PolicyViolation);
+                    self.request_close(id);
+                }
+            }
+            Phase::Verifying if self.now_ms >= since_ms + connect_ms => {
+                log!(
+                    INFO,
+                    self.log_id,
+                    "password check for {peer} not done in time; closing"
+                );
+                // The broker did not answer in time, not the client's fault.
+                self.set_close_reason(id, CloseReason::InternalError);
                 self.request_close(id);
             }
             Phase::Open if since != 0 && over && self.now_ms >= since_ms + slow_ms => {
@@ -565,7 +649,15 @@ impl Core {
                 self.request_close(id);
             }
             Phase::Open if since != 0 && over => self.schedule_conn(id, since_ms + slow_ms),
-            Phase::AwaitingConnect | Phase::Open | Phase::Closing => {}
+            Phase::Lingering | Phase::Draining if self.now_ms >= since_ms + LINGER_MS => {
+                self.close_now(id);
+            }
+            Phase::Lingering | Phase::Draining => self.schedule_conn(id, since_ms + LINGER_MS),
+            Phase::AwaitingConnect
+            | Phase::Verifying
+            | Phase::Authenticating
+            | Phase::Open
+            | Phase::Closing => {}
         }
     }
 

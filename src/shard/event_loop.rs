@@ -4,7 +4,8 @@
 //! One turn, in this order:
 //! 1. drain the other shards' channels (always, whatever else is congested: two shards that
 //!    both wait for room in each other's channel must still empty their own, or neither ever
-//!    gets room), and the storage writer's answers (commits release held acknowledgements);
+//!    gets room), the storage writer's answers (commits release held acknowledgements), a
+//!    reloaded authentication snapshot and the password verifiers' verdicts (`auth.rs`);
 //! 2. accept and read the sockets the poller reports (skipped while an outbox is
 //!    backlogged: reading makes envelopes for shards that are already behind);
 //! 3. fire due timers (one wheel tick per second);
@@ -144,13 +145,18 @@ impl Core {
         self.tick_clock();
         let mut busy = self.drain_inbox(DRAIN_BUDGET) >= DRAIN_BUDGET;
         self.on_store_completions();
+        self.auth_turn();
         busy |= self.io_pass(events);
+        if self.has_retained_jobs() {
+            busy |= self.run_retained_jobs();
+        }
         if self.now_ms >= self.next_tick_ms {
             self.on_tick();
             self.next_tick_ms = (self.now_ms / TICK_MS + 1) * TICK_MS;
         }
         self.finish_closing();
         self.flush_all();
+        self.publish_load();
         busy |= self.advance_lifecycle();
         // Writing a connection can make more output or storage work (a client that read its
         // socket gets the messages that waited for room): the next turn sends it.
@@ -159,14 +165,21 @@ impl Core {
 
     /// Work this shard made for itself that no wake-up will announce.
     fn has_local_work(&self) -> bool {
-        !self.dirty.is_empty() || !self.closing.is_empty() || self.persist.has_batch()
+        !self.dirty.is_empty()
+            || !self.closing.is_empty()
+            || self.persist.has_batch()
+            || (self.has_retained_jobs() && self.retained_ready())
     }
 
     /// Whether something other than the poller or the clock calls for a turn: envelopes in
     /// the channels, room in a channel an outbox waits for, or a shutdown step. Checked after
     /// the notifier is armed, so a wake between the check and the park is never lost.
     fn has_work(&self) -> bool {
-        if any_pending(&self.inbox) || self.has_local_work() || self.persist.has_completions() {
+        if any_pending(&self.inbox)
+            || self.has_local_work()
+            || self.persist.has_completions()
+            || self.auth_has_work()
+        {
             return true;
         }
         if self.outboxes.is_pending() && self.outboxes.has_room(self.id, &self.shared.mesh) {
@@ -250,7 +263,7 @@ impl Core {
         self.flush_all();
         let left: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
         for id in left {
-            self.finish_conn(id);
+            self.close_now(id);
         }
     }
 }

@@ -62,6 +62,7 @@ pub(crate) struct HandoffParts {
     pub(crate) client_id: crate::session::ClientId,
     pub(crate) assigned: bool,
     pub(crate) leftover: BytesMut,
+    pub(crate) identity: super::auth::Identity,
 }
 
 /// What one decoded packet led to.
@@ -137,8 +138,15 @@ impl Core {
             // no further edge would report it, so reads go on until `recv` says so.
             conn.peer_closed = true;
         }
+        let closing = matches!(conn.phase, Phase::Lingering | Phase::Draining);
         if flags & writable != 0 && conn.write_blocked {
             self.on_writable(id);
+        }
+        if closing {
+            if flags & readable != 0 {
+                self.discard_input(id);
+            }
+            return;
         }
         // Input that waited while the connection was paused is read once output drained.
         let pending = self.conns.get(id as usize).is_some_and(|c| c.read_pending);
@@ -153,6 +161,24 @@ impl Core {
         }
     }
 
+    /// A closing connection's input is read and thrown away: a close with unread input makes
+    /// the kernel send a reset, which can destroy the reason code still in flight to the
+    /// client. The client's close (EOF) ends the linger at once.
+    fn discard_input(&mut self, id: u32) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while let Some(conn) = self.conns.get(id as usize) {
+            match sys::recv(conn.fd.as_fd(), &mut scratch) {
+                Ok(IoOutcome::Done(0)) | Err(_) => {
+                    self.close_now(id);
+                    break;
+                }
+                Ok(IoOutcome::Done(_)) => {}
+                Ok(IoOutcome::WouldBlock) => break,
+            }
+        }
+        self.scratch = scratch;
+    }
+
     /// A connection that holds more than `max_output_buffer` bytes for a client that does
     /// not read its socket is not read either: TCP back-pressure instead of unbounded
     /// output.
@@ -165,7 +191,8 @@ impl Core {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
         };
-        if conn.phase == Phase::Closing {
+        if conn.phase.is_closing() || conn.phase == Phase::Verifying {
+            // A parked CONNECT is read again once its verdict came (`auth::resume_input`).
             return;
         }
         let paused = self.reads_paused(conn);
@@ -200,7 +227,7 @@ impl Core {
 
     /// Moves connection `id` to its home shard: out of this shard's poller and slab, its fd
     /// and what was read with the CONNECT into an envelope.
-    fn hand_off(&mut self, id: u32, parts: HandoffParts) {
+    pub(crate) fn hand_off(&mut self, id: u32, parts: HandoffParts) {
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };
@@ -211,6 +238,7 @@ impl Core {
             client_id,
             assigned,
             leftover,
+            identity,
         } = parts;
         let Some(dst) = ShardId::new(home as u8) else {
             return;
@@ -223,6 +251,7 @@ impl Core {
             client_id,
             assigned,
             leftover,
+            identity,
         };
         self.send_to(dst, Envelope::Handoff(Box::new(handoff)));
     }
@@ -256,8 +285,11 @@ impl Core {
             let Some(conn) = self.conns.get(id as usize) else {
                 return ReadOutcome::Close;
             };
-            if conn.phase == Phase::Closing {
-                return ReadOutcome::Close;
+            match conn.phase {
+                Phase::Closing | Phase::Lingering | Phase::Draining => return ReadOutcome::Close,
+                // The CONNECT just read was parked: nothing more is read until its verdict.
+                Phase::Verifying => return ReadOutcome::Continue { drained: true },
+                Phase::AwaitingConnect | Phase::Authenticating | Phase::Open => {}
             }
             let peer_closed = conn.peer_closed;
             match sys::recv(conn.fd.as_fd(), scratch) {
@@ -324,15 +356,14 @@ impl Core {
             let Some(conn) = self.conns.get(id as usize) else {
                 return Step::Close;
             };
-            if conn.phase == Phase::Closing {
-                return Step::Close;
-            }
-            let version = conn.version;
-            let limits = if version.is_none() {
-                self.connect_limits
-            } else {
-                self.packet_limits
+            let limits = match conn.phase {
+                Phase::Closing | Phase::Lingering | Phase::Draining => return Step::Close,
+                Phase::Verifying => return Step::Continue,
+                // Unauthenticated: the CONNECT limits until CONNACK.
+                Phase::AwaitingConnect | Phase::Authenticating => self.connect_limits,
+                Phase::Open => self.packet_limits,
             };
+            let version = conn.version;
             match codec::decode(work, version, &limits) {
                 Ok(Some(packet)) => match self.on_packet(id, packet, work) {
                     Step::Continue => {}
@@ -355,6 +386,9 @@ impl Core {
             (Phase::AwaitingConnect, _, Packet::Connect(connect)) => {
                 return self.on_connect(id, connect, rest);
             }
+            (Phase::Authenticating, _, packet) => {
+                return self.on_authenticating_packet(id, packet, rest);
+            }
             (Phase::Open, Some(slot), packet) => (slot, packet),
             // A refused connection (no client) or a decoder that let a non-CONNECT through
             // before CONNECT: nothing may act on it.
@@ -370,6 +404,14 @@ impl Core {
                 conn.since = 0;
             }
         }
+        let packet = match packet {
+            Packet::Auth(auth) if self.uses_enhanced_auth(slot) => {
+                self.on_reauth(slot, id, auth);
+                return Step::Continue;
+            }
+            other => other,
+        };
+        let policy = self.subscribe_policy(slot, &packet);
         let mut actions = std::mem::take(&mut self.actions);
         let mut hold_from = None;
         if let (Some(client), Some(conn)) = (
@@ -377,51 +419,100 @@ impl Core {
             self.conns.get_mut(id as usize),
         ) {
             hold_from = Some(conn.out.len());
-            client
-                .session
-                .handle_packet(packet, self.now_ms, &mut conn.out, &mut actions);
+            let (now, out) = (self.now_ms, &mut conn.out);
+            match &policy {
+                Some(p) => client
+                    .session
+                    .handle_packet_with(packet, p, now, out, &mut actions),
+                None => client.session.handle_packet(packet, now, out, &mut actions),
+            }
         }
         self.mark_dirty(id);
         self.marked_conn = Some(id);
         self.apply_actions(slot, &mut actions, hold_from);
         self.marked_conn = None;
         self.actions = actions;
+        self.note_share_load(slot);
         self.reschedule_client(slot);
         Step::Continue
     }
 
-    /// CONNECT decoded: refuse it, attach it here, or hand the connection to its home.
+    /// CONNECT decoded: refuse it, or authenticate it (`auth.rs`), which then hands the
+    /// connection to its home or attaches it here. On a listener with
+    /// `use_identity_as_username` the client certificate names the user first.
     fn on_connect(
         &mut self,
         id: u32,
         mut connect: Box<codec::Connect>,
         rest: &mut BytesMut,
     ) -> Step {
-        use crate::session::{ConnectDecision, refuse_connect, validate_connect};
-        self.apply_identity(id, &mut connect);
-        let peer = self.conns.get(id as usize).map(|c| c.peer);
+        use crate::session::{ConnectDecision, validate_connect};
+        let certified = self.apply_identity(id, &mut connect);
         let decision = validate_connect(&connect, &self.shared.config.limits);
         let (client_id, assigned) = match decision {
             Ok(ConnectDecision::UseId(client_id)) => (client_id, false),
             Ok(ConnectDecision::AssignId) => (self.assign_id(), true),
             Err(code) => {
-                log!(
-                    INFO,
-                    self.log_id,
-                    "refusing CONNECT of client {:?} from {}: {}",
-                    connect.client_id.as_str(),
-                    peer.map_or_else(String::new, |p| p.to_string()),
-                    code.name()
-                );
-                if let Some(conn) = self.conns.get_mut(id as usize) {
-                    refuse_connect(connect.protocol, code, &mut conn.out);
-                    conn.phase = Phase::Open;
-                }
-                self.mark_dirty(id);
-                self.request_close(id);
-                return Step::Close;
+                let who = connect.client_id.as_str();
+                return self.refuse_connect_at(id, connect.protocol, code, who, "");
             }
         };
+        if let Err(code) = self.admit_connection() {
+            let who = connect.client_id.as_str();
+            return self.refuse_connect_at(id, connect.protocol, code, who, "max_connections");
+        }
+        self.authenticate(id, connect, client_id, assigned, certified, rest)
+    }
+
+    /// Refuses connection `id`'s CONNECT with `code` (CONNACK, then close) and logs it;
+    /// `why` adds to the reason code's name.
+    pub(crate) fn refuse_connect_at(
+        &mut self,
+        id: u32,
+        version: codec::ProtocolVersion,
+        code: codec::ReasonCode,
+        client_id: &str,
+        why: &str,
+    ) -> Step {
+        let peer = self.conns.get(id as usize).map(|c| c.peer);
+        log!(
+            INFO,
+            self.log_id,
+            "refusing CONNECT of client {client_id:?} from {}: {}{}{why}",
+            peer.map_or_else(String::new, |p| p.to_string()),
+            code.name(),
+            if why.is_empty() { "" } else { ": " },
+        );
+        self.write_refusal(id, version, code)
+    }
+
+    /// The CONNACK that refuses connection `id`, then close (no log line).
+    pub(crate) fn write_refusal(
+        &mut self,
+        id: u32,
+        version: codec::ProtocolVersion,
+        code: codec::ReasonCode,
+    ) -> Step {
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            crate::session::refuse_connect(version, code, &mut conn.out);
+            conn.phase = Phase::Open;
+        }
+        self.mark_dirty(id);
+        self.request_close(id);
+        Step::Close
+    }
+
+    /// An authenticated CONNECT: hand the connection to its client id's home shard, or
+    /// attach it here.
+    pub(crate) fn place(
+        &mut self,
+        id: u32,
+        connect: Box<codec::Connect>,
+        client_id: crate::session::ClientId,
+        assigned: bool,
+        identity: super::auth::Identity,
+        rest: &mut BytesMut,
+    ) -> Step {
         let home = super::home_shard(client_id.as_str().as_bytes(), self.shared.shards);
         if home != self.id.index() {
             self.stats.handed_off += 1;
@@ -431,9 +522,10 @@ impl Core {
                 client_id,
                 assigned,
                 leftover: rest.split(),
+                identity,
             }));
         }
-        self.attach(id, connect, client_id, assigned);
+        self.attach(id, connect, client_id, assigned, identity);
         Step::Continue
     }
 
@@ -444,7 +536,8 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        let connack_sent = conn.version.is_some();
+        // An exchange before CONNACK has a version, but no CONNACK yet.
+        let connack_sent = conn.version.is_some() && conn.phase != Phase::Authenticating;
         let version = conn.version;
         let response = error.response(version, connack_sent);
         match response {
@@ -532,7 +625,6 @@ impl Core {
             .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
         if conn.transport().is_some() {
             if let Err(failure) = super::layered::flush_layered(conn) {
-                conn.out = BytesMut::new();
                 self.flush_failed(id, failure);
                 return;
             }
@@ -564,6 +656,19 @@ impl Core {
                     self.close_lost(id, Some(e));
                     return;
                 }
+            }
+        }
+        if conn.phase == Phase::Lingering && conn.out.is_empty() && conn.holds.is_none() {
+            // Everything the client is owed is written or wrapped: the transport's farewell
+            // (`layered::send_farewell`), then, once the socket took every byte, FIN, then
+            // wait for the client's.
+            if let Err(failure) = super::layered::send_farewell(conn) {
+                self.flush_failed(id, failure);
+                return;
+            }
+            if !conn.has_output() {
+                sys::shutdown_write(conn.fd.as_fd());
+                conn.phase = Phase::Draining;
             }
         }
         let now_under = conn.output_len() < max_out;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use super::core::{Conn, Core};
+use super::core::{Conn, Core, Phase};
 use super::io::Step;
 use super::sys::{self, IoOutcome};
 use crate::codec::{Connect, MqttStr};
@@ -171,6 +171,33 @@ pub(crate) fn flush_layered(conn: &mut Conn) -> Result<(), FlushFailure> {
             }
         }
     }
+    send_wire(conn)
+}
+
+/// A lingering connection's MQTT output is all wrapped: the transport's farewell for the
+/// connection's close reason (WebSocket close frame, TLS close_notify) joins the wire bytes,
+/// and they go out as far as the socket takes them. The caller sends FIN once
+/// `Conn::has_output` is false. Calling it again only sends what is left.
+pub(crate) fn send_farewell(conn: &mut Conn) -> Result<(), FlushFailure> {
+    let reason = conn.close_reason();
+    let Some(extra) = conn.extra.as_mut() else {
+        return Ok(());
+    };
+    let Some(transport) = extra.transport.as_mut() else {
+        return Ok(());
+    };
+    transport.close(reason, &mut extra.wire);
+    send_wire(conn)
+}
+
+/// One `send` of the wire bytes, unless the socket is full.
+fn send_wire(conn: &mut Conn) -> Result<(), FlushFailure> {
+    if conn.write_blocked {
+        return Ok(());
+    }
+    let Some(extra) = conn.extra.as_mut() else {
+        return Ok(());
+    };
     if extra.wire.is_empty() {
         return Ok(());
     }
@@ -346,13 +373,14 @@ impl Core {
     }
 
     /// On a listener with `use_identity_as_username`, the client certificate's identity is
-    /// the CONNECT's username, whatever the client sent as one.
-    pub(crate) fn apply_identity(&self, id: u32, connect: &mut Connect) {
+    /// the CONNECT's username, whatever the client sent as one. Returns whether it was: the
+    /// verified certificate then authenticates the client (no password check).
+    pub(crate) fn apply_identity(&self, id: u32, connect: &mut Connect) -> bool {
         let Some(conn) = self.conns.get(id as usize) else {
-            return;
+            return false;
         };
         let Some(identity) = conn.transport().and_then(Transport::peer_identity) else {
-            return;
+            return false;
         };
         // `identity_of` admits only names that are valid MQTT strings.
         if let Some(name) = MqttStr::try_from_str(&identity) {
@@ -363,11 +391,22 @@ impl Core {
                 conn.peer
             );
             connect.username = Some(name);
+            return true;
         }
+        false
     }
 
-    /// A write through connection `id`'s transport failed: close it.
+    /// A write through connection `id`'s transport failed: its output is dropped and it
+    /// closes (at once when it was closing already).
     pub(crate) fn flush_failed(&mut self, id: u32, failure: FlushFailure) {
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            conn.out = BytesMut::new();
+            if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
+                // Closing already, and nothing more can reach the client.
+                self.close_now(id);
+                return;
+            }
+        }
         match failure {
             FlushFailure::Socket(e) => self.close_lost(id, Some(e)),
             FlushFailure::Transport(e) => {

@@ -20,7 +20,7 @@ use super::core::{Core, Phase};
 use super::layered::ConnExtra;
 use super::sys::{self, Accepted};
 use crate::log;
-use crate::transport::{ListenerRuntime, Transport, TransportError};
+use crate::transport::ListenerRuntime;
 
 /// Connections accepted per listener per turn: a connection storm cannot keep the shard from
 /// its existing clients for more than a few milliseconds.
@@ -115,8 +115,8 @@ impl Core {
             };
             match sys::accept(listener.socket.as_fd()) {
                 Ok(Accepted::Conn(fd, peer)) => {
-                    let transport = listener.runtime.new_transport();
-                    self.adopt_accepted(fd, peer, transport);
+                    let runtime = Arc::clone(&listener.runtime);
+                    self.adopt_accepted(fd, peer, &runtime);
                 }
                 Ok(Accepted::WouldBlock) => return,
                 Err(e) if is_fd_limit(&e) => {
@@ -141,19 +141,25 @@ impl Core {
         }
     }
 
-    /// A connection accepted on listener `index`: with the transport of its listener (none
-    /// for plain MQTT), waiting for its handshakes and CONNECT.
+    /// A connection accepted on the listener `runtime` describes: with that listener's
+    /// transport (none for plain MQTT), waiting for its handshakes and CONNECT.
     fn adopt_accepted(
         &mut self,
         fd: OwnedFd,
         peer: std::net::SocketAddr,
-        transport: Result<Option<Box<Transport>>, TransportError>,
+        runtime: &Arc<ListenerRuntime>,
     ) {
+        if self.far_beyond_connection_limit() {
+            // Far beyond `max_connections`: closed unread (the ones just beyond the limit
+            // are refused with a CONNACK).
+            self.listeners.refused += 1;
+            return;
+        }
         if let Err(e) = sys::set_nodelay(fd.as_fd()) {
             log!(WARN, self.log_id, "TCP_NODELAY on {peer}: {e}");
         }
         self.stats.accepted += 1;
-        let transport = match transport {
+        let transport = match runtime.new_transport() {
             Ok(transport) => transport,
             Err(e) => {
                 log!(WARN, self.log_id, "connection from {peer}: {e}; closing it");

@@ -36,6 +36,7 @@ use crate::codec::Connect;
 use crate::router::delivery::Subscription;
 use crate::router::interest::{InterestOp, ShardId};
 use crate::router::shared::ShareOp;
+use crate::router::topic::TopicFilter;
 use crate::session::{ClientId, Message};
 
 /// Default of `Limits::cross_shard_queue`, envelopes per (source, destination) channel. Large
@@ -91,11 +92,17 @@ pub(crate) enum Envelope {
         origin: ShardId,
         fence: Option<HoldKey>,
     },
-    /// A publish for the one member of a share group the publishing shard chose.
+    /// A publish for the one member of a share group the publishing shard chose. `group`:
+    /// the whole `$share/{group}/{filter}`, to hand the message back to the group when the
+    /// member is gone.
     SharedDeliver {
         message: Arc<Message>,
         subscriber: SessionKey,
         subscription: Subscription,
+        group: Arc<TopicFilter>,
+        /// Times the message was already handed on by members that could not take it
+        /// (see `share::MAX_SHARE_HANDOVERS`).
+        hops: u8,
         ack: Option<AckRequest>,
     },
     /// The source shard gained its first or lost its last subscriber of these filters, in
@@ -156,6 +163,8 @@ pub(crate) struct Handoff {
     pub(crate) assigned: bool,
     /// Bytes read after the CONNECT packet (the client may pipeline).
     pub(crate) leftover: BytesMut,
+    /// Who the client authenticated as on the accepting shard.
+    pub(crate) identity: super::auth::Identity,
 }
 
 /// Wakes a shard's loop from other threads, only when it is parked.
@@ -192,7 +201,9 @@ impl Notifier {
 #[derive(Debug)]
 pub(crate) struct Mesh {
     pub(crate) senders: Vec<Vec<Sender<Envelope>>>,
-    pub(crate) notifiers: Vec<Notifier>,
+    /// In `Arc`s so that threads outside the mesh (the password verifiers) can hold one
+    /// without holding the broker.
+    pub(crate) notifiers: Vec<Arc<Notifier>>,
     /// `room_wanted[src * shards + dst]`: `src` has envelopes for `dst` that did not fit in
     /// the channel. `dst` clears it and wakes `src` once it has drained the channel to half
     /// (`Mesh::offer_room`), so a waiting sender parks instead of retrying every turn.
@@ -214,7 +225,7 @@ impl Mesh {
                 dst_receivers.push(rx);
             }
         }
-        let notifiers = (0..shards).map(|_| Notifier::default()).collect();
+        let notifiers = (0..shards).map(|_| Arc::default()).collect();
         let room_wanted = (0..shards * shards)
             .map(|_| AtomicBool::new(false))
             .collect();

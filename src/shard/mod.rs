@@ -13,25 +13,31 @@
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
-//! the epoll `Poller`, signals), `log.rs`.
+//! the epoll `Poller`, signals), `log.rs`, `auth.rs` (CONNECT authentication, the shared
+//! `[auth]` snapshot and its reload), `access.rs` (the ACL applied to a shard's clients).
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
 
+mod access;
+mod auth;
 mod clients;
 mod core;
 mod event_loop;
 mod hold;
 mod io;
 mod layered;
+mod limits;
 mod listen;
 pub mod log;
 mod mailbox;
 mod persist;
 mod recovery;
 mod registry;
+mod retained;
 mod route;
 mod routes;
+mod share;
 mod slots;
 pub mod sys;
 pub mod timer;
@@ -87,6 +93,10 @@ pub enum BrokerError {
     Storage(ringmq_storage::OpenError),
     #[error("{0}")]
     Listener(crate::config::ConfigError),
+    #[error("{0}")]
+    Auth(crate::auth::AuthError),
+    #[error("cannot start the password verifier threads: {0}")]
+    Verifiers(std::io::Error),
 }
 
 impl BrokerError {
@@ -101,7 +111,9 @@ impl BrokerError {
             | BrokerError::Thread { .. }
             | BrokerError::ShardPanicked(_)
             | BrokerError::Signal(_)
-            | BrokerError::Storage(_) => 1,
+            | BrokerError::Storage(_)
+            | BrokerError::Auth(_)
+            | BrokerError::Verifiers(_) => 1,
         }
     }
 }
@@ -136,9 +148,25 @@ pub(crate) struct Shared {
     /// Shards that restored their stored sessions and sent the routing updates they make
     /// (the start-up barrier: no shard serves clients before every shard's are in).
     pub(crate) restored: AtomicUsize,
+    /// What each shard holds, for the broker-wide limits (`limits.rs`).
+    pub(crate) load: Vec<limits::ShardLoad>,
+    /// `Limits::max_connections` in force (the fd limit when it is 0).
+    pub(crate) max_connections: usize,
+    /// The password and ACL files in force, the verifier threads, the failure throttle.
+    pub(crate) auth: auth::AuthShared,
 }
 
 impl Shared {
+    /// Reloads the password and ACL files (`AuthShared::reload`) and wakes every shard to
+    /// apply them; an error keeps the rules in force.
+    fn reload_auth(&self) -> Result<(), crate::auth::AuthError> {
+        self.auth.reload()?;
+        for n in &self.mesh.notifiers {
+            n.notify();
+        }
+        Ok(())
+    }
+
     fn trigger_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         for n in &self.mesh.notifiers {
@@ -183,6 +211,15 @@ impl BrokerHandle {
         StopTrigger(Arc::clone(&self.shared))
     }
 
+    /// Reloads the password file and the ACL file without disconnecting anyone (what
+    /// SIGHUP does): new CONNECTs, SUBSCRIBEs and PUBLISHes are judged by the new rules at
+    /// once, and every shard drops the subscriptions its clients may no longer hold at its
+    /// next turn. On error (a file that cannot be read or parsed: the error names it, with
+    /// the line and the reason) the rules in force stay.
+    pub fn reload_auth(&self) -> Result<(), crate::auth::AuthError> {
+        self.shared.reload_auth()
+    }
+
     /// Stops accepting, closes every connection (v5 clients get DISCONNECT 0x8B) and waits
     /// for the shard threads.
     pub fn shutdown(self) -> Result<(), BrokerError> {
@@ -225,6 +262,8 @@ pub fn start_with(
     if shards > MAX_SHARDS {
         return Err(BrokerError::TooManyShards(shards));
     }
+    // Before any listener: a password or ACL file that cannot be loaded stops the start.
+    let auth = auth::AuthShared::start(&config.auth)?;
     let addrs: Vec<SocketAddr> = config.listeners.iter().map(|l| l.url.addr).collect();
     let (listeners, local_addrs) = bind_listeners(&addrs, shards)?;
     let (mesh, receivers) = Mesh::new(shards);
@@ -232,7 +271,10 @@ pub fn start_with(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let clock = Clock::new();
+    let max_connections = limits::effective_max_connections(config.limits.max_connections);
     let shared = Arc::new(Shared {
+        load: (0..shards).map(|_| limits::ShardLoad::default()).collect(),
+        max_connections,
         config,
         wall_epoch_ms: persist::wall_epoch_ms(clock.now_ms()),
         clock,
@@ -242,6 +284,7 @@ pub fn start_with(
         wills_routed: AtomicUsize::new(0),
         id_entropy,
         restored: AtomicUsize::new(0),
+        auth,
     });
     let mut opened = recovery::open(&shared.config, &shared)?;
     let writer = opened.writer.take();
@@ -305,7 +348,8 @@ pub fn start_with(
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP reloads the
-/// TLS certificates of every TLS listener (`reload_tls`); it never ends the process.
+/// password and ACL files (`BrokerHandle::reload_auth`) and the TLS certificates of every
+/// TLS listener (`reload_tls`); it never ends the process.
 pub fn run(config: Config, runtimes: Vec<Arc<ListenerRuntime>>) -> Result<(), BrokerError> {
     // Block the signals before any shard thread exists, so that every thread inherits the
     // mask and only the waiting thread receives them.
@@ -322,6 +366,8 @@ pub fn run(config: Config, runtimes: Vec<Arc<ListenerRuntime>>) -> Result<(), Br
     loop {
         let sig = sys::wait_for_signal().map_err(BrokerError::Signal)?;
         if sig == libc::SIGHUP {
+            crate::log!(INFO, None, "SIGHUP received: reloading");
+            reload_auth_files(&handle);
             reload_tls(&runtimes);
             continue;
         }
@@ -356,7 +402,15 @@ pub fn reload_tls(runtimes: &[Arc<ListenerRuntime>]) {
         }
     }
     if !any {
-        crate::log!(INFO, None, "SIGHUP received: no TLS listener to reload");
+        crate::log!(INFO, None, "SIGHUP: no TLS listener to reload");
+    }
+}
+
+/// SIGHUP's part for authentication: the password and ACL files.
+fn reload_auth_files(handle: &BrokerHandle) {
+    match handle.reload_auth() {
+        Ok(()) => crate::log!(INFO, None, "password and ACL files reloaded"),
+        Err(e) => crate::log!(ERROR, None, "reload failed, the rules in force stay: {e}"),
     }
 }
 
@@ -517,6 +571,7 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     recovery::restored_barrier(&shared);
     while core.drain_inbox(usize::MAX) > 0 {}
     core.after_restore(&restored, &recovery);
+    core.mark_restored(&restored);
     drop(recovery);
     if let Err(source) = core.listeners.register(&core.poller) {
         let _ = ready.send(Err(BrokerError::Runtime {

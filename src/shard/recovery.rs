@@ -389,6 +389,7 @@ fn restore_outbound(
             qos,
             retain: e.retain,
             subscription_ids: e.sub_ids.clone(),
+            share_group: None,
         };
         match e.state {
             storage::EntryState::Sent { packet_id } => match PacketId::new(packet_id) {

@@ -87,6 +87,7 @@ mod tests {
             generation: 0,
             timer_tick: 0,
             durable: false,
+            share_load: crate::shard::share::ShareLoad::NotMember,
         }
     }
 

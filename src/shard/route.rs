@@ -4,7 +4,7 @@
 //! Owns: the message flow of the README's "Architecture". A publish matches this shard's
 //! replica of the interest index and goes, as ONE envelope per interested shard (this one
 //! handled in place, without the channel), to the shards that match their local tries and
-//! deliver once per session. A retained publish is delivered the same way, and its store
+//! deliver once per matching subscription (or per session, `OverlapMode::Single`). A retained publish is delivered the same way, and its store
 //! update goes to the topic's owner shard, which applies and stores it and passes it on to
 //! every other shard: each replica applies one topic's updates in the owner's order. Shared
 //! groups: this shard picks the member and sends the message to that member's shard only.
@@ -27,7 +27,6 @@ use super::hold::HoldKey;
 use super::mailbox::{AckRequest, Envelope, Handoff, InterestChange};
 use super::routes::{self, SessionKey};
 use crate::codec::{QoS, RetainHandling};
-use crate::router::delivery::Subscription as RouteSub;
 use crate::router::interest::{InterestOp, ShardId, ShardMask};
 use crate::router::shared::{ShareMember, ShareOp};
 use crate::router::topic::TopicFilter;
@@ -177,6 +176,10 @@ impl Core {
                 self.hold_client_for_commit(p.slot, offset);
             }
         } else {
+            // This shard's replica holds it at once (a subscriber here right after a
+            // delivery finds it); the owner's update, in the owner's order, follows and
+            // settles concurrent updates from other shards the same way on every replica.
+            self.routes.retained.set(routes::retained_entry(message));
             let envelope = Envelope::Retain {
                 message: Arc::clone(message),
                 origin: me,
@@ -230,13 +233,20 @@ impl Core {
     fn route_shared(&mut self, message: &Arc<Message>, acked: Option<Publisher>) {
         let routes = &mut self.routes;
         let mut picks = std::mem::take(&mut routes.picks);
+        let publisher = message.origin.as_ref().map(|c| c.as_str().as_bytes());
         routes
             .shared
-            .pick(&message.topic, &mut routes.stack, &mut picks);
+            .pick(&message.topic, publisher, &mut routes.stack, &mut picks);
         for pick in picks.drain(..) {
             let member = pick.member;
             if member.shard == self.id {
-                self.deliver_shared(member.subscriber, member.subscription, message);
+                self.deliver_shared(
+                    member.subscriber,
+                    member.subscription,
+                    &pick.group,
+                    message,
+                    0,
+                );
                 continue;
             }
             let durable = member.durable
@@ -257,6 +267,8 @@ impl Core {
                 message: Arc::clone(message),
                 subscriber: member.subscriber,
                 subscription: member.subscription,
+                group: pick.group,
+                hops: 0,
                 ack,
             };
             self.send_to(member.shard, envelope);
@@ -264,7 +276,8 @@ impl Core {
         self.routes.picks = picks;
     }
 
-    /// Matches the local trie and delivers once per local session.
+    /// Matches the local trie and delivers once per matching subscription (or once per local
+    /// session with `overlapping_subscriptions = "single"`).
     fn deliver_local(&mut self, message: &Arc<Message>, publisher: Option<u32>) {
         let mut fanout = std::mem::take(&mut self.routes.fanout);
         fanout.collect(
@@ -280,6 +293,7 @@ impl Core {
                 retain_as_published: d.retain_as_published,
                 subscription_ids: fanout.subscription_ids(d),
                 from_retained_store: false,
+                share_group: None,
             };
             self.deliver_to(d.subscriber, message, &delivery);
         }
@@ -287,29 +301,11 @@ impl Core {
         self.routes.fanout = fanout;
     }
 
-    fn deliver_shared(&mut self, key: SessionKey, sub: RouteSub, message: &Arc<Message>) {
-        if self
-            .clients
-            .get(key.slot as usize)
-            .is_none_or(|c| c.generation != key.generation)
-        {
-            return; // The member left after the publishing shard picked it.
-        }
-        let ids: &[u32] = match &sub.id {
-            Some(id) => std::slice::from_ref(id),
-            None => &[],
-        };
-        let delivery = Delivery {
-            qos: sub.options.qos.min(message.qos),
-            retain_as_published: sub.options.retain_as_published,
-            subscription_ids: ids,
-            from_retained_store: false,
-        };
-        self.deliver_to(key.slot, message, &delivery);
-    }
-
     /// Hands one message to the session in client `slot`.
     pub(crate) fn deliver_to(&mut self, slot: u32, message: &Arc<Message>, delivery: &Delivery) {
+        if !self.may_deliver(slot, &message.topic) {
+            return; // A subscription the ACL covers in part (`access.rs`).
+        }
         let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
         };
@@ -345,6 +341,7 @@ impl Core {
                 self.mark_dirty(c);
             }
         }
+        self.note_share_load(slot);
         self.reschedule_client(slot);
     }
 
@@ -381,7 +378,7 @@ impl Core {
             RetainHandling::DoNotSend => false,
         };
         if send_retained {
-            self.send_retained(slot, &filter, &sub);
+            self.queue_retained(slot, filter, sub);
         }
     }
 
@@ -397,6 +394,7 @@ impl Core {
         };
         let route_sub = routes::route_sub(&sub);
         if filter.is_shared() {
+            self.share_member_joined(slot);
             let member = ShareMember {
                 shard: self.id,
                 subscriber: SessionKey { slot, generation },
@@ -434,30 +432,6 @@ impl Core {
     /// sessions of this shard that match it now.
     pub(crate) fn finish_fanout(&mut self, message: &Arc<Message>) {
         self.deliver_local(message, None);
-    }
-
-    fn send_retained(&mut self, slot: u32, filter: &TopicFilter, sub: &Subscription) {
-        let mut found = Vec::new();
-        let routes = &mut self.routes;
-        routes.retained.for_each_matching(
-            filter,
-            self.now_ms,
-            &mut routes.retained_stack,
-            |entry| found.push(routes::retained_message(entry)),
-        );
-        let ids: &[u32] = match &sub.id {
-            Some(id) => std::slice::from_ref(id),
-            None => &[],
-        };
-        for message in &found {
-            let delivery = Delivery {
-                qos: sub.options.qos,
-                retain_as_published: sub.options.retain_as_published,
-                subscription_ids: ids,
-                from_retained_store: true,
-            };
-            self.deliver_to(slot, message, &delivery);
-        }
     }
 
     /// `Action::Unsubscribe`.
@@ -591,10 +565,12 @@ impl Core {
                 message,
                 subscriber,
                 subscription,
+                group,
+                hops,
                 ack,
             } => {
                 let before = self.persist.produced();
-                self.deliver_shared(subscriber, subscription, &message);
+                self.deliver_shared(subscriber, subscription, &group, &message, hops);
                 if let Some(req) = ack {
                     if req.fanout {
                         self.persist_fanout(message.store_id, self.id, false);
@@ -641,11 +617,12 @@ impl Core {
             client_id,
             assigned,
             leftover,
+            identity,
         } = handoff;
         let Some(id) = self.new_conn(fd, peer, Phase::Open, extra) else {
             return;
         };
-        self.attach(id, connect, client_id, assigned);
+        self.attach(id, connect, client_id, assigned, identity);
         if !leftover.is_empty() {
             if let Some(conn) = self.conns.get_mut(id as usize) {
                 conn.keep_input(leftover);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::config::Limits;
 use crate::router::delivery::{Fanout, Subscription as RouteSub, SubscriptionTrie};
 use crate::router::interest::{InterestCache, InterestIndex, ShardId};
 use crate::router::retained::{RetainedMessage, RetainedStack, RetainedStore};
@@ -55,7 +56,7 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(me: ShardId) -> Routes {
+    pub(crate) fn new(me: ShardId, limits: &Limits) -> Routes {
         Routes {
             local: SubscriptionTrie::new(),
             interest: InterestIndex::new(),
@@ -63,14 +64,21 @@ impl Routes {
             durable: InterestIndex::new(),
             durable_cache: InterestCache::new(),
             durable_local: hashbrown::HashMap::default(),
-            shared: SharedGroups::new(me),
+            shared: SharedGroups::new(me, limits.shared_subscription_strategy, random_seed(me)),
             retained: RetainedStore::new(),
             stack: MatchStack::default(),
             retained_stack: RetainedStack::default(),
-            fanout: Fanout::default(),
+            fanout: Fanout::new(limits.overlapping_subscriptions),
             picks: Vec::new(),
         }
     }
+}
+
+/// A seed for the `random` share strategy, different per shard and per process (the
+/// router takes its randomness as an argument).
+fn random_seed(me: ShardId) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(me.index())
 }
 
 /// The router's view of a session subscription.

@@ -52,7 +52,6 @@ impl<T> Slots<T> {
         Self::default()
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -55,6 +55,24 @@ pub(crate) fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<IoOutcome> 
     })
 }
 
+/// Whether the socket holds input not read yet (a one-byte peek that consumes nothing).
+pub(crate) fn has_unread_input(fd: BorrowedFd<'_>) -> bool {
+    let mut byte = 0u8;
+    let got = retry_interrupted(|| {
+        // SAFETY: `byte` is a valid, writable 1-byte region for the duration of the call;
+        // MSG_PEEK leaves the data in the socket. `fd` is borrowed from a live socket.
+        unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_PEEK,
+            )
+        }
+    });
+    matches!(got, Ok(IoOutcome::Done(n)) if n > 0)
+}
+
 /// Writes as much of `buf` as the socket accepts without blocking.
 pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<IoOutcome> {
     retry_interrupted(|| {
@@ -305,6 +323,21 @@ pub fn wait_for_signal() -> io::Result<i32> {
 pub fn disable_transparent_huge_pages() -> io::Result<()> {
     // SAFETY: plain syscall with integer arguments; no memory is passed.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sends SIGHUP to process `pid` (`ringmq reload --pid PID`: a running broker reloads its
+/// password and ACL files).
+pub fn send_reload_signal(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall with integer arguments; a positive pid names one process.
+    let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -96,7 +96,10 @@ impl BrokerProcess {
 
     /// As `try_start_in`, with exactly `args` (no listener added).
     pub fn try_start_raw(data: &DataDir, args: &[&str]) -> Result<BrokerProcess, (String, String)> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        // RINGMQ_TEST_BROKER runs another build instead (to show that a test fails on it).
+        let binary = std::env::var_os("RINGMQ_TEST_BROKER")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ringmq").into());
+        let mut child = Command::new(binary)
             .args(["--no-pin", "--data-dir", data.path()])
             .args(args)
             .stdout(Stdio::null())
@@ -187,6 +190,18 @@ impl BrokerProcess {
         std::thread::sleep(window);
         let after = self.cpu_ticks();
         (after - before) as f64 / window.as_secs_f64()
+    }
+
+    /// The process's resident set size in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
     }
 
     /// File descriptors the process holds open.

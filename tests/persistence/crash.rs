@@ -11,19 +11,18 @@
 //! the same packet id, PUBREL resent, and QoS 2 packet ids awaiting PUBREL remembered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ringmq::codec::{
-    self, Ack, Connect, ConnectProperties, DecodeLimits, MqttStr, Packet, PacketId,
-    ProtocolVersion, Publish, PublishProperties, QoS, Subscribe, SubscribeProperties,
-    SubscriptionOptions,
+    Ack, Connect, ConnectProperties, MqttStr, Packet, PacketId, ProtocolVersion, Publish,
+    PublishProperties, QoS, Subscribe, SubscribeProperties, SubscriptionOptions,
 };
 
+use crate::common::conn::Conn;
 use crate::common::process::{BrokerProcess, DataDir};
 use crate::common::{filter, topic};
 
@@ -48,78 +47,17 @@ impl Rng {
     }
 }
 
-/// A blocking MQTT connection that reports failures instead of panicking: the broker may
-/// die under it at any moment.
-struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr, client_id: &str) -> std::io::Result<(Conn, bool)> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-        stream.set_nodelay(true)?;
-        let mut c = Conn {
-            stream,
-            buf: BytesMut::new(),
-        };
-        let connect = Connect {
-            protocol: V,
-            clean_start: false,
-            keep_alive: 30,
-            client_id: MqttStr::try_from_str(client_id).expect("id"),
-            will: None,
-            username: None,
-            password: None,
-            properties: ConnectProperties::default(),
-        };
-        c.send(&Packet::Connect(Box::new(connect)))?;
-        match c.recv(Duration::from_secs(5))? {
-            Some(Packet::ConnAck(a)) if a.reason == codec::ReasonCode::Success => {
-                Ok((c, a.session_present))
-            }
-            other => Err(std::io::Error::other(format!(
-                "CONNACK expected: {other:?}"
-            ))),
-        }
-    }
-
-    fn send(&mut self, p: &Packet) -> std::io::Result<()> {
-        let mut out = BytesMut::new();
-        codec::encode(p, V, &mut out);
-        self.stream.write_all(&out)
-    }
-
-    /// The next packet within `timeout` (`None`: nothing yet); an error once the broker is
-    /// gone.
-    fn recv(&mut self, timeout: Duration) -> std::io::Result<Option<Packet>> {
-        let limits = DecodeLimits {
-            max_packet_size: 1 << 20,
-            max_user_properties: 100,
-            role: codec::Role::Client,
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            match codec::decode(&mut self.buf, Some(V), &limits) {
-                Ok(Some(p)) => return Ok(Some(p)),
-                Ok(None) => {}
-                Err(e) => return Err(std::io::Error::other(format!("{e:?}"))),
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            self.stream.set_read_timeout(Some(left))?;
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+/// A persistent 3.1.1 CONNECT (clean session 0) for `client_id`.
+fn persistent_connect(client_id: &str) -> Connect {
+    Connect {
+        protocol: V,
+        clean_start: false,
+        keep_alive: 30,
+        client_id: MqttStr::try_from_str(client_id).expect("id"),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
     }
 }
 
@@ -140,15 +78,16 @@ impl Target {
     /// the client's first must find its session (`lost_session` counts those that did not).
     fn connect(&self, id: &str, ever: &mut bool, lost_session: &mut u32) -> Option<Conn> {
         while !self.stop.load(Ordering::SeqCst) {
-            match Conn::open(self.addr(), id) {
-                Ok((c, present)) => {
+            match Conn::open(self.addr(), persistent_connect(id)) {
+                Ok((c, ack)) if ack.reason == ringmq::codec::ReasonCode::Success => {
+                    let present = ack.session_present;
                     if !present && *ever {
                         *lost_session += 1;
                     }
                     *ever = true;
                     return Some(c);
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(_) | Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
         None
@@ -425,6 +364,34 @@ fn missing(r: &Record, publishers: &[QoS]) -> usize {
     n
 }
 
+/// Which acknowledged messages are missing where, and what each subscriber got from that
+/// publisher around them: tells a message never delivered from a stalled flow.
+fn missing_detail(r: &Record) -> String {
+    let mut lines = Vec::new();
+    for (p, acked) in &r.acked {
+        for s in 0..2 {
+            let got = r.received.get(&(s, *p));
+            let have: HashSet<u64> = got.map(|v| v.iter().copied().collect()).unwrap_or_default();
+            let mut gone: Vec<u64> = acked
+                .iter()
+                .copied()
+                .filter(|q| !have.contains(q))
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            gone.sort_unstable();
+            let last = got.and_then(|v| v.iter().max().copied());
+            lines.push(format!(
+                "subscriber {s} from publisher {p}: {} missing, first {:?}, highest received {last:?}",
+                gone.len(),
+                &gone[..gone.len().min(10)]
+            ));
+        }
+    }
+    lines.join("; ")
+}
+
 fn check(r: &Record, publishers: &[QoS], kills: usize, seed: u64) -> String {
     let acked: usize = r.acked.values().map(HashSet::len).sum();
     assert!(acked > 0, "nothing was acknowledged (seed {seed})");
@@ -433,7 +400,12 @@ fn check(r: &Record, publishers: &[QoS], kills: usize, seed: u64) -> String {
         "a persistent session was lost (seed {seed})"
     );
     let lost = missing(r, publishers);
-    assert_eq!(lost, 0, "{lost} acknowledged message(s) lost (seed {seed})");
+    assert_eq!(
+        lost,
+        0,
+        "{lost} acknowledged message(s) lost (seed {seed}): {}",
+        missing_detail(r)
+    );
     let mut duplicates = 0;
     for ((s, p), seqs) in &r.received {
         let mut seen: HashMap<u64, usize> = HashMap::new();

@@ -445,6 +445,8 @@ impl Broker {
                     self.subs.retain(|(c, _, _)| c != client);
                     self.sessions.remove(client);
                 }
+                // No shared subscriptions in these tests.
+                Action::ReturnToGroup { .. } => {}
             }
         }
         if closed && self.sn.remove(client) {
@@ -492,6 +494,7 @@ impl Broker {
                 retain_as_published: false,
                 subscription_ids: &[],
                 from_retained_store: true,
+                share_group: None,
             };
             let now = self.now;
             self.session_call(client, more, |s, out, a| s.deliver(&m, &d, now, out, a));

@@ -31,6 +31,41 @@ fn qos0_is_routed_without_ack() {
 }
 
 #[test]
+fn a_publish_the_shard_refuses_is_answered_with_its_code() {
+    // v5: PUBACK / PUBREC carry the code; a refused QoS 2 id is not awaiting PUBREL.
+    let mut h = Harness::v5();
+    h.packet_refused(
+        Packet::Publish(publish("a/b", QoS::AtLeastOnce, Some(3))),
+        ReasonCode::QuotaExceeded,
+    );
+    h.packet_refused(
+        Packet::Publish(publish("a/b", QoS::ExactlyOnce, Some(4))),
+        ReasonCode::QuotaExceeded,
+    );
+    let (packets, _) = h.take();
+    assert_eq!(
+        packets,
+        vec![
+            Packet::PubAck(ack_with(3, ReasonCode::QuotaExceeded)),
+            Packet::PubRec(ack_with(4, ReasonCode::QuotaExceeded)),
+        ]
+    );
+    assert!(h.s.data().awaiting_rel.is_empty());
+    // 3.x acknowledgements have no code: the connection is closed instead.
+    let mut h = Harness::v311();
+    h.packet_refused(
+        Packet::Publish(publish("a/b", QoS::AtLeastOnce, Some(3))),
+        ReasonCode::QuotaExceeded,
+    );
+    let (packets, actions) = h.take();
+    assert!(packets.is_empty(), "{packets:?}");
+    assert!(
+        actions.contains(&Action::Close { will: true }),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn qos1_is_routed_and_acked() {
     for mut h in [Harness::v5(), Harness::v311()] {
         h.packet(Packet::Publish(publish("a/b", QoS::AtLeastOnce, Some(7))));

@@ -368,13 +368,22 @@ fn shutdown_keeps_the_will_of_a_stored_session_until_it_ends() {
 }
 
 #[test]
-fn connection_lost_3x_persistent_session_never_expires() {
+fn connection_lost_3x_persistent_session_expires_after_session_expiry_3x() {
     let mut h = Harness::connected(
         Limits::default(),
         connect_packet(ProtocolVersion::V311, "c1", false),
     );
     h.lost();
     assert_eq!(h.actions(), []);
+    let expiry = u64::from(Limits::default().session_expiry_3x) * 1000;
+    assert_eq!(h.s.next_deadline(), Some(h.now + expiry));
+    // Configured to never expire, as 3.x itself would have it.
+    let limits = Limits {
+        session_expiry_3x: u32::MAX,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V311, "c1", false));
+    h.lost();
     assert_eq!(h.s.next_deadline(), None);
     assert!(!h.s.is_connected());
     assert_eq!(h.s.protocol(), Some(ProtocolVersion::V311));
@@ -424,4 +433,74 @@ fn discard_publishes_a_pending_will_and_ends() {
     assert_eq!(actions[0], Action::Close { will: true });
     assert_eq!(will_published(&actions).len(), 1);
     assert_eq!(actions.last(), Some(&Action::Ended));
+}
+
+/// The messages a share group picked this session for go back to the group when the
+/// session ends: QoS 1/2 flows not acknowledged and queued ones, oldest first, after
+/// `Ended`; not QoS 0, not a QoS 2 flow past PUBREC, not non-shared deliveries.
+#[test]
+fn an_ending_session_returns_its_share_groups_messages() {
+    let limits = Limits {
+        max_inflight: 3,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V5, "c1", true));
+    let group = Arc::new(filter("$share/g/jobs/#"));
+    let shared = |qos| Delivery {
+        share_group: Some(&group),
+        ..live(qos)
+    };
+    let m = |t: &'static str, qos| message(t, qos);
+    let q2 = m("jobs/released", QoS::ExactlyOnce);
+    h.deliver(&q2, &shared(QoS::ExactlyOnce)); // id 1, PUBREC'd below
+    h.deliver(
+        &m("jobs/acked", QoS::AtLeastOnce),
+        &shared(QoS::AtLeastOnce),
+    ); // id 2, acked
+    h.deliver(&m("jobs/sent", QoS::AtLeastOnce), &shared(QoS::AtLeastOnce)); // id 3
+    h.packet(Packet::PubRec(ack(1)));
+    h.packet(Packet::PubAck(ack(2)));
+    h.deliver(
+        &m("jobs/sent2", QoS::ExactlyOnce),
+        &shared(QoS::ExactlyOnce),
+    ); // id 4
+    h.deliver(
+        &m("jobs/queued", QoS::AtLeastOnce),
+        &shared(QoS::AtLeastOnce),
+    );
+    h.deliver(&m("jobs/q0", QoS::AtMostOnce), &shared(QoS::AtMostOnce));
+    h.deliver(
+        &m("jobs/capped", QoS::AtLeastOnce),
+        &shared(QoS::AtMostOnce),
+    );
+    h.deliver(&m("plain", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    h.deliver(
+        &m("jobs/queued2", QoS::ExactlyOnce),
+        &shared(QoS::AtLeastOnce),
+    );
+    assert_eq!(h.s.data().queue.len(), 5);
+    h.take();
+    h.lost();
+    let (_, actions) = h.take();
+    let ended = actions
+        .iter()
+        .position(|a| *a == Action::Ended)
+        .expect("ended");
+    let returned: Vec<(&str, &str)> = actions[ended + 1..]
+        .iter()
+        .map(|a| match a {
+            Action::ReturnToGroup { group, message } => (group.as_str(), message.topic.as_str()),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let g = "$share/g/jobs/#";
+    assert_eq!(
+        returned,
+        [
+            (g, "jobs/sent"),
+            (g, "jobs/sent2"),
+            (g, "jobs/queued"),
+            (g, "jobs/queued2")
+        ]
+    );
 }

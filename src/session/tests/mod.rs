@@ -1,6 +1,7 @@
 //! Unit tests of the session state machine: literal packets in, exact packets and actions
 //! out, a fake clock. `Harness` drives one session like the shard would.
 
+mod auth;
 mod connect;
 mod inbound;
 mod lifecycle;
@@ -18,6 +19,7 @@ use crate::codec::{
     Ack, AckProperties, ConnectProperties, MqttStr, PacketId, Publish, PublishProperties,
     SubscriptionOptions, Will, WillProperties,
 };
+use crate::router::topic::TopicName;
 
 pub(super) fn pid(n: u16) -> PacketId {
     PacketId::new(n).expect("non-zero packet id")
@@ -112,6 +114,7 @@ pub(super) fn live(qos: QoS) -> Delivery<'static> {
         retain_as_published: false,
         subscription_ids: &[],
         from_retained_store: false,
+        share_group: None,
     }
 }
 

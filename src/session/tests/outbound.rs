@@ -127,6 +127,33 @@ fn puback_frees_the_window_and_drains_the_queue() {
 }
 
 #[test]
+fn outbound_load_has_a_band_between_full_and_spare() {
+    let limits = Limits {
+        max_inflight: 4,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V311, "c1", true));
+    let q1 = || message("t", QoS::AtLeastOnce);
+    let mut loads = vec![h.s.outbound_load()];
+    for _ in 0..5 {
+        h.deliver(&q1(), &live(QoS::AtLeastOnce));
+        loads.push(h.s.outbound_load());
+    }
+    use OutboundLoad::{Between, Full, Spare};
+    // 0, 1, 2 in flight: spare; 3: between; 4: full; 4 + 1 queued: full.
+    assert_eq!(loads, [Spare, Spare, Spare, Between, Full, Full]);
+    let mut loads = Vec::new();
+    for id in 1..=4 {
+        h.packet(Packet::PubAck(ack(id)));
+        loads.push(h.s.outbound_load());
+    }
+    // The queued one takes the freed slot (4 in flight), then 3, 2, 1.
+    assert_eq!(loads, [Full, Between, Spare, Spare]);
+    h.lost();
+    assert_eq!(h.s.outbound_load(), Full, "no connection, no room");
+}
+
+#[test]
 fn client_receive_maximum_caps_the_window() {
     // [MQTT-3.3.4-7..9].
     let mut c = connect_packet(ProtocolVersion::V5, "c1", true);
@@ -483,4 +510,142 @@ fn merge_applies_no_local_and_picks_max_qos() {
     assert_eq!((d.qos, d.subscription_ids), (QoS::ExactlyOnce, &[1, 2][..]));
     let mut ids = Vec::new();
     assert!(Delivery::merge(&subs[..1], &own, &me, &mut ids).is_none());
+}
+
+/// Limits with outbound topic aliases on (`recent`).
+fn aliasing() -> Limits {
+    Limits {
+        outbound_topic_aliases: crate::session::TopicAliasPolicy::Recent,
+        ..Limits::default()
+    }
+}
+
+/// A v5 connection whose client accepts `client_max` topic aliases.
+fn aliased(limits: Limits, client_max: Option<u16>) -> Harness {
+    let mut c = connect_packet(ProtocolVersion::V5, "c1", false);
+    c.properties.topic_alias_maximum = client_max;
+    c.properties.session_expiry_interval = Some(60);
+    Harness::connected(limits, c)
+}
+
+/// (topic, alias) of each PUBLISH a delivery per topic wrote.
+fn sent(h: &mut Harness, topics: &[&'static str]) -> Vec<(String, Option<u16>)> {
+    for t in topics {
+        h.deliver(&message(t, QoS::AtMostOnce), &live(QoS::AtMostOnce));
+    }
+    let packets = h.packets();
+    publishes(&packets)
+        .iter()
+        .map(|p| (p.topic.as_str().to_owned(), p.properties.topic_alias))
+        .collect()
+}
+
+fn pairs(v: &[(&str, Option<u16>)]) -> Vec<(String, Option<u16>)> {
+    v.iter().map(|(t, a)| ((*t).to_owned(), *a)).collect()
+}
+
+#[test]
+fn outbound_topic_aliases_up_to_the_clients_maximum() {
+    // Recent: a, b get 1, 2; c takes b's alias (least recently used).
+    let mut h = aliased(aliasing(), Some(2));
+    assert_eq!(
+        sent(&mut h, &["a", "b", "a", "c", "a", "c"]),
+        pairs(&[
+            ("a", Some(1)),
+            ("b", Some(2)),
+            ("", Some(1)),
+            ("c", Some(2)),
+            ("", Some(1)),
+            ("", Some(2)),
+        ])
+    );
+    // Our own cap bounds it too.
+    let one = Limits {
+        outbound_topic_alias_maximum: 1,
+        ..aliasing()
+    };
+    let mut h = aliased(one, Some(5));
+    assert_eq!(
+        sent(&mut h, &["a", "b", "b"]),
+        pairs(&[("a", Some(1)), ("b", Some(1)), ("", Some(1))])
+    );
+}
+
+#[test]
+fn no_outbound_topic_aliases_unless_the_client_and_the_setting_allow() {
+    let plain = pairs(&[("a", None), ("a", None)]);
+    // The client's Topic Alias Maximum absent or 0 [MQTT-3.2.2-... MUST NOT send].
+    assert_eq!(sent(&mut aliased(aliasing(), None), &["a", "a"]), plain);
+    assert_eq!(sent(&mut aliased(aliasing(), Some(0)), &["a", "a"]), plain);
+    // Off, the default.
+    assert_eq!(
+        sent(&mut aliased(Limits::default(), Some(5)), &["a", "a"]),
+        plain
+    );
+    let v311 = connect_packet(ProtocolVersion::V311, "c1", true);
+    assert_eq!(
+        sent(&mut Harness::connected(aliasing(), v311), &["a", "a"]),
+        plain
+    );
+}
+
+#[test]
+fn outbound_topic_aliases_start_afresh_on_each_connection() {
+    let mut h = aliased(aliasing(), Some(3));
+    assert_eq!(
+        sent(&mut h, &["a", "a"]),
+        pairs(&[("a", Some(1)), ("", Some(1))])
+    );
+    h.lost();
+    let mut c = connect_packet(ProtocolVersion::V5, "c1", false);
+    c.properties.topic_alias_maximum = Some(3);
+    c.properties.session_expiry_interval = Some(60);
+    h.connect(c, true);
+    h.take();
+    assert_eq!(
+        sent(&mut h, &["a", "a"]),
+        pairs(&[("a", Some(1)), ("", Some(1))])
+    );
+}
+
+#[test]
+fn an_alias_whose_publish_was_too_large_is_defined_again() {
+    let mut c = connect_packet(ProtocolVersion::V5, "c1", true);
+    c.properties.topic_alias_maximum = Some(1);
+    c.properties.maximum_packet_size = Some(64);
+    let mut h = Harness::connected(aliasing(), c);
+    let mut big = (*message("a", QoS::AtMostOnce)).clone();
+    big.payload = Bytes::from(vec![b'x'; 100]);
+    h.deliver(&Arc::new(big), &live(QoS::AtMostOnce));
+    assert!(h.packets().is_empty());
+    assert_eq!(h.s.stats().dropped_too_large, 1);
+    // The client never saw alias 1 defined: the next one carries the topic again.
+    assert_eq!(
+        sent(&mut h, &["a", "a"]),
+        pairs(&[("a", Some(1)), ("", Some(1))])
+    );
+}
+
+#[test]
+fn queue_would_refuse_only_when_the_message_would_wait_in_a_full_queue() {
+    let limits = Limits {
+        max_inflight: 1,
+        max_queued_messages: 1,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V311, "c1", true));
+    let m = message("t", QoS::AtLeastOnce);
+    let refuses = |h: &Harness, qos| h.s.queue_would_refuse(qos, &m);
+    assert!(!refuses(&h, QoS::AtLeastOnce), "window room: sent at once");
+    h.deliver(&m, &live(QoS::AtLeastOnce));
+    assert!(
+        !refuses(&h, QoS::AtLeastOnce),
+        "window full, queue has room"
+    );
+    h.deliver(&m, &live(QoS::AtLeastOnce));
+    assert!(refuses(&h, QoS::AtLeastOnce), "window and queue full");
+    assert!(refuses(&h, QoS::ExactlyOnce));
+    assert!(!refuses(&h, QoS::AtMostOnce), "QoS 0 never waits for it");
+    h.packet(Packet::PubAck(ack(1)));
+    assert!(!refuses(&h, QoS::AtLeastOnce));
 }

@@ -140,7 +140,8 @@ fn subscription_quota_is_0x97() {
             ]
         )]
     );
-    assert_eq!(actions.len(), 3);
+    // The router hears of `a` once (its last occurrence) and of `b`.
+    assert_eq!(actions.len(), 2);
     assert_eq!(h.s.subscriptions().count(), 2);
 }
 
@@ -288,4 +289,52 @@ fn shared_and_plain_subscription_to_the_same_filter_are_distinct() {
     h.take();
     let left: Vec<&str> = h.s.subscriptions().map(|(f, _)| f.as_str()).collect();
     assert_eq!(left, ["$share/s/test"]);
+}
+
+/// One SUBSCRIBE carries at most `max_subscribe_filters` filters (the rest get 0x97), and a
+/// filter named twice is subscribed once with its last options.
+#[test]
+fn filters_per_packet_are_capped_and_repeats_subscribed_once() {
+    let limits = Limits {
+        max_subscribe_filters: 3,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V5, "c1", true));
+    h.packet(subscribe(
+        1,
+        &[
+            ("a", QoS::AtMostOnce),
+            ("b", QoS::AtMostOnce),
+            ("a", QoS::AtLeastOnce),
+            ("c", QoS::AtMostOnce),
+        ],
+        None,
+    ));
+    let (packets, actions) = h.take();
+    assert_eq!(
+        packets,
+        vec![suback(
+            1,
+            &[
+                ReasonCode::GrantedQoS0,
+                ReasonCode::GrantedQoS0,
+                ReasonCode::GrantedQoS1,
+                ReasonCode::QuotaExceeded
+            ]
+        )]
+    );
+    let subscribed: Vec<(&str, QoS)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Subscribe { filter, sub, .. } => Some((filter.as_str(), sub.options.qos)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        subscribed,
+        [("b", QoS::AtMostOnce), ("a", QoS::AtLeastOnce)]
+    );
+    assert_eq!(h.s.subscriptions().count(), 2);
+    let a = h.s.subscriptions().find(|(f, _)| f.as_str() == "a");
+    assert_eq!(a.map(|(_, s)| s.options.qos), Some(QoS::AtLeastOnce));
 }

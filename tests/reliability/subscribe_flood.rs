@@ -1,0 +1,152 @@
+//! One SUBSCRIBE cannot freeze a shard: a packet may carry many filters, each of which may
+//! match thousands of retained messages. Another client of the same shard keeps getting its
+//! PINGRESP quickly while the retained messages go out, and the subscriber still receives
+//! every one of them.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ringmq::codec::{Packet, ProtocolVersion, QoS};
+
+use crate::common::{Broker, Client};
+
+const RETAINED: usize = 2_000;
+
+/// What a flood may add to the bystander's slowest PINGRESP.
+const ADDED: Duration = Duration::from_millis(50);
+
+fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A SUBSCRIBE (3.1.1, packet id 1) with the given filters at QoS 0.
+fn subscribe_packet(filters: &[String]) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    for f in filters {
+        mqtt_str(&mut body, f.as_bytes());
+        body.push(0);
+    }
+    let mut out = vec![0x82];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The slowest PINGRESP over 2 s, one every 5 ms.
+fn slowest_ping(victim: &mut Client) -> Duration {
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let t = Instant::now();
+        victim.ping();
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    worst
+}
+
+/// What the flood did: another client's slowest PINGRESP with no flood and while
+/// `filters` were subscribed in one packet, and how many retained messages the subscriber
+/// got.
+struct Flood {
+    quiet: Duration,
+    flooded: Duration,
+    retained: usize,
+}
+
+impl Flood {
+    /// The flood added at most `ADDED` to the slowest PINGRESP (the quiet figure absorbs
+    /// what a machine shared with other work adds to both).
+    fn check(&self, what: &str) {
+        eprintln!(
+            "{what}: slowest PINGRESP {:?} (without the flood {:?}), {} retained messages",
+            self.flooded, self.quiet, self.retained
+        );
+        assert!(
+            self.flooded < self.quiet + ADDED,
+            "{what}: PINGRESP took {:?}, {:?} without the flood",
+            self.flooded,
+            self.quiet
+        );
+    }
+}
+
+fn flood(filters: Vec<String>) -> Flood {
+    // Alone: latency is what is measured, and the other tests here load both cores.
+    let _serial = super::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let broker = Broker::start(1);
+    let v = ProtocolVersion::V311;
+    let (mut p, _) = Client::connect(broker.addr, v, "setter", true);
+    for i in 0..RETAINED {
+        p.publish(&format!("r/{i}"), b"retained", QoS::AtMostOnce, true);
+    }
+    p.ping(); // Every retained message is in place.
+    let (mut attacker, _) = Client::connect(broker.addr, v, "many-filters", true);
+    let (mut victim, _) = Client::connect(broker.addr, v, "bystander", true);
+    let mut attack = attacker.writer();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut got = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(Some(Packet::Publish(_))) =
+                    attacker.recv_within(Duration::from_millis(50))
+                {
+                    got += 1;
+                }
+            }
+            got
+        })
+    };
+    let quiet = slowest_ping(&mut victim);
+    attack
+        .write_all(&subscribe_packet(&filters))
+        .expect("send SUBSCRIBE");
+    let flooded = slowest_ping(&mut victim);
+    stop.store(true, Ordering::SeqCst);
+    let retained = reader.join().expect("reader");
+    broker.stop();
+    Flood {
+        quiet,
+        flooded,
+        retained,
+    }
+}
+
+/// 20,000 times `#` in one packet (80 KB): one subscription, one scan, every retained
+/// message once.
+#[test]
+fn twenty_thousand_times_the_same_filter() {
+    let f = flood(vec!["#".to_owned(); 20_000]);
+    f.check("20,000 x #");
+    assert_eq!(f.retained, RETAINED, "each retained message once");
+}
+
+/// 20,000 distinct filters: the first `max_subscribe_filters` (256) are subscribed, the
+/// others refused (0x80), and the retained messages of those subscribed go out.
+#[test]
+fn twenty_thousand_distinct_filters() {
+    let f = flood((0..20_000).map(|i| format!("+/{i}")).collect());
+    f.check("20,000 distinct filters");
+    assert_eq!(
+        f.retained, 256,
+        "one retained message for each filter the packet may carry"
+    );
+}
