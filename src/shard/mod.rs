@@ -29,6 +29,7 @@ mod limits;
 mod listen;
 pub mod log;
 mod mailbox;
+mod partial;
 mod persist;
 mod recovery;
 mod registry;
