@@ -71,11 +71,12 @@ impl PartialInput {
     /// Connection `id` keeps an incomplete packet of `charged` bytes that began at `since`.
     /// `false` (nothing recorded): that would take the shard past its budget.
     pub(crate) fn keep(&mut self, id: u32, generation: u32, since: Stamp, charged: usize) -> bool {
-        if self.total.saturating_add(charged) > self.budget {
+        let replaced = self.entries.get(&id).map_or(0, |e| e.charged);
+        if (self.total - replaced).saturating_add(charged) > self.budget {
             return false;
         }
-        self.total += charged;
-        let old = self.entries.insert(
+        self.total = self.total - replaced + charged;
+        self.entries.insert(
             id,
             Entry {
                 generation,
@@ -83,9 +84,6 @@ impl PartialInput {
                 charged,
             },
         );
-        if let Some(old) = old {
-            self.total -= old.charged;
-        }
         true
     }
 
