@@ -432,6 +432,7 @@ impl Core {
             drop(conn.take_input());
             self.lingering += 1;
         }
+        self.release_partial(id);
         self.schedule_conn(id, self.now_ms + LINGER_MS);
         self.flush_conn(id);
     }
@@ -472,6 +473,7 @@ impl Core {
             let peer = conn.peer;
             self.connection_lost(slot, id, peer);
         }
+        self.release_partial(id);
         let Some(mut conn) = self.conns.try_remove(id as usize) else {
             return;
         };

@@ -31,6 +31,7 @@ mod limits;
 mod listen;
 pub mod log;
 mod mailbox;
+mod partial;
 mod persist;
 mod recovery;
 mod registry;
