@@ -17,6 +17,7 @@ both_drivers!(
     shared_subscription_members_on_several_shards,
     pipelined_packets_behind_connect_survive_hand_off,
     cross_shard_back_pressure_loses_nothing,
+    a_congested_shard_holds_only_its_publishers,
 );
 
 fn connect_v311_and_v5(driver: DriverKind) {
@@ -237,5 +238,94 @@ fn cross_shard_back_pressure_loses_nothing(driver: DriverKind) {
     let received = reader.join().expect("every message, in order");
     assert_eq!(received, [EACH; PUBLISHERS]);
     drop(publishers);
+    broker.stop();
+}
+
+/// Shard 1 is slow (150 subscribers of the flood that do not read: each publish costs it 150
+/// deliveries) and four publishers on shard 0 flood it, so shard 0's outbox to it stays
+/// backlogged. Only those publishers wait: a client of shard 0 that publishes nothing there
+/// gets its PINGRESPs at once, and its publishes to its own shard go on.
+fn a_congested_shard_holds_only_its_publishers(driver: DriverKind) {
+    use bytes::{Bytes, BytesMut};
+    use ringmq::codec::{self, Publish, PublishProperties};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let broker = Broker::start_with(2, |c| {
+        c.driver = driver;
+        // Larger than what one read of a flooder makes (a 64 KiB read: about 4,600 of these
+        // publishes), so that only the far-behind bound holds everyone.
+        c.limits.cross_shard_queue = 8192;
+        c.limits.max_output_buffer = 16 * 1024;
+    });
+    let slow: Vec<Client> = (0..150)
+        .map(|i| {
+            let id = broker.client_id_on(&format!("slow-{i}"), 1);
+            let (mut c, _) =
+                Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, &id, true, 0);
+            c.subscribe("flood/#", QoS::AtMostOnce);
+            c
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..4)
+        .map(|i| {
+            let id = broker.client_id_on(&format!("flooder-{i}"), 0);
+            let (mut publisher, _) =
+                Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, &id, true, 0);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut out = BytesMut::new();
+                let publish = Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: common::topic("flood/x"),
+                    packet_id: None,
+                    properties: PublishProperties::default(),
+                    payload: Bytes::from_static(b"0123456789"),
+                });
+                for _ in 0..2000 {
+                    codec::encode(&publish, ProtocolVersion::V311, &mut out);
+                }
+                // 280 KB each (80,000 publishes in all): shard 1 needs seconds for them
+                // (each costs it 150 deliveries), about the bystander's 2 s, and no more, so
+                // that the broker is done with them soon after.
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) || publisher.try_send_bytes(&out).is_err() {
+                        break;
+                    }
+                }
+                publisher
+            })
+        })
+        .collect();
+    let id = broker.client_id_on("bystander", 0);
+    let (mut bystander, _) =
+        Client::connect_keep_alive(broker.addr, ProtocolVersion::V311, &id, true, 0);
+    bystander.subscribe("local/t", QoS::AtMostOnce);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut worst = Duration::ZERO;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let t = Instant::now();
+        bystander.ping();
+        bystander.publish("local/t", b"x", QoS::AtMostOnce, false);
+        match bystander.recv() {
+            Packet::Publish(p) => assert_eq!(p.topic.as_str(), "local/t"),
+            other => panic!("expected its own publish, got {other:?}"),
+        }
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::SeqCst);
+    drop(slow);
+    for p in publishers {
+        let _ = p.join();
+    }
+    assert!(
+        worst < Duration::from_millis(250),
+        "the bystander waited {worst:?} for a PINGRESP and its own message"
+    );
     broker.stop();
 }

@@ -106,6 +106,10 @@ pub(crate) struct Conn {
     /// The poller reported the peer's FIN, a hang-up or an error: a short read no longer
     /// means "drained", reads continue until `recv` returns 0 or an error.
     pub(crate) peer_closed: bool,
+    /// The shards its last read sent publishes to (bit `shard % 8`, `Outboxes::bit`): while
+    /// one of them is behind, this connection is not read (`Core::read_held`), the others
+    /// are.
+    pub(crate) feeds: u8,
     /// Output held back until other shards answer or a storage commit completes (see
     /// `hold.rs`); `None` while nothing is held (8 B in an idle connection).
     pub(crate) holds: Option<Box<Holds>>,
@@ -346,6 +350,7 @@ impl Core {
             write_blocked: false,
             read_pending: false,
             peer_closed: false,
+            feeds: 0,
             holds: None,
             version: None,
             client: None,
@@ -402,6 +407,12 @@ impl Core {
 
     /// Queues an envelope for another shard (sent at the end of the turn).
     pub(crate) fn send_to(&mut self, dst: ShardId, envelope: Envelope) {
+        if let Some(id) = self.marked_conn
+            && envelope.feeds_deliveries()
+            && let Some(conn) = self.conns.get_mut(id as usize)
+        {
+            conn.feeds |= Outboxes::bit(dst);
+        }
         self.outboxes.push(dst, envelope);
     }
 

@@ -6,8 +6,9 @@
 //!    both wait for room in each other's channel must still empty their own, or neither ever
 //!    gets room), the storage writer's answers (commits release held acknowledgements), a
 //!    reloaded authentication snapshot and the password verifiers' verdicts (`auth.rs`);
-//! 2. accept and read the sockets the poller reports (skipped while an outbox is
-//!    backlogged: reading makes envelopes for shards that are already behind);
+//! 2. accept and read the sockets the poller reports (a connection whose last read published
+//!    to a shard whose outbox is backlogged waits; all of them wait while an outbox is far
+//!    behind: reading makes envelopes for shards that are already behind);
 //! 3. fire due timers (one wheel tick per second);
 //! 4. close the connections marked for closing;
 //! 5. send this turn's storage batch, then flush the outboxes to the channels and every

@@ -79,8 +79,10 @@ impl Core {
     /// when work is left for another turn (the event buffer came back full, or a listener
     /// or connection has input left now).
     ///
-    /// While the outboxes are backlogged no event is taken (the kernel keeps them queued)
-    /// and no input is read: reading makes envelopes for shards that are already behind.
+    /// While an outbox is far behind (or the store is) no event is taken (the kernel keeps
+    /// them queued) and no input is read: reading makes envelopes for shards that are
+    /// already behind. While one is merely backlogged only the connections that fed it wait
+    /// (`read_held`).
     pub(crate) fn io_pass(&mut self, events: &mut [PollEvent]) -> bool {
         self.handshake_turn();
         let n = if self.reads_held() {
@@ -98,22 +100,40 @@ impl Core {
         self.accept_again();
         let again = std::mem::take(&mut self.again);
         for &(id, generation) in &again {
-            if self.reads_held() {
+            if !self.is_live(id, generation) {
+                continue;
+            }
+            if self.read_held(id) {
                 self.again.push((id, generation));
-            } else if self.is_live(id, generation) {
+            } else {
                 self.service_read(id);
             }
         }
         n == events.len()
             || self.handshakes.has_waiting()
             || self.listeners.has_again()
-            || (!self.again.is_empty() && !self.reads_held())
+            || self.again.iter().any(|&(id, _)| !self.read_held(id))
     }
 
-    /// Reading clients is held back while the outboxes to another shard or the storage
-    /// writer are too far behind: reading makes more work for them.
+    /// Reading any client is held back while the storage writer, or an outbox to another
+    /// shard, is far behind (`FAR_BEHIND`): reading makes more work for them.
     pub(crate) fn reads_held(&self) -> bool {
-        self.outboxes.backlogged() || self.persist.backlogged()
+        self.outboxes.far_backlogged() || self.persist.backlogged()
+    }
+
+    /// Whether connection `id` must not be read now: all reads are held, or its last read
+    /// published to a shard whose outbox is backlogged (the others are read: a new client's
+    /// CONNECT or another's PINGREQ does not wait for a congested shard).
+    pub(crate) fn read_held(&self, id: u32) -> bool {
+        if self.reads_held() {
+            return true;
+        }
+        let mask = self.outboxes.backlogged_mask();
+        mask != 0
+            && self
+                .conns
+                .get(id as usize)
+                .is_some_and(|c| c.feeds & mask != 0)
     }
 
     fn is_live(&self, id: u32, generation: u32) -> bool {
@@ -151,7 +171,7 @@ impl Core {
         // Input that waited while the connection was paused is read once output drained.
         let pending = self.conns.get(id as usize).is_some_and(|c| c.read_pending);
         if flags & readable != 0 || pending {
-            if self.reads_held() {
+            if self.read_held(id) {
                 // Taken from the poller, so no edge will come again: read it once the
                 // other shards catch up.
                 self.again.push((id, generation));
@@ -276,8 +296,12 @@ impl Core {
             .conns
             .get(id as usize)
             .is_some_and(|c| c.transport().is_some());
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            // What this read publishes decides which shards it feeds (`send_to`).
+            conn.feeds = 0;
+        }
         for read in 0..READS_PER_WAKE {
-            if read > 0 && self.reads_held() {
+            if read > 0 && self.read_held(id) {
                 // The last read made another shard's share of envelopes too large: leave
                 // the rest in the socket until it drains (the caller queues this one).
                 return ReadOutcome::Continue { drained: false };

@@ -465,6 +465,7 @@ mod tests {
             write_blocked: false,
             read_pending: false,
             peer_closed: false,
+            feeds: 0,
             holds: None,
             version: None,
             client: None,

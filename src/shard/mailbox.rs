@@ -13,9 +13,12 @@
 //! destination's ring sleeps. Channels are FIFO, so per-(publisher, topic) order holds.
 //!
 //! Back-pressure: when a channel is full the outbox keeps the rest for the next turn; once an
-//! outbox itself holds a channel's worth (`Outboxes::backlogged`), the shard stops reading its
-//! clients until the destination catches up, so what waits for one shard stays bounded (about
-//! twice `cross_shard_queue` envelopes) and publishers meet TCP back-pressure.
+//! outbox itself holds a channel's worth (`Outboxes::backlogged`), the shard stops reading the
+//! connections whose last read published there (`Conn::feeds`) until the destination catches
+//! up, and keeps reading the others; at `FAR_BEHIND` channels' worth it reads no client. What
+//! waits for one shard stays bounded (at most `FAR_BEHIND` + 1 times `cross_shard_queue`
+//! envelopes) and publishers meet TCP back-pressure, while new clients and everyone else's
+//! PINGREQs are still answered.
 //!
 //! Must never: block a shard on a full channel, or send one envelope per subscriber (one per
 //! destination shard per publish).
@@ -125,12 +128,27 @@ pub(crate) enum Envelope {
     CommitFailed { hold: HoldKey, disk_full: bool },
 }
 
+/// How many channels' worth an outbox may hold before no client of the shard is read at
+/// all. Below it only the connections that fed a backlogged destination wait: the others
+/// (new CONNECTs, PINGREQs, publishers to other shards) are read, and what they publish
+/// there is bounded by this.
+pub(crate) const FAR_BEHIND: usize = 4;
+
 /// Routing changes one `Envelope::Interest` carries at most: enough to make a mass
 /// disconnect (400,000 removals were measured) a few thousand envelopes, small enough that
 /// applying one stays well under a millisecond.
 pub(crate) const INTEREST_BATCH: usize = 256;
 
 impl Envelope {
+    /// Whether this envelope carries a publish (the traffic a client makes for another
+    /// shard by publishing), as opposed to routing updates, fences and answers.
+    pub(crate) fn feeds_deliveries(&self) -> bool {
+        matches!(
+            self,
+            Envelope::Publish { .. } | Envelope::SharedDeliver { .. } | Envelope::Retain { .. }
+        )
+    }
+
     /// What handling this envelope costs against a drain budget: one per routing change for
     /// a batch, one otherwise.
     pub(crate) fn weight(&self) -> usize {
@@ -277,10 +295,39 @@ impl Outboxes {
         }
     }
 
-    /// Whether some destination is a full channel plus a channel's worth behind: the shard
-    /// must not read client input (which makes more envelopes) until it catches up.
+    /// Whether some destination is a full channel plus a channel's worth behind: the
+    /// connections whose publishes go there are not read until it catches up (see
+    /// `backlogged_mask`).
     pub(crate) fn backlogged(&self) -> bool {
         self.pending && self.queues.iter().any(|q| q.len() >= self.capacity)
+    }
+
+    /// The destinations that are `backlogged`, as `bit`s.
+    pub(crate) fn backlogged_mask(&self) -> u8 {
+        if !self.backlogged() {
+            return 0;
+        }
+        self.queues
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.len() >= self.capacity)
+            .fold(0, |m, (dst, _)| m | 1 << (dst % 8))
+    }
+
+    /// Whether some destination is `FAR_BEHIND` channels' worth behind: a connection that did
+    /// not publish there before may still do so, so past this bound no client is read.
+    pub(crate) fn far_backlogged(&self) -> bool {
+        self.pending
+            && self
+                .queues
+                .iter()
+                .any(|q| q.len() >= self.capacity.saturating_mul(FAR_BEHIND))
+    }
+
+    /// Destination `dst`'s bit in a connection's `feeds` (shard numbers modulo 8: with more
+    /// shards a connection may be held for a shard that shares its bit, never missed).
+    pub(crate) fn bit(dst: ShardId) -> u8 {
+        1 << (dst.index() % 8)
     }
 
     pub(crate) fn push(&mut self, dst: ShardId, envelope: Envelope) {
