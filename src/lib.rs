@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod log;
 pub mod mqttsn;
 pub mod router;
 pub mod session;

@@ -12,7 +12,7 @@
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
-//! the epoll `Poller`, signals), `log.rs`.
+//! the epoll `Poller`, signals). Logging is `crate::log`.
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
@@ -24,8 +24,8 @@ mod hold;
 mod io;
 mod limits;
 mod listen;
-pub mod log;
 mod mailbox;
+pub mod panic;
 mod persist;
 mod recovery;
 mod registry;
@@ -234,7 +234,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
             recovery: recoveries.next().unwrap_or_default(),
         };
         let spawned = std::thread::Builder::new()
-            .name(format!("ringmq-shard-{i}"))
+            .name(format!("{}{i}", panic::SHARD_THREAD_PREFIX))
             .spawn(move || shard_thread(shard_shared, i, start, ready));
         match spawned {
             Ok(t) => threads.push(t),
