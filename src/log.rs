@@ -276,6 +276,13 @@ pub fn write(limit: &'static Limiter, level: Level, shard: Option<u16>, args: Ar
     }
 }
 
+/// `write` for a level known only at run time: nothing when `level` is not enabled.
+pub fn write_at(limit: &'static Limiter, level: Level, shard: Option<u16>, args: Arguments<'_>) {
+    if enabled(level) {
+        write(limit, level, shard, args);
+    }
+}
+
 /// Writes one line at once on the calling thread, past the queue and the rate limit: for
 /// the panic hook, whose line must not be lost to a full queue.
 pub fn write_direct(level: Level, shard: Option<u16>, args: Arguments<'_>) {

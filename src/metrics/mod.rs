@@ -35,8 +35,8 @@ pub enum CloseKind {
     ProtocolError,
     /// A valid packet the session refused (v5 DISCONNECT with its reason code).
     Violation,
-    /// A packet the connection's phase does not allow (input after a refused CONNECT).
-    BadSequence,
+    /// Closed by the broker where no reason is named (input after a refused CONNECT).
+    Other,
     /// CONNECT refused (CONNACK with a failure code).
     ConnectRefused,
     /// No CONNECT within `connect_timeout_secs`.
@@ -63,7 +63,7 @@ impl CloseKind {
         CloseKind::SocketError,
         CloseKind::ProtocolError,
         CloseKind::Violation,
-        CloseKind::BadSequence,
+        CloseKind::Other,
         CloseKind::ConnectRefused,
         CloseKind::ConnectTimeout,
         CloseKind::KeepAlive,
@@ -82,7 +82,7 @@ impl CloseKind {
             CloseKind::SocketError => "socket_error",
             CloseKind::ProtocolError => "protocol_error",
             CloseKind::Violation => "violation",
-            CloseKind::BadSequence => "bad_sequence",
+            CloseKind::Other => "other",
             CloseKind::ConnectRefused => "connect_refused",
             CloseKind::ConnectTimeout => "connect_timeout",
             CloseKind::KeepAlive => "keep_alive",

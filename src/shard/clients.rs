@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use super::close::{CloseReason, SessionCall};
 use super::core::{Client, Core, LINGER_MS, MAX_LINGERING, Phase};
 use super::route::Publisher;
 use super::routes::SessionKey;
@@ -78,6 +79,8 @@ impl Core {
         let mut actions = std::mem::take(&mut self.actions);
         if let Some(client) = self.clients.get_mut(slot as usize) {
             client.conn = Some(id);
+            self.stats.connects += 1;
+            self.stats.connected += 1;
             client.session.connect(
                 *connect,
                 session_present,
@@ -110,16 +113,9 @@ impl Core {
         };
         crate::session::refuse_connect(connect.protocol, code, &mut conn.out);
         conn.phase = Phase::Open;
-        log!(
-            INFO,
-            self.log_id,
-            "refusing CONNECT of client {:?} from {}: {} (max_sessions)",
-            connect.client_id.as_str(),
-            conn.peer,
-            code.name()
-        );
         self.mark_dirty(id);
-        self.request_close(id);
+        let client_id = CloseReason::shown_id(connect.client_id.as_str());
+        self.close_for(id, CloseReason::ConnectRefused { code, client_id });
     }
 
     pub(crate) fn new_client(&mut self, client_id: ClientId) -> u32 {
@@ -190,22 +186,19 @@ impl Core {
         let Some(old) = client.conn.take() else {
             return;
         };
+        self.stats.connected -= 1;
         let mut actions = std::mem::take(&mut self.actions);
         if let Some(conn) = self.conns.get_mut(old as usize) {
             client
                 .session
                 .taken_over(self.now_ms, &mut conn.out, &mut actions);
-            conn.client = None;
-            log!(
-                INFO,
-                self.log_id,
-                "client {} taken over; closing its connection from {}",
-                client.session.client_id().as_str(),
-                conn.peer
-            );
         }
         self.mark_dirty(old);
-        self.request_close(old);
+        // Before the connection lets go of its client: the close line names it.
+        self.close_for(old, CloseReason::Takeover);
+        if let Some(conn) = self.conns.get_mut(old as usize) {
+            conn.client = None;
+        }
         self.apply_actions(slot, &mut actions, None);
         self.actions = actions;
     }
@@ -220,6 +213,7 @@ impl Core {
         actions: &mut Vec<Action>,
         hold_from: Option<usize>,
     ) {
+        self.collect_session_stats(slot);
         for action in actions.drain(..) {
             match action {
                 Action::Publish { message, ack } => {
@@ -278,7 +272,7 @@ impl Core {
             self.stats.retained_refused += 1;
         }
         let Some(packet_id) = ack else {
-            self.route_publish(message, Some(publisher));
+            self.route_client_publish(message, publisher);
             return;
         };
         let refused = self.needs_unavailable_store(&message) || (message.retain && over_retained);
@@ -296,6 +290,9 @@ impl Core {
             Some(c) => &mut c.out,
             None => &mut self.sink,
         };
+        if refused {
+            self.session_call = SessionCall::StoreRefused;
+        }
         client
             .session
             .acknowledge(qos, packet_id, code, self.now_ms, out, &mut more);
@@ -318,7 +315,7 @@ impl Core {
                 }
             );
         } else {
-            self.route_publish(message, Some(publisher));
+            self.route_client_publish(message, publisher);
         }
     }
 
@@ -331,18 +328,18 @@ impl Core {
         else {
             return;
         };
+        self.stats.connected -= 1;
+        let out = self
+            .conns
+            .get(conn as usize)
+            .map_or(&[][..], |c| &c.out[..]);
+        let reason = self.session_call.close_reason(out);
+        self.mark_dirty(conn);
+        // Before the connection lets go of its client: the close line names it.
+        self.close_for(conn, reason);
         if let Some(c) = self.conns.get_mut(conn as usize) {
             c.client = None;
-            let peer = c.peer;
-            let client = self.client_name(Some(slot));
-            log!(
-                INFO,
-                self.log_id,
-                "client {client} at {peer}: connection closed by the session"
-            );
         }
-        self.mark_dirty(conn);
-        self.request_close(conn);
     }
 
     /// The session is over: its subscriptions leave the router, the slot is freed.
@@ -350,6 +347,7 @@ impl Core {
         let Some(client) = self.clients.try_remove(slot as usize) else {
             return;
         };
+        self.forget_session_stats(slot);
         let key = SessionKey {
             slot,
             generation: client.generation,
@@ -360,25 +358,35 @@ impl Core {
         self.share_member_ended(key, client.share_load);
         self.registry.remove(client.session.client_id(), slot);
         if let Some(conn) = client.conn {
+            self.stats.connected -= 1;
             if let Some(c) = self.conns.get_mut(conn as usize) {
                 c.client = None;
             }
-            self.request_close(conn);
+            self.close_for(conn, CloseReason::SessionEnded);
         }
     }
 
-    /// Begins the close of connection `id` (requested earlier in the turn): if the session
-    /// still counted on it, the connection was lost (will, expiry). Then the connection
-    /// lingers (see `Phase::Lingering`) unless the client already closed its side or too
-    /// many linger already: it closes at once then.
-    pub(crate) fn finish_conn(&mut self, id: u32) {
+    /// Begins the close of connection `id` (requested earlier in the turn) and writes its
+    /// close line (`reason`; `client`: the client id it served, if it was attached when the
+    /// close was requested): if the session still counted on it, the connection was lost
+    /// (will, expiry). Then the connection lingers (see `Phase::Lingering`) unless the
+    /// client already closed its side or too many linger already: it closes at once then.
+    pub(crate) fn finish_conn(&mut self, id: u32, reason: CloseReason, client: Option<ClientId>) {
         self.tick_clock();
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        let (client, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
-        if let Some(slot) = client {
-            self.connection_lost(slot, id, peer);
+        let (slot, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
+        self.stats.closes[reason.kind().index()] += 1;
+        let name = client.as_ref().map_or("-", ClientId::as_str);
+        crate::log::write_at(
+            reason.limiter(),
+            reason.level(),
+            self.log_id,
+            format_args!("client {name} at {peer}: connection closed: {reason}"),
+        );
+        if let Some(slot) = slot {
+            self.connection_lost(slot, id);
         }
         if peer_closed || self.lingering >= MAX_LINGERING {
             self.close_now(id);
@@ -396,7 +404,7 @@ impl Core {
     }
 
     /// Client `slot`'s connection `id` ended without the session letting go first.
-    fn connection_lost(&mut self, slot: u32, id: u32, peer: std::net::SocketAddr) {
+    fn connection_lost(&mut self, slot: u32, id: u32) {
         let attached = self
             .clients
             .get(slot as usize)
@@ -407,12 +415,7 @@ impl Core {
         let mut actions = std::mem::take(&mut self.actions);
         if let Some(client) = self.clients.get_mut(slot as usize) {
             client.conn = None;
-            log!(
-                INFO,
-                self.log_id,
-                "client {} from {peer} disconnected without DISCONNECT",
-                client.session.client_id().as_str(),
-            );
+            self.stats.connected -= 1;
             client.session.connection_lost(self.now_ms, &mut actions);
         }
         self.apply_actions(slot, &mut actions, None);
@@ -428,8 +431,7 @@ impl Core {
             return;
         };
         if let Some(slot) = conn.client.take() {
-            let peer = conn.peer;
-            self.connection_lost(slot, id, peer);
+            self.connection_lost(slot, id);
         }
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
@@ -476,6 +478,7 @@ impl Core {
                 self.clients.get_mut(slot as usize),
                 self.conns.get_mut(conn as usize),
             ) {
+                self.session_call = SessionCall::Shutdown;
                 client
                     .session
                     .shutdown(self.now_ms, &mut c.out, &mut actions);
@@ -486,7 +489,7 @@ impl Core {
         }
         let all: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
         for id in all {
-            self.request_close(id);
+            self.close_for(id, CloseReason::Shutdown);
         }
     }
 }

@@ -19,11 +19,11 @@ use std::os::fd::AsFd;
 
 use bytes::{Buf, BytesMut};
 
+use super::close::{CloseReason, SessionCall};
 use super::core::{Conn, Core, Phase};
 use super::mailbox::{Envelope, Handoff};
 use super::sys::{self, IoOutcome, PollEvent};
 use crate::codec::{self, DecodeError, ErrorResponse, Packet};
-use crate::log;
 use crate::router::interest::ShardId;
 
 /// Size of the shard's read buffer: one `recv` takes up to this much. 64 KiB holds hundreds
@@ -212,9 +212,9 @@ impl Core {
     /// Closes every connection marked for closing (closing one may mark others).
     pub(crate) fn finish_closing(&mut self) {
         while !self.closing.is_empty() {
-            for (id, generation) in std::mem::take(&mut self.closing) {
+            for (id, generation, reason, client) in std::mem::take(&mut self.closing) {
                 if self.is_live(id, generation) {
-                    self.finish_conn(id);
+                    self.finish_conn(id, reason, client);
                 }
             }
         }
@@ -283,6 +283,7 @@ impl Core {
                     return ReadOutcome::Close;
                 }
                 Ok(IoOutcome::Done(n)) => {
+                    self.stats.bytes_received += n as u64;
                     match self.process_input(id, &scratch[..n]) {
                         Step::Continue => {}
                         Step::Close => return ReadOutcome::Close,
@@ -346,10 +347,13 @@ impl Core {
                 self.packet_limits
             };
             match codec::decode(work, version, &limits) {
-                Ok(Some(packet)) => match self.on_packet(id, packet, work) {
-                    Step::Continue => {}
-                    other => return other,
-                },
+                Ok(Some(packet)) => {
+                    self.stats.packet(&packet);
+                    match self.on_packet(id, packet, work) {
+                        Step::Continue => {}
+                        other => return other,
+                    }
+                }
                 Ok(None) => return Step::Continue,
                 Err(e) => {
                     self.on_decode_error(id, e);
@@ -389,6 +393,7 @@ impl Core {
             self.conns.get_mut(id as usize),
         ) {
             hold_from = Some(conn.out.len());
+            self.session_call = SessionCall::packet(&packet);
             client
                 .session
                 .handle_packet(packet, self.now_ms, &mut conn.out, &mut actions);
@@ -406,27 +411,19 @@ impl Core {
     /// CONNECT decoded: refuse it, attach it here, or hand the connection to its home.
     fn on_connect(&mut self, id: u32, connect: Box<codec::Connect>, rest: &mut BytesMut) -> Step {
         use crate::session::{ConnectDecision, refuse_connect, validate_connect};
-        let peer = self.conns.get(id as usize).map(|c| c.peer);
         let decision = validate_connect(&connect, &self.shared.config.limits)
             .and_then(|d| self.admit_connection().map(|()| d));
         let (client_id, assigned) = match decision {
             Ok(ConnectDecision::UseId(client_id)) => (client_id, false),
             Ok(ConnectDecision::AssignId) => (self.assign_id(), true),
             Err(code) => {
-                log!(
-                    INFO,
-                    self.log_id,
-                    "refusing CONNECT of client {:?} from {}: {}",
-                    connect.client_id.as_str(),
-                    peer.map_or_else(String::new, |p| p.to_string()),
-                    code.name()
-                );
                 if let Some(conn) = self.conns.get_mut(id as usize) {
                     refuse_connect(connect.protocol, code, &mut conn.out);
                     conn.phase = Phase::Open;
                 }
                 self.mark_dirty(id);
-                self.request_close(id);
+                let client_id = CloseReason::shown_id(connect.client_id.as_str());
+                self.close_for(id, CloseReason::ConnectRefused { code, client_id });
                 return Step::Close;
             }
         };
@@ -466,29 +463,15 @@ impl Core {
             }
             ErrorResponse::Close => {}
         }
-        let (peer, client) = (conn.peer, conn.client);
-        let client = self.client_name(client);
-        log!(
-            WARN,
-            self.log_id,
-            "protocol error from client {client} at {peer}: {error:?}; answering {response:?} and closing"
-        );
         self.mark_dirty(id);
-        self.request_close(id);
+        let answer = response;
+        self.close_for(id, CloseReason::ProtocolError { error, answer });
     }
 
     /// The socket failed or the peer closed: close; `finish_conn` tells the session.
     pub(crate) fn close_lost(&mut self, id: u32, error: Option<io::Error>) {
-        if let (Some(e), Some(conn)) = (&error, self.conns.get(id as usize)) {
-            let client = self.client_name(conn.client);
-            log!(
-                INFO,
-                self.log_id,
-                "client {client} at {}: socket error: {e}",
-                conn.peer
-            );
-        }
-        self.request_close(id);
+        let reason = error.map_or(CloseReason::PeerClosed, CloseReason::SocketError);
+        self.close_for(id, reason);
     }
 
     /// Writes every dirty connection's output and sends the outboxes: the end of a turn.
@@ -535,6 +518,7 @@ impl Core {
         if !conn.write_blocked && ready > 0 {
             match sys::send(conn.fd.as_fd(), &conn.out[..ready]) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
+                    self.stats.bytes_sent += n as u64;
                     // Free the buffer: an idle connection holds no output memory.
                     conn.out = BytesMut::new();
                     if let Some(h) = conn.holds.as_mut() {
@@ -546,6 +530,7 @@ impl Core {
                     }
                 }
                 Ok(IoOutcome::Done(n)) => {
+                    self.stats.bytes_sent += n as u64;
                     conn.out.advance(n);
                     if let Some(h) = conn.holds.as_mut() {
                         h.advance(n);

@@ -12,12 +12,16 @@
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
-//! the epoll `Poller`, signals). Logging is `crate::log`.
+//! the epoll `Poller`, signals), `close.rs` (why connections close, the close line),
+//! `stats.rs` (counters, snapshots, `$SYS`), `panic.rs` (the hook that stops the process
+//! when a shard panics). Logging is `crate::log`; the shared statistics are
+//! `crate::metrics`.
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
 
 mod clients;
+mod close;
 mod core;
 mod event_loop;
 mod hold;
@@ -34,6 +38,7 @@ mod route;
 mod routes;
 mod share;
 mod slots;
+mod stats;
 pub mod sys;
 pub mod timer;
 
@@ -45,6 +50,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Receiver;
 
 use crate::config::{Config, DriverKind};
+use crate::metrics::StatsBoard;
+use crate::metrics::http::MetricsServer;
 use crate::router::interest::{MAX_SHARDS, ShardId};
 
 pub use self::mailbox::DEFAULT_CROSS_SHARD_QUEUE;
@@ -85,6 +92,11 @@ pub enum BrokerError {
     Signal(std::io::Error),
     #[error("{0}")]
     Storage(ringmq_storage::OpenError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The home shard of a client id: where its session, takeover, will and expiry live.
@@ -121,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) load: Vec<limits::ShardLoad>,
     /// `Limits::max_connections` in force (the fd limit when it is 0).
     pub(crate) max_connections: usize,
+    /// Every shard's latest statistics (`stats.rs` writes, `$SYS` and metrics read).
+    pub(crate) stats: Arc<StatsBoard>,
 }
 
 impl Shared {
@@ -141,6 +155,8 @@ pub struct BrokerHandle {
     /// The storage writer: stopped (after committing everything the shards sent) once the
     /// shards are done.
     writer: Option<ringmq_storage::WriterHandle>,
+    /// The Prometheus endpoint (`--metrics`), stopped with the shards.
+    metrics: Option<MetricsServer>,
 }
 
 /// A cloneable way to ask a running broker to stop (e.g. from a signal thread).
@@ -157,6 +173,11 @@ impl BrokerHandle {
     /// The addresses actually bound (port 0 resolved), in `config.listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.local_addrs.clone()
+    }
+
+    /// The address of the Prometheus endpoint (port 0 resolved), if one runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
     }
 
     /// Number of shard threads.
@@ -179,6 +200,9 @@ impl BrokerHandle {
     /// writer to commit what they sent.
     pub fn join(self) -> Result<(), BrokerError> {
         let mut result = Ok(());
+        if let Some(m) = self.metrics {
+            m.stop();
+        }
         for (i, t) in self.threads.into_iter().enumerate() {
             if t.join().is_err() {
                 result = Err(BrokerError::ShardPanicked(i));
@@ -218,8 +242,13 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         wills_routed: AtomicUsize::new(0),
         id_entropy,
         restored: AtomicUsize::new(0),
+        stats: Arc::new(StatsBoard::new(shards)),
     });
     let mut opened = recovery::open(&shared.config, &shared)?;
+    let metrics = match shared.config.ops.metrics {
+        Some(addr) => Some(start_metrics(addr, &shared, opened.sender.clone())?),
+        None => None,
+    };
     let writer = opened.writer.take();
     let mut recoveries = std::mem::take(&mut opened.recoveries).into_iter();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -246,6 +275,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
                     threads,
                     local_addrs,
                     writer: None,
+                    metrics,
                 };
                 let _ = handle.shutdown();
                 return Err(BrokerError::Thread { shard: i, source });
@@ -271,6 +301,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         threads,
         local_addrs,
         writer,
+        metrics,
     };
     if let Some(e) = first_error {
         let _ = handle.shutdown();
@@ -304,6 +335,27 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     handle.shutdown()?;
     crate::log!(INFO, None, "stopped");
     Ok(())
+}
+
+/// Starts the Prometheus endpoint on `addr`: each scrape copies the board and the storage
+/// writer's counters (through `writer`, a sender of its own) on the endpoint's thread.
+fn start_metrics(
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    writer: Option<ringmq_storage::BatchSender>,
+) -> Result<MetricsServer, BrokerError> {
+    let shared = Arc::clone(shared);
+    MetricsServer::start(addr, move || {
+        crate::metrics::prom::encode(crate::metrics::prom::Scrape {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: shared.clock.now_ms() / 1000,
+            shards: shared.stats.read_all(),
+            writer: writer.as_ref().map(ringmq_storage::BatchSender::stats),
+            log_dropped: crate::log::dropped_lines(),
+            log_suppressed: crate::log::suppressed_lines(),
+        })
+    })
+    .map_err(|source| BrokerError::Metrics { addr, source })
 }
 
 type Listeners = Vec<Vec<std::net::TcpListener>>;

@@ -303,6 +303,7 @@ impl Core {
 
     /// Hands one message to the session in client `slot`.
     pub(crate) fn deliver_to(&mut self, slot: u32, message: &Arc<Message>, delivery: &Delivery) {
+        self.stats.deliveries += 1;
         let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
         };
@@ -598,6 +599,7 @@ impl Core {
             Envelope::CommitFailed { hold, disk_full } => {
                 self.remote_commit_failed(hold, disk_full)
             }
+            Envelope::Probe { received_at } => self.on_probe(received_at),
         }
     }
 

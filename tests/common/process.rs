@@ -93,7 +93,9 @@ impl BrokerProcess {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if !sent && let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split(',').next().unwrap_or("").trim().to_owned();
+                    // Text lines end with the addresses; JSON lines close the string.
+                    let first = rest.split([',', '"']).next().unwrap_or("");
+                    let addr = first.trim().to_owned();
                     let _ = tx.send(addr);
                     sent = true;
                 }
