@@ -123,6 +123,9 @@ pub struct ShardSnapshot {
     pub deliveries: u64,
     /// The per-session counters of this shard's sessions, summed (drops, refusals).
     pub session: SessionStats,
+    /// Shared-subscription messages lost with their member: QoS 0 whose chosen member had
+    /// left when it reached the member's shard, QoS 1/2 that no member was left to take.
+    pub dropped_member_gone: u64,
     /// Gauge: connections attached to a session.
     pub clients_connected: u64,
     /// Gauge: sessions homed here (connected or not).
@@ -150,10 +153,15 @@ pub struct ShardSnapshot {
 
 impl ShardSnapshot {
     /// Messages dropped for subscribers: QoS 0 (offline, slow consumer, evicted), queue
-    /// full, too large for the client's Maximum Packet Size, expired.
+    /// full, too large for the client's Maximum Packet Size, expired, or a shared group's
+    /// chosen member gone.
     pub fn dropped(&self) -> u64 {
         let s = &self.session;
-        s.dropped_qos0 + s.dropped_queue_full + s.dropped_too_large + s.dropped_expired
+        s.dropped_qos0
+            + s.dropped_queue_full
+            + s.dropped_too_large
+            + s.dropped_expired
+            + self.dropped_member_gone
     }
 
     /// Deliveries not dropped: messages written to subscribers or queued for them.
@@ -177,6 +185,7 @@ impl ShardSnapshot {
         self.bytes_sent += o.bytes_sent;
         self.deliveries += o.deliveries;
         add_session(&mut self.session, &o.session);
+        self.dropped_member_gone += o.dropped_member_gone;
         self.clients_connected += o.clients_connected;
         self.sessions += o.sessions;
         self.subscriptions += o.subscriptions;

@@ -20,6 +20,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::core::Core;
+use super::event_loop::Lifecycle;
 use super::mailbox::Envelope;
 use super::route::Publisher;
 use crate::codec::{Packet, PublishProperties, QoS};
@@ -54,6 +55,9 @@ pub(crate) struct ShardStats {
     pub(crate) deliveries: u64,
     /// The sessions' own counters, summed as they change.
     pub(crate) session: SessionStats,
+    /// Shared-subscription messages lost with their member: QoS 0 whose chosen member had
+    /// left when it arrived, QoS 1/2 that no member was left to take.
+    pub(crate) dropped_member_gone: u64,
     pub(crate) delivery_latency: Histogram,
 }
 
@@ -137,6 +141,7 @@ impl Core {
             bytes_sent: s.bytes_sent,
             deliveries: s.deliveries,
             session: s.session,
+            dropped_member_gone: s.dropped_member_gone,
             clients_connected: s.connected,
             sessions: self.clients.len() as u64,
             subscriptions: self.routes.local.len() as u64,
@@ -157,7 +162,8 @@ impl Core {
         let Some(sys) = self.telemetry.sys.as_mut() else {
             return;
         };
-        if self.now_ms < sys.next_ms {
+        // Once the shutdown began no shard routes new publishes (see `Lifecycle`).
+        if self.now_ms < sys.next_ms || self.lifecycle != Lifecycle::Running {
             return;
         }
         let interval_ms = u64::from(self.shared.config.ops.sys_interval_secs) * 1000;
@@ -196,10 +202,9 @@ impl Core {
         let Some(client) = self.clients.get(slot as usize) else {
             return;
         };
-        let now = client.session.stats();
-        if now == SessionStats::default() {
-            return; // Nothing counted yet (most sessions): no lookup.
-        }
+        let Some(&now) = client.session.counted() else {
+            return; // Nothing counted yet (most sessions): no copy, no lookup.
+        };
         let generation = client.generation;
         let entry = self
             .telemetry
