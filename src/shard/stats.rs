@@ -198,6 +198,7 @@ impl Core {
     /// Adds what client `slot`'s session counted since the last look (drops, refusals) to
     /// the shard's counters. Called before its actions are handled, after every call on a
     /// session.
+    #[inline]
     pub(crate) fn collect_session_stats(&mut self, slot: u32) {
         let Some(client) = self.clients.get(slot as usize) else {
             return;
@@ -206,6 +207,12 @@ impl Core {
             return; // Nothing counted yet (most sessions): no copy, no lookup.
         };
         let generation = client.generation;
+        self.add_session_stats(slot, generation, now);
+    }
+
+    /// The part of `collect_session_stats` for a session that counted something.
+    #[cold]
+    fn add_session_stats(&mut self, slot: u32, generation: u32, now: SessionStats) {
         let entry = self
             .telemetry
             .seen
@@ -227,11 +234,18 @@ impl Core {
 
     /// Routes a client's publish; every `PROBE_INTERVAL_MS` the publish is also a latency
     /// probe (see the module documentation).
+    #[inline]
     pub(crate) fn route_client_publish(&mut self, message: Arc<Message>, publisher: Publisher) {
         if self.now_ms < self.telemetry.next_probe_ms {
             self.route_publish(message, Some(publisher));
-            return;
+        } else {
+            self.route_probe(message, publisher);
         }
+    }
+
+    /// `route_client_publish` for the publish that is this interval's probe.
+    #[cold]
+    fn route_probe(&mut self, message: Arc<Message>, publisher: Publisher) {
         self.telemetry.next_probe_ms = self.now_ms + PROBE_INTERVAL_MS;
         let received_at = Instant::now();
         let routes = &mut self.routes;
