@@ -126,6 +126,8 @@ pub struct ShardSnapshot {
     /// Shared-subscription messages lost with their member: QoS 0 whose chosen member had
     /// left when it reached the member's shard, QoS 1/2 that no member was left to take.
     pub dropped_member_gone: u64,
+    /// Publishes asked to be retained beyond the retained limits (not retained, or refused).
+    pub retained_refused: u64,
     /// Gauge: connections attached to a session.
     pub clients_connected: u64,
     /// Gauge: sessions homed here (connected or not).
@@ -186,6 +188,7 @@ impl ShardSnapshot {
         self.deliveries += o.deliveries;
         add_session(&mut self.session, &o.session);
         self.dropped_member_gone += o.dropped_member_gone;
+        self.retained_refused += o.retained_refused;
         self.clients_connected += o.clients_connected;
         self.sessions += o.sessions;
         self.subscriptions += o.subscriptions;

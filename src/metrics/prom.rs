@@ -50,7 +50,7 @@ pub fn encode(scrape: Scrape) -> String {
 /// A per-shard counter or gauge: its name (without `_total`), help and value.
 type PerShard = (&'static str, &'static str, Figure);
 
-const SHARD_COUNTERS: [PerShard; 14] = [
+const SHARD_COUNTERS: [PerShard; 15] = [
     ("ringmq_sockets_accepted", "TCP connections accepted", |s| {
         s.sockets_accepted
     }),
@@ -108,6 +108,11 @@ const SHARD_COUNTERS: [PerShard; 14] = [
         "ringmq_unknown_acks",
         "Acknowledgements for packet ids not in flight (tolerated)",
         |s| s.session.unknown_acks,
+    ),
+    (
+        "ringmq_retained_refused",
+        "Publishes asked to be retained beyond max_retained_messages or max_retained_bytes",
+        |s| s.retained_refused,
     ),
     (
         "ringmq_storage_ops",

@@ -142,6 +142,7 @@ impl Core {
             deliveries: s.deliveries,
             session: s.session,
             dropped_member_gone: s.dropped_member_gone,
+            retained_refused: s.retained_refused,
             clients_connected: s.connected,
             sessions: self.clients.len() as u64,
             subscriptions: self.routes.local.len() as u64,
