@@ -410,6 +410,11 @@ pub enum Command {
     Run(Box<Config>),
     /// `ringmq passwd ...`: edit a password file and exit.
     Passwd(PasswdArgs),
+    /// `ringmq reload --pid PID`: tell a running broker to reload its password and ACL
+    /// files (SIGHUP) and exit.
+    Reload {
+        pid: u32,
+    },
     Help,
     Version,
 }
@@ -422,6 +427,8 @@ USAGE:
     ringmq [OPTIONS]
     ringmq passwd [-c] [--stdin] [--no-scram] FILE USER   add or update USER in FILE
     ringmq passwd -D FILE USER                             delete USER from FILE
+    ringmq reload --pid PID       reload the password and ACL files of the broker PID
+                                  (the same as kill -HUP PID)
 
 OPTIONS:
     --listen URL         listener (repeatable; default 127.0.0.1:1883): HOST:PORT or
@@ -534,6 +541,20 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let args: Vec<String> = args.into_iter().collect();
     if args.first().map(String::as_str) == Some("passwd") {
         return parse_passwd_args(&args[1..]).map(Command::Passwd);
+    }
+    if args.first().map(String::as_str) == Some("reload") {
+        return match &args[1..] {
+            [flag, pid] if flag == "--pid" => match pid.parse::<u32>() {
+                Ok(pid) if pid > 0 => Ok(Command::Reload { pid }),
+                _ => Err(ConfigError::Value {
+                    what: "reload --pid (a process id)",
+                    value: pid.clone(),
+                }),
+            },
+            _ => Err(ConfigError::Usage(
+                "usage: ringmq reload --pid PID".to_owned(),
+            )),
+        };
     }
     let mut listen = Vec::new();
     let mut shards = None;
@@ -1132,6 +1153,23 @@ mod tests {
         }
         // Only as the first argument: the broker's own flags are unchanged.
         assert!(parse_args(args("--shards 2 passwd f u")).is_err());
+    }
+
+    #[test]
+    fn reload_subcommand() {
+        assert_eq!(
+            parse_args(args("reload --pid 42")).expect("reload"),
+            Command::Reload { pid: 42 }
+        );
+        for bad in [
+            "reload",
+            "reload --pid",
+            "reload --pid 0",
+            "reload --pid x",
+            "reload 42",
+        ] {
+            assert!(parse_args(args(bad)).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The `ringmq` binary: command line and configuration, then the shard runtime until
-//! SIGINT/SIGTERM; or `ringmq passwd`, which edits a password file and exits.
+//! SIGINT/SIGTERM (SIGHUP reloads the password and ACL files); or `ringmq passwd`, which
+//! edits a password file and exits; or `ringmq reload --pid PID`, which sends SIGHUP.
 //!
 //! Must never: panic on bad input (every error is a message and exit code 2, or 1 when the
 //! broker fails at run time).
@@ -63,6 +64,15 @@ fn run() -> ExitCode {
         Ok(Command::Version) => {
             println!("ringmq {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
+        }
+        Ok(Command::Reload { pid }) => {
+            return match ringmq::shard::sys::send_reload_signal(pid) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(
+                    format_args!("ringmq reload: cannot signal process {pid}: {e}"),
+                    1,
+                ),
+            };
         }
         Ok(Command::Passwd(args)) => {
             return match ringmq::auth::passwd::run(&args) {

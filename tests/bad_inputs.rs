@@ -8,9 +8,10 @@
 //!
 //! Tests are named `row_NN_...`; rows whose answer differs by protocol level run at 3.1.1 and
 //! 5.0 (`both_versions!`), rows about 5.0-only features run at 5.0. The sections live in
-//! `tests/bad_inputs/` (one file per table section). Rows not tested here: 19 (ACL pattern
-//! substitution: RingMQ has no ACLs yet), 54 (commit before ack: no persistence yet),
-//! 60 (SUBSCRIBE fuzzing: the fuzz targets own it).
+//! `tests/bad_inputs/` (one file per table section; `auth.rs` holds row 19, row 23 with a
+//! password file, ways around authentication and password files the broker must refuse).
+//! Rows not tested here: 54 (commit before ack: `tests/persistence/`), 60 (SUBSCRIBE
+//! fuzzing: the fuzz targets own it).
 
 mod common;
 
@@ -29,6 +30,8 @@ macro_rules! both_versions {
     };
 }
 
+#[path = "bad_inputs/auth.rs"]
+mod auth;
 #[path = "bad_inputs/connect.rs"]
 mod connect;
 #[path = "bad_inputs/connect_props.rs"]

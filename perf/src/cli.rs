@@ -33,6 +33,8 @@ TARGET AND CONNECTIONS:
                        the broker's listen backlog or SYNs are dropped and retried after 1 s
                        (reported as listen_overflows) [32]
   --pid PID            broker pid: report its CPU use (and RSS for idle)
+  --username U         CONNECT with this user name (every connection)
+  --password P         and this password (with --username) [empty]
 
 MESSAGING SCENARIOS:
   --pairs N            pairs (pairs) [4]
@@ -120,6 +122,9 @@ pub struct Config {
     pub quiet: bool,
     /// Subscribers connect with a persistent session.
     pub persistent: bool,
+    /// Every CONNECT carries this user name and `password`.
+    pub username: Option<String>,
+    pub password: String,
 }
 
 impl Config {
@@ -232,6 +237,8 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         json: false,
         quiet: false,
         persistent: false,
+        username: None,
+        password: String::new(),
     };
     let mut i = 1;
     while i < args.len() {
@@ -286,6 +293,8 @@ fn apply(c: &mut Config, flag: &str, v: &str) -> Result<(), String> {
         "--source-ips" => c.source_ips = num(flag, v)?,
         "--concurrency" => c.concurrency = num(flag, v)?,
         "--pid" => c.pid = Some(num(flag, v)?),
+        "--username" => c.username = Some(v.to_string()),
+        "--password" => c.password = v.to_string(),
         "--pairs" => {
             c.publishers = num(flag, v)?;
             c.subscribers = c.publishers;
@@ -327,6 +336,9 @@ fn validate(c: &mut Config) -> Result<(), String> {
     }
     if c.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
+    }
+    if c.username.is_none() && !c.password.is_empty() {
+        return Err("--password needs --username".into());
     }
     if c.duration.is_zero() {
         return Err("--duration must be positive".into());

@@ -132,20 +132,23 @@ fn finish(out: &mut Vec<u8>, start: usize, header: u8) {
 /// Session Expiry Interval (s) of a persistent 5.0 session the generator opens.
 pub const PERSISTENT_EXPIRY_S: u32 = 300;
 
-/// CONNECT with no will and no credentials: clean session / clean start, or (`persistent`)
-/// a session the broker keeps (3.1.1 clean session 0; 5.0 clean start 0 with a Session
-/// Expiry Interval of `PERSISTENT_EXPIRY_S`).
+/// CONNECT with no will: clean session / clean start, or (`persistent`) a session the
+/// broker keeps (3.1.1 clean session 0; 5.0 clean start 0 with a Session Expiry Interval of
+/// `PERSISTENT_EXPIRY_S`); with `credentials`, a user name and password.
 pub fn encode_connect(
     out: &mut Vec<u8>,
     proto: Protocol,
     client_id: &str,
     keep_alive: u16,
     persistent: bool,
+    credentials: Option<(&str, &str)>,
 ) {
     let start = out.len();
     put_str(out, b"MQTT");
     out.push(proto.level());
-    out.push(if persistent { 0x00 } else { 0x02 }); // clean session [MQTT-3.1.2-6]
+    let clean = if persistent { 0x00 } else { 0x02 }; // clean session [MQTT-3.1.2-6]
+    let user_password = if credentials.is_some() { 0xC0 } else { 0x00 };
+    out.push(clean | user_password);
     out.extend_from_slice(&keep_alive.to_be_bytes());
     if proto == Protocol::V5 {
         if persistent {
@@ -157,6 +160,10 @@ pub fn encode_connect(
         }
     }
     put_str(out, client_id.as_bytes());
+    if let Some((user, password)) = credentials {
+        put_str(out, user.as_bytes());
+        put_str(out, password.as_bytes());
+    }
     finish(out, start, CONNECT << 4);
 }
 
@@ -377,7 +384,7 @@ mod tests {
     #[test]
     fn connect_311_literal() {
         let mut out = Vec::new();
-        encode_connect(&mut out, Protocol::V311, "ab", 60, false);
+        encode_connect(&mut out, Protocol::V311, "ab", 60, false, None);
         assert_eq!(
             out,
             [
@@ -389,10 +396,10 @@ mod tests {
     #[test]
     fn persistent_connects_keep_their_session() {
         let mut out = Vec::new();
-        encode_connect(&mut out, Protocol::V311, "ab", 60, true);
+        encode_connect(&mut out, Protocol::V311, "ab", 60, true, None);
         assert_eq!(out[9], 0, "3.1.1: clean session 0");
         out.clear();
-        encode_connect(&mut out, Protocol::V5, "c", 10, true);
+        encode_connect(&mut out, Protocol::V5, "c", 10, true, None);
         // flags 0, keep alive, then properties: length 5, Session Expiry Interval 300.
         assert_eq!(&out[9..18], &[0, 0, 10, 5, 0x11, 0, 0, 1, 44]);
     }
@@ -400,13 +407,22 @@ mod tests {
     #[test]
     fn connect_5_has_empty_properties() {
         let mut out = Vec::new();
-        encode_connect(&mut out, Protocol::V5, "c", 10, false);
+        encode_connect(&mut out, Protocol::V5, "c", 10, false, None);
         assert_eq!(
             out,
             [
                 0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 10, 0, 0, 1, b'c'
             ]
         );
+    }
+
+    #[test]
+    fn connect_with_credentials() {
+        let mut out = Vec::new();
+        encode_connect(&mut out, Protocol::V311, "c", 60, false, Some(("u", "pw")));
+        // flags: user name, password, clean session; payload: id, user name, password.
+        assert_eq!(out[9], 0xC2);
+        assert_eq!(&out[12..], b"\x00\x01c\x00\x01u\x00\x02pw");
     }
 
     #[test]

@@ -231,12 +231,15 @@ impl Worker {
                     c.fd = Some(fd);
                     let persistent =
                         self.sh.cfg.persistent && matches!(spec.role, Role::Subscriber(_));
+                    let cfg = &self.sh.cfg;
+                    let credentials = cfg.username.as_deref().map(|u| (u, cfg.password.as_str()));
                     wire::encode_connect(
                         &mut c.out,
-                        self.sh.cfg.protocol,
+                        cfg.protocol,
                         &spec.client_id,
                         KEEP_ALIVE_S,
                         persistent,
+                        credentials,
                     );
                 }
                 Err(_) => self.fail(i, ErrorKind::Connect),

@@ -73,6 +73,17 @@ impl Access {
     }
 }
 
+/// How much of a subscription filter a client may read (`Acl::subscribe_access`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeAccess {
+    /// Every topic the filter can match: deliveries need no check.
+    Full,
+    /// Some topics: granted, and each delivery is checked with `may_read`.
+    Partial,
+    /// No topic (or a deny rule takes the whole filter): SUBACK 0x87 / 3.x 0x80.
+    Denied,
+}
+
 /// What a client asks to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Want {
@@ -223,6 +234,40 @@ impl Acl {
         self.decide(who, Want::Read, Query::Filter(filter.filter_bytes()))
     }
 
+    /// How much of `filter` (for `$share/{group}/f`, of `f`) `who` may read: all of it
+    /// (`may_subscribe`), some of it (a read rule intersects the filter and no deny rule
+    /// takes all of it: deliveries must then be checked with `may_read`), or nothing.
+    pub fn subscribe_access(&self, who: &AclSubject<'_>, filter: &TopicFilter) -> SubscribeAccess {
+        let f = filter.filter_bytes();
+        if self.decide(who, Want::Read, Query::Filter(f)) {
+            return SubscribeAccess::Full;
+        }
+        let rules = || self.rules_for(who).chain(&self.patterns);
+        let denied_whole =
+            rules()
+                .filter(|r| r.access == Access::Deny)
+                .any(|rule| match rule.applies(who) {
+                    Applies::No => false,
+                    Applies::Everything => true,
+                    Applies::Yes(s) => rule.filter.covers(f, s),
+                });
+        if denied_whole {
+            return SubscribeAccess::Denied;
+        }
+        let some_grant =
+            rules()
+                .filter(|r| r.access.grants(Want::Read))
+                .any(|rule| match rule.applies(who) {
+                    Applies::Yes(s) => rule.filter.intersects(f, s),
+                    Applies::No | Applies::Everything => false,
+                });
+        if some_grant {
+            SubscribeAccess::Partial
+        } else {
+            SubscribeAccess::Denied
+        }
+    }
+
     /// Whether a message on `topic` may be delivered to `who` (wildcard subscriptions,
     /// retained messages).
     pub fn may_read(&self, who: &AclSubject<'_>, topic: &TopicName) -> bool {
@@ -242,11 +287,7 @@ impl Acl {
     /// Deny first (a deny that matches the topic, or overlaps the filter, refuses), then any
     /// grant (that matches the topic, or covers the whole filter).
     fn decide(&self, who: &AclSubject<'_>, want: Want, query: Query<'_>) -> bool {
-        let own: &[Rule] = match who.username {
-            Some(u) => self.users.get(u).map_or(&[], Vec::as_slice),
-            None => &self.anonymous,
-        };
-        let rules = || own.iter().chain(&self.patterns);
+        let rules = || self.rules_for(who).chain(&self.patterns);
         for rule in rules().filter(|r| r.access == Access::Deny) {
             let hit = match rule.applies(who) {
                 Applies::No => false,
@@ -269,6 +310,17 @@ impl Acl {
                 },
                 Applies::No | Applies::Everything => false,
             })
+    }
+}
+
+impl Acl {
+    /// The `topic` rules of `who`: its user's, or the anonymous ones.
+    fn rules_for(&self, who: &AclSubject<'_>) -> std::slice::Iter<'_, Rule> {
+        let own: &[Rule] = match who.username {
+            Some(u) => self.users.get(u).map_or(&[], Vec::as_slice),
+            None => &self.anonymous,
+        };
+        own.iter()
     }
 }
 

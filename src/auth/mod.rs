@@ -13,12 +13,14 @@
 //! - `passwd`: the `ringmq passwd` tool that edits a password file;
 //! - `random`: the randomness seam.
 //!
-//! How the shard uses it (not wired yet): it holds an `Arc<Authenticator>` and swaps in the
-//! result of `reload()` when that is `Ok`. For each CONNECT: `check_connect`; on
-//! `Decision::NeedsHashCheck(check)` it submits `check.verify_blocking()` to the
-//! `VerifierPool` and continues when the reply arrives. For MQTT 5 Authentication Method
-//! `SCRAM-SHA-256` it runs a `ScramServer` with the `Authenticator` as its `ScramUsers`.
-//! Afterwards it asks `acl()` per SUBSCRIBE, PUBLISH and delivery.
+//! How the shard uses it (`shard::auth`): every shard holds the `Arc<Authenticator>` in
+//! force and picks up the result of `reload()` when that is `Ok`. For each CONNECT:
+//! `check_connect`; on `Decision::NeedsHashCheck(check)` it submits `check.verify_blocking()`
+//! to the `VerifierPool` and continues when the reply arrives. For MQTT 5 Authentication
+//! Method `SCRAM-SHA-256` it runs a `ScramServer` (through `session::auth`) with the
+//! `Authenticator` as its `ScramUsers`. Afterwards it asks `subscribe_access` per SUBSCRIBE
+//! filter, `may_publish` per PUBLISH and will, and `may_read` per delivery on a subscription
+//! the ACL covers only in part.
 //!
 //! Must never: reveal whether a user exists (an unknown user costs a full hash check and gets
 //! the same refusal as a wrong password), hash on a shard thread, keep a half-loaded snapshot
@@ -382,6 +384,28 @@ impl Authenticator {
         self.acl
             .as_ref()
             .is_none_or(|a| a.may_subscribe(who, filter))
+    }
+
+    /// How much of `filter` `who` may read (`Full` without an ACL); see
+    /// `Acl::subscribe_access`.
+    pub fn subscribe_access(
+        &self,
+        who: &AclSubject<'_>,
+        filter: &crate::router::TopicFilter,
+    ) -> acl::SubscribeAccess {
+        self.acl.as_ref().map_or(acl::SubscribeAccess::Full, |a| {
+            a.subscribe_access(who, filter)
+        })
+    }
+
+    /// The client-id policy alone (`check_connect` applies it too): for a CONNECT that
+    /// authenticates with SCRAM instead of a password.
+    pub fn check_client_id(&self, client_id: &str) -> Result<(), Refusal> {
+        if self.refuses_client_id(client_id) {
+            Err(Refusal::ClientIdRefused)
+        } else {
+            Ok(())
+        }
     }
 
     /// The client-id policy of `Refusal::ClientIdRefused`.

@@ -28,8 +28,9 @@ pub enum ConnectDecision {
 /// Checks a decoded CONNECT against the protocol rules that need no session and against
 /// `limits`. `Err(code)` is the CONNACK refusal (write it with `refuse_connect`, then close).
 ///
-/// - v5 Authentication Method: no enhanced authentication method is supported yet -> 0x8C
-///   [MQTT-4.12.0-1] (BAD_INPUTS #23).
+/// - v5 Authentication Method: not decided here; which methods are supported depends on
+///   the authentication settings in force (the shard answers 0x8C [MQTT-4.12.0-1] for any
+///   other, BAD_INPUTS #23).
 /// - Empty client id: 3.1 -> refused (the 3.1 spec requires 1..23 characters); 3.1.1 ->
 ///   refused unless clean session [MQTT-3.1.3-8] (BAD_INPUTS #17); v5 -> assigned.
 ///   Longer than `max_client_id_len` -> 0x85 (3.x return code 2) [MQTT-3.1.3-5].
@@ -43,9 +44,6 @@ pub enum ConnectDecision {
 ///   the topic limits -> 0x90.
 pub fn validate_connect(connect: &Connect, limits: &Limits) -> Result<ConnectDecision, ReasonCode> {
     let v = connect.protocol;
-    if v.is_v5() && connect.properties.authentication_method.is_some() {
-        return Err(ReasonCode::BadAuthenticationMethod);
-    }
     if !v.is_v5() && limits.max_keep_alive != 0 && connect.keep_alive > limits.max_keep_alive {
         return Err(ReasonCode::ClientIdentifierNotValid);
     }
@@ -139,12 +137,16 @@ impl Session {
     pub(super) fn attach(
         &mut self,
         connect: Connect,
-        session_present: bool,
-        assigned_client_id: bool,
+        how: super::Attach<'_>,
         now_ms: u64,
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
+        let super::Attach {
+            session_present,
+            assigned_client_id,
+            auth,
+        } = how;
         if let State::Connected(_) = self.state {
             // The shard must call `taken_over` first; if it did not, the old connection ends
             // here as if lost, so that its will and flows stay consistent.
@@ -195,6 +197,10 @@ impl Session {
         if connect.protocol.is_v5() {
             self.fill_connack_properties(&mut properties, &connect, assigned_client_id);
             properties.server_keep_alive = server_keep_alive;
+            if let Some(a) = auth {
+                properties.authentication_method = Some(a.method.clone());
+                properties.authentication_data = Some(a.server_final.clone());
+            }
         }
         let connack = ConnAck {
             session_present: resume,

@@ -11,6 +11,7 @@ use crate::codec::{
     Unsubscribe,
 };
 
+use super::auth::AccessPolicy;
 use super::lifecycle::Detach;
 use super::persist::Change;
 use super::types::{Message, Subscription};
@@ -29,6 +30,7 @@ impl Session {
     pub(super) fn dispatch(
         &mut self,
         packet: Packet,
+        policy: &dyn AccessPolicy,
         now_ms: u64,
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
@@ -44,12 +46,13 @@ impl Session {
             Packet::PubRec(a) => self.on_pubrec(a, now_ms, out, actions),
             Packet::PubRel(a) => self.on_pubrel(a, out, actions),
             Packet::PubComp(a) => self.on_pubcomp(a, now_ms, out, actions),
-            Packet::Subscribe(s) => self.on_subscribe(s, now_ms, out, actions),
+            Packet::Subscribe(s) => self.on_subscribe(s, policy, now_ms, out, actions),
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, out, actions),
             Packet::PingReq => self.send(&Packet::PingResp, out),
             Packet::Disconnect(d) => self.on_disconnect(d, now_ms, out, actions),
             // Server-to-client packets and a second CONNECT [MQTT-3.1.0-2] (BAD_INPUTS #16,
-            // #63); AUTH while no enhanced authentication method is in use [MQTT-4.12.0-1].
+            // #63); AUTH while no enhanced authentication method is in use [MQTT-4.12.0-1]
+            // (the shard gives AUTH of a connection that uses one to its `Enhanced`).
             Packet::Connect(_)
             | Packet::ConnAck(_)
             | Packet::SubAck(_)
@@ -291,6 +294,7 @@ impl Session {
     fn on_subscribe(
         &mut self,
         s: Subscribe,
+        policy: &dyn AccessPolicy,
         now_ms: u64,
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
@@ -324,7 +328,7 @@ impl Session {
                 // More filters than one SUBSCRIBE may carry (a setting).
                 ReasonCode::QuotaExceeded
             } else {
-                self.subscribe_one(&filter, options, id)
+                self.subscribe_one(&filter, options, id, policy)
             };
             if !code.is_error() {
                 let existed = *existed_before
@@ -363,6 +367,7 @@ impl Session {
         filter: &crate::router::topic::TopicFilter,
         options: crate::codec::SubscriptionOptions,
         id: Option<u32>,
+        policy: &dyn AccessPolicy,
     ) -> ReasonCode {
         let l = &self.limits;
         if filter.len() > l.max_topic_len || filter.level_count() > l.max_topic_levels {
@@ -380,6 +385,9 @@ impl Session {
         let existed = self.data.subscriptions.contains_key(filter);
         if !existed && self.data.subscriptions.len() >= l.max_subscriptions {
             return ReasonCode::QuotaExceeded; // BAD_INPUTS #61
+        }
+        if !policy.may_subscribe(filter) {
+            return ReasonCode::NotAuthorized;
         }
         ReasonCode::granted(options.qos.min(self.max_qos()))
     }

@@ -13,6 +13,9 @@
 //! # Call order (for the shard)
 //!
 //! 1. Decode CONNECT; `validate_connect` -> on `Err(code)` `refuse_connect` and close.
+//!    Authentication happens here, before any session: a password check, or an exchange
+//!    of AUTH packets (`Authenticating`, see `auth`) whose outcome goes to
+//!    `connect_with_auth` in step 3.
 //! 2. Find the client's session on its home shard. If it is connected, call `taken_over`
 //!    with the OLD connection's output buffer, flush and close that connection.
 //!    If no session exists (or it emitted `Action::Ended`), create one with `Session::new`.
@@ -20,7 +23,9 @@
 //!    state, publishes a pending delayed will and emits `Unsubscribe`s) or `discard` it
 //!    and create a new one.
 //! 3. `connect`: writes CONNACK, resends and drains into `out`.
-//! 4. For each decoded packet `handle_packet`; for each routed message `deliver`; whenever
+//! 4. For each decoded packet `handle_packet` (or `handle_packet_with` under an ACL; AUTH
+//!    packets of a connection that authenticated with a method go to its `Enhanced`
+//!    instead); for each routed message `deliver`; whenever
 //!    `now_ms >= next_deadline()` `handle_timeout`. After every call: execute `actions` in
 //!    order, then flush `out`.
 //! 5. When the socket fails or closes without DISCONNECT: `connection_lost`.
@@ -30,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod alias;
+mod auth;
 mod connect;
 mod data;
 mod inbound;
@@ -50,6 +56,7 @@ use crate::config::Limits;
 use crate::router::topic::TopicFilter;
 
 pub use alias::TopicAliasPolicy;
+pub use auth::{AccessPolicy, AllowAll, AuthError, Authenticated, Authenticating, Enhanced};
 pub use connect::{ConnectDecision, refuse_connect, validate_connect};
 pub use data::{Outbound, QueuedMessage, SessionData};
 pub use persist::{Change, Header};
@@ -113,6 +120,18 @@ pub enum OutboundLoad {
     Spare,
     /// In between: whatever was last concluded still holds.
     Between,
+}
+
+/// How `Session::connect_with_auth` attaches a connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Attach<'a> {
+    /// The shard resumes an existing session and the client did not ask for a clean start
+    /// [MQTT-3.2.2-2..3].
+    pub session_present: bool,
+    /// The id was assigned by the server; v5 CONNACK carries it [MQTT-3.2.2-16].
+    pub assigned_client_id: bool,
+    /// The outcome of enhanced authentication, for the v5 CONNACK.
+    pub auth: Option<&'a Authenticated>,
 }
 
 /// Connection-bound state: valid only while a network connection is attached, never
@@ -244,14 +263,26 @@ impl Session {
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
-        self.attach(
-            connect,
+        let how = Attach {
             session_present,
             assigned_client_id,
-            now_ms,
-            out,
-            actions,
-        );
+            auth: None,
+        };
+        self.attach(connect, how, now_ms, out, actions);
+    }
+
+    /// `connect` with `how` spelled out: also for a client that authenticated with an
+    /// Authentication Method (see `auth`), whose v5 CONNACK carries the method and the final
+    /// Authentication Data [MQTT-4.12.0-... the Server sends CONNACK with the method].
+    pub fn connect_with_auth(
+        &mut self,
+        connect: Connect,
+        how: Attach<'_>,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.attach(connect, how, now_ms, out, actions);
     }
 
     /// One decoded packet from the client. Ignored unless connected.
@@ -262,7 +293,58 @@ impl Session {
         out: &mut BytesMut,
         actions: &mut Vec<Action>,
     ) {
-        self.dispatch(packet, now_ms, out, actions);
+        self.dispatch(packet, &AllowAll, now_ms, out, actions);
+    }
+
+    /// `handle_packet` under authorization rules: a SUBSCRIBE filter `policy` refuses gets
+    /// SUBACK 0x87 (3.x 0x80) [MQTT-3.9.3-... Not authorized]. (Publishes are checked by the
+    /// shard when it routes them: see `Action::Publish` and `acknowledge`.)
+    pub fn handle_packet_with(
+        &mut self,
+        packet: Packet,
+        policy: &dyn AccessPolicy,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.dispatch(packet, policy, now_ms, out, actions);
+    }
+
+    /// A packet the shard answered itself (AUTH of a re-authentication, see `Enhanced`)
+    /// still counts as activity for keep alive [MQTT-3.1.2-22].
+    pub fn packet_seen(&mut self, now_ms: u64) {
+        if let State::Connected(c) = &mut self.state {
+            c.last_packet_ms = now_ms;
+        }
+    }
+
+    /// The rules changed and the client may no longer hold its subscription to `filter`:
+    /// it is removed as by an UNSUBSCRIBE (`Persist`, `Unsubscribe`), without a packet to
+    /// the client (MQTT has none for this). Returns whether it existed.
+    pub fn revoke_subscription(&mut self, filter: &TopicFilter, actions: &mut Vec<Action>) -> bool {
+        if self.data.subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        let change = persist::Change::Unsubscribed {
+            filter: filter.clone(),
+        };
+        self.persist(change, actions);
+        actions.push(Action::Unsubscribe {
+            filter: filter.clone(),
+        });
+        true
+    }
+
+    /// The server ends the connection with `code` (v5: DISCONNECT with it; 3.x: closed), as
+    /// for a protocol violation: the will is due. E.g. a failed re-authentication (0x87).
+    pub fn end_connection(
+        &mut self,
+        code: ReasonCode,
+        now_ms: u64,
+        out: &mut BytesMut,
+        actions: &mut Vec<Action>,
+    ) {
+        self.server_disconnect(code, now_ms, out, actions);
     }
 
     /// A routed message for this client (live, or from the retained store). Delivery QoS is

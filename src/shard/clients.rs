@@ -13,13 +13,14 @@
 
 use std::sync::Arc;
 
+use super::auth::Identity;
 use super::close::{CloseReason, SessionCall};
 use super::core::{Client, Core, LINGER_MS, MAX_LINGERING, Phase};
 use super::route::Publisher;
 use super::routes::SessionKey;
 use crate::codec::{Connect, PacketId, QoS, ReasonCode};
 use crate::log;
-use crate::session::{Action, ClientId, Message, Session};
+use crate::session::{Action, Attach, ClientId, Message, Session};
 
 impl Core {
     /// Attaches connection `id` (CONNECT decoded, home shard reached) to the session of
@@ -30,6 +31,7 @@ impl Core {
         connect: Box<Connect>,
         client_id: ClientId,
         assigned: bool,
+        identity: Identity,
     ) {
         let now = self.now_ms;
         let mut existing = self.registry.get(&self.clients, &client_id);
@@ -77,18 +79,18 @@ impl Core {
         let peer = conn.peer;
         let hold_from = conn.out.len();
         let mut actions = std::mem::take(&mut self.actions);
+        let how = Attach {
+            session_present,
+            assigned_client_id: assigned,
+            auth: identity.enhanced.as_deref(),
+        };
         if let Some(client) = self.clients.get_mut(slot as usize) {
             client.conn = Some(id);
             self.stats.connects += 1;
             self.stats.connected += 1;
-            client.session.connect(
-                *connect,
-                session_present,
-                assigned,
-                now,
-                &mut conn.out,
-                &mut actions,
-            );
+            client
+                .session
+                .connect_with_auth(*connect, how, now, &mut conn.out, &mut actions);
         }
         log!(
             INFO,
@@ -98,7 +100,12 @@ impl Core {
         );
         self.mark_dirty(id);
         self.marked_conn = Some(id);
+        self.set_identity(slot, &identity);
         self.apply_actions(slot, &mut actions, Some(hold_from));
+        if session_present {
+            // Resumed, maybe by another user or under other rules than it was made with.
+            self.recheck_subscriptions(slot);
+        }
         self.marked_conn = None;
         self.actions = actions;
         self.sync_durability(slot);
@@ -108,14 +115,8 @@ impl Core {
 
     /// Refuses connection `id`'s CONNECT with `code` after all (a limit of the home shard).
     fn refuse_attach(&mut self, id: u32, connect: &Connect, code: ReasonCode) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
-            return;
-        };
-        crate::session::refuse_connect(connect.protocol, code, &mut conn.out);
-        conn.phase = Phase::Open;
-        self.mark_dirty(id);
-        let client_id = CloseReason::shown_id(connect.client_id.as_str());
-        self.close_for(id, CloseReason::ConnectRefused { code, client_id });
+        let who = connect.client_id.as_str();
+        self.refuse_connect_at(id, connect.protocol, code, who, "max_sessions");
     }
 
     pub(crate) fn new_client(&mut self, client_id: ClientId) -> u32 {
@@ -223,8 +224,14 @@ impl Core {
                     filter,
                     sub,
                     existed,
-                } => self.subscribe(slot, filter, sub, existed, hold_from),
-                Action::Unsubscribe { filter } => self.unsubscribe(slot, &filter),
+                } => {
+                    self.note_subscription(slot, &filter);
+                    self.subscribe(slot, filter, sub, existed, hold_from)
+                }
+                Action::Unsubscribe { filter } => {
+                    self.note_unsubscription(slot, &filter);
+                    self.unsubscribe(slot, &filter)
+                }
                 Action::Close { .. } => self.detach_and_close(slot),
                 Action::Ended => self.end_client(slot),
                 Action::Persist(change) => self.persist_change(slot, change, hold_from),
@@ -259,7 +266,8 @@ impl Core {
             acked: ack.is_some(),
             persistent: self.clients.get(slot as usize).is_some_and(|c| c.durable),
         };
-        let over_retained = self.retained_over_limit(&message);
+        let denied = !self.may_publish_from(slot, &message.topic);
+        let over_retained = !denied && self.retained_over_limit(&message);
         let v5 = self
             .clients
             .get(slot as usize)
@@ -272,11 +280,18 @@ impl Core {
             self.stats.retained_refused += 1;
         }
         let Some(packet_id) = ack else {
-            self.route_client_publish(message, publisher);
+            if denied {
+                self.log_denied_publish(slot, &message);
+            } else {
+                self.route_client_publish(message, publisher);
+            }
             return;
         };
-        let refused = self.needs_unavailable_store(&message) || (message.retain && over_retained);
-        let code = if refused {
+        let refused = !denied
+            && (self.needs_unavailable_store(&message) || (message.retain && over_retained));
+        let code = if denied {
+            self.refused_publish_code(slot)
+        } else if refused {
             ReasonCode::QuotaExceeded
         } else {
             ReasonCode::Success
@@ -301,7 +316,9 @@ impl Core {
         if let Some(c) = conn {
             self.mark_dirty(c);
         }
-        if refused {
+        if denied {
+            self.log_denied_publish(slot, &message);
+        } else if refused {
             log!(
                 WARN,
                 self.log_id,
@@ -317,6 +334,17 @@ impl Core {
         } else {
             self.route_client_publish(message, publisher);
         }
+    }
+
+    /// A publish (or will) the ACL refused: not routed; logged.
+    fn log_denied_publish(&self, slot: u32, message: &Message) {
+        log!(
+            INFO,
+            self.log_id,
+            "client {}: publish to {} denied by the ACL; dropped",
+            self.client_name(Some(slot)),
+            message.topic.as_str()
+        );
     }
 
     /// The session let go of its connection: flush what it wrote, then close.
@@ -357,6 +385,7 @@ impl Core {
         }
         self.share_member_ended(key, client.share_load);
         self.registry.remove(client.session.client_id(), slot);
+        self.access_client_ended(slot);
         if let Some(conn) = client.conn {
             self.stats.connected -= 1;
             if let Some(c) = self.conns.get_mut(conn as usize) {
@@ -377,6 +406,7 @@ impl Core {
             return;
         };
         let (slot, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
+        let generation = conn.generation;
         self.stats.closes[reason.kind().index()] += 1;
         let name = client.as_ref().map_or("-", ClientId::as_str);
         crate::log::write_at(
@@ -385,6 +415,7 @@ impl Core {
             self.log_id,
             format_args!("client {name} at {peer}: connection closed: {reason}"),
         );
+        self.auth_conn_closed(id, generation);
         if let Some(slot) = slot {
             self.connection_lost(slot, id);
         }
@@ -485,6 +516,7 @@ impl Core {
             }
             self.mark_dirty(conn);
             self.apply_actions(slot, &mut actions, None);
+            self.session_call = SessionCall::Other;
             self.actions = actions;
         }
         let all: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();

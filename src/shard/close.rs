@@ -40,12 +40,21 @@ pub(crate) enum CloseReason {
     /// Closed by the broker at a place that names no reason (input after a refused CONNECT).
     Other,
     /// CONNECT refused with `code`; the client id it asked for (cut to
-    /// `SHOWN_ID_CHARS`).
+    /// `SHOWN_ID_CHARS`) and what the code alone does not say (e.g. which limit), if
+    /// anything.
     ConnectRefused {
         code: ReasonCode,
         client_id: String,
+        why: String,
+    },
+    /// CONNECT refused with `code` without a check: its source failed to authenticate too
+    /// often (a flood of these has its own rate limit, apart from other refusals).
+    ConnectThrottled {
+        code: ReasonCode,
     },
     ConnectTimeout,
+    /// The CONNECT's password check was not done within `connect_timeout_secs`.
+    VerifyTimeout,
     KeepAlive,
     Takeover,
     SlowConsumer {
@@ -67,8 +76,10 @@ impl CloseReason {
             CloseReason::ProtocolError { .. } => CloseKind::ProtocolError,
             CloseReason::Violation { .. } => CloseKind::Violation,
             CloseReason::Other => CloseKind::Other,
-            CloseReason::ConnectRefused { .. } => CloseKind::ConnectRefused,
-            CloseReason::ConnectTimeout => CloseKind::ConnectTimeout,
+            CloseReason::ConnectRefused { .. } | CloseReason::ConnectThrottled { .. } => {
+                CloseKind::ConnectRefused
+            }
+            CloseReason::ConnectTimeout | CloseReason::VerifyTimeout => CloseKind::ConnectTimeout,
             CloseReason::KeepAlive => CloseKind::KeepAlive,
             CloseReason::Takeover => CloseKind::Takeover,
             CloseReason::SlowConsumer { .. } => CloseKind::SlowConsumer,
@@ -86,7 +97,9 @@ impl CloseReason {
             | CloseReason::PeerClosed
             | CloseReason::SocketError(_)
             | CloseReason::ConnectRefused { .. }
+            | CloseReason::ConnectThrottled { .. }
             | CloseReason::ConnectTimeout
+            | CloseReason::VerifyTimeout
             | CloseReason::KeepAlive
             | CloseReason::Takeover
             | CloseReason::Shutdown
@@ -110,9 +123,16 @@ impl CloseReason {
 
     /// The limiter of this reason's lines.
     pub(crate) fn limiter(&self) -> &'static Limiter {
-        &LIMITERS[self.kind().index()]
+        match self {
+            CloseReason::ConnectThrottled { .. } => &THROTTLED,
+            other => &LIMITERS[other.kind().index()],
+        }
     }
 }
+
+/// Throttled CONNECTs come in floods (a password guesser): their lines are limited apart,
+/// so that they never hide the other refusals.
+static THROTTLED: Limiter = Limiter::new("connection closed: connect_refused (throttled)");
 
 /// One rate limit per close reason, in `CloseKind::ALL` order.
 static LIMITERS: [Limiter; CloseKind::COUNT] = [
@@ -151,12 +171,29 @@ impl fmt::Display for CloseReason {
                 }
             }
             CloseReason::Other => f.write_str("closed by the broker"),
-            CloseReason::ConnectRefused { code, client_id } => write!(
+            CloseReason::ConnectRefused {
+                code,
+                client_id,
+                why,
+            } => {
+                write!(
+                    f,
+                    "CONNECT of client id {client_id:?} refused ({}",
+                    code.name()
+                )?;
+                if !why.is_empty() {
+                    write!(f, ": {why}")?;
+                }
+                f.write_str(")")
+            }
+            CloseReason::ConnectThrottled { code } => write!(
                 f,
-                "CONNECT of client id {client_id:?} refused ({})",
+                "CONNECT refused without a check ({}): its source failed to authenticate \
+                 too often",
                 code.name()
             ),
             CloseReason::ConnectTimeout => f.write_str("no CONNECT in time"),
+            CloseReason::VerifyTimeout => f.write_str("password check not done in time"),
             CloseReason::KeepAlive => f.write_str("keep alive timeout"),
             CloseReason::Takeover => f.write_str("taken over by a new connection"),
             CloseReason::SlowConsumer { secs, max_out } => write!(

@@ -7,8 +7,9 @@
 //! runs on the shard's thread, inside `RefCell` borrows that never cross an `.await`.
 //!
 //! Lifecycle of a connection: accepted -> `AwaitingConnect` (CONNECT timeout on the wheel)
-//! -> CONNECT decoded: refused and closed, or handed to its home shard, or attached to a
-//! client here (`Open`) -> `Closing` (requested by the session, takeover, shutdown, an I/O
+//! -> CONNECT decoded: refused and closed, or authenticated (`Verifying` while a password is
+//! checked off the shard, `Authenticating` during an AUTH exchange) and then handed to its
+//! home shard, or attached to a client here (`Open`) -> `Closing` (requested by the session, takeover, shutdown, an I/O
 //! error or a timer; queued in `closing`) -> the end of the turn calls `finish_conn`:
 //! a last flush, the fd closes, and the session hears `connection_lost` if it was still
 //! attached.
@@ -51,6 +52,12 @@ use crate::session::{Action, ClientId, Session};
 pub(crate) enum Phase {
     /// Accepted; only CONNECT is accepted, within `connect_timeout_secs`.
     AwaitingConnect,
+    /// CONNECT decoded, its password being checked on a verifier thread (`auth.rs`): not
+    /// read until the verdict; the CONNECT timeout still runs.
+    Verifying,
+    /// A v5 CONNECT with an Authentication Method: AUTH packets until CONNACK (`auth.rs`);
+    /// the CONNECT timeout still runs.
+    Authenticating,
     /// Attached to a session (or refused, with the CONNACK pending a flush).
     Open,
     /// A close was requested; it begins at the end of the turn (`Core::finish_conn`).
@@ -213,6 +220,9 @@ pub(crate) struct Core {
     pub(crate) lingering: usize,
     /// New subscriptions whose retained messages are still to be sent (`retained.rs`).
     pub(crate) retained_jobs: std::collections::VecDeque<super::retained::RetainedJob>,
+    /// Authentication and authorization: the snapshot in force, parked CONNECTs, what the
+    /// ACL needs per client (`auth.rs`, `access.rs`).
+    pub(crate) auth: super::auth::ShardAuth,
 }
 
 impl Core {
@@ -271,6 +281,10 @@ impl Core {
             stop_commit_deadline: None,
             lingering: 0,
             retained_jobs: std::collections::VecDeque::new(),
+            auth: super::auth::ShardAuth::new(
+                &shared.auth,
+                Arc::clone(&shared.mesh.notifiers[id.index()]),
+            ),
             shared,
         }
     }
@@ -568,6 +582,7 @@ impl Core {
             self.session_call = SessionCall::Timeout;
             self.marked_conn = conn;
             self.apply_actions(slot, &mut actions, hold_from);
+            self.session_call = SessionCall::Other;
             self.marked_conn = None;
             self.actions = actions;
         }
@@ -589,7 +604,9 @@ impl Core {
         let over = self.is_slow(id);
         let since_ms = stamp_ms(since);
         match phase {
-            Phase::AwaitingConnect if self.now_ms >= since_ms + connect_ms => {
+            Phase::AwaitingConnect | Phase::Authenticating
+                if self.now_ms >= since_ms + connect_ms =>
+            {
                 let unread = self
                     .conns
                     .get(id as usize)
@@ -604,6 +621,9 @@ impl Core {
                     self.close_for(id, CloseReason::ConnectTimeout);
                 }
             }
+            Phase::Verifying if self.now_ms >= since_ms + connect_ms => {
+                self.close_for(id, CloseReason::VerifyTimeout);
+            }
             Phase::Open if since != 0 && over && self.now_ms >= since_ms + slow_ms => {
                 self.stats.slow_consumers_closed += 1;
                 let secs = slow_ms / 1000;
@@ -614,7 +634,11 @@ impl Core {
                 self.close_now(id);
             }
             Phase::Lingering | Phase::Draining => self.schedule_conn(id, since_ms + LINGER_MS),
-            Phase::AwaitingConnect | Phase::Open | Phase::Closing => {}
+            Phase::AwaitingConnect
+            | Phase::Verifying
+            | Phase::Authenticating
+            | Phase::Open
+            | Phase::Closing => {}
         }
     }
 

@@ -4,7 +4,8 @@
 //! One turn, in this order:
 //! 1. drain the other shards' channels (always, whatever else is congested: two shards that
 //!    both wait for room in each other's channel must still empty their own, or neither ever
-//!    gets room), and the storage writer's answers (commits release held acknowledgements);
+//!    gets room), the storage writer's answers (commits release held acknowledgements), a
+//!    reloaded authentication snapshot and the password verifiers' verdicts (`auth.rs`);
 //! 2. accept and read the sockets the poller reports (skipped while an outbox is
 //!    backlogged: reading makes envelopes for shards that are already behind);
 //! 3. fire due timers (one wheel tick per second);
@@ -144,6 +145,7 @@ impl Core {
         self.tick_clock();
         let mut busy = self.drain_inbox(DRAIN_BUDGET) >= DRAIN_BUDGET;
         self.on_store_completions();
+        self.auth_turn();
         busy |= self.io_pass(events);
         if self.has_retained_jobs() {
             busy |= self.run_retained_jobs();
@@ -174,7 +176,11 @@ impl Core {
     /// the channels, room in a channel an outbox waits for, or a shutdown step. Checked after
     /// the notifier is armed, so a wake between the check and the park is never lost.
     fn has_work(&self) -> bool {
-        if any_pending(&self.inbox) || self.has_local_work() || self.persist.has_completions() {
+        if any_pending(&self.inbox)
+            || self.has_local_work()
+            || self.persist.has_completions()
+            || self.auth_has_work()
+        {
             return true;
         }
         if self.outboxes.is_pending() && self.outboxes.has_room(self.id, &self.shared.mesh) {

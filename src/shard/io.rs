@@ -61,6 +61,7 @@ pub(crate) struct HandoffParts {
     pub(crate) client_id: crate::session::ClientId,
     pub(crate) assigned: bool,
     pub(crate) leftover: BytesMut,
+    pub(crate) identity: super::auth::Identity,
 }
 
 /// What one decoded packet led to.
@@ -187,7 +188,8 @@ impl Core {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
         };
-        if conn.phase.is_closing() {
+        if conn.phase.is_closing() || conn.phase == Phase::Verifying {
+            // A parked CONNECT is read again once its verdict came (`auth::resume_input`).
             return;
         }
         let paused = self.reads_paused(conn);
@@ -222,7 +224,7 @@ impl Core {
 
     /// Moves connection `id` to its home shard: out of this shard's poller and slab, its fd
     /// and what was read with the CONNECT into an envelope.
-    fn hand_off(&mut self, id: u32, parts: HandoffParts) {
+    pub(crate) fn hand_off(&mut self, id: u32, parts: HandoffParts) {
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };
@@ -233,6 +235,7 @@ impl Core {
             client_id,
             assigned,
             leftover,
+            identity,
         } = parts;
         let Some(dst) = ShardId::new(home as u8) else {
             return;
@@ -244,6 +247,7 @@ impl Core {
             client_id,
             assigned,
             leftover,
+            identity,
         };
         self.send_to(dst, Envelope::Handoff(Box::new(handoff)));
     }
@@ -273,8 +277,11 @@ impl Core {
             let Some(conn) = self.conns.get(id as usize) else {
                 return ReadOutcome::Close;
             };
-            if conn.phase.is_closing() {
-                return ReadOutcome::Close;
+            match conn.phase {
+                Phase::Closing | Phase::Lingering | Phase::Draining => return ReadOutcome::Close,
+                // The CONNECT just read was parked: nothing more is read until its verdict.
+                Phase::Verifying => return ReadOutcome::Continue { drained: true },
+                Phase::AwaitingConnect | Phase::Authenticating | Phase::Open => {}
             }
             let peer_closed = conn.peer_closed;
             match sys::recv(conn.fd.as_fd(), scratch) {
@@ -337,15 +344,14 @@ impl Core {
             let Some(conn) = self.conns.get(id as usize) else {
                 return Step::Close;
             };
-            if conn.phase.is_closing() {
-                return Step::Close;
-            }
-            let version = conn.version;
-            let limits = if version.is_none() {
-                self.connect_limits
-            } else {
-                self.packet_limits
+            let limits = match conn.phase {
+                Phase::Closing | Phase::Lingering | Phase::Draining => return Step::Close,
+                Phase::Verifying => return Step::Continue,
+                // Unauthenticated: the CONNECT limits until CONNACK.
+                Phase::AwaitingConnect | Phase::Authenticating => self.connect_limits,
+                Phase::Open => self.packet_limits,
             };
+            let version = conn.version;
             match codec::decode(work, version, &limits) {
                 Ok(Some(packet)) => {
                     self.stats.packet(&packet);
@@ -371,6 +377,9 @@ impl Core {
             (Phase::AwaitingConnect, _, Packet::Connect(connect)) => {
                 return self.on_connect(id, connect, rest);
             }
+            (Phase::Authenticating, _, packet) => {
+                return self.on_authenticating_packet(id, packet, rest);
+            }
             (Phase::Open, Some(slot), packet) => (slot, packet),
             // A refused connection (no client) or a decoder that let a non-CONNECT through
             // before CONNECT: nothing may act on it.
@@ -386,6 +395,14 @@ impl Core {
                 conn.since = 0;
             }
         }
+        let packet = match packet {
+            Packet::Auth(auth) if self.uses_enhanced_auth(slot) => {
+                self.on_reauth(slot, id, auth);
+                return Step::Continue;
+            }
+            other => other,
+        };
+        let policy = self.subscribe_policy(slot, &packet);
         let mut actions = std::mem::take(&mut self.actions);
         let mut hold_from = None;
         if let (Some(client), Some(conn)) = (
@@ -394,13 +411,18 @@ impl Core {
         ) {
             hold_from = Some(conn.out.len());
             self.session_call = SessionCall::packet(&packet);
-            client
-                .session
-                .handle_packet(packet, self.now_ms, &mut conn.out, &mut actions);
+            let (now, out) = (self.now_ms, &mut conn.out);
+            match &policy {
+                Some(p) => client
+                    .session
+                    .handle_packet_with(packet, p, now, out, &mut actions),
+                None => client.session.handle_packet(packet, now, out, &mut actions),
+            }
         }
         self.mark_dirty(id);
         self.marked_conn = Some(id);
         self.apply_actions(slot, &mut actions, hold_from);
+        self.session_call = SessionCall::Other;
         self.marked_conn = None;
         self.actions = actions;
         self.note_share_load(slot);
@@ -408,25 +430,72 @@ impl Core {
         Step::Continue
     }
 
-    /// CONNECT decoded: refuse it, attach it here, or hand the connection to its home.
+    /// CONNECT decoded: refuse it, or authenticate it (`auth.rs`), which then hands the
+    /// connection to its home or attaches it here.
     fn on_connect(&mut self, id: u32, connect: Box<codec::Connect>, rest: &mut BytesMut) -> Step {
-        use crate::session::{ConnectDecision, refuse_connect, validate_connect};
-        let decision = validate_connect(&connect, &self.shared.config.limits)
-            .and_then(|d| self.admit_connection().map(|()| d));
+        use crate::session::{ConnectDecision, validate_connect};
+        let decision = validate_connect(&connect, &self.shared.config.limits);
         let (client_id, assigned) = match decision {
             Ok(ConnectDecision::UseId(client_id)) => (client_id, false),
             Ok(ConnectDecision::AssignId) => (self.assign_id(), true),
             Err(code) => {
-                if let Some(conn) = self.conns.get_mut(id as usize) {
-                    refuse_connect(connect.protocol, code, &mut conn.out);
-                    conn.phase = Phase::Open;
-                }
-                self.mark_dirty(id);
-                let client_id = CloseReason::shown_id(connect.client_id.as_str());
-                self.close_for(id, CloseReason::ConnectRefused { code, client_id });
-                return Step::Close;
+                let who = connect.client_id.as_str();
+                return self.refuse_connect_at(id, connect.protocol, code, who, "");
             }
         };
+        if let Err(code) = self.admit_connection() {
+            let who = connect.client_id.as_str();
+            return self.refuse_connect_at(id, connect.protocol, code, who, "max_connections");
+        }
+        self.authenticate(id, connect, client_id, assigned, rest)
+    }
+
+    /// Refuses connection `id`'s CONNECT with `code` (CONNACK, then close); its close line
+    /// names the client id and `code`, and `why` when not empty.
+    pub(crate) fn refuse_connect_at(
+        &mut self,
+        id: u32,
+        version: codec::ProtocolVersion,
+        code: codec::ReasonCode,
+        client_id: &str,
+        why: &str,
+    ) -> Step {
+        let reason = CloseReason::ConnectRefused {
+            code,
+            client_id: CloseReason::shown_id(client_id),
+            why: why.to_owned(),
+        };
+        self.write_refusal(id, version, code, reason)
+    }
+
+    /// The CONNACK that refuses connection `id` with `code`, then close for `reason`.
+    pub(crate) fn write_refusal(
+        &mut self,
+        id: u32,
+        version: codec::ProtocolVersion,
+        code: codec::ReasonCode,
+        reason: CloseReason,
+    ) -> Step {
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            crate::session::refuse_connect(version, code, &mut conn.out);
+            conn.phase = Phase::Open;
+        }
+        self.mark_dirty(id);
+        self.close_for(id, reason);
+        Step::Close
+    }
+
+    /// An authenticated CONNECT: hand the connection to its client id's home shard, or
+    /// attach it here.
+    pub(crate) fn place(
+        &mut self,
+        id: u32,
+        connect: Box<codec::Connect>,
+        client_id: crate::session::ClientId,
+        assigned: bool,
+        identity: super::auth::Identity,
+        rest: &mut BytesMut,
+    ) -> Step {
         let home = super::home_shard(client_id.as_str().as_bytes(), self.shared.shards);
         if home != self.id.index() {
             self.stats.handed_off += 1;
@@ -436,9 +505,10 @@ impl Core {
                 client_id,
                 assigned,
                 leftover: rest.split(),
+                identity,
             }));
         }
-        self.attach(id, connect, client_id, assigned);
+        self.attach(id, connect, client_id, assigned, identity);
         Step::Continue
     }
 
@@ -449,7 +519,8 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        let connack_sent = conn.version.is_some();
+        // An exchange before CONNACK has a version, but no CONNACK yet.
+        let connack_sent = conn.version.is_some() && conn.phase != Phase::Authenticating;
         let version = conn.version;
         let response = error.response(version, connack_sent);
         match response {

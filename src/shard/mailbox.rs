@@ -164,6 +164,8 @@ pub(crate) struct Handoff {
     pub(crate) assigned: bool,
     /// Bytes read after the CONNECT packet (the client may pipeline).
     pub(crate) leftover: BytesMut,
+    /// Who the client authenticated as on the accepting shard.
+    pub(crate) identity: super::auth::Identity,
 }
 
 /// Wakes a shard's loop from other threads, only when it is parked.
@@ -200,7 +202,9 @@ impl Notifier {
 #[derive(Debug)]
 pub(crate) struct Mesh {
     pub(crate) senders: Vec<Vec<Sender<Envelope>>>,
-    pub(crate) notifiers: Vec<Notifier>,
+    /// In `Arc`s so that threads outside the mesh (the password verifiers) can hold one
+    /// without holding the broker.
+    pub(crate) notifiers: Vec<Arc<Notifier>>,
     /// `room_wanted[src * shards + dst]`: `src` has envelopes for `dst` that did not fit in
     /// the channel. `dst` clears it and wakes `src` once it has drained the channel to half
     /// (`Mesh::offer_room`), so a waiting sender parks instead of retrying every turn.
@@ -222,7 +226,7 @@ impl Mesh {
                 dst_receivers.push(rx);
             }
         }
-        let notifiers = (0..shards).map(|_| Notifier::default()).collect();
+        let notifiers = (0..shards).map(|_| Arc::default()).collect();
         let room_wanted = (0..shards * shards)
             .map(|_| AtomicBool::new(false))
             .collect();

@@ -14,12 +14,15 @@
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
 //! the epoll `Poller`, signals), `close.rs` (why connections close, the close line),
 //! `stats.rs` (counters, snapshots, `$SYS`), `panic.rs` (the hook that stops the process
-//! when a shard panics). Logging is `crate::log`; the shared statistics are
-//! `crate::metrics`.
+//! when a shard panics), `auth.rs` (CONNECT authentication, the shared `[auth]` snapshot
+//! and its reload), `access.rs` (the ACL applied to a shard's clients). Logging is
+//! `crate::log`; the shared statistics are `crate::metrics`.
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
 
+mod access;
+mod auth;
 mod clients;
 mod close;
 mod core;
@@ -97,6 +100,10 @@ pub enum BrokerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Auth(crate::auth::AuthError),
+    #[error("cannot start the password verifier threads: {0}")]
+    Verifiers(std::io::Error),
 }
 
 /// The home shard of a client id: where its session, takeover, will and expiry live.
@@ -135,9 +142,21 @@ pub(crate) struct Shared {
     pub(crate) max_connections: usize,
     /// Every shard's latest statistics (`stats.rs` writes, `$SYS` and metrics read).
     pub(crate) stats: Arc<StatsBoard>,
+    /// The password and ACL files in force, the verifier threads, the failure throttle.
+    pub(crate) auth: auth::AuthShared,
 }
 
 impl Shared {
+    /// Reloads the password and ACL files (`AuthShared::reload`) and wakes every shard to
+    /// apply them; an error keeps the rules in force.
+    fn reload_auth(&self) -> Result<(), crate::auth::AuthError> {
+        self.auth.reload()?;
+        for n in &self.mesh.notifiers {
+            n.notify();
+        }
+        Ok(())
+    }
+
     fn trigger_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         for n in &self.mesh.notifiers {
@@ -189,6 +208,15 @@ impl BrokerHandle {
         StopTrigger(Arc::clone(&self.shared))
     }
 
+    /// Reloads the password file and the ACL file without disconnecting anyone (what
+    /// SIGHUP does): new CONNECTs, SUBSCRIBEs and PUBLISHes are judged by the new rules at
+    /// once, and every shard drops the subscriptions its clients may no longer hold at its
+    /// next turn. On error (a file that cannot be read or parsed: the error names it, with
+    /// the line and the reason) the rules in force stay.
+    pub fn reload_auth(&self) -> Result<(), crate::auth::AuthError> {
+        self.shared.reload_auth()
+    }
+
     /// Stops accepting, closes every connection (v5 clients get DISCONNECT 0x8B) and waits
     /// for the shard threads.
     pub fn shutdown(self) -> Result<(), BrokerError> {
@@ -223,6 +251,8 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
     if shards > MAX_SHARDS {
         return Err(BrokerError::TooManyShards(shards));
     }
+    // Before any listener: a password or ACL file that cannot be loaded stops the start.
+    let auth = auth::AuthShared::start(&config.auth)?;
     let (listeners, local_addrs) = bind_listeners(&config.listen, shards)?;
     let (mesh, receivers) = Mesh::new(shards);
     let id_entropy = std::time::SystemTime::now()
@@ -243,6 +273,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         id_entropy,
         restored: AtomicUsize::new(0),
         stats: Arc::new(StatsBoard::new(shards)),
+        auth,
     });
     let mut opened = recovery::open(&shared.config, &shared)?;
     let metrics = match shared.config.ops.metrics {
@@ -310,8 +341,8 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
     Ok(handle)
 }
 
-/// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP is logged
-/// and otherwise ignored (there is nothing to reload yet); it never ends the process.
+/// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP reloads the
+/// password and ACL files (`BrokerHandle::reload_auth`); it never ends the process.
 pub fn run(config: Config) -> Result<(), BrokerError> {
     // Block the signals before any shard thread exists, so that every thread inherits the
     // mask and only the waiting thread receives them.
@@ -322,11 +353,8 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     loop {
         let sig = sys::wait_for_signal().map_err(BrokerError::Signal)?;
         if sig == libc::SIGHUP {
-            crate::log!(
-                INFO,
-                None,
-                "SIGHUP received: nothing to reload; still running"
-            );
+            crate::log!(INFO, None, "SIGHUP received: reloading");
+            reload_auth_files(&handle);
             continue;
         }
         crate::log!(INFO, None, "signal {sig} received; shutting down");
@@ -356,6 +384,14 @@ fn start_metrics(
         })
     })
     .map_err(|source| BrokerError::Metrics { addr, source })
+}
+
+/// SIGHUP's part for authentication: the password and ACL files.
+fn reload_auth_files(handle: &BrokerHandle) {
+    match handle.reload_auth() {
+        Ok(()) => crate::log!(INFO, None, "password and ACL files reloaded"),
+        Err(e) => crate::log!(ERROR, None, "reload failed, the rules in force stay: {e}"),
+    }
 }
 
 type Listeners = Vec<Vec<std::net::TcpListener>>;
@@ -512,6 +548,7 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     recovery::restored_barrier(&shared);
     while core.drain_inbox(usize::MAX) > 0 {}
     core.after_restore(&restored, &recovery);
+    core.mark_restored(&restored);
     drop(recovery);
     if let Err(source) = core.listeners.register(&core.poller) {
         let _ = ready.send(Err(BrokerError::Runtime {

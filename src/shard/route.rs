@@ -303,6 +303,9 @@ impl Core {
 
     /// Hands one message to the session in client `slot`.
     pub(crate) fn deliver_to(&mut self, slot: u32, message: &Arc<Message>, delivery: &Delivery) {
+        if !self.may_deliver(slot, &message.topic) {
+            return; // A subscription the ACL covers in part (`access.rs`).
+        }
         self.stats.deliveries += 1;
         let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
@@ -615,11 +618,12 @@ impl Core {
             client_id,
             assigned,
             leftover,
+            identity,
         } = handoff;
         let Some(id) = self.new_conn(fd, peer, Phase::Open) else {
             return;
         };
-        self.attach(id, connect, client_id, assigned);
+        self.attach(id, connect, client_id, assigned, identity);
         if !leftover.is_empty() {
             if let Some(conn) = self.conns.get_mut(id as usize) {
                 conn.input = Some(Box::new(leftover));

@@ -329,6 +329,21 @@ pub fn disable_transparent_huge_pages() -> io::Result<()> {
     Ok(())
 }
 
+/// Sends SIGHUP to process `pid` (`ringmq reload --pid PID`: a running broker reloads its
+/// password and ACL files).
+pub fn send_reload_signal(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall with integer arguments; a positive pid names one process.
+    let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
     unsafe {

@@ -4,6 +4,7 @@
 //! Every wait is bounded.
 #![allow(dead_code)]
 
+pub mod authfiles;
 pub mod conn;
 pub mod process;
 
@@ -122,6 +123,15 @@ impl Broker {
             .expect("some id hashes to every shard")
     }
 
+    /// Reloads the password and ACL files (what SIGHUP does); the error as text.
+    pub fn reload_auth(&self) -> Result<(), String> {
+        self.handle
+            .as_ref()
+            .expect("running")
+            .reload_auth()
+            .map_err(|e| e.to_string())
+    }
+
     /// Stops the broker and waits for its threads.
     pub fn stop(mut self) {
         if let Some(h) = self.handle.take() {
@@ -174,6 +184,20 @@ pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) ->
         username: None,
         password: None,
         properties: ConnectProperties::default(),
+    }
+}
+
+/// A CONNECT with a user name and password (either may be left out).
+pub fn connect_credentials(
+    version: ProtocolVersion,
+    client_id: &str,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+) -> Connect {
+    Connect {
+        username: username.map(s),
+        password: password.map(Bytes::copy_from_slice),
+        ..connect_packet(version, client_id, true)
     }
 }
 

@@ -80,24 +80,31 @@ fn a_reason_code_reaches_a_client_that_keeps_writing() {
     let _serial = super::ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let before = aborts_on_close();
-    let packets = bad_packet_then_half_a_megabyte(ProtocolVersion::V5);
-    assert!(
-        matches!(packets.first(), Some(Packet::ConnAck(_))),
-        "{packets:?}"
-    );
-    assert!(
-        matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::MalformedPacket),
-        "v5: DISCONNECT 0x81 arrives, got {packets:?}"
-    );
-    let packets = bad_packet_then_half_a_megabyte(ProtocolVersion::V311);
-    assert!(
-        matches!(packets.as_slice(), [Packet::ConnAck(_)]),
-        "{packets:?}"
-    );
-    assert_eq!(
-        aborts_on_close(),
-        before,
-        "the broker closed with unread input (TCPAbortOnClose grew)"
-    );
+    // The counter is system-wide: another process closing a socket with unread input in
+    // the same moment counts too. A broker that resets counts every time, so a clean
+    // attempt out of three is required.
+    let mut grew = Vec::new();
+    for _ in 0..3 {
+        let before = aborts_on_close();
+        let packets = bad_packet_then_half_a_megabyte(ProtocolVersion::V5);
+        assert!(
+            matches!(packets.first(), Some(Packet::ConnAck(_))),
+            "{packets:?}"
+        );
+        assert!(
+            matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::MalformedPacket),
+            "v5: DISCONNECT 0x81 arrives, got {packets:?}"
+        );
+        let packets = bad_packet_then_half_a_megabyte(ProtocolVersion::V311);
+        assert!(
+            matches!(packets.as_slice(), [Packet::ConnAck(_)]),
+            "{packets:?}"
+        );
+        let after = aborts_on_close();
+        if after == before {
+            return;
+        }
+        grew.push(after - before);
+    }
+    panic!("the broker closed with unread input: TCPAbortOnClose grew by {grew:?}");
 }

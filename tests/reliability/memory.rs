@@ -45,6 +45,10 @@ fn settled_rss_mib(broker: &BrokerProcess) -> f64 {
 /// read buffers (143 MB when queued messages were views into them).
 #[test]
 fn queued_messages_do_not_pin_read_buffers() {
+    // One at a time: RSS is measured, and a non-reader's close counts in TCPAbortOnClose.
+    let _serial = super::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let broker = BrokerProcess::start(&["--shards", "1"]);
     let v = ProtocolVersion::V311;
     let (mut sub, _) = Client::connect(broker.addr, v, "offline", false);
@@ -101,6 +105,10 @@ fn queued_messages_do_not_pin_read_buffers() {
 /// past `max_output_buffer` (RSS grew by 261 MB when deliveries ignored the limit).
 #[test]
 fn qos1_deliveries_to_a_non_reader_stay_bounded() {
+    // One at a time: RSS is measured, and a non-reader's close counts in TCPAbortOnClose.
+    let _serial = super::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let broker = BrokerProcess::start(&["--shards", "1"]);
     let v = ProtocolVersion::V311;
     let (mut stuck, _) = Client::connect_keep_alive(broker.addr, v, "never-reads", true, 0);
@@ -146,6 +154,10 @@ fn qos1_deliveries_to_a_non_reader_stay_bounded() {
 /// healthy subscriber of the same topic gets every message meanwhile.
 #[test]
 fn subscribers_that_stop_acknowledging_are_disconnected() {
+    // One at a time: RSS is measured, and a non-reader's close counts in TCPAbortOnClose.
+    let _serial = super::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     const TIMEOUT_S: u64 = 2;
     let config = common::process::DataDir::new("slow-config");
     let file = config.0.join("ringmq.toml");

@@ -209,6 +209,51 @@ fn subscriptions_need_every_matched_topic_readable() {
 }
 
 #[test]
+fn subscribe_access_is_full_partial_or_denied() {
+    use super::SubscribeAccess::{Denied, Full, Partial};
+    let a = acl(
+        "user u\ntopic read sensors/#\ntopic read rooms/+/temp\ntopic deny sensors/secret/#\n\
+         topic write cmd/#\ntopic read $SYS/broker/#\npattern read clients/%c/#\n",
+    );
+    let u = AclSubject::new("c", Some("u"));
+    for (f, want) in [
+        ("sensors/a", Full),
+        ("sensors/#", Partial),      // all but sensors/secret/...
+        ("sensors/+/temp", Partial), // all but sensors/secret/temp
+        ("sensors/secret/#", Denied),
+        ("sensors/secret/x", Denied),
+        ("rooms/#", Partial), // only rooms/+/temp
+        ("rooms/kitchen/humidity", Denied),
+        ("#", Partial),
+        ("+/+/temp", Partial),
+        ("cmd/#", Denied), // write only
+        ("$SYS/#", Partial),
+        ("$SYS/broker/load", Full),
+        ("clients/c/#", Full),
+        ("clients/other/#", Denied),
+        ("clients/+/x", Partial),
+        ("$share/g/rooms/#", Partial),
+        ("$share/g/cmd/x", Denied),
+    ] {
+        assert_eq!(a.subscribe_access(&u, &filter(f)), want, "{f}");
+        assert_eq!(
+            subscribe(&a, &u, f),
+            want == Full,
+            "{f} agrees with may_subscribe"
+        );
+    }
+    // `#` never reaches `$` topics through a first-level wildcard rule.
+    let open = acl("topic read #\n");
+    let anon = AclSubject::new("c", None);
+    assert_eq!(open.subscribe_access(&anon, &filter("$SYS/#")), Denied);
+    assert_eq!(open.subscribe_access(&anon, &filter("#")), Full);
+    // An unsafe %c in a deny pattern takes everything.
+    let deny = acl("topic read #\npattern deny clients/%c/#\n");
+    let bad = AclSubject::new("a/b", None);
+    assert_eq!(deny.subscribe_access(&bad, &filter("x/#")), Denied);
+}
+
+#[test]
 fn an_empty_acl_refuses_everything() {
     let a = acl("# nothing granted\n\n");
     let who = AclSubject::new("c", Some("u"));

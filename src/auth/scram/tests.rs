@@ -14,7 +14,7 @@ const RFC_CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxF
 const RFC_SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
 
 /// One user, `user` / `pencil` with the RFC's salt; everyone else unknown.
-struct OneUser(ScramCredentials);
+pub(crate) struct OneUser(ScramCredentials);
 
 impl ScramUsers for OneUser {
     fn scram_user(&self, username: &str) -> ScramUser {
@@ -26,7 +26,7 @@ impl ScramUsers for OneUser {
     }
 }
 
-fn rfc_users() -> OneUser {
+pub(crate) fn rfc_users() -> OneUser {
     let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("salt");
     OneUser(ScramCredentials::derive(b"pencil", &salt, 4096))
 }

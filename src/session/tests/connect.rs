@@ -3,7 +3,7 @@
 use super::*;
 use crate::codec::{ConnAck, ConnAckProperties};
 
-fn connack(h: &mut Harness) -> ConnAck {
+pub(super) fn connack(h: &mut Harness) -> ConnAck {
     match h.take().0.first() {
         Some(Packet::ConnAck(c)) => c.clone(),
         other => panic!("CONNACK expected, got {other:?}"),
@@ -76,14 +76,12 @@ fn keep_alive_cap() {
 }
 
 #[test]
-fn enhanced_authentication_is_not_supported() {
-    // BAD_INPUTS #23.
+fn the_authentication_method_is_left_to_the_shard() {
+    // BAD_INPUTS #23: which methods exist depends on the settings in force; the shard
+    // answers 0x8C for the others (session::auth tests, tests/auth.rs).
     let mut c = connect_packet(ProtocolVersion::V5, "c1", true);
     c.properties.authentication_method = Some(mstr("SCRAM-X"));
-    assert_eq!(
-        validate_connect(&c, &Limits::default()),
-        Err(ReasonCode::BadAuthenticationMethod)
-    );
+    assert!(validate_connect(&c, &Limits::default()).is_ok());
 }
 
 #[test]

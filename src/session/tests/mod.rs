@@ -1,6 +1,7 @@
 //! Unit tests of the session state machine: literal packets in, exact packets and actions
 //! out, a fake clock. `Harness` drives one session like the shard would.
 
+mod auth;
 mod connect;
 mod inbound;
 mod lifecycle;
