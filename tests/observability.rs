@@ -268,3 +268,81 @@ fn sys_interval_zero_publishes_nothing() {
     assert!(b.metrics_addr().is_none());
     b.stop();
 }
+
+/// With an ACL, `$SYS` reaches a client only where a rule lets it read: a `$SYS/#`
+/// subscription is refused without one (v5 0x87, 3.x 0x80), granted whole with
+/// `topic read $SYS/#`, and granted in part with a narrower rule, whose deliveries are then
+/// checked one topic at a time; `#` never matches `$SYS` [MQTT-4.7.2-1].
+fn sys_topics_follow_the_acl(v: ProtocolVersion, shards: usize) {
+    use common::authfiles::AuthFiles;
+    use common::connect_credentials;
+    use ringmq::codec::ReasonCode;
+
+    let files = AuthFiles::new("sys-acl");
+    files.write_acl(
+        "topic read public/#\n\
+         user admin\n\
+         topic read $SYS/#\n\
+         user ops\n\
+         topic read $SYS/broker/clients/#\n",
+    );
+    let acl = files.acl();
+    let b = Broker::start_with(shards, move |c| {
+        c.auth.acl_file = Some(acl);
+        c.ops.sys_interval_secs = 1;
+    });
+    let connect = |id: &str, user: Option<&str>| {
+        let (c, ack) = Client::connect_with(b.addr, connect_credentials(v, id, user, None));
+        assert_eq!(ack.reason, ReasonCode::Success, "{id}");
+        c
+    };
+    let refused = if v.is_v5() {
+        ReasonCode::NotAuthorized
+    } else {
+        ReasonCode::UnspecifiedError
+    };
+    let granted = ReasonCode::GrantedQoS0;
+
+    let mut anon = connect("sys-anon", None);
+    assert_eq!(anon.subscribe("$SYS/#", QoS::AtMostOnce).reasons, [refused]);
+    assert_eq!(anon.subscribe("#", QoS::AtMostOnce).reasons, [granted]);
+    let mut admin = connect("sys-admin", Some("admin"));
+    assert_eq!(
+        admin.subscribe("$SYS/#", QoS::AtMostOnce).reasons,
+        [granted]
+    );
+    let mut ops = connect("sys-ops", Some("ops"));
+    assert_eq!(ops.subscribe("$SYS/#", QoS::AtMostOnce).reasons, [granted]);
+
+    // The whole tree for the admin, over at least two publications (uptime changes).
+    let mut seen = SysView::default();
+    seen.wait(&mut admin, "$SYS/broker/uptime", |_| true);
+    seen.wait(&mut admin, "$SYS/broker/version", |_| true);
+    let first = seen.get("$SYS/broker/uptime").map(str::to_owned);
+    seen.wait_until(&mut admin, "a second publication", |v| {
+        v.get("$SYS/broker/uptime") != first.as_deref()
+    });
+    // Only `clients/...` for ops, though other topics changed meanwhile.
+    let mut ops_seen = SysView::default();
+    ops_seen.wait(&mut ops, "$SYS/broker/clients/connected", |p| p == "3");
+    while let Ok(Some(p)) = ops.recv_within(Duration::from_millis(1_500)) {
+        let Packet::Publish(p) = p else {
+            panic!("unexpected {p:?}");
+        };
+        let topic = p.topic.as_str();
+        assert!(topic.starts_with("$SYS/broker/clients/"), "ops got {topic}");
+    }
+    assert!(
+        ops_seen
+            .0
+            .keys()
+            .all(|t| t.starts_with("$SYS/broker/clients/")),
+        "ops got {:?}",
+        ops_seen.0.keys()
+    );
+    // Nothing at all for the anonymous client.
+    anon.expect_nothing();
+    b.stop();
+}
+
+matrix!(sys_topics_follow_the_acl);
