@@ -233,6 +233,35 @@ fn metrics_endpoint_serves_every_shard() {
     b.stop();
 }
 
+/// Publishes asked to be retained beyond `max_retained_messages` are counted whichever way
+/// they are refused: v5 QoS 1 answered 0x97, QoS 0 and 3.x delivered without being kept.
+#[test]
+fn retained_refusals_are_counted() {
+    let b = Broker::start_with(1, |c| {
+        c.limits.max_retained_messages = 1;
+        c.ops.sys_interval_secs = 0; // Its retained topics would take the one place.
+        c.ops.metrics = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    });
+    let addr = b.metrics_addr().expect("metrics endpoint");
+    let (mut p5, _) = Client::connect(b.addr, ProtocolVersion::V5, "retain-v5", true);
+    p5.publish("kept/0", b"v", QoS::AtLeastOnce, true);
+    let mut over = common::publish("kept/1", b"v", QoS::AtLeastOnce, Some(100));
+    over.retain = true;
+    p5.send(&Packet::Publish(over));
+    match p5.recv() {
+        Packet::PubAck(a) => assert_eq!(a.reason, ringmq::codec::ReasonCode::QuotaExceeded),
+        other => panic!("expected PUBACK 0x97, got {other:?}"),
+    }
+    p5.publish("kept/2", b"v", QoS::AtMostOnce, true);
+    let (mut p3, _) = Client::connect(b.addr, ProtocolVersion::V311, "retain-v3", true);
+    p3.publish("kept/3", b"v", QoS::AtLeastOnce, true);
+    scrape_until(addr, "three refusals counted", |p| {
+        sum(p, "ringmq_retained_refused_total", &[]) == 3.0
+            && sum(p, "ringmq_retained_messages", &[]) == 1.0
+    });
+    b.stop();
+}
+
 /// A message too large for the subscriber's Maximum Packet Size is dropped [MQTT-3.1.2-25]
 /// and the drop shows in `$SYS/broker/messages/dropped` and in Prometheus.
 #[test]

@@ -273,11 +273,13 @@ impl Core {
             .get(slot as usize)
             .and_then(|c| c.session.protocol())
             .is_some_and(|p| p.is_v5());
-        if over_retained && (!v5 || ack.is_none()) {
-            // No acknowledgement to refuse in (QoS 0), or one without a code (3.x): the
-            // message goes out, not retained.
-            Arc::make_mut(&mut message).retain = false;
+        if over_retained {
             self.stats.retained_refused += 1;
+            if !v5 || ack.is_none() {
+                // No acknowledgement to refuse in (QoS 0), or one without a code (3.x): the
+                // message goes out, not retained. A v5 QoS 1/2 one is refused below (0x97).
+                Arc::make_mut(&mut message).retain = false;
+            }
         }
         let Some(packet_id) = ack else {
             if denied {
