@@ -53,10 +53,13 @@ pub enum CloseKind {
     StorageFailure,
     /// The session ended while its connection was attached.
     SessionEnded,
+    /// An incomplete packet held too long, or past the shard's share of
+    /// `max_partial_input_bytes`.
+    IncompletePacket,
 }
 
 impl CloseKind {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [CloseKind; CloseKind::COUNT] = [
         CloseKind::ClientDisconnect,
         CloseKind::PeerClosed,
@@ -72,6 +75,7 @@ impl CloseKind {
         CloseKind::Shutdown,
         CloseKind::StorageFailure,
         CloseKind::SessionEnded,
+        CloseKind::IncompletePacket,
     ];
 
     /// The `reason` label of `ringmq_connections_closed_total`.
@@ -91,6 +95,7 @@ impl CloseKind {
             CloseKind::Shutdown => "shutdown",
             CloseKind::StorageFailure => "storage_failure",
             CloseKind::SessionEnded => "session_ended",
+            CloseKind::IncompletePacket => "incomplete_packet",
         }
     }
 

@@ -432,6 +432,7 @@ impl Core {
             conn.input = None;
             self.lingering += 1;
         }
+        self.release_partial(id);
         self.schedule_conn(id, self.now_ms + LINGER_MS);
         self.flush_conn(id);
     }
@@ -466,6 +467,7 @@ impl Core {
         if let Some(slot) = conn.client.take() {
             self.connection_lost(slot, id);
         }
+        self.release_partial(id);
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };

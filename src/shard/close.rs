@@ -27,6 +27,12 @@ pub(crate) enum CloseReason {
     /// End of stream without DISCONNECT.
     PeerClosed,
     SocketError(io::Error),
+    /// An incomplete packet past its time limit or the shard's share of
+    /// `max_partial_input_bytes`; the code of the DISCONNECT sent (v5 past CONNACK).
+    IncompletePacket {
+        code: Option<ReasonCode>,
+        why: String,
+    },
     /// Bytes that are not a valid packet, and what the client was answered.
     ProtocolError {
         error: DecodeError,
@@ -74,6 +80,7 @@ impl CloseReason {
             CloseReason::PeerClosed => CloseKind::PeerClosed,
             CloseReason::SocketError(_) => CloseKind::SocketError,
             CloseReason::ProtocolError { .. } => CloseKind::ProtocolError,
+            CloseReason::IncompletePacket { .. } => CloseKind::IncompletePacket,
             CloseReason::Violation { .. } => CloseKind::Violation,
             CloseReason::Other => CloseKind::Other,
             CloseReason::ConnectRefused { .. } | CloseReason::ConnectThrottled { .. } => {
@@ -105,6 +112,7 @@ impl CloseReason {
             | CloseReason::Shutdown
             | CloseReason::SessionEnded => Level::Info,
             CloseReason::ProtocolError { .. }
+            | CloseReason::IncompletePacket { .. }
             | CloseReason::Violation { .. }
             | CloseReason::Other
             | CloseReason::SlowConsumer { .. } => Level::Warn,
@@ -150,6 +158,7 @@ static LIMITERS: [Limiter; CloseKind::COUNT] = [
     Limiter::new("connection closed: shutdown"),
     Limiter::new("connection closed: storage_failure"),
     Limiter::new("connection closed: session_ended"),
+    Limiter::new("connection closed: incomplete_packet"),
 ];
 
 impl fmt::Display for CloseReason {
@@ -162,6 +171,13 @@ impl fmt::Display for CloseReason {
             CloseReason::SocketError(e) => write!(f, "socket error: {e}"),
             CloseReason::ProtocolError { error, answer } => {
                 write!(f, "protocol error: {error:?}; answered {answer:?}")
+            }
+            CloseReason::IncompletePacket { code, why } => {
+                write!(f, "incomplete packet: {why}")?;
+                match code {
+                    Some(c) => write!(f, " (DISCONNECT {})", c.name()),
+                    None => Ok(()),
+                }
             }
             CloseReason::Violation { packet, code } => {
                 write!(f, "{packet:?} refused by the session")?;

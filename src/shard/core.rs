@@ -223,6 +223,8 @@ pub(crate) struct Core {
     /// Authentication and authorization: the snapshot in force, parked CONNECTs, what the
     /// ACL needs per client (`auth.rs`, `access.rs`).
     pub(crate) auth: super::auth::ShardAuth,
+    /// Incomplete packets held, against the shard's budget (`partial.rs`).
+    pub(crate) partial: super::partial::PartialInput,
 }
 
 impl Core {
@@ -281,6 +283,10 @@ impl Core {
             stop_commit_deadline: None,
             lingering: 0,
             retained_jobs: std::collections::VecDeque::new(),
+            partial: super::partial::PartialInput::new(super::partial::shard_budget(
+                limits.max_partial_input_bytes,
+                shards,
+            )),
             auth: super::auth::ShardAuth::new(
                 &shared.auth,
                 Arc::clone(&shared.mesh.notifiers[id.index()]),
@@ -601,6 +607,11 @@ impl Core {
         }
         conn.timer_tick = 0;
         let (phase, since) = (conn.phase, conn.since);
+        if matches!(phase, Phase::AwaitingConnect | Phase::Open)
+            && self.incomplete_packet_expired(id, generation)
+        {
+            return;
+        }
         let over = self.is_slow(id);
         let since_ms = stamp_ms(since);
         match phase {

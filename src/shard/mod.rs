@@ -33,6 +33,7 @@ mod limits;
 mod listen;
 mod mailbox;
 pub mod panic;
+mod partial;
 mod persist;
 mod recovery;
 mod registry;
