@@ -70,12 +70,15 @@ impl PartialInput {
 
     /// Connection `id` keeps an incomplete packet of `charged` bytes that began at `since`.
     /// `false` (nothing recorded): that would take the shard past its budget.
+    /// A connection that holds a charge already has it replaced (the check counts the new
+    /// one only).
     pub(crate) fn keep(&mut self, id: u32, generation: u32, since: Stamp, charged: usize) -> bool {
-        if self.total.saturating_add(charged) > self.budget {
+        let old = self.entries.get(&id).map_or(0, |e| e.charged);
+        if (self.total - old).saturating_add(charged) > self.budget {
             return false;
         }
-        self.total += charged;
-        let old = self.entries.insert(
+        self.total = self.total - old + charged;
+        self.entries.insert(
             id,
             Entry {
                 generation,
@@ -83,9 +86,6 @@ impl PartialInput {
                 charged,
             },
         );
-        if let Some(old) = old {
-            self.total -= old.charged;
-        }
         true
     }
 
