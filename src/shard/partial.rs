@@ -70,14 +70,12 @@ impl PartialInput {
 
     /// Connection `id` keeps an incomplete packet of `charged` bytes that began at `since`.
     /// `false` (nothing recorded): that would take the shard past its budget.
-    /// A connection that holds a charge already has it replaced (the check counts the new
-    /// one only).
     pub(crate) fn keep(&mut self, id: u32, generation: u32, since: Stamp, charged: usize) -> bool {
-        let old = self.entries.get(&id).map_or(0, |e| e.charged);
-        if (self.total - old).saturating_add(charged) > self.budget {
+        let replaced = self.entries.get(&id).map_or(0, |e| e.charged);
+        if (self.total - replaced).saturating_add(charged) > self.budget {
             return false;
         }
-        self.total = self.total - old + charged;
+        self.total = self.total - replaced + charged;
         self.entries.insert(
             id,
             Entry {
