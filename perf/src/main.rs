@@ -3,12 +3,16 @@
 //! Map: `cli` (arguments), `plan` (who talks to whom, shared counters), `worker` (one epoll loop
 //! per thread), `traffic` (load models, QoS flows, accounting per delivery), `wire` (its own
 //! small MQTT codec), `payload` (the header in every message), `accounting` (loss, duplicates,
-//! reordering), `report` (table and JSON), `run` (the main thread's timeline), `sys` (libc).
+//! reordering), `report` (table and JSON), `run` (the main thread's timeline), `sys` (libc),
+//! `link` (its own TLS client use and WebSocket framing for `--tls` / `--ws`), `probe`
+//! (PINGRESP latency of a bystander client during a run).
 
 mod accounting;
 mod cli;
+mod link;
 mod payload;
 mod plan;
+mod probe;
 mod report;
 mod run;
 mod sys;

@@ -224,8 +224,8 @@ impl ListenerConfig {
         }
     }
 
-    /// Whether today's runtime serves this listener itself: plain MQTT over TCP with no
-    /// PROXY header. The others need the transport layers wired into the shard.
+    /// Plain MQTT over TCP with no PROXY header: its connections carry no transport (the
+    /// shard reads and writes their sockets directly).
     pub fn is_plain_tcp(&self) -> bool {
         self.url.kind == ListenerKind::Mqtt && !self.proxy_protocol
     }
@@ -283,7 +283,10 @@ pub(super) fn validate_listeners(listeners: &[ListenerConfig]) -> Result<(), Con
     }
     for (i, l) in listeners.iter().enumerate() {
         l.validate()?;
-        if listeners[..i].iter().any(|o| o.url.addr == l.url.addr) {
+        // Port 0 asks the kernel for a free port: each such listener gets its own.
+        let twice =
+            l.url.addr.port() != 0 && listeners[..i].iter().any(|o| o.url.addr == l.url.addr);
+        if twice {
             return Err(l.error(format!("address {} is used by two listeners", l.url.addr)));
         }
     }

@@ -56,10 +56,12 @@ pub enum CloseKind {
     /// An incomplete packet held too long, or past the shard's share of
     /// `max_partial_input_bytes`.
     IncompletePacket,
+    /// The transport (TLS, WebSocket, PROXY header) failed or refused the bytes.
+    Transport,
 }
 
 impl CloseKind {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
     pub const ALL: [CloseKind; CloseKind::COUNT] = [
         CloseKind::ClientDisconnect,
         CloseKind::PeerClosed,
@@ -76,6 +78,7 @@ impl CloseKind {
         CloseKind::StorageFailure,
         CloseKind::SessionEnded,
         CloseKind::IncompletePacket,
+        CloseKind::Transport,
     ];
 
     /// The `reason` label of `ringmq_connections_closed_total`.
@@ -96,6 +99,7 @@ impl CloseKind {
             CloseKind::StorageFailure => "storage_failure",
             CloseKind::SessionEnded => "session_ended",
             CloseKind::IncompletePacket => "incomplete_packet",
+            CloseKind::Transport => "transport",
         }
     }
 

@@ -15,6 +15,7 @@ use std::io;
 use crate::codec::{DecodeError, ErrorResponse, Packet, PacketType, ReasonCode, ReasonContext};
 use crate::log::{Level, Limiter};
 use crate::metrics::CloseKind;
+use crate::transport::CloseReason as Farewell;
 
 /// Characters of a refused client id the close line shows.
 const SHOWN_ID_CHARS: usize = 64;
@@ -27,6 +28,9 @@ pub(crate) enum CloseReason {
     /// End of stream without DISCONNECT.
     PeerClosed,
     SocketError(io::Error),
+    /// The connection's transport (TLS, WebSocket, PROXY header) failed or refused its
+    /// bytes: what it said.
+    Transport(String),
     /// An incomplete packet past its time limit or the shard's share of
     /// `max_partial_input_bytes`; the code of the DISCONNECT sent (v5 past CONNACK).
     IncompletePacket {
@@ -79,6 +83,7 @@ impl CloseReason {
             CloseReason::ClientDisconnect(_) => CloseKind::ClientDisconnect,
             CloseReason::PeerClosed => CloseKind::PeerClosed,
             CloseReason::SocketError(_) => CloseKind::SocketError,
+            CloseReason::Transport(_) => CloseKind::Transport,
             CloseReason::ProtocolError { .. } => CloseKind::ProtocolError,
             CloseReason::IncompletePacket { .. } => CloseKind::IncompletePacket,
             CloseReason::Violation { .. } => CloseKind::Violation,
@@ -103,6 +108,7 @@ impl CloseReason {
             CloseReason::ClientDisconnect(_)
             | CloseReason::PeerClosed
             | CloseReason::SocketError(_)
+            | CloseReason::Transport(_)
             | CloseReason::ConnectRefused { .. }
             | CloseReason::ConnectThrottled { .. }
             | CloseReason::ConnectTimeout
@@ -126,6 +132,36 @@ impl CloseReason {
         match id.char_indices().nth(SHOWN_ID_CHARS) {
             Some((cut, _)) => format!("{}...", &id[..cut]),
             None => id.to_owned(),
+        }
+    }
+
+    /// What the connection's transport says as it closes (a WebSocket close status; TLS
+    /// sends close_notify whatever it is).
+    pub(crate) fn farewell(&self) -> Farewell {
+        match self {
+            CloseReason::ProtocolError {
+                error: DecodeError::PacketTooLarge,
+                ..
+            } => Farewell::TooBig,
+            CloseReason::ProtocolError { .. } | CloseReason::Violation { .. } => {
+                Farewell::ProtocolError
+            }
+            CloseReason::ConnectTimeout
+            | CloseReason::KeepAlive
+            | CloseReason::SlowConsumer { .. }
+            | CloseReason::IncompletePacket { .. } => Farewell::PolicyViolation,
+            // The broker did not answer in time, or could not store: not the client's fault.
+            CloseReason::VerifyTimeout | CloseReason::StorageFailure(_) => Farewell::InternalError,
+            CloseReason::Shutdown => Farewell::GoingAway,
+            CloseReason::ClientDisconnect(_)
+            | CloseReason::PeerClosed
+            | CloseReason::SocketError(_)
+            | CloseReason::Transport(_)
+            | CloseReason::Other
+            | CloseReason::ConnectRefused { .. }
+            | CloseReason::ConnectThrottled { .. }
+            | CloseReason::Takeover
+            | CloseReason::SessionEnded => Farewell::Normal,
         }
     }
 
@@ -159,6 +195,7 @@ static LIMITERS: [Limiter; CloseKind::COUNT] = [
     Limiter::new("connection closed: storage_failure"),
     Limiter::new("connection closed: session_ended"),
     Limiter::new("connection closed: incomplete_packet"),
+    Limiter::new("connection closed: transport"),
 ];
 
 impl fmt::Display for CloseReason {
@@ -169,6 +206,7 @@ impl fmt::Display for CloseReason {
             }
             CloseReason::PeerClosed => f.write_str("closed by the peer without DISCONNECT"),
             CloseReason::SocketError(e) => write!(f, "socket error: {e}"),
+            CloseReason::Transport(e) => write!(f, "transport error: {e}"),
             CloseReason::ProtocolError { error, answer } => {
                 write!(f, "protocol error: {error:?}; answered {answer:?}")
             }

@@ -30,6 +30,7 @@ use super::Shared;
 use super::close::{CloseReason, SessionCall};
 use super::event_loop::Lifecycle;
 use super::hold::{HoldKey, Holds};
+use super::layered::{ConnExtra, HandshakeBudget};
 use super::listen::Listeners;
 use super::mailbox::{Envelope, Outboxes};
 use super::persist::Persist;
@@ -116,11 +117,13 @@ pub(crate) struct Conn {
     /// `max_output_buffer` (0: it is not). A `Stamp` (4 B instead of 8: a connection exists
     /// once per idle client).
     pub(crate) since: Stamp,
+    /// The client's address: the socket's peer, or the address a PROXY header gave.
     pub(crate) peer: SocketAddr,
-    /// An incomplete trailing packet; `None` between packets (8 B in every idle connection
-    /// instead of an empty 32 B buffer).
-    pub(crate) input: Option<Box<BytesMut>>,
-    /// Encoded output not yet written; freed once fully written.
+    /// What most connections lack, boxed together (see `ConnExtra`): `None` for a plain TCP
+    /// connection between packets (8 B in every idle connection).
+    pub(crate) extra: Option<Box<ConnExtra>>,
+    /// Encoded output not yet written (MQTT bytes: a transport wraps them at flush time);
+    /// freed once fully written.
     pub(crate) out: BytesMut,
 }
 
@@ -196,6 +199,12 @@ pub(crate) struct Core {
     pub(crate) actions: Vec<Action>,
     /// The one read buffer of the shard (`SCRATCH_SIZE` bytes, allocated once).
     pub(crate) scratch: Box<[u8]>,
+    /// The MQTT bytes a transport took out of one read of `scratch` (decrypted, unframed);
+    /// the second read buffer of the shard, emptied after each read.
+    pub(crate) app: BytesMut,
+    /// The time this turn spent on TLS handshakes and the connections waiting for the next (see
+    /// `layered::HandshakeBudget`).
+    pub(crate) handshakes: HandshakeBudget,
     /// Output of calls on sessions with no connection; always discarded.
     pub(crate) sink: BytesMut,
     pub(crate) connect_limits: DecodeLimits,
@@ -269,6 +278,8 @@ impl Core {
             dirty: Vec::new(),
             actions: Vec::new(),
             scratch: vec![0; super::io::SCRATCH_SIZE].into_boxed_slice(),
+            app: BytesMut::new(),
+            handshakes: HandshakeBudget::default(),
             sink: BytesMut::new(),
             connect_limits,
             packet_limits,
@@ -307,7 +318,13 @@ impl Core {
 
     /// Registers an accepted (or handed-off) socket with the poller; returns its slot, or
     /// `None` (the socket is closed) when the poller refuses it.
-    pub(crate) fn new_conn(&mut self, fd: OwnedFd, peer: SocketAddr, phase: Phase) -> Option<u32> {
+    pub(crate) fn new_conn(
+        &mut self,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        phase: Phase,
+        extra: Option<Box<ConnExtra>>,
+    ) -> Option<u32> {
         let generation = self.next_generation();
         let slot = self.conns.next_key() as u32;
         if let Err(e) = self.poller.add(fd.as_fd(), token(slot, generation)) {
@@ -332,7 +349,7 @@ impl Core {
             client: None,
             since: stamp(self.now_ms),
             peer,
-            input: None,
+            extra,
             out: BytesMut::new(),
         };
         self.conns.insert(conn);
@@ -360,7 +377,8 @@ impl Core {
         self.close_for(id, CloseReason::Other);
     }
 
-    /// `request_close` with the reason the close line names (the first one given wins).
+    /// `request_close` with the reason the close line names and the transport's farewell
+    /// follows (the first one given wins).
     pub(crate) fn close_for(&mut self, id: u32, reason: CloseReason) {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
@@ -372,6 +390,7 @@ impl Core {
             .client
             .and_then(|s| self.clients.get(s as usize))
             .map(|c| c.session.client_id().clone());
+        self.set_close_reason(id, reason.farewell());
         if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.phase = Phase::Closing;
             self.closing.push((id, conn.generation, reason, client));
@@ -382,7 +401,7 @@ impl Core {
     pub(crate) fn mark_dirty(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id as usize)
             && !conn.dirty
-            && !conn.out.is_empty()
+            && conn.has_output()
         {
             conn.dirty = true;
             self.dirty.push((id, conn.generation));

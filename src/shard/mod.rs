@@ -7,7 +7,8 @@
 //! (`home_shard`), the cross-shard channels, per-shard timer wheels, and start/stop.
 //!
 //! Files: `event_loop.rs` (the one loop of a shard and its shutdown steps), `listen.rs`
-//! (listening sockets and accept), `io.rs` (readiness, read/decode and flush), `core.rs`
+//! (listening sockets and accept), `io.rs` (readiness, read/decode and flush), `layered.rs`
+//! (the same through a TLS, WebSocket or PROXY transport), `core.rs`
 //! (shard state, sessions, actions, timers), `route.rs` (publish/subscribe flow and
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
@@ -29,6 +30,7 @@ mod core;
 mod event_loop;
 mod hold;
 mod io;
+mod layered;
 mod limits;
 mod listen;
 mod mailbox;
@@ -57,6 +59,7 @@ use crate::config::{Config, DriverKind};
 use crate::metrics::StatsBoard;
 use crate::metrics::http::MetricsServer;
 use crate::router::interest::{MAX_SHARDS, ShardId};
+use crate::transport::ListenerRuntime;
 
 pub use self::mailbox::DEFAULT_CROSS_SHARD_QUEUE;
 use self::mailbox::{Envelope, Mesh};
@@ -102,9 +105,31 @@ pub enum BrokerError {
         source: std::io::Error,
     },
     #[error("{0}")]
+    Listener(crate::config::ConfigError),
+    #[error("{0}")]
     Auth(crate::auth::AuthError),
     #[error("cannot start the password verifier threads: {0}")]
     Verifiers(std::io::Error),
+}
+
+impl BrokerError {
+    /// The process exit status for this error: 2 for what the operator's settings caused
+    /// (a listener whose files do not load, an address that cannot be bound), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BrokerError::Bind { .. }
+            | BrokerError::Metrics { .. }
+            | BrokerError::Listener(_)
+            | BrokerError::TooManyShards(_) => 2,
+            BrokerError::Runtime { .. }
+            | BrokerError::Thread { .. }
+            | BrokerError::ShardPanicked(_)
+            | BrokerError::Signal(_)
+            | BrokerError::Storage(_)
+            | BrokerError::Auth(_)
+            | BrokerError::Verifiers(_) => 1,
+        }
+    }
 }
 
 /// The home shard of a client id: where its session, takeover, will and expiry live.
@@ -190,7 +215,7 @@ impl StopTrigger {
 }
 
 impl BrokerHandle {
-    /// The addresses actually bound (port 0 resolved), in `config.listen` order.
+    /// The addresses actually bound (port 0 resolved), in `config.listeners` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.local_addrs.clone()
     }
@@ -246,15 +271,27 @@ impl BrokerHandle {
     }
 }
 
-/// Starts the shards and returns once every one is accepting.
+/// Starts the shards and returns once every one is accepting. Loads the listeners' files
+/// first (`ListenerRuntime::load_all`); `start_with` takes them loaded.
 pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
+    let runtimes = ListenerRuntime::load_all(&config).map_err(BrokerError::Listener)?;
+    start_with(config, runtimes)
+}
+
+/// Starts the shards with the listeners' loaded settings (`runtimes[i]` belongs to
+/// `config.listeners[i]`) and returns once every one is accepting.
+pub fn start_with(
+    config: Config,
+    runtimes: Vec<Arc<ListenerRuntime>>,
+) -> Result<BrokerHandle, BrokerError> {
     let shards = config.effective_shards();
     if shards > MAX_SHARDS {
         return Err(BrokerError::TooManyShards(shards));
     }
     // Before any listener: a password or ACL file that cannot be loaded stops the start.
     let auth = auth::AuthShared::start(&config.auth)?;
-    let (listeners, local_addrs) = bind_listeners(&config.listen, shards)?;
+    let addrs: Vec<SocketAddr> = config.listeners.iter().map(|l| l.url.addr).collect();
+    let (listeners, local_addrs) = bind_listeners(&addrs, shards)?;
     let (mesh, receivers) = Mesh::new(shards);
     let id_entropy = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -290,6 +327,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         let ready = ready_tx.clone();
         let start = ShardStart {
             listeners,
+            runtimes: runtimes.clone(),
             inbox,
             persist: recovery::persist_for(&mut opened, i, shared.wall_epoch_ms),
             recovery: recoveries.next().unwrap_or_default(),
@@ -343,19 +381,27 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP reloads the
-/// password and ACL files (`BrokerHandle::reload_auth`); it never ends the process.
-pub fn run(config: Config) -> Result<(), BrokerError> {
+/// password and ACL files (`BrokerHandle::reload_auth`) and the TLS certificates of every
+/// TLS listener (`reload_tls`); it never ends the process.
+pub fn run(config: Config, runtimes: Vec<Arc<ListenerRuntime>>) -> Result<(), BrokerError> {
     // Block the signals before any shard thread exists, so that every thread inherits the
     // mask and only the waiting thread receives them.
     sys::block_signals().map_err(BrokerError::Signal)?;
-    let handle = start(config)?;
-    let addrs: Vec<String> = handle.local_addrs().iter().map(|a| a.to_string()).collect();
+    let urls: Vec<String> = config.listeners.iter().map(|l| l.url.to_string()).collect();
+    let handle = start_with(config, runtimes.clone())?;
+    let addrs: Vec<String> = handle
+        .local_addrs()
+        .iter()
+        .zip(&urls)
+        .map(|(a, url)| format!("{a} ({})", url.split("://").next().unwrap_or("mqtt")))
+        .collect();
     crate::log!(INFO, None, "listening on {}", addrs.join(", "));
     loop {
         let sig = sys::wait_for_signal().map_err(BrokerError::Signal)?;
         if sig == libc::SIGHUP {
             crate::log!(INFO, None, "SIGHUP received: reloading");
             reload_auth_files(&handle);
+            reload_tls(&runtimes);
             continue;
         }
         crate::log!(INFO, None, "signal {sig} received; shutting down");
@@ -385,6 +431,33 @@ fn start_metrics(
         })
     })
     .map_err(|source| BrokerError::Metrics { addr, source })
+}
+
+/// SIGHUP: every TLS listener reads its certificate, key and client CA files again. New
+/// connections use what loaded; a listener whose files fail keeps the configuration it had
+/// (the error names the file and the problem). Open connections keep theirs either way.
+pub fn reload_tls(runtimes: &[Arc<ListenerRuntime>]) {
+    let tls = runtimes.iter().filter(|rt| rt.tls().is_some());
+    let mut any = false;
+    for rt in tls {
+        any = true;
+        match rt.reload_tls() {
+            Ok(()) => crate::log!(
+                INFO,
+                None,
+                "SIGHUP: listener {}: TLS certificate reloaded",
+                rt.config().url
+            ),
+            Err(e) => crate::log!(
+                ERROR,
+                None,
+                "SIGHUP: {e}; the listener keeps its previous certificate"
+            ),
+        }
+    }
+    if !any {
+        crate::log!(INFO, None, "SIGHUP: no TLS listener to reload");
+    }
 }
 
 /// SIGHUP's part for authentication: the password and ACL files.
@@ -448,6 +521,8 @@ type Ready = std::sync::mpsc::Sender<Result<(), BrokerError>>;
 #[derive(Debug)]
 struct ShardStart {
     listeners: Vec<std::net::TcpListener>,
+    /// The loaded settings of each listener, by the same index.
+    runtimes: Vec<Arc<ListenerRuntime>>,
     inbox: Vec<Receiver<Envelope>>,
     persist: persist::Persist,
     recovery: recovery::ShardRecovery,
@@ -507,6 +582,7 @@ fn shard_thread(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Rea
 async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Ready) {
     let ShardStart {
         listeners,
+        runtimes,
         inbox,
         persist,
         mut recovery,
@@ -519,7 +595,7 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
         fail(BrokerError::TooManyShards(index + 1));
         return;
     };
-    let listeners = listen::Listeners::new(listeners);
+    let listeners = listen::Listeners::new(listeners, runtimes);
     let (poller, poller_ready) = match new_poller() {
         Ok(p) => p,
         Err(source) => {
