@@ -25,8 +25,10 @@ use crate::router::shared::ShareStrategy;
 use crate::session::TopicAliasPolicy;
 
 mod listener;
+mod ops;
 
 pub use listener::{ListenerConfig, ListenerKind, ListenerUrl, WsPath};
+pub use ops::{DEFAULT_SYS_INTERVAL_SECS, OpsConfig};
 
 /// Which I/O driver the shards use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -343,6 +345,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The MQTT-SN gateway (`[mqttsn]`).
     pub mqttsn: MqttSnConfig,
+    /// Logs, `$SYS` and metrics (top-level keys `log_level`, `log_format`,
+    /// `sys_interval_secs`, `metrics`).
+    pub ops: OpsConfig,
 }
 
 /// The listener when none is configured.
@@ -360,6 +365,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             mqttsn: MqttSnConfig::default(),
+            ops: OpsConfig::default(),
         }
     }
 }
@@ -397,6 +403,10 @@ struct ConfigFile {
     storage: Option<StorageConfig>,
     auth: Option<AuthConfig>,
     mqttsn: Option<MqttSnConfig>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    sys_interval_secs: Option<u32>,
+    metrics: Option<String>,
 }
 
 /// What the command line asked for.
@@ -437,6 +447,10 @@ OPTIONS:
     --config FILE        TOML configuration file (see README for every key)
     --epoll              force the epoll driver (also RINGMQ_DRIVER=epoll)
     --no-pin             do not pin shard threads to cores
+    --log-level LEVEL    error, warn, info (default) or debug
+    --log-format FORMAT  text (default) or json (one object per line)
+    --sys-interval SECS  seconds between $SYS updates (default 10; 0: none)
+    --metrics HOST:PORT  serve Prometheus metrics at http://HOST:PORT/metrics
     -h, --help           print this help
     -V, --version        print the version
 
@@ -469,6 +483,12 @@ impl Config {
         config.storage = file.storage.unwrap_or(config.storage);
         config.auth = file.auth.unwrap_or(config.auth);
         config.mqttsn = file.mqttsn.unwrap_or(config.mqttsn);
+        config.ops.apply_file(ops::OpsFile {
+            log_level: file.log_level,
+            log_format: file.log_format,
+            sys_interval_secs: file.sys_interval_secs,
+            metrics: file.metrics,
+        })?;
         Ok(config)
     }
 
@@ -542,6 +562,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut no_pin = false;
     let mut data_dir = None;
     let mut durability = None;
+    let mut ops_flags: Vec<(ops::OpsKey, &'static str, String)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_str();
@@ -594,6 +615,26 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
             }
             "--epoll" => epoll = true,
             "--no-pin" => no_pin = true,
+            "--log-level" => ops_flags.push((
+                ops::OpsKey::LogLevel,
+                "--log-level (error, warn, info, debug)",
+                value("--log-level")?,
+            )),
+            "--log-format" => ops_flags.push((
+                ops::OpsKey::LogFormat,
+                "--log-format (text, json)",
+                value("--log-format")?,
+            )),
+            "--sys-interval" => ops_flags.push((
+                ops::OpsKey::SysInterval,
+                "--sys-interval (seconds, 0: off)",
+                value("--sys-interval")?,
+            )),
+            "--metrics" => ops_flags.push((
+                ops::OpsKey::Metrics,
+                "--metrics (HOST:PORT)",
+                value("--metrics")?,
+            )),
             other => {
                 return Err(ConfigError::Usage(format!(
                     "unknown argument {other:?}; see ringmq --help"
@@ -639,6 +680,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     }
     if let Some(d) = durability {
         config.storage.durability = d;
+    }
+    for (key, what, v) in ops_flags {
+        config.ops.set(key, what, &v)?;
     }
     config.validate()?;
     Ok(Command::Run(Box::new(config)))
@@ -744,6 +788,7 @@ impl Config {
         self.auth
             .validate()
             .map_err(|e| ConfigError::Usage(e.to_string()))?;
+        self.ops.validate()?;
         self.mqttsn.validate()
     }
 }

@@ -3,6 +3,8 @@
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod log;
+pub mod metrics;
 pub mod mqttsn;
 pub mod router;
 pub mod session;

@@ -36,6 +36,21 @@ fn set_allocator_options() {
 }
 
 fn main() -> ExitCode {
+    let code = run();
+    // Lines still in the logger's queue reach stderr before the process ends.
+    ringmq::log::flush();
+    code
+}
+
+/// The queued log lines first, then `message` on stderr (so that it comes last), then the
+/// exit code.
+fn fail(message: std::fmt::Arguments<'_>, code: u8) -> ExitCode {
+    ringmq::log::flush();
+    eprintln!("{message}");
+    ExitCode::from(code)
+}
+
+fn run() -> ExitCode {
     set_allocator_options();
     // Before the shards touch their heaps: see `disable_transparent_huge_pages`.
     if let Err(e) = ringmq::shard::sys::disable_transparent_huge_pages() {
@@ -54,40 +69,36 @@ fn main() -> ExitCode {
         Ok(Command::Reload { pid }) => {
             return match ringmq::shard::sys::send_reload_signal(pid) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ringmq reload: cannot signal process {pid}: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => fail(
+                    format_args!("ringmq reload: cannot signal process {pid}: {e}"),
+                    1,
+                ),
             };
         }
         Ok(Command::Passwd(args)) => {
             return match ringmq::auth::passwd::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ringmq passwd: {e}");
-                    ExitCode::from(1)
-                }
+                Err(e) => fail(format_args!("ringmq passwd: {e}"), 1),
             };
         }
-        Err(e) => {
-            eprintln!("ringmq: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(format_args!("ringmq: {e}"), 2),
     };
+    ringmq::log::set_level(config.ops.log_level);
+    ringmq::log::set_format(config.ops.log_format);
+    // A shard that panics takes the process down (logged, SIGABRT). Installed before the
+    // store is opened: the store contains redb's panics on the starting thread, which the
+    // hook passes on (it aborts only for shard threads).
+    ringmq::shard::panic::install_abort_on_shard_panic();
     let driver = std::env::var("RINGMQ_DRIVER").ok();
     if let Err(e) = config.apply_env(driver.as_deref()) {
-        eprintln!("ringmq: {e}");
-        return ExitCode::from(2);
+        return fail(format_args!("ringmq: {e}"), 2);
     }
     // Every listener's files are loaded and checked before any listener opens, so that a
     // missing or mismatched certificate stops the start with a message naming it; the
     // loaded listeners go to the shards.
     let runtimes = match ringmq::transport::ListenerRuntime::load_all(&config) {
         Ok(runtimes) => runtimes,
-        Err(e) => {
-            eprintln!("ringmq: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(format_args!("ringmq: {e}"), 2),
     };
     let listen: Vec<String> = config.listeners.iter().map(|l| l.url.to_string()).collect();
     ringmq::log!(
@@ -101,9 +112,6 @@ fn main() -> ExitCode {
     );
     match ringmq::shard::run(config, runtimes) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ringmq: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => fail(format_args!("ringmq: {e}"), e.exit_code()),
     }
 }

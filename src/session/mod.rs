@@ -571,6 +571,12 @@ impl Session {
         self.stats.as_deref().copied().unwrap_or_default()
     }
 
+    /// The counters without a copy; `None` while nothing was ever counted (a pointer check:
+    /// the shard looks after every call on a session).
+    pub fn counted(&self) -> Option<&SessionStats> {
+        self.stats.as_deref()
+    }
+
     /// Adds `n` to the counter `field` picks.
     fn count(&mut self, field: fn(&mut SessionStats) -> &mut u64, n: u64) {
         if n > 0 {

@@ -28,11 +28,12 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use super::auth::Identity;
+use super::close::SessionCall;
 use super::core::Core;
 use crate::auth::Authenticator;
 use crate::auth::acl::{AclSubject, SubscribeAccess};
 use crate::auth::random::OsRandom;
-use crate::codec::{Auth, Packet, ReasonCode};
+use crate::codec::{Auth, Packet, PacketType, ReasonCode};
 use crate::log;
 use crate::router::topic::{TopicFilter, TopicName};
 use crate::session::{AccessPolicy, ClientId, Enhanced};
@@ -409,7 +410,13 @@ impl Core {
                 .session
                 .end_connection(code, self.now_ms, &mut conn.out, &mut actions);
         }
+        // The close line: an AUTH packet the session refused, with its DISCONNECT code.
+        self.session_call = SessionCall::Packet {
+            packet: PacketType::Auth,
+            disconnect: None,
+        };
         self.apply_actions(slot, &mut actions, None);
+        self.session_call = SessionCall::Other;
         self.actions = actions;
     }
 

@@ -46,6 +46,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender};
 
+use super::close::CloseReason;
 use super::core::{Core, Phase};
 use super::io::Step;
 use super::mailbox::Notifier;
@@ -359,8 +360,8 @@ impl Core {
         let Some(mut p) = self.auth.pending.remove(&key) else {
             return Step::Close;
         };
-        if let Packet::Disconnect(_) = packet {
-            self.request_close(id);
+        if let Packet::Disconnect(d) = packet {
+            self.close_for(id, CloseReason::ClientDisconnect(d.reason));
             return Step::Close;
         }
         let Some(exchange) = p.exchange.take() else {
@@ -507,7 +508,9 @@ impl Core {
             self.auth.throttled = 0;
             self.auth.throttled_logged_ms = self.now_ms;
         }
-        self.write_refusal(id, p.connect.protocol, Refusal::ServerBusy.reason_code())
+        let code = Refusal::ServerBusy.reason_code();
+        let reason = CloseReason::ConnectThrottled { code };
+        self.write_refusal(id, p.connect.protocol, code, reason)
     }
 
     /// Whether `source` owes a delay for earlier failures (then its CONNECT is refused

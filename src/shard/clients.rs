@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use super::auth::Identity;
+use super::close::{CloseReason, SessionCall};
 use super::core::{Client, Conn, Core, LINGER_MS, MAX_LINGERING, Phase};
 use super::event_loop::Lifecycle;
 use super::route::Publisher;
@@ -21,7 +22,7 @@ use super::routes::SessionKey;
 use crate::codec::{Connect, PacketId, QoS, ReasonCode};
 use crate::log;
 use crate::session::{Action, Attach, ClientId, Message, Session};
-use crate::transport::CloseReason;
+use crate::transport::CloseReason as Farewell;
 
 impl Core {
     /// Attaches connection `id` (CONNECT decoded, home shard reached) to the session of
@@ -87,6 +88,8 @@ impl Core {
         };
         if let Some(client) = self.clients.get_mut(slot as usize) {
             client.conn = Some(id);
+            self.stats.connects += 1;
+            self.stats.connected += 1;
             client
                 .session
                 .connect_with_auth(*connect, how, now, &mut conn.out, &mut actions);
@@ -114,21 +117,8 @@ impl Core {
 
     /// Refuses connection `id`'s CONNECT with `code` after all (a limit of the home shard).
     fn refuse_attach(&mut self, id: u32, connect: &Connect, code: ReasonCode) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
-            return;
-        };
-        crate::session::refuse_connect(connect.protocol, code, &mut conn.out);
-        conn.phase = Phase::Open;
-        log!(
-            INFO,
-            self.log_id,
-            "refusing CONNECT of client {:?} from {}: {} (max_sessions)",
-            connect.client_id.as_str(),
-            conn.peer,
-            code.name()
-        );
-        self.mark_dirty(id);
-        self.request_close(id);
+        let who = connect.client_id.as_str();
+        self.refuse_connect_at(id, connect.protocol, code, who, "max_sessions");
     }
 
     pub(crate) fn new_client(&mut self, client_id: ClientId) -> u32 {
@@ -199,22 +189,19 @@ impl Core {
         let Some(old) = client.conn.take() else {
             return;
         };
+        self.stats.connected -= 1;
         let mut actions = std::mem::take(&mut self.actions);
         if let Some(conn) = self.conns.get_mut(old as usize) {
             client
                 .session
                 .taken_over(self.now_ms, &mut conn.out, &mut actions);
-            conn.client = None;
-            log!(
-                INFO,
-                self.log_id,
-                "client {} taken over; closing its connection from {}",
-                client.session.client_id().as_str(),
-                conn.peer
-            );
         }
         self.mark_dirty(old);
-        self.request_close(old);
+        // Before the connection lets go of its client: the close line names it.
+        self.close_for(old, CloseReason::Takeover);
+        if let Some(conn) = self.conns.get_mut(old as usize) {
+            conn.client = None;
+        }
         self.apply_actions(slot, &mut actions, None);
         self.actions = actions;
     }
@@ -229,6 +216,7 @@ impl Core {
         actions: &mut Vec<Action>,
         hold_from: Option<usize>,
     ) {
+        self.collect_session_stats(slot);
         for action in actions.drain(..) {
             match action {
                 Action::Publish { message, ack } => {
@@ -287,17 +275,19 @@ impl Core {
             .get(slot as usize)
             .and_then(|c| c.session.protocol())
             .is_some_and(|p| p.is_v5());
-        if over_retained && (!v5 || ack.is_none()) {
-            // No acknowledgement to refuse in (QoS 0), or one without a code (3.x): the
-            // message goes out, not retained.
-            Arc::make_mut(&mut message).retain = false;
+        if over_retained {
             self.stats.retained_refused += 1;
+            if !v5 || ack.is_none() {
+                // No acknowledgement to refuse in (QoS 0), or one without a code (3.x): the
+                // message goes out, not retained. A v5 QoS 1/2 one is refused below (0x97).
+                Arc::make_mut(&mut message).retain = false;
+            }
         }
         let Some(packet_id) = ack else {
             if denied {
                 self.log_denied_publish(slot, &message);
             } else {
-                self.route_publish(message, Some(publisher));
+                self.route_client_publish(message, publisher);
             }
             return;
         };
@@ -319,6 +309,9 @@ impl Core {
             Some(c) => &mut c.out,
             None => &mut self.sink,
         };
+        if refused {
+            self.session_call = SessionCall::StoreRefused;
+        }
         client
             .session
             .acknowledge(qos, packet_id, code, self.now_ms, out, &mut more);
@@ -343,7 +336,7 @@ impl Core {
                 }
             );
         } else {
-            self.route_publish(message, Some(publisher));
+            self.route_client_publish(message, publisher);
         }
     }
 
@@ -367,18 +360,18 @@ impl Core {
         else {
             return;
         };
+        self.stats.connected -= 1;
+        let out = self
+            .conns
+            .get(conn as usize)
+            .map_or(&[][..], |c| &c.out[..]);
+        let reason = self.session_call.close_reason(out);
+        self.mark_dirty(conn);
+        // Before the connection lets go of its client: the close line names it.
+        self.close_for(conn, reason);
         if let Some(c) = self.conns.get_mut(conn as usize) {
             c.client = None;
-            let peer = c.peer;
-            let client = self.client_name(Some(slot));
-            log!(
-                INFO,
-                self.log_id,
-                "client {client} at {peer}: connection closed by the session"
-            );
         }
-        self.mark_dirty(conn);
-        self.request_close(conn);
     }
 
     /// The session is over: its subscriptions leave the router, the slot is freed.
@@ -386,6 +379,7 @@ impl Core {
         let Some(client) = self.clients.try_remove(slot as usize) else {
             return;
         };
+        self.forget_session_stats(slot);
         let key = SessionKey {
             slot,
             generation: client.generation,
@@ -397,29 +391,39 @@ impl Core {
         self.registry.remove(client.session.client_id(), slot);
         self.access_client_ended(slot);
         if let Some(conn) = client.conn {
+            self.stats.connected -= 1;
             if let Some(c) = self.conns.get_mut(conn as usize) {
                 c.client = None;
             }
-            self.request_close(conn);
+            self.close_for(conn, CloseReason::SessionEnded);
         }
     }
 
-    /// Begins the close of connection `id` (requested earlier in the turn): if the session
-    /// still counted on it, the connection was lost (will, expiry). Then the connection
-    /// lingers (see `Phase::Lingering`) unless the client already closed its side or too
-    /// many linger already: it closes at once then.
-    pub(crate) fn finish_conn(&mut self, id: u32) {
+    /// Begins the close of connection `id` (requested earlier in the turn) and writes its
+    /// close line (`reason`; `client`: the client id it served, if it was attached when the
+    /// close was requested): if the session still counted on it, the connection was lost
+    /// (will, expiry). Then the connection lingers (see `Phase::Lingering`) unless the
+    /// client already closed its side or too many linger already: it closes at once then.
+    pub(crate) fn finish_conn(&mut self, id: u32, reason: CloseReason, client: Option<ClientId>) {
         self.tick_clock();
-        let reason = self.farewell_reason(id);
-        self.set_close_reason(id, reason);
+        let farewell = self.farewell_reason(id);
+        self.set_close_reason(id, farewell);
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        let (client, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
+        let (slot, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
         let generation = conn.generation;
+        self.stats.closes[reason.kind().index()] += 1;
+        let name = client.as_ref().map_or("-", ClientId::as_str);
+        crate::log::write_at(
+            reason.limiter(),
+            reason.level(),
+            self.log_id,
+            format_args!("client {name} at {peer}: connection closed: {reason}"),
+        );
         self.auth_conn_closed(id, generation);
-        if let Some(slot) = client {
-            self.connection_lost(slot, id, peer);
+        if let Some(slot) = slot {
+            self.connection_lost(slot, id);
         }
         if peer_closed || self.lingering >= MAX_LINGERING {
             self.close_now(id);
@@ -438,7 +442,7 @@ impl Core {
     }
 
     /// Client `slot`'s connection `id` ended without the session letting go first.
-    fn connection_lost(&mut self, slot: u32, id: u32, peer: std::net::SocketAddr) {
+    fn connection_lost(&mut self, slot: u32, id: u32) {
         let attached = self
             .clients
             .get(slot as usize)
@@ -449,12 +453,7 @@ impl Core {
         let mut actions = std::mem::take(&mut self.actions);
         if let Some(client) = self.clients.get_mut(slot as usize) {
             client.conn = None;
-            log!(
-                INFO,
-                self.log_id,
-                "client {} from {peer} disconnected without DISCONNECT",
-                client.session.client_id().as_str(),
-            );
+            self.stats.connected -= 1;
             client.session.connection_lost(self.now_ms, &mut actions);
         }
         self.apply_actions(slot, &mut actions, None);
@@ -470,8 +469,7 @@ impl Core {
             return;
         };
         if let Some(slot) = conn.client.take() {
-            let peer = conn.peer;
-            self.connection_lost(slot, id, peer);
+            self.connection_lost(slot, id);
         }
         self.release_partial(id);
         let Some(mut conn) = self.conns.try_remove(id as usize) else {
@@ -485,20 +483,20 @@ impl Core {
     }
 
     /// The farewell a transport sends when connection `id` ends (see `farewell_reason_of`).
-    fn farewell_reason(&self, id: u32) -> CloseReason {
+    fn farewell_reason(&self, id: u32) -> Farewell {
         self.conns
             .get(id as usize)
-            .map_or(CloseReason::Normal, |c| self.farewell_reason_of(c))
+            .map_or(Farewell::Normal, |c| self.farewell_reason_of(c))
     }
 
     /// The reason set for the connection (a protocol error, a timeout), or "going away"
     /// once the broker is closing its connections.
-    fn farewell_reason_of(&self, conn: &Conn) -> CloseReason {
+    fn farewell_reason_of(&self, conn: &Conn) -> Farewell {
         match self.lifecycle {
             Lifecycle::Running | Lifecycle::RoutingWills | Lifecycle::WillsRouted => {
                 conn.close_reason()
             }
-            Lifecycle::Closing { .. } | Lifecycle::Done => CloseReason::GoingAway,
+            Lifecycle::Closing { .. } | Lifecycle::Done => Farewell::GoingAway,
         }
     }
 
@@ -538,17 +536,19 @@ impl Core {
                 self.clients.get_mut(slot as usize),
                 self.conns.get_mut(conn as usize),
             ) {
+                self.session_call = SessionCall::Shutdown;
                 client
                     .session
                     .shutdown(self.now_ms, &mut c.out, &mut actions);
             }
             self.mark_dirty(conn);
             self.apply_actions(slot, &mut actions, None);
+            self.session_call = SessionCall::Other;
             self.actions = actions;
         }
         let all: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
         for id in all {
-            self.request_close(id);
+            self.close_for(id, CloseReason::Shutdown);
         }
     }
 }

@@ -27,6 +27,7 @@ use bytes::BytesMut;
 use crossbeam_channel::Receiver;
 
 use super::Shared;
+use super::close::{CloseReason, SessionCall};
 use super::event_loop::Lifecycle;
 use super::hold::{HoldKey, Holds};
 use super::layered::{ConnExtra, HandshakeBudget};
@@ -35,6 +36,7 @@ use super::mailbox::{Envelope, Outboxes};
 use super::persist::Persist;
 use super::registry::Registry;
 use super::routes::Routes;
+use super::stats::{ShardStats, Telemetry};
 use super::sys;
 use super::sys::Poller;
 use super::timer::{TimerKey, TimerWheel};
@@ -43,7 +45,6 @@ use crate::config::Limits;
 use crate::log;
 use crate::router::interest::ShardId;
 use crate::session::{Action, ClientId, Session};
-use crate::transport::CloseReason;
 
 /// Where a connection is in its life. A close is never abrupt: the reason code (CONNACK,
 /// DISCONNECT) and any held acknowledgement must reach the client, and the client's unread
@@ -165,16 +166,6 @@ pub(crate) struct Client {
     pub(crate) share_load: super::share::ShareLoad,
 }
 
-/// Counters of what the runtime did, for logs and tests.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ShardStats {
-    pub(crate) accepted: u64,
-    pub(crate) handed_off: u64,
-    pub(crate) slow_consumers_closed: u64,
-    /// Publishes that asked to be retained beyond the retained limits.
-    pub(crate) retained_refused: u64,
-}
-
 /// Everything one shard owns.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -192,8 +183,9 @@ pub(crate) struct Core {
     pub(crate) lifecycle: Lifecycle,
     /// When the timer wheel next advances (the next tick boundary).
     pub(crate) next_tick_ms: u64,
-    /// Connections to close at the next turn: (slot, generation).
-    pub(crate) closing: Vec<(u32, u32)>,
+    /// Connections to close at the next turn: (slot, generation), why, and the client id
+    /// it served (for the close line; the connection may have let go of its client).
+    pub(crate) closing: Vec<(u32, u32, CloseReason, Option<ClientId>)>,
     /// Connections that stopped reading with input left (their read budget ran out): the
     /// edge-triggered poller will not report them again, so the next turn reads them.
     pub(crate) again: Vec<(u32, u32)>,
@@ -226,6 +218,10 @@ pub(crate) struct Core {
     next_gen: u32,
     assigned_ids: u64,
     pub(crate) stats: ShardStats,
+    /// Latency probes and, on shard 0, the `$SYS` tree.
+    pub(crate) telemetry: Telemetry,
+    /// What the shard last asked of a session (why the session closes, if it does).
+    pub(crate) session_call: SessionCall,
     /// The storage pipeline (batches, tickets, what waits for commits).
     pub(crate) persist: Persist,
     /// The connection whose client's call is being handled: it is not written early in the
@@ -295,6 +291,8 @@ impl Core {
             next_gen: 0,
             assigned_ids: 0,
             stats: ShardStats::default(),
+            telemetry: Telemetry::new(id, shards, shared.config.ops.sys_interval_secs),
+            session_call: SessionCall::Other,
             persist,
             marked_conn: None,
             stop_commit_deadline: None,
@@ -378,13 +376,29 @@ impl Core {
     }
 
     /// Marks connection `id` for a last flush and close at the end of the turn (never at
-    /// once: the caller may be in the middle of that connection's input).
+    /// once: the caller may be in the middle of that connection's input), for no reason
+    /// more precise than "the broker closed it" (`close_for` names one).
     pub(crate) fn request_close(&mut self, id: u32) {
-        if let Some(conn) = self.conns.get_mut(id as usize)
-            && !conn.phase.is_closing()
-        {
+        self.close_for(id, CloseReason::Other);
+    }
+
+    /// `request_close` with the reason the close line names and the transport's farewell
+    /// follows (the first one given wins).
+    pub(crate) fn close_for(&mut self, id: u32, reason: CloseReason) {
+        let Some(conn) = self.conns.get(id as usize) else {
+            return;
+        };
+        if conn.phase.is_closing() {
+            return;
+        }
+        let client = conn
+            .client
+            .and_then(|s| self.clients.get(s as usize))
+            .map(|c| c.session.client_id().clone());
+        self.set_close_reason(id, reason.farewell());
+        if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.phase = Phase::Closing;
-            self.closing.push((id, conn.generation));
+            self.closing.push((id, conn.generation, reason, client));
         }
     }
 
@@ -549,6 +563,7 @@ impl Core {
                 TimerKey::Conn { slot, generation } => self.conn_timer(slot, generation, tick),
             }
         }
+        self.publish_stats();
     }
 
     fn client_timer(&mut self, slot: u32, generation: u32, tick: u32) {
@@ -600,8 +615,10 @@ impl Core {
             if let Some(c) = conn {
                 self.mark_dirty(c);
             }
+            self.session_call = SessionCall::Timeout;
             self.marked_conn = conn;
             self.apply_actions(slot, &mut actions, hold_from);
+            self.session_call = SessionCall::Other;
             self.marked_conn = None;
             self.actions = actions;
         }
@@ -619,7 +636,7 @@ impl Core {
             return;
         }
         conn.timer_tick = 0;
-        let (phase, since, peer, client) = (conn.phase, conn.since, conn.peer, conn.client);
+        let (phase, since) = (conn.phase, conn.since);
         if matches!(phase, Phase::AwaitingConnect | Phase::Open)
             && self.incomplete_packet_expired(id, generation)
         {
@@ -642,33 +659,16 @@ impl Core {
                     self.again.push((id, generation));
                     self.schedule_conn(id, self.now_ms + 1000);
                 } else {
-                    log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
-                    self.set_close_reason(id, CloseReason::PolicyViolation);
-                    self.request_close(id);
+                    self.close_for(id, CloseReason::ConnectTimeout);
                 }
             }
             Phase::Verifying if self.now_ms >= since_ms + connect_ms => {
-                log!(
-                    INFO,
-                    self.log_id,
-                    "password check for {peer} not done in time; closing"
-                );
-                // The broker did not answer in time, not the client's fault.
-                self.set_close_reason(id, CloseReason::InternalError);
-                self.request_close(id);
+                self.close_for(id, CloseReason::VerifyTimeout);
             }
             Phase::Open if since != 0 && over && self.now_ms >= since_ms + slow_ms => {
-                let client = self.client_name(client);
-                log!(
-                    WARN,
-                    self.log_id,
-                    "client {client} from {peer}: slow consumer (output over {max_out} bytes, \
-                     or messages waiting with no acknowledgement) for {}s; disconnecting",
-                    slow_ms / 1000
-                );
                 self.stats.slow_consumers_closed += 1;
-                self.set_close_reason(id, CloseReason::PolicyViolation);
-                self.request_close(id);
+                let secs = slow_ms / 1000;
+                self.close_for(id, CloseReason::SlowConsumer { secs, max_out });
             }
             Phase::Open if since != 0 && over => self.schedule_conn(id, since_ms + slow_ms),
             Phase::Lingering | Phase::Draining if self.now_ms >= since_ms + LINGER_MS => {

@@ -158,6 +158,7 @@ impl Core {
         self.finish_closing();
         self.flush_all();
         self.publish_load();
+        self.observe_probes();
         busy |= self.advance_lifecycle();
         // Writing a connection can make more output or storage work (a client that read its
         // socket gets the messages that waited for room): the next turn sends it.

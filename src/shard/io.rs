@@ -19,13 +19,13 @@ use std::os::fd::AsFd;
 
 use bytes::{Buf, BytesMut};
 
+use super::close::{CloseReason, SessionCall};
 use super::core::{Conn, Core, Phase};
 use super::mailbox::{Envelope, Handoff};
 use super::sys::{self, IoOutcome, PollEvent};
 use crate::codec::{self, DecodeError, ErrorResponse, Packet};
-use crate::log;
 use crate::router::interest::ShardId;
-use crate::transport::CloseReason;
+use crate::transport::CloseReason as Farewell;
 
 /// Size of the shard's read buffer: one `recv` takes up to this much. 64 KiB holds hundreds
 /// of small packets (one syscall for all of them) and a typical kernel socket buffer's worth.
@@ -237,9 +237,9 @@ impl Core {
     /// Closes every connection marked for closing (closing one may mark others).
     pub(crate) fn finish_closing(&mut self) {
         while !self.closing.is_empty() {
-            for (id, generation) in std::mem::take(&mut self.closing) {
+            for (id, generation, reason, client) in std::mem::take(&mut self.closing) {
                 if self.is_live(id, generation) {
-                    self.finish_conn(id);
+                    self.finish_conn(id, reason, client);
                 }
             }
         }
@@ -322,6 +322,7 @@ impl Core {
                     return ReadOutcome::Close;
                 }
                 Ok(IoOutcome::Done(n)) => {
+                    self.stats.bytes_received += n as u64;
                     let step = if layered {
                         self.read_through(id, &mut scratch[..n])
                     } else {
@@ -389,10 +390,13 @@ impl Core {
             };
             let version = conn.version;
             match codec::decode(work, version, &limits) {
-                Ok(Some(packet)) => match self.on_packet(id, packet, work) {
-                    Step::Continue => {}
-                    other => return other,
-                },
+                Ok(Some(packet)) => {
+                    self.stats.packet(&packet);
+                    match self.on_packet(id, packet, work) {
+                        Step::Continue => {}
+                        other => return other,
+                    }
+                }
                 Ok(None) => return Step::Continue,
                 Err(e) => {
                     self.on_decode_error(id, e);
@@ -443,6 +447,7 @@ impl Core {
             self.conns.get_mut(id as usize),
         ) {
             hold_from = Some(conn.out.len());
+            self.session_call = SessionCall::packet(&packet);
             let (now, out) = (self.now_ms, &mut conn.out);
             match &policy {
                 Some(p) => client
@@ -454,6 +459,7 @@ impl Core {
         self.mark_dirty(id);
         self.marked_conn = Some(id);
         self.apply_actions(slot, &mut actions, hold_from);
+        self.session_call = SessionCall::Other;
         self.marked_conn = None;
         self.actions = actions;
         self.note_share_load(slot);
@@ -488,8 +494,8 @@ impl Core {
         self.authenticate(id, connect, client_id, assigned, certified, rest)
     }
 
-    /// Refuses connection `id`'s CONNECT with `code` (CONNACK, then close) and logs it;
-    /// `why` adds to the reason code's name.
+    /// Refuses connection `id`'s CONNECT with `code` (CONNACK, then close); its close line
+    /// names the client id and `code`, and `why` when not empty.
     pub(crate) fn refuse_connect_at(
         &mut self,
         id: u32,
@@ -498,31 +504,28 @@ impl Core {
         client_id: &str,
         why: &str,
     ) -> Step {
-        let peer = self.conns.get(id as usize).map(|c| c.peer);
-        log!(
-            INFO,
-            self.log_id,
-            "refusing CONNECT of client {client_id:?} from {}: {}{}{why}",
-            peer.map_or_else(String::new, |p| p.to_string()),
-            code.name(),
-            if why.is_empty() { "" } else { ": " },
-        );
-        self.write_refusal(id, version, code)
+        let reason = CloseReason::ConnectRefused {
+            code,
+            client_id: CloseReason::shown_id(client_id),
+            why: why.to_owned(),
+        };
+        self.write_refusal(id, version, code, reason)
     }
 
-    /// The CONNACK that refuses connection `id`, then close (no log line).
+    /// The CONNACK that refuses connection `id` with `code`, then close for `reason`.
     pub(crate) fn write_refusal(
         &mut self,
         id: u32,
         version: codec::ProtocolVersion,
         code: codec::ReasonCode,
+        reason: CloseReason,
     ) -> Step {
         if let Some(conn) = self.conns.get_mut(id as usize) {
             crate::session::refuse_connect(version, code, &mut conn.out);
             conn.phase = Phase::Open;
         }
         self.mark_dirty(id);
-        self.request_close(id);
+        self.close_for(id, reason);
         Step::Close
     }
 
@@ -575,35 +578,15 @@ impl Core {
             }
             ErrorResponse::Close => {}
         }
-        let (peer, client) = (conn.peer, conn.client);
-        let client = self.client_name(client);
-        log!(
-            WARN,
-            self.log_id,
-            "protocol error from client {client} at {peer}: {error:?}; answering {response:?} and closing"
-        );
         self.mark_dirty(id);
-        let reason = if matches!(error, DecodeError::PacketTooLarge) {
-            CloseReason::TooBig
-        } else {
-            CloseReason::ProtocolError
-        };
-        self.set_close_reason(id, reason);
-        self.request_close(id);
+        let answer = response;
+        self.close_for(id, CloseReason::ProtocolError { error, answer });
     }
 
     /// The socket failed or the peer closed: close; `finish_conn` tells the session.
     pub(crate) fn close_lost(&mut self, id: u32, error: Option<io::Error>) {
-        if let (Some(e), Some(conn)) = (&error, self.conns.get(id as usize)) {
-            let client = self.client_name(conn.client);
-            log!(
-                INFO,
-                self.log_id,
-                "client {client} at {}: socket error: {e}",
-                conn.peer
-            );
-        }
-        self.request_close(id);
+        let reason = error.map_or(CloseReason::PeerClosed, CloseReason::SocketError);
+        self.close_for(id, reason);
     }
 
     /// Writes every dirty connection's output and sends the outboxes: the end of a turn.
@@ -648,13 +631,17 @@ impl Core {
             .as_ref()
             .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
         if conn.transport().is_some() {
-            if let Err(failure) = super::layered::flush_layered(conn) {
-                self.flush_failed(id, failure);
-                return;
+            match super::layered::flush_layered(conn) {
+                Ok(n) => self.stats.bytes_sent += n as u64,
+                Err(failure) => {
+                    self.flush_failed(id, failure);
+                    return;
+                }
             }
         } else if !conn.write_blocked && ready > 0 {
             match sys::send(conn.fd.as_fd(), &conn.out[..ready]) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
+                    self.stats.bytes_sent += n as u64;
                     // Free the buffer: an idle connection holds no output memory.
                     conn.out = BytesMut::new();
                     if let Some(h) = conn.holds.as_mut() {
@@ -666,6 +653,7 @@ impl Core {
                     }
                 }
                 Ok(IoOutcome::Done(n)) => {
+                    self.stats.bytes_sent += n as u64;
                     conn.out.advance(n);
                     if let Some(h) = conn.holds.as_mut() {
                         h.advance(n);
@@ -686,9 +674,12 @@ impl Core {
             // Everything the client is owed is written or wrapped: the transport's farewell
             // (`layered::send_farewell`), then, once the socket took every byte, FIN, then
             // wait for the client's.
-            if let Err(failure) = super::layered::send_farewell(conn) {
-                self.flush_failed(id, failure);
-                return;
+            match super::layered::send_farewell(conn) {
+                Ok(n) => self.stats.bytes_sent += n as u64,
+                Err(failure) => {
+                    self.flush_failed(id, failure);
+                    return;
+                }
             }
             if !conn.has_output() {
                 sys::shutdown_write(conn.fd.as_fd());
@@ -776,7 +767,7 @@ impl Core {
 /// final CONNACK / DISCONNECT) up to the first hold (held acknowledgements are never sent
 /// early, not even at a close), then FIN. A connection with a transport also sends its
 /// farewell for `reason` (`layered::last_flush_layered`).
-pub(crate) fn last_flush(conn: &mut Conn, reason: CloseReason) {
+pub(crate) fn last_flush(conn: &mut Conn, reason: Farewell) {
     if conn.transport().is_some() {
         super::layered::last_flush_layered(conn, reason);
         return;

@@ -141,19 +141,19 @@ pub(crate) enum FlushFailure {
 /// records of at most 16 KiB) and sends what the wire holds with one `send`. Nothing is
 /// wrapped while the socket is full: the output then waits as MQTT bytes (where the session
 /// sees it against `max_output_buffer`) and leaves as one frame once the socket drains.
-pub(crate) fn flush_layered(conn: &mut Conn) -> Result<(), FlushFailure> {
+pub(crate) fn flush_layered(conn: &mut Conn) -> Result<usize, FlushFailure> {
     if conn.write_blocked {
-        return Ok(());
+        return Ok(0);
     }
     let ready = conn
         .holds
         .as_ref()
         .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
     let Some(extra) = conn.extra.as_mut() else {
-        return Ok(());
+        return Ok(0);
     };
     let Some(transport) = extra.transport.as_mut() else {
-        return Ok(());
+        return Ok(0);
     };
     if ready > 0 {
         transport
@@ -178,38 +178,44 @@ pub(crate) fn flush_layered(conn: &mut Conn) -> Result<(), FlushFailure> {
 /// connection's close reason (WebSocket close frame, TLS close_notify) joins the wire bytes,
 /// and they go out as far as the socket takes them. The caller sends FIN once
 /// `Conn::has_output` is false. Calling it again only sends what is left.
-pub(crate) fn send_farewell(conn: &mut Conn) -> Result<(), FlushFailure> {
+pub(crate) fn send_farewell(conn: &mut Conn) -> Result<usize, FlushFailure> {
     let reason = conn.close_reason();
     let Some(extra) = conn.extra.as_mut() else {
-        return Ok(());
+        return Ok(0);
     };
     let Some(transport) = extra.transport.as_mut() else {
-        return Ok(());
+        return Ok(0);
     };
     transport.close(reason, &mut extra.wire);
     send_wire(conn)
 }
 
-/// One `send` of the wire bytes, unless the socket is full.
-fn send_wire(conn: &mut Conn) -> Result<(), FlushFailure> {
+/// One `send` of the wire bytes, unless the socket is full; returns the bytes sent.
+fn send_wire(conn: &mut Conn) -> Result<usize, FlushFailure> {
     if conn.write_blocked {
-        return Ok(());
+        return Ok(0);
     }
     let Some(extra) = conn.extra.as_mut() else {
-        return Ok(());
+        return Ok(0);
     };
     if extra.wire.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     match sys::send(conn.fd.as_fd(), &extra.wire).map_err(FlushFailure::Socket)? {
-        IoOutcome::Done(n) if n == extra.wire.len() => extra.wire = BytesMut::new(),
+        IoOutcome::Done(n) if n == extra.wire.len() => {
+            extra.wire = BytesMut::new();
+            Ok(n)
+        }
         IoOutcome::Done(n) => {
             extra.wire.advance(n);
             conn.write_blocked = true;
+            Ok(n)
         }
-        IoOutcome::WouldBlock => conn.write_blocked = true,
+        IoOutcome::WouldBlock => {
+            conn.write_blocked = true;
+            Ok(0)
+        }
     }
-    Ok(())
 }
 
 /// The last write of a connection with a transport: the MQTT output no hold keeps back
@@ -353,8 +359,7 @@ impl Core {
                 }
             }
             Err(e) => {
-                let peer = self.conns.get(id as usize).map_or(socket_peer, |c| c.peer);
-                log!(INFO, self.log_id, "connection from {peer}: {e}; closing");
+                self.close_for(id, super::close::CloseReason::Transport(e.to_string()));
                 Step::Close
             }
         }
@@ -410,16 +415,7 @@ impl Core {
         match failure {
             FlushFailure::Socket(e) => self.close_lost(id, Some(e)),
             FlushFailure::Transport(e) => {
-                if let Some(conn) = self.conns.get(id as usize) {
-                    let client = self.client_name(conn.client);
-                    log!(
-                        WARN,
-                        self.log_id,
-                        "client {client} at {}: {e}; closing",
-                        conn.peer
-                    );
-                }
-                self.request_close(id);
+                self.close_for(id, super::close::CloseReason::Transport(e.to_string()));
             }
         }
     }

@@ -126,6 +126,9 @@ pub(crate) enum Envelope {
     /// The answer to an `AckRequest` whose storage commit failed: the acknowledgement must
     /// never be sent.
     CommitFailed { hold: HoldKey, disk_full: bool },
+    /// Behind a sampled publish: when the source shard routed it. The receiver observes
+    /// the delivery latency at the end of its write pass (see `stats.rs`).
+    Probe { received_at: std::time::Instant },
 }
 
 /// How many channels' worth an outbox may hold before no client of the shard is read at
@@ -161,7 +164,8 @@ impl Envelope {
             | Envelope::Handoff(_)
             | Envelope::Fence { .. }
             | Envelope::FenceDone { .. }
-            | Envelope::CommitFailed { .. } => 1,
+            | Envelope::CommitFailed { .. }
+            | Envelope::Probe { .. } => 1,
         }
     }
 }

@@ -13,8 +13,11 @@
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
-//! the epoll `Poller`, signals), `log.rs`, `auth.rs` (CONNECT authentication, the shared
-//! `[auth]` snapshot and its reload), `access.rs` (the ACL applied to a shard's clients).
+//! the epoll `Poller`, signals), `close.rs` (why connections close, the close line),
+//! `stats.rs` (counters, snapshots, `$SYS`), `panic.rs` (the hook that stops the process
+//! when a shard panics), `auth.rs` (CONNECT authentication, the shared `[auth]` snapshot
+//! and its reload), `access.rs` (the ACL applied to a shard's clients). Logging is
+//! `crate::log`; the shared statistics are `crate::metrics`.
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
@@ -22,6 +25,7 @@
 mod access;
 mod auth;
 mod clients;
+mod close;
 mod core;
 mod event_loop;
 mod hold;
@@ -29,8 +33,8 @@ mod io;
 mod layered;
 mod limits;
 mod listen;
-pub mod log;
 mod mailbox;
+pub mod panic;
 mod partial;
 mod persist;
 mod recovery;
@@ -40,6 +44,7 @@ mod route;
 mod routes;
 mod share;
 mod slots;
+mod stats;
 pub mod sys;
 pub mod timer;
 
@@ -51,6 +56,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Receiver;
 
 use crate::config::{Config, DriverKind};
+use crate::metrics::StatsBoard;
+use crate::metrics::http::MetricsServer;
 use crate::router::interest::{MAX_SHARDS, ShardId};
 use crate::transport::ListenerRuntime;
 
@@ -92,6 +99,11 @@ pub enum BrokerError {
     Signal(std::io::Error),
     #[error("{0}")]
     Storage(ringmq_storage::OpenError),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Listener(crate::config::ConfigError),
     #[error("{0}")]
@@ -105,9 +117,10 @@ impl BrokerError {
     /// (a listener whose files do not load, an address that cannot be bound), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            BrokerError::Bind { .. } | BrokerError::Listener(_) | BrokerError::TooManyShards(_) => {
-                2
-            }
+            BrokerError::Bind { .. }
+            | BrokerError::Metrics { .. }
+            | BrokerError::Listener(_)
+            | BrokerError::TooManyShards(_) => 2,
             BrokerError::Runtime { .. }
             | BrokerError::Thread { .. }
             | BrokerError::ShardPanicked(_)
@@ -153,6 +166,8 @@ pub(crate) struct Shared {
     pub(crate) load: Vec<limits::ShardLoad>,
     /// `Limits::max_connections` in force (the fd limit when it is 0).
     pub(crate) max_connections: usize,
+    /// Every shard's latest statistics (`stats.rs` writes, `$SYS` and metrics read).
+    pub(crate) stats: Arc<StatsBoard>,
     /// The password and ACL files in force, the verifier threads, the failure throttle.
     pub(crate) auth: auth::AuthShared,
 }
@@ -185,6 +200,8 @@ pub struct BrokerHandle {
     /// The storage writer: stopped (after committing everything the shards sent) once the
     /// shards are done.
     writer: Option<ringmq_storage::WriterHandle>,
+    /// The Prometheus endpoint (`--metrics`), stopped with the shards.
+    metrics: Option<MetricsServer>,
 }
 
 /// A cloneable way to ask a running broker to stop (e.g. from a signal thread).
@@ -201,6 +218,11 @@ impl BrokerHandle {
     /// The addresses actually bound (port 0 resolved), in `config.listeners` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.local_addrs.clone()
+    }
+
+    /// The address of the Prometheus endpoint (port 0 resolved), if one runs.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::addr)
     }
 
     /// Number of shard threads.
@@ -232,6 +254,9 @@ impl BrokerHandle {
     /// writer to commit what they sent.
     pub fn join(self) -> Result<(), BrokerError> {
         let mut result = Ok(());
+        if let Some(m) = self.metrics {
+            m.stop();
+        }
         for (i, t) in self.threads.into_iter().enumerate() {
             if t.join().is_err() {
                 result = Err(BrokerError::ShardPanicked(i));
@@ -285,9 +310,14 @@ pub fn start_with(
         wills_routed: AtomicUsize::new(0),
         id_entropy,
         restored: AtomicUsize::new(0),
+        stats: Arc::new(StatsBoard::new(shards)),
         auth,
     });
     let mut opened = recovery::open(&shared.config, &shared)?;
+    let metrics = match shared.config.ops.metrics {
+        Some(addr) => Some(start_metrics(addr, &shared, opened.sender.clone())?),
+        None => None,
+    };
     let writer = opened.writer.take();
     let mut recoveries = std::mem::take(&mut opened.recoveries).into_iter();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -303,7 +333,7 @@ pub fn start_with(
             recovery: recoveries.next().unwrap_or_default(),
         };
         let spawned = std::thread::Builder::new()
-            .name(format!("ringmq-shard-{i}"))
+            .name(format!("{}{i}", panic::SHARD_THREAD_PREFIX))
             .spawn(move || shard_thread(shard_shared, i, start, ready));
         match spawned {
             Ok(t) => threads.push(t),
@@ -315,6 +345,7 @@ pub fn start_with(
                     threads,
                     local_addrs,
                     writer: None,
+                    metrics,
                 };
                 let _ = handle.shutdown();
                 return Err(BrokerError::Thread { shard: i, source });
@@ -340,6 +371,7 @@ pub fn start_with(
         threads,
         local_addrs,
         writer,
+        metrics,
     };
     if let Some(e) = first_error {
         let _ = handle.shutdown();
@@ -378,6 +410,27 @@ pub fn run(config: Config, runtimes: Vec<Arc<ListenerRuntime>>) -> Result<(), Br
     handle.shutdown()?;
     crate::log!(INFO, None, "stopped");
     Ok(())
+}
+
+/// Starts the Prometheus endpoint on `addr`: each scrape copies the board and the storage
+/// writer's counters (through `writer`, a sender of its own) on the endpoint's thread.
+fn start_metrics(
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    writer: Option<ringmq_storage::BatchSender>,
+) -> Result<MetricsServer, BrokerError> {
+    let shared = Arc::clone(shared);
+    MetricsServer::start(addr, move || {
+        crate::metrics::prom::encode(crate::metrics::prom::Scrape {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_secs: shared.clock.now_ms() / 1000,
+            shards: shared.stats.read_all(),
+            writer: writer.as_ref().map(ringmq_storage::BatchSender::stats),
+            log_dropped: crate::log::dropped_lines(),
+            log_suppressed: crate::log::suppressed_lines(),
+        })
+    })
+    .map_err(|source| BrokerError::Metrics { addr, source })
 }
 
 /// SIGHUP: every TLS listener reads its certificate, key and client CA files again. New

@@ -20,10 +20,10 @@ use std::collections::HashMap;
 
 use bytes::BytesMut;
 
+use super::close::CloseReason;
 use super::core::{Core, Phase, Stamp, stamp, stamp_ms};
 use super::io::Step;
 use crate::codec::{self, Packet, ReasonCode};
-use crate::log;
 
 /// A shard's share of `max_partial_input_bytes` (0: no limit).
 pub(crate) fn shard_budget(total: usize, shards: usize) -> usize {
@@ -118,7 +118,7 @@ impl Core {
             self.close_for_input(
                 id,
                 ReasonCode::QuotaExceeded,
-                &format!(
+                format!(
                     "an incomplete packet of {} bytes would pass the shard's share of \
                      max_partial_input_bytes ({held} bytes held)",
                     work.len()
@@ -156,36 +156,30 @@ impl Core {
         self.close_for_input(
             id,
             ReasonCode::KeepAliveTimeout,
-            &format!("a packet begun {secs}s ago is still incomplete"),
+            format!("a packet begun {secs}s ago is still incomplete"),
         );
-        self.request_close(id);
         true
     }
 
     /// Connection `id` ends for what it sent: its incomplete packet is released, a v5 client
-    /// past CONNACK gets DISCONNECT with `code`, and a line names the client. The caller
-    /// closes it.
-    fn close_for_input(&mut self, id: u32, code: ReasonCode, why: &str) {
+    /// past CONNACK gets DISCONNECT with `code`, and it closes with `why` in its close line.
+    fn close_for_input(&mut self, id: u32, code: ReasonCode, why: String) {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
         let generation = conn.generation;
         drop(conn.take_input());
+        let mut sent = None;
         if conn.phase == Phase::Open
             && let Some(v) = conn.version
             && v.is_v5()
         {
             let packet = Packet::Disconnect(codec::Disconnect::new(code));
             codec::encode(&packet, v, &mut conn.out);
+            sent = Some(code);
         }
-        let (peer, client) = (conn.peer, conn.client);
         self.partial.take(id, generation);
-        let client = self.client_name(client);
-        log!(
-            WARN,
-            self.log_id,
-            "client {client} at {peer}: {why}; closing"
-        );
+        self.close_for(id, CloseReason::IncompletePacket { code: sent, why });
     }
 
     /// Connection `id` closes or stops reading: its incomplete packet's charge is released.

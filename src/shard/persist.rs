@@ -20,16 +20,19 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
 use ringmq_storage as storage;
 
+use super::close::CloseReason;
 use super::core::Core;
 use super::hold::HoldKey;
 use super::mailbox::Envelope;
 use crate::codec::{self, ReasonCode};
 use crate::log;
+use crate::metrics::Histogram;
 use crate::router::interest::ShardId;
 use crate::session::{Change, Header, Message};
 
@@ -75,8 +78,12 @@ pub(crate) struct Persist {
     /// Operations produced so far (never decreases): callers compare it before and after a
     /// step to learn whether the step stored anything.
     produced: u64,
-    /// Tickets sent and not answered yet, with their sizes.
-    in_flight: VecDeque<(u64, usize)>,
+    /// Tickets sent and not answered yet, with their sizes and when they were sent.
+    in_flight: VecDeque<(u64, usize, Instant)>,
+    /// From sending a ticket to its answer (committed or failed).
+    commit_latency: Histogram,
+    /// Tickets whose commit failed.
+    failed_batches: u64,
     uncommitted_ops: usize,
     /// What waits for each ticket, in ticket order.
     waiters: VecDeque<(u64, Waiter)>,
@@ -112,6 +119,8 @@ impl Persist {
             ticket: 1,
             produced: 0,
             in_flight: VecDeque::new(),
+            commit_latency: Histogram::default(),
+            failed_batches: 0,
             uncommitted_ops: 0,
             waiters: VecDeque::new(),
             next_msg_id: (shard as u64) << MSG_COUNTER_BITS | counter,
@@ -186,7 +195,7 @@ impl Persist {
         {
             log!(ERROR, Some(shard as u16), "the storage writer is gone");
         }
-        self.in_flight.push_back((self.ticket, n));
+        self.in_flight.push_back((self.ticket, n, Instant::now()));
         self.uncommitted_ops += n;
         self.ticket += 1;
     }
@@ -211,6 +220,14 @@ impl Persist {
         self.in_flight.len()
     }
 
+    pub(crate) fn commit_latency(&self) -> &Histogram {
+        &self.commit_latency
+    }
+
+    pub(crate) fn failed_batches(&self) -> u64 {
+        self.failed_batches
+    }
+
     /// Answers from the writer, in order; the ticket each settles and whether it failed.
     fn next_completion(&mut self) -> Option<(u64, Option<storage::FailureKind>)> {
         let c = self.completions.as_ref()?.try_recv().ok()?;
@@ -218,9 +235,13 @@ impl Persist {
             storage::Completion::Committed { ticket } => (ticket, None),
             storage::Completion::Failed { ticket, kind } => (ticket, Some(kind)),
         };
-        while self.in_flight.front().is_some_and(|(t, _)| *t <= ticket) {
-            if let Some((_, n)) = self.in_flight.pop_front() {
+        let now = Instant::now();
+        while self.in_flight.front().is_some_and(|(t, ..)| *t <= ticket) {
+            if let Some((_, n, sent)) = self.in_flight.pop_front() {
                 self.uncommitted_ops -= n;
+                self.commit_latency
+                    .observe(now.saturating_duration_since(sent));
+                self.failed_batches += u64::from(failure.is_some());
             }
         }
         Some((ticket, failure))
@@ -421,6 +442,9 @@ impl Core {
     /// Stores (or, for an empty payload, removes) a retained message: the owner shard of its
     /// topic does this, once per update.
     pub(crate) fn persist_retained(&mut self, message: &Message) {
+        if message.topic.as_bytes().starts_with(b"$SYS/") {
+            return; // The broker's own figures: made again after a restart, never stored.
+        }
         let topic = message.topic.as_shared().clone();
         let op = if message.payload.is_empty() {
             storage::Op::RemoveRetained { topic }
@@ -539,22 +563,13 @@ impl Core {
             conn.out.truncate(from);
         }
         conn.holds = None;
-        let (peer, client, version) = (conn.peer, conn.client, conn.version);
-        if version.is_some_and(|v| v.is_v5()) {
+        if conn.version.is_some_and(|v| v.is_v5()) {
             let packet = codec::Packet::Disconnect(codec::Disconnect::new(code));
             codec::encode(&packet, codec::ProtocolVersion::V5, &mut conn.out);
         }
-        let name = self.client_name(client);
-        log!(
-            ERROR,
-            self.log_id,
-            "client {name} at {peer}: storage commit failed ({}); its acknowledgements are \
-             withheld and the connection is closed",
-            code.name()
-        );
         // The close tells the session its connection was lost (`finish_conn`).
         self.mark_dirty(key.conn);
-        self.request_close(key.conn);
+        self.close_for(key.conn, CloseReason::StorageFailure(code));
     }
 }
 

@@ -306,6 +306,7 @@ impl Core {
         if !self.may_deliver(slot, &message.topic) {
             return; // A subscription the ACL covers in part (`access.rs`).
         }
+        self.stats.deliveries += 1;
         let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
         };
@@ -601,6 +602,7 @@ impl Core {
             Envelope::CommitFailed { hold, disk_full } => {
                 self.remote_commit_failed(hold, disk_full)
             }
+            Envelope::Probe { received_at } => self.on_probe(received_at),
         }
     }
 

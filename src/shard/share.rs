@@ -85,6 +85,8 @@ impl Core {
         let Some(member) = member else {
             if qos != QoS::AtMostOnce {
                 self.return_to_group(group, message, hops);
+            } else {
+                self.stats.dropped_member_gone += 1; // The group misses this one.
             }
             return;
         };
@@ -123,6 +125,7 @@ impl Core {
         }
         let publisher = message.origin.as_ref().map(|c| c.as_str().as_bytes());
         let Some(pick) = self.routes.shared.pick_in(group, &message.topic, publisher) else {
+            self.stats.dropped_member_gone += 1; // No member left to take it.
             return;
         };
         let member = pick.member;

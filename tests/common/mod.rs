@@ -115,6 +115,11 @@ impl Broker {
         }
     }
 
+    /// The Prometheus endpoint's address, when the config asked for one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.handle.as_ref()?.metrics_addr()
+    }
+
     /// A client id whose home shard is `shard` (so tests can put clients on chosen shards).
     pub fn client_id_on(&self, prefix: &str, shard: usize) -> String {
         (0..10_000)

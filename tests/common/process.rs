@@ -117,10 +117,11 @@ impl BrokerProcess {
                 let Ok(line) = line else { break };
                 // `listening on 127.0.0.1:41234 (mqtt), 127.0.0.1:41235 (mqtts), ...`
                 if !sent && let Some(rest) = line.split("listening on ").nth(1) {
+                    // Text lines end with the addresses; JSON lines close the string.
                     let addrs: Vec<String> = rest
                         .split(',')
                         .filter_map(|l| l.split_whitespace().next())
-                        .map(str::to_owned)
+                        .map(|a| a.trim_end_matches(['"', '}']).to_owned())
                         .collect();
                     let _ = tx.send(addrs);
                     sent = true;
