@@ -468,6 +468,9 @@ impl Core {
             let peer = conn.peer;
             self.connection_lost(slot, id, peer);
         }
+        if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
+            self.sn_conn_closing(id);
+        }
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };
@@ -501,6 +504,7 @@ impl Core {
     /// 0x8B) and every connection closes; stored sessions record that they are offline.
     pub(crate) fn begin_shutdown(&mut self) {
         self.listeners.close(&self.poller);
+        self.sn_close();
         self.tick_clock();
         let attached: Vec<(u32, u32)> = self
             .clients

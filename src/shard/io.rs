@@ -89,11 +89,15 @@ impl Core {
         for event in &events[..n] {
             let (token, flags) = (event.u64, event.events);
             match super::listen::listener_of(token) {
+                Some(super::mqttsn::SN_SOCKET_INDEX) => self.sn_readable(),
                 Some(index) => self.accept_ready(index),
                 None => self.on_event(token as u32, (token >> 32) as u32, flags),
             }
         }
         self.accept_again();
+        if self.sn.as_ref().is_some_and(|sn| sn.has_again()) && !self.reads_held() {
+            self.sn_readable();
+        }
         let again = std::mem::take(&mut self.again);
         for &(id, generation) in &again {
             if self.reads_held() {
@@ -104,6 +108,7 @@ impl Core {
         }
         n == events.len()
             || self.listeners.has_again()
+            || self.sn.as_ref().is_some_and(|sn| sn.has_again())
             || (!self.again.is_empty() && !self.reads_held())
     }
 
@@ -164,7 +169,10 @@ impl Core {
     fn discard_input(&mut self, id: u32) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(conn) = self.conns.get(id as usize) {
-            match sys::recv(conn.fd.as_fd(), &mut scratch) {
+            let Some(fd) = conn.fd.as_ref() else {
+                break; // A gateway client: no socket of its own to drain.
+            };
+            match sys::recv(fd.as_fd(), &mut scratch) {
                 Ok(IoOutcome::Done(0)) | Err(_) => {
                     self.close_now(id);
                     break;
@@ -225,10 +233,19 @@ impl Core {
     /// Moves connection `id` to its home shard: out of this shard's poller and slab, its fd
     /// and what was read with the CONNECT into an envelope.
     pub(crate) fn hand_off(&mut self, id: u32, parts: HandoffParts) {
+        if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
+            // A gateway client is placed on its home shard before its CONNECT is decoded
+            // (`mqttsn.rs`): there is nothing to move, and nowhere to move it.
+            self.request_close(id);
+            return;
+        }
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };
-        self.poller.delete(conn.fd.as_fd());
+        let Some(fd) = conn.fd else {
+            return;
+        };
+        self.poller.delete(fd.as_fd());
         let HandoffParts {
             home,
             connect,
@@ -241,7 +258,7 @@ impl Core {
             return;
         };
         let handoff = Handoff {
-            fd: conn.fd,
+            fd,
             peer: conn.peer,
             connect,
             client_id,
@@ -284,7 +301,11 @@ impl Core {
                 Phase::AwaitingConnect | Phase::Authenticating | Phase::Open => {}
             }
             let peer_closed = conn.peer_closed;
-            match sys::recv(conn.fd.as_fd(), scratch) {
+            let Some(fd) = conn.fd.as_ref() else {
+                // A gateway client's input comes as packets from the gateway, never read.
+                return ReadOutcome::Continue { drained: true };
+            };
+            match sys::recv(fd.as_fd(), scratch) {
                 Ok(IoOutcome::Done(0)) => {
                     self.close_lost(id, None);
                     return ReadOutcome::Close;
@@ -365,7 +386,7 @@ impl Core {
         }
     }
 
-    fn on_packet(&mut self, id: u32, packet: Packet, rest: &mut BytesMut) -> Step {
+    pub(crate) fn on_packet(&mut self, id: u32, packet: Packet, rest: &mut BytesMut) -> Step {
         let Some(conn) = self.conns.get(id as usize) else {
             return Step::Close;
         };
@@ -591,14 +612,20 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
+        if conn.fd.is_none() {
+            return self.sn_flush_conn(id);
+        }
         conn.dirty = false;
         let was_over = conn.out.len() >= max_out;
         let ready = conn
             .holds
             .as_ref()
             .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
-        if !conn.write_blocked && ready > 0 {
-            match sys::send(conn.fd.as_fd(), &conn.out[..ready]) {
+        if !conn.write_blocked
+            && ready > 0
+            && let Some(fd) = conn.fd.as_ref()
+        {
+            match sys::send(fd.as_fd(), &conn.out[..ready]) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
                     // Free the buffer: an idle connection holds no output memory.
                     conn.out = BytesMut::new();
@@ -629,7 +656,9 @@ impl Core {
         }
         if conn.phase == Phase::Lingering && conn.out.is_empty() && conn.holds.is_none() {
             // Everything the client is owed is written: FIN, then wait for the client's.
-            sys::shutdown_write(conn.fd.as_fd());
+            if let Some(fd) = conn.fd.as_ref() {
+                sys::shutdown_write(fd.as_fd());
+            }
             conn.phase = Phase::Draining;
         }
         let now_under = conn.out.len() < max_out;
@@ -689,7 +718,9 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        if conn.phase != Phase::Open {
+        // A gateway client's output is handed on every turn, and what it cannot take yet
+        // (it sleeps, a message is in flight) the gateway buffers within its own limits.
+        if conn.phase != Phase::Open || conn.fd.is_none() {
             return;
         }
         if !slow {
@@ -713,12 +744,15 @@ impl Core {
 /// final CONNACK / DISCONNECT) up to the first hold (held acknowledgements are never sent
 /// early, not even at a close), then FIN.
 pub(crate) fn last_flush(conn: &Conn) {
+    let Some(fd) = conn.fd.as_ref() else {
+        return; // A gateway client: `Core::close_now` gave its output to the gateway.
+    };
     let ready = conn
         .holds
         .as_ref()
         .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
     if ready > 0 && !conn.write_blocked {
-        let _ = sys::send(conn.fd.as_fd(), &conn.out[..ready]);
+        let _ = sys::send(fd.as_fd(), &conn.out[..ready]);
     }
-    sys::shutdown_write(conn.fd.as_fd());
+    sys::shutdown_write(fd.as_fd());
 }

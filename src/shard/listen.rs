@@ -132,7 +132,7 @@ impl Core {
             log!(WARN, self.log_id, "TCP_NODELAY on {peer}: {e}");
         }
         self.stats.accepted += 1;
-        let _ = self.new_conn(fd, peer, Phase::AwaitingConnect);
+        let _ = self.new_conn(Some(fd), peer, Phase::AwaitingConnect);
     }
 
     /// Out of fds: take one waiting connection with the reserve fd's place and close it, so

@@ -123,6 +123,15 @@ pub(crate) enum Envelope {
     /// The answer to an `AckRequest` whose storage commit failed: the acknowledgement must
     /// never be sent.
     CommitFailed { hold: HoldKey, disk_full: bool },
+    /// MQTT-SN (`mqttsn.rs`): a datagram this shard read for a gateway client homed on the
+    /// receiving shard.
+    SnDatagram(Box<super::mqttsn::SnForward>),
+    /// MQTT-SN: the address's datagrams now go to another shard's client (a CONNECT with
+    /// another client id): the receiving shard's client at `addr` is over.
+    SnDropAddress { addr: SocketAddr },
+    /// MQTT-SN: the receiving shard's client at `addr`, whose datagrams the sending shard
+    /// reads, is gone: the route of `epoch` (the CONNECT that made it) may go.
+    SnRouteGone { addr: SocketAddr, epoch: u32 },
 }
 
 /// Routing changes one `Envelope::Interest` carries at most: enough to make a mass
@@ -143,7 +152,10 @@ impl Envelope {
             | Envelope::Handoff(_)
             | Envelope::Fence { .. }
             | Envelope::FenceDone { .. }
-            | Envelope::CommitFailed { .. } => 1,
+            | Envelope::CommitFailed { .. }
+            | Envelope::SnDatagram(_)
+            | Envelope::SnDropAddress { .. }
+            | Envelope::SnRouteGone { .. } => 1,
         }
     }
 }

@@ -29,6 +29,7 @@ mod limits;
 mod listen;
 pub mod log;
 mod mailbox;
+mod mqttsn;
 mod persist;
 mod recovery;
 mod registry;
@@ -157,6 +158,8 @@ pub struct BrokerHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// The UDP address the MQTT-SN gateway answers on (port 0 resolved).
+    mqttsn_addr: Option<SocketAddr>,
     /// The storage writer: stopped (after committing everything the shards sent) once the
     /// shards are done.
     writer: Option<ringmq_storage::WriterHandle>,
@@ -176,6 +179,11 @@ impl BrokerHandle {
     /// The addresses actually bound (port 0 resolved), in `config.listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.local_addrs.clone()
+    }
+
+    /// The UDP address of the MQTT-SN gateway (port 0 resolved), if it runs.
+    pub fn mqttsn_addr(&self) -> Option<SocketAddr> {
+        self.mqttsn_addr
     }
 
     /// Number of shard threads.
@@ -230,6 +238,14 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
     // Before any listener: a password or ACL file that cannot be loaded stops the start.
     let auth = auth::AuthShared::start(&config.auth)?;
     let (listeners, local_addrs) = bind_listeners(&config.listen, shards)?;
+    let (udp, mqttsn_addr) = match config.mqttsn_listener() {
+        Some(addr) => {
+            let (sockets, bound) = bind_udp(addr, shards)?;
+            (sockets.into_iter().map(Some).collect(), Some(bound))
+        }
+        None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
+    };
+    let mut udp = udp.into_iter();
     let (mesh, receivers) = Mesh::new(shards);
     let id_entropy = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -260,6 +276,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         let ready = ready_tx.clone();
         let start = ShardStart {
             listeners,
+            udp: udp.next().flatten(),
             inbox,
             persist: recovery::persist_for(&mut opened, i, shared.wall_epoch_ms),
             recovery: recoveries.next().unwrap_or_default(),
@@ -276,6 +293,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
                     shared,
                     threads,
                     local_addrs,
+                    mqttsn_addr,
                     writer: None,
                 };
                 let _ = handle.shutdown();
@@ -301,6 +319,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         shared,
         threads,
         local_addrs,
+        mqttsn_addr,
         writer,
     };
     if let Some(e) = first_error {
@@ -317,7 +336,10 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     // mask and only the waiting thread receives them.
     sys::block_signals().map_err(BrokerError::Signal)?;
     let handle = start(config)?;
-    let addrs: Vec<String> = handle.local_addrs().iter().map(|a| a.to_string()).collect();
+    let mut addrs: Vec<String> = handle.local_addrs().iter().map(|a| a.to_string()).collect();
+    if let Some(a) = handle.mqttsn_addr() {
+        addrs.push(format!("mqttsn://{a}"));
+    }
     crate::log!(INFO, None, "listening on {}", addrs.join(", "));
     loop {
         let sig = sys::wait_for_signal().map_err(BrokerError::Signal)?;
@@ -375,6 +397,40 @@ fn bind_listeners(
     Ok((per_shard, bound))
 }
 
+/// Binds the MQTT-SN address once per shard with SO_REUSEPORT (see `mqttsn.rs`); port 0 is
+/// resolved by the first bind.
+fn bind_udp(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), BrokerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |at: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
+        let socket = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        if at.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // ADVERTISE may go to a broadcast address.
+        socket.set_broadcast(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        Ok(socket.into())
+    };
+    let err = |source| BrokerError::Bind { addr, source };
+    // As for TCP: a plain bind first fails if anyone holds the port.
+    if addr.port() != 0 {
+        drop(std::net::UdpSocket::bind(addr).map_err(err)?);
+    }
+    let mut actual = addr;
+    let mut sockets = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let s = bind(actual).map_err(err)?;
+        actual = s.local_addr().map_err(err)?;
+        sockets.push(s);
+    }
+    Ok((sockets, actual))
+}
+
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -395,6 +451,8 @@ type Ready = std::sync::mpsc::Sender<Result<(), BrokerError>>;
 #[derive(Debug)]
 struct ShardStart {
     listeners: Vec<std::net::TcpListener>,
+    /// The shard's MQTT-SN socket, when the gateway runs.
+    udp: Option<std::net::UdpSocket>,
     inbox: Vec<Receiver<Envelope>>,
     persist: persist::Persist,
     recovery: recovery::ShardRecovery,
@@ -454,6 +512,7 @@ fn shard_thread(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Rea
 async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Ready) {
     let ShardStart {
         listeners,
+        udp,
         inbox,
         persist,
         mut recovery,
@@ -489,6 +548,10 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
         listeners.len()
     );
     let mut core = core::Core::new(id, Arc::clone(&shared), inbox, poller, listeners, persist);
+    if let Some(udp) = udp {
+        let limits = Arc::clone(&core.session_limits);
+        core.sn = Some(Box::new(mqttsn::SnRuntime::new(udp, &shared, id, limits)));
+    }
     // Stored sessions first, on every shard, and every shard's routing updates applied
     // everywhere, before the listeners open (before this, connections wait in the backlog).
     let restored = core.restore(&mut recovery);
@@ -498,7 +561,12 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     core.after_restore(&restored, &recovery);
     core.mark_restored(&restored);
     drop(recovery);
-    if let Err(source) = core.listeners.register(&core.poller) {
+    let registered = core.listeners.register(&core.poller).and_then(|()| {
+        core.sn
+            .as_ref()
+            .map_or(Ok(()), |sn| sn.register(&core.poller))
+    });
+    if let Err(source) = registered {
         let _ = ready.send(Err(BrokerError::Runtime {
             shard: index,
             source,

@@ -601,6 +601,9 @@ impl Core {
             Envelope::CommitFailed { hold, disk_full } => {
                 self.remote_commit_failed(hold, disk_full)
             }
+            Envelope::SnDatagram(forward) => self.sn_forwarded(*forward),
+            Envelope::SnDropAddress { addr } => self.sn_drop_address(addr),
+            Envelope::SnRouteGone { addr, epoch } => self.sn_route_gone(addr, epoch),
         }
     }
 
@@ -618,7 +621,7 @@ impl Core {
             leftover,
             identity,
         } = handoff;
-        let Some(id) = self.new_conn(fd, peer, Phase::Open) else {
+        let Some(id) = self.new_conn(Some(fd), peer, Phase::Open) else {
             return;
         };
         self.attach(id, connect, client_id, assigned, identity);

@@ -7,6 +7,7 @@
 pub mod authfiles;
 pub mod conn;
 pub mod process;
+pub mod sn;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -70,6 +71,8 @@ macro_rules! both_drivers {
 pub struct Broker {
     handle: Option<ringmq::shard::BrokerHandle>,
     pub addr: SocketAddr,
+    /// The MQTT-SN gateway's UDP address, when `adjust` added an `mqttsn://` listener.
+    pub mqttsn: Option<SocketAddr>,
     pub shards: usize,
     _data: process::DataDir,
 }
@@ -102,9 +105,11 @@ impl Broker {
         adjust(&mut config);
         let handle = ringmq::shard::start(config).expect("broker starts");
         let addr = handle.local_addrs()[0];
+        let mqttsn = handle.mqttsn_addr();
         Broker {
             handle: Some(handle),
             addr,
+            mqttsn,
             shards,
             _data: data,
         }
