@@ -786,6 +786,18 @@ mod tests {
         assert!(e.to_string().contains("mqtts://127.0.0.1:3"), "{e}");
         let e = parse_args(args("--listen wss://127.0.0.1:3/a?b")).expect_err("bad path");
         assert!(e.to_string().contains("'?'"), "{e}");
+        let Command::Run(c) = parse_args(args(
+            "--listen 127.0.0.1:1 --listen mqttsn://127.0.0.1:1884",
+        ))
+        .expect("parse") else {
+            panic!("not run")
+        };
+        assert_eq!(c.listen, vec!["127.0.0.1:1".parse().expect("addr")]);
+        assert_eq!(
+            c.mqttsn_listener(),
+            Some("127.0.0.1:1884".parse().expect("addr"))
+        );
+        assert_eq!(c.unserved_listeners().count(), 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::sn::SnClient;
 use common::{Broker, Client, WAIT};
-use ringmq::codec::{Packet, ProtocolVersion, QoS};
+use ringmq::codec::{ProtocolVersion, QoS};
 use ringmq::config::{Config, ListenerConfig, ListenerUrl};
 use ringmq::mqttsn::codec::{ReturnCode, SnMessage, SnQoS, SubTopic, TopicId, TopicRef};
 use ringmq::router::topic::TopicName;
@@ -183,7 +183,20 @@ fn will_is_published_when_the_client_is_lost() {
         let id = b.client_id_on("sn-will", home);
         // Keep alive 1 s.
         sn.connect_with_will(&id, 1, "wills/x", b"gone", QoS::AtLeastOnce);
-        // The will can be changed while connected (6.4).
+        // The will can be changed while connected (6.4): topic and message.
+        sn.send(&SnMessage::WillTopicUpd(Some(
+            ringmq::mqttsn::codec::WillTopic {
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: Bytes::from_static(b"wills/y"),
+            },
+        )));
+        assert_eq!(
+            sn.recv(),
+            SnMessage::WillTopicResp {
+                code: ReturnCode::Accepted
+            }
+        );
         sn.send(&SnMessage::WillMsgUpd {
             msg: Bytes::from_static(b"gone for good"),
         });
@@ -204,7 +217,7 @@ fn will_is_published_when_the_client_is_lost() {
         );
         assert_eq!(
             (p.topic.as_str(), &p.payload[..]),
-            ("wills/x", &b"gone for good"[..])
+            ("wills/y", &b"gone for good"[..])
         );
         b.stop();
     }
@@ -353,6 +366,21 @@ fn bad_datagrams_are_dropped_and_never_stop_the_gateway() {
         if let Some(reply) = bad.recv_raw_within(Duration::from_millis(500)) {
             assert!(reply.len() <= 7, "{reply:?}");
         }
+        // A CONNECT with another protocol id: CONNACK "not supported" (5.3.8).
+        let mut old = SnClient::new(gw);
+        old.send(&SnMessage::Connect(ringmq::mqttsn::codec::SnConnect {
+            will: false,
+            clean_session: true,
+            protocol_id: 0x02,
+            duration: 60,
+            client_id: Bytes::from_static(b"old-protocol"),
+        }));
+        assert_eq!(
+            old.recv(),
+            SnMessage::ConnAck {
+                code: ReturnCode::NotSupported
+            }
+        );
         // A topic id that was never registered: PUBACK "invalid topic id" (6.5).
         let mut sn = SnClient::new(gw);
         assert_eq!(sn.connect("sn-bad", true, 60), ReturnCode::Accepted);
@@ -396,29 +424,64 @@ fn mqttsn_session_persists_across_reconnects() {
     publisher.publish("p/t", b"queued", QoS::AtLeastOnce, false);
     // Clean session 0: the subscription and the queued message wait for the client.
     let mut again = SnClient::new(gw);
-    again.send(&SnClient::connect_msg("keeper", false, false, 60));
-    let mut got = None;
+    let p = reconnect_for_one_publish(&mut again, "keeper");
+    assert_eq!(&p.data[..], b"queued");
+    let _ = topic;
+    b.stop();
+}
+
+/// CONNECT with clean session 0 from a new address; returns the first PUBLISH (REGISTERs
+/// acknowledged on the way).
+fn reconnect_for_one_publish(sn: &mut SnClient, id: &str) -> ringmq::mqttsn::codec::SnPublish {
+    sn.send(&SnClient::connect_msg(id, false, false, 60));
     let deadline = Instant::now() + WAIT;
-    while got.is_none() && Instant::now() < deadline {
-        match again.recv() {
+    while Instant::now() < deadline {
+        match sn.recv() {
             SnMessage::ConnAck { code } => assert_eq!(code, ReturnCode::Accepted),
             SnMessage::Register {
                 topic_id, msg_id, ..
-            } => again.send(&SnMessage::RegAck {
+            } => sn.send(&SnMessage::RegAck {
                 topic_id,
                 msg_id,
                 code: ReturnCode::Accepted,
             }),
             SnMessage::Publish(p) => {
-                again.ack(&p);
-                got = Some(p);
+                sn.ack(&p);
+                return p;
             }
             other => panic!("unexpected {other:?}"),
         }
     }
-    let p = got.expect("the queued message");
-    assert_eq!(&p.data[..], b"queued");
-    let _ = topic;
-    let _ = Packet::PingReq;
-    b.stop();
+    panic!("no PUBLISH within {WAIT:?}");
+}
+
+/// A UDP port that was free a moment ago (the broker process binds it next).
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    s.local_addr().expect("addr").port()
+}
+
+#[test]
+fn mqttsn_session_survives_a_broker_restart() {
+    use common::process::{BrokerProcess, DataDir};
+    let port = free_udp_port();
+    let url = format!("mqttsn://127.0.0.1:{port}");
+    let args = ["--shards", "2", "--listen", url.as_str()];
+    let dir = DataDir::new("sn-restart");
+    let broker = BrokerProcess::start_in(&dir, &args);
+    let gw = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut sn = SnClient::new(gw);
+    assert_eq!(sn.connect("sn-keeper", false, 60), ReturnCode::Accepted);
+    sn.subscribe(name("r/t"), QoS::AtLeastOnce);
+    sn.send(&SnMessage::Disconnect { duration: None });
+    assert_eq!(sn.recv(), SnMessage::Disconnect { duration: None });
+    let mut publisher = Client::connect(broker.addr, V, "mqtt-pub", true).0;
+    publisher.publish("r/t", b"across the restart", QoS::AtLeastOnce, false);
+    drop(publisher);
+    let status = broker.terminate(Duration::from_secs(10));
+    assert!(status.success(), "clean stop: {status}");
+    let _broker = BrokerProcess::start_in(&dir, &args);
+    let mut again = SnClient::new(gw);
+    let p = reconnect_for_one_publish(&mut again, "sn-keeper");
+    assert_eq!(&p.data[..], b"across the restart");
 }
