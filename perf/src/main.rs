@@ -3,7 +3,8 @@
 //! Map: `cli` (arguments), `plan` (who talks to whom, shared counters), `worker` (one epoll loop
 //! per thread), `traffic` (load models, QoS flows, accounting per delivery), `wire` (its own
 //! small MQTT codec), `payload` (the header in every message), `accounting` (loss, duplicates,
-//! reordering), `report` (table and JSON), `run` (the main thread's timeline), `sys` (libc).
+//! reordering), `report` (table and JSON), `run` (the main thread's timeline), `sys` (libc),
+//! `sn` (the `mqttsn` scenario: MQTT-SN publishers over UDP, self-contained).
 
 mod accounting;
 mod cli;
@@ -11,6 +12,7 @@ mod payload;
 mod plan;
 mod report;
 mod run;
+mod sn;
 mod sys;
 mod traffic;
 mod wire;
@@ -21,6 +23,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "mqttsn") {
+        match sn::main(&args[1..]) {
+            Ok(status) => std::process::exit(status),
+            Err(msg) => {
+                eprintln!("ringmq-bench: {msg}");
+                std::process::exit(1);
+            }
+        }
+    }
     let cfg = match cli::parse(&args) {
         Ok(Some(cfg)) => cfg,
         Ok(None) => {
