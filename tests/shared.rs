@@ -400,21 +400,44 @@ fn a_member_with_a_full_queue_hands_messages_on(v: ProtocolVersion) {
     let others: Vec<_> = members.drain(1..).map(ack_in_background).collect();
     let mut publisher = client_on(&broker, v, "pub", 0);
     publish_n(&mut publisher, "m", 30, false);
-    // Its window: 2 sent; 2 wait in its queue (sent once it acknowledges).
-    let stuck = drain(&mut members[0], false);
-    assert_eq!(stuck.len(), 2, "{stuck:?}");
-    let mut got: Vec<String> = stuck.into_iter().map(|(_, p)| p).collect();
-    for t in others {
-        got.extend(t.join().expect("member thread").1);
+    // Its window: 2 sent; what waits in its queue is sent once it acknowledges.
+    let stuck = &mut members[0];
+    let mut window = Vec::new();
+    while let Ok(Some(packet)) = stuck.recv_within(Duration::from_millis(400)) {
+        let Packet::Publish(p) = packet else {
+            panic!("expected PUBLISH, got {packet:?}");
+        };
+        window.push(p);
     }
-    assert_eq!(
-        got.len(),
-        28,
-        "all but the 2 queued at the stuck member: {got:?}"
+    assert_eq!(window.len(), 2, "only its window reaches it: {window:?}");
+    let mut others_got = Vec::new();
+    for t in others {
+        others_got.extend(t.join().expect("member thread").1);
+    }
+    // Its queue holds 2; a message that met only full members on its way (the other two
+    // fall behind on a busy machine) may wait there beyond that, up to twice the limit.
+    assert!(
+        others_got.len() >= 24,
+        "the others take what the stuck member cannot: {others_got:?}"
     );
+    // The stuck member acknowledges at last: what waited for it arrives; nothing is lost.
+    for p in &window {
+        stuck.ack(p);
+    }
+    let mut got: Vec<String> = window
+        .iter()
+        .map(|p| String::from_utf8(p.payload.to_vec()).expect("utf-8 payload"))
+        .collect();
+    got.extend(drain(stuck, true).into_iter().map(|(_, p)| p));
+    let total = got.len() + others_got.len();
+    got.extend(others_got);
     got.sort();
     got.dedup();
-    assert_eq!(got.len(), 28, "no duplicates");
+    assert_eq!(
+        (total, got.len()),
+        (30, 30),
+        "no message lost or doubled: {got:?}"
+    );
 }
 
 both_versions!(

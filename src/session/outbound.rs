@@ -86,10 +86,19 @@ impl Session {
         let qos = entry.qos;
         let change = (qos != QoS::AtMostOnce && self.persisted).then(|| enqueued(&entry, None));
         let l = &self.limits;
-        match self
-            .data
-            .enqueue(entry, l.max_queued_messages, l.max_queued_bytes)
-        {
+        // A shared QoS 1/2 message reaches a member with a full queue only after it was
+        // handed on `MAX_SHARE_HANDOVERS` times (every member it met was full): its
+        // publisher was acknowledged, so it may use up to twice the limits rather than be
+        // lost; beyond that it is dropped and counted like any message over a full queue.
+        let (max_messages, max_bytes) = if qos != QoS::AtMostOnce && entry.share_group.is_some() {
+            (
+                l.max_queued_messages.saturating_mul(2),
+                l.max_queued_bytes.saturating_mul(2),
+            )
+        } else {
+            (l.max_queued_messages, l.max_queued_bytes)
+        };
+        match self.data.enqueue(entry, max_messages, max_bytes) {
             Enqueued::Stored { evicted_qos0 } => {
                 self.count(|s| &mut s.dropped_qos0, evicted_qos0);
                 if let Some(change) = change {

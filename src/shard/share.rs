@@ -56,7 +56,8 @@ pub(crate) enum ShareLoad {
 
 /// How many times a shared QoS 1/2 message is handed on when the member it reaches cannot
 /// queue it (its window is full and its queue at `max_queued_messages`/`max_queued_bytes`),
-/// before it is dropped as any message over a full queue is. Three: enough to get past one
+/// before the member it then reaches queues it over its limits (up to twice them, see
+/// `Session::enqueue`; the publisher was acknowledged). Three: enough to get past one
 /// or two members that are behind in a group (the strategy picks another one each time);
 /// few enough that a group whose members are all full does not pass a message around
 /// (each pass is an envelope to another shard).

@@ -364,6 +364,34 @@ fn missing(r: &Record, publishers: &[QoS]) -> usize {
     n
 }
 
+/// Which acknowledged messages are missing where, and what each subscriber got from that
+/// publisher around them: tells a message never delivered from a stalled flow.
+fn missing_detail(r: &Record) -> String {
+    let mut lines = Vec::new();
+    for (p, acked) in &r.acked {
+        for s in 0..2 {
+            let got = r.received.get(&(s, *p));
+            let have: HashSet<u64> = got.map(|v| v.iter().copied().collect()).unwrap_or_default();
+            let mut gone: Vec<u64> = acked
+                .iter()
+                .copied()
+                .filter(|q| !have.contains(q))
+                .collect();
+            if gone.is_empty() {
+                continue;
+            }
+            gone.sort_unstable();
+            let last = got.and_then(|v| v.iter().max().copied());
+            lines.push(format!(
+                "subscriber {s} from publisher {p}: {} missing, first {:?}, highest received {last:?}",
+                gone.len(),
+                &gone[..gone.len().min(10)]
+            ));
+        }
+    }
+    lines.join("; ")
+}
+
 fn check(r: &Record, publishers: &[QoS], kills: usize, seed: u64) -> String {
     let acked: usize = r.acked.values().map(HashSet::len).sum();
     assert!(acked > 0, "nothing was acknowledged (seed {seed})");
@@ -372,7 +400,12 @@ fn check(r: &Record, publishers: &[QoS], kills: usize, seed: u64) -> String {
         "a persistent session was lost (seed {seed})"
     );
     let lost = missing(r, publishers);
-    assert_eq!(lost, 0, "{lost} acknowledged message(s) lost (seed {seed})");
+    assert_eq!(
+        lost,
+        0,
+        "{lost} acknowledged message(s) lost (seed {seed}): {}",
+        missing_detail(r)
+    );
     let mut duplicates = 0;
     for ((s, p), seqs) in &r.received {
         let mut seen: HashMap<u64, usize> = HashMap::new();

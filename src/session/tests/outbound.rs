@@ -649,3 +649,37 @@ fn queue_would_refuse_only_when_the_message_would_wait_in_a_full_queue() {
     h.packet(Packet::PubAck(ack(1)));
     assert!(!refuses(&h, QoS::AtLeastOnce));
 }
+
+/// A shared QoS 1/2 message that reaches a member with a full queue was already handed on
+/// (its publisher was acknowledged): it may use up to twice the queue limit, then it is
+/// dropped like any other.
+#[test]
+fn a_shared_message_may_use_twice_the_queue_limit() {
+    let limits = Limits {
+        max_inflight: 1,
+        max_queued_messages: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V5, "c1", true));
+    let group = std::sync::Arc::new(filter("$share/g/t"));
+    let shared = Delivery {
+        share_group: Some(&group),
+        ..live(QoS::AtLeastOnce)
+    };
+    let m = message("t", QoS::AtLeastOnce);
+    h.deliver(&m, &live(QoS::AtLeastOnce)); // the window
+    h.deliver(&m, &live(QoS::AtLeastOnce));
+    h.deliver(&m, &live(QoS::AtLeastOnce));
+    h.deliver(&m, &live(QoS::AtLeastOnce));
+    assert_eq!(
+        h.s.data().queue.len(),
+        2,
+        "a plain delivery stops at the limit"
+    );
+    assert_eq!(h.s.stats().dropped_queue_full, 1);
+    for _ in 0..3 {
+        h.deliver(&m, &shared);
+    }
+    assert_eq!(h.s.data().queue.len(), 4, "a shared one may go to twice it");
+    assert_eq!(h.s.stats().dropped_queue_full, 2);
+}
