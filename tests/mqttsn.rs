@@ -485,3 +485,28 @@ fn mqttsn_session_survives_a_broker_restart() {
     let p = reconnect_for_one_publish(&mut again, "sn-keeper");
     assert_eq!(&p.data[..], b"across the restart");
 }
+
+#[test]
+fn an_address_reused_by_another_client_keeps_working() {
+    // A client's datagrams are read by the shard its source address hashes to; several
+    // sockets per home make it all but certain that some are read by another shard, so the
+    // route and its epochs are exercised: a second client id at the same address, homed on
+    // the same shard as the first or on another, must be served at once.
+    let (b, gw) = start(3, |_| {});
+    for first in 0..3 {
+        for second in 0..3 {
+            for k in 0..2 {
+                let mut sn = SnClient::new(gw);
+                let a = b.client_id_on(&format!("first-{first}-{second}-{k}"), first);
+                let c = b.client_id_on(&format!("second-{first}-{second}-{k}"), second);
+                assert_eq!(sn.connect(&a, true, 60), ReturnCode::Accepted);
+                assert_ne!(sn.register("r/1"), TopicId::NONE);
+                assert_eq!(sn.connect(&c, true, 60), ReturnCode::Accepted);
+                assert_ne!(sn.register("r/2"), TopicId::NONE);
+                sn.send(&SnMessage::PingReq { client_id: None });
+                assert_eq!(sn.recv(), SnMessage::PingResp);
+            }
+        }
+    }
+    b.stop();
+}

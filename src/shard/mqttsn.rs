@@ -286,10 +286,16 @@ impl Core {
             epoch,
             datagram,
         } = forward;
-        let Some(sn) = self.sn.as_mut() else { return };
-        sn.origins.insert(from, (origin, epoch));
         self.tick_clock();
+        // A CONNECT from an address with a client here ends that client first (its
+        // `Output::Gone` answers the route it came by); the origin recorded after that is
+        // the new route's.
         self.sn_handle(from, datagram);
+        if let Some(sn) = self.sn.as_mut()
+            && sn.gateway.knows(&from)
+        {
+            sn.origins.insert(from, (origin, epoch));
+        }
     }
 
     /// The client at `addr` (if this shard's gateway has one) is over, without a word to
