@@ -92,11 +92,15 @@ fn main() -> ExitCode {
             l.url
         );
     }
-    if config.listen.is_empty() {
-        eprintln!("ringmq: no listener this build can serve (plain MQTT over TCP without PROXY)");
+    if config.listen.is_empty() && config.mqttsn_listener().is_none() {
+        eprintln!(
+            "ringmq: no listener this build can serve (plain MQTT over TCP without PROXY, or \
+             mqttsn://)"
+        );
         return ExitCode::from(2);
     }
-    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    let mut listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    listen.extend(config.mqttsn_listener().map(|a| format!("mqttsn://{a}")));
     ringmq::log!(
         INFO,
         None,

@@ -13,7 +13,9 @@
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
 //! the epoll `Poller`, signals), `log.rs`, `auth.rs` (CONNECT authentication, the shared
-//! `[auth]` snapshot and its reload), `access.rs` (the ACL applied to a shard's clients).
+//! `[auth]` snapshot and its reload), `access.rs` (the ACL applied to a shard's clients),
+//! `mqttsn.rs` (the MQTT-SN gateway's UDP socket, datagram routes and socketless
+//! connections).
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
 //! thread, or share mutable state between shards except through the channels.
