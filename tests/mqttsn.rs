@@ -510,3 +510,27 @@ fn an_address_reused_by_another_client_keeps_working() {
     }
     b.stop();
 }
+
+#[test]
+fn one_reading_shard_serves_clients_homed_on_every_shard() {
+    // `socket_per_shard = false`: shard 0 reads every datagram and forwards those of clients
+    // homed elsewhere; the home shards answer from copies of its socket.
+    let (b, gw) = start(3, |c| c.mqttsn.socket_per_shard = false);
+    let mut sub = Client::connect(b.addr, V, "mqtt-sub", true).0;
+    sub.subscribe("one/#", QoS::AtLeastOnce);
+    for home in 0..3 {
+        let mut sn = SnClient::new(gw);
+        let id = b.client_id_on("one-reader", home);
+        assert_eq!(sn.connect(&id, true, 60), ReturnCode::Accepted);
+        let (_, _, code) = sn.subscribe(name("back/#"), QoS::AtLeastOnce);
+        assert_eq!(code, ReturnCode::Accepted);
+        let t = sn.register(&format!("one/{home}"));
+        let code = sn.publish(TopicRef::Normal(t), SnQoS::Two, b"up");
+        assert_eq!(code, ReturnCode::Accepted);
+        assert_eq!(sub.recv_publish().topic.as_str(), format!("one/{home}"));
+        sub.publish("back/x", b"down", QoS::AtLeastOnce, false);
+        let (p, _) = sn.receive_publish();
+        assert_eq!(&p.data[..], b"down");
+    }
+    b.stop();
+}

@@ -26,6 +26,11 @@ pub struct MqttSnConfig {
     pub enabled: bool,
     /// UDP address of that listener; 1884 is MQTT-SN's conventional port.
     pub listen: SocketAddr,
+    /// Every shard binds the UDP port (SO_REUSEPORT) and reads its share of the datagrams;
+    /// `false`: shard 0 alone reads them (the others send from a copy of its socket). Either
+    /// way a datagram is served on its client's home shard. The README's MQTT-SN figures
+    /// compare the two.
+    pub socket_per_shard: bool,
     /// GwId in ADVERTISE and GWINFO (MQTT-SN 5.3.6).
     pub gateway_id: u8,
     /// Seconds between ADVERTISE broadcasts (MQTT-SN 6.1, T_ADV, "greater than 15 minutes"
@@ -60,6 +65,7 @@ impl Default for MqttSnConfig {
         MqttSnConfig {
             enabled: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 1884)),
+            socket_per_shard: true,
             gateway_id: 1,
             advertise_interval_secs: 900,
             advertise_to: None,

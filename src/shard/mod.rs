@@ -242,7 +242,8 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
     let (listeners, local_addrs) = bind_listeners(&config.listen, shards)?;
     let (udp, mqttsn_addr) = match config.mqttsn_listener() {
         Some(addr) => {
-            let (sockets, bound) = bind_udp(addr, shards)?;
+            let per_shard = config.mqttsn.socket_per_shard;
+            let (sockets, bound) = bind_udp(addr, shards, per_shard)?;
             (sockets.into_iter().map(Some).collect(), Some(bound))
         }
         None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
@@ -399,12 +400,14 @@ fn bind_listeners(
     Ok((per_shard, bound))
 }
 
-/// Binds the MQTT-SN address once per shard with SO_REUSEPORT (see `mqttsn.rs`); port 0 is
-/// resolved by the first bind.
+/// Binds the MQTT-SN address once per shard with SO_REUSEPORT (see `mqttsn.rs`), or once for
+/// shard 0 with a copy of that socket for the others to send from (`per_shard` false): each
+/// socket with whether its shard reads it. Port 0 is resolved by the first bind.
 fn bind_udp(
     addr: SocketAddr,
     shards: usize,
-) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), BrokerError> {
+    per_shard: bool,
+) -> Result<(Vec<(std::net::UdpSocket, bool)>, SocketAddr), BrokerError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let bind = |at: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
         let socket = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))?;
@@ -425,10 +428,13 @@ fn bind_udp(
     }
     let mut actual = addr;
     let mut sockets = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let s = bind(actual).map_err(err)?;
+    for i in 0..shards {
+        let s = match sockets.first() {
+            Some((first, _)) if !per_shard => std::net::UdpSocket::try_clone(first).map_err(err)?,
+            Some(_) | None => bind(actual).map_err(err)?,
+        };
         actual = s.local_addr().map_err(err)?;
-        sockets.push(s);
+        sockets.push((s, per_shard || i == 0));
     }
     Ok((sockets, actual))
 }
@@ -453,8 +459,8 @@ type Ready = std::sync::mpsc::Sender<Result<(), BrokerError>>;
 #[derive(Debug)]
 struct ShardStart {
     listeners: Vec<std::net::TcpListener>,
-    /// The shard's MQTT-SN socket, when the gateway runs.
-    udp: Option<std::net::UdpSocket>,
+    /// The shard's MQTT-SN socket, when the gateway runs, and whether the shard reads it.
+    udp: Option<(std::net::UdpSocket, bool)>,
     inbox: Vec<Receiver<Envelope>>,
     persist: persist::Persist,
     recovery: recovery::ShardRecovery,
@@ -550,9 +556,10 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
         listeners.len()
     );
     let mut core = core::Core::new(id, Arc::clone(&shared), inbox, poller, listeners, persist);
-    if let Some(udp) = udp {
+    if let Some((udp, reads)) = udp {
         let limits = Arc::clone(&core.session_limits);
-        core.sn = Some(Box::new(mqttsn::SnRuntime::new(udp, &shared, id, limits)));
+        let sn = mqttsn::SnRuntime::new(udp, reads, &shared, id, limits);
+        core.sn = Some(Box::new(sn));
     }
     // Stored sessions first, on every shard, and every shard's routing updates applied
     // everywhere, before the listeners open (before this, connections wait in the backlog).
