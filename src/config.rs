@@ -49,6 +49,13 @@ pub struct Limits {
     pub connect_timeout_secs: u32,
     /// Largest CONNECT packet accepted (bytes); before CONNECT the client is unauthenticated.
     pub max_connect_size: u32,
+    /// Bytes the whole broker holds of packets whose last bytes have not arrived (shared
+    /// equally by the shards). A connection whose incomplete packet would pass its shard's
+    /// share is closed (v5: DISCONNECT 0x97). 0: no limit.
+    pub max_partial_input_bytes: usize,
+    /// Seconds from a packet's first byte to its last; a connection still short of the rest
+    /// is closed (v5: DISCONNECT 0x8D). 0: no limit.
+    pub incomplete_packet_timeout_secs: u32,
     /// Outbound QoS 1/2 messages in flight per client (capped further by a v5 client's
     /// Receive Maximum). 128 rather than 32: with one subscriber, QoS 1 throughput is this
     /// window per round trip (measured: 8 -> 1 fan-in QoS 1 went from 0.73M to 1.2M msgs/s;
@@ -155,6 +162,8 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             connect_timeout_secs: 10,
             max_connect_size: 64 * 1024,
+            max_partial_input_bytes: 64 * 1024 * 1024,
+            incomplete_packet_timeout_secs: 60,
             max_inflight: 128,
             receive_maximum: 32,
             receive_maximum_log_only: false,

@@ -25,3 +25,6 @@ mod limits;
 
 #[path = "reliability/memory.rs"]
 mod memory;
+
+#[path = "reliability/partial.rs"]
+mod partial;

@@ -42,6 +42,8 @@ pub struct ThreadReport {
     pub received_total: u64,
     /// End-to-end latency of messages sent in the measured window (us).
     pub latency: Histogram<u64>,
+    /// QoS 1/2: from queuing a publish to its PUBACK (QoS 2: PUBREC), measured window (us).
+    pub ack_latency: Histogram<u64>,
     /// Open loop: how late the generator sent relative to the schedule (us).
     pub send_lag: Histogram<u64>,
     /// CONNECT start (socket creation) to CONNACK (us).
@@ -74,6 +76,7 @@ impl ThreadReport {
             sent_total: 0,
             received_total: 0,
             latency: new_histogram(),
+            ack_latency: new_histogram(),
             send_lag: new_histogram(),
             connack: new_histogram(),
             errors: [0; ERROR_KINDS.len()],
@@ -104,6 +107,7 @@ impl ThreadReport {
         self.received_total += o.received_total;
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latency.add(&o.latency);
+        let _ = self.ack_latency.add(&o.ack_latency);
         let _ = self.send_lag.add(&o.send_lag);
         let _ = self.connack.add(&o.connack);
         for (a, b) in self.errors.iter_mut().zip(o.errors) {

@@ -285,6 +285,10 @@ fn messaging_report(
         rep.percentiles("send_lag", &r.send_lag);
     }
     rep.percentiles("latency", &r.latency);
+    if cfg.qos > 0 {
+        // PUBACK (QoS 1) or PUBREC (QoS 2) after the publish was queued.
+        rep.percentiles("ack_latency", &r.ack_latency);
+    }
     errors(&mut rep, r);
     let messages = (r.sent_total + r.received_total).max(1);
     rep.num(

@@ -40,6 +40,10 @@ pub struct PubState {
     pub receive_maximum: u32,
     /// Packet ids in use, one bit each.
     ids: Vec<u64>,
+    /// When each QoS 1/2 publish was queued, by packet id modulo `ACK_RING` (with the id, so
+    /// that an entry overwritten by a later id is not mistaken for it): the acknowledgement
+    /// latency (PUBACK, or PUBREC for QoS 2).
+    queued_at: Vec<(u16, u64)>,
     /// Open loop: first scheduled send and the interval between sends, in ns.
     first_due: f64,
     interval: f64,
@@ -47,6 +51,10 @@ pub struct PubState {
     /// a socket event, not a timer or a delivery, will unblock it.
     blocked: bool,
 }
+
+/// Acknowledgement times kept per publisher (16 KiB): enough for any closed-loop window
+/// and open-loop rates with up to this many publishes awaiting their acknowledgement.
+const ACK_RING: usize = 1024;
 
 impl PubState {
     pub fn new(sh: &Shared, id: u32, conn: usize) -> PubState {
@@ -62,6 +70,11 @@ impl PubState {
             receive_maximum: u32::from(u16::MAX),
             ids: if cfg.qos > 0 {
                 vec![0; 1024]
+            } else {
+                Vec::new()
+            },
+            queued_at: if cfg.qos > 0 {
+                vec![(0, 0); ACK_RING]
             } else {
                 Vec::new()
             },
@@ -211,6 +224,7 @@ impl Worker {
             let packet_id = if p.ids.is_empty() {
                 0
             } else if let Some(id) = p.take_id() {
+                p.queued_at[usize::from(id) % ACK_RING] = (id, self.now);
                 id
             } else {
                 p.blocked = true;
@@ -311,6 +325,9 @@ impl Worker {
                 self.mark_dirty(i);
             }
             (Role::Publisher(k), wire::PUBACK | wire::PUBREC | wire::PUBCOMP) => {
+                if kind != wire::PUBCOMP {
+                    self.record_ack_latency(k as usize, id);
+                }
                 if !self.pubs[k as usize].release_id(id) {
                     return Err(WireError::Malformed); // an ack for an id we never used
                 }
@@ -318,6 +335,18 @@ impl Worker {
             _ => return Err(WireError::Malformed),
         }
         Ok(())
+    }
+
+    /// Publisher `k`'s publish `id` was acknowledged (PUBACK, or PUBREC for QoS 2).
+    fn record_ack_latency(&mut self, k: usize, id: u16) {
+        let Some(t) = self.timing else { return };
+        let Some(&(queued_id, at)) = self.pubs[k].queued_at.get(usize::from(id) % ACK_RING) else {
+            return;
+        };
+        if queued_id == id && t.measured(at) {
+            let us = self.now.saturating_sub(at) / 1000;
+            self.report.ack_latency.saturating_record(us);
+        }
     }
 
     /// A delivery: acknowledge per QoS, then account for it.

@@ -428,6 +428,7 @@ impl Core {
             conn.input = None;
             self.lingering += 1;
         }
+        self.release_partial(id);
         self.schedule_conn(id, self.now_ms + LINGER_MS);
         self.flush_conn(id);
     }
@@ -468,6 +469,7 @@ impl Core {
             let peer = conn.peer;
             self.connection_lost(slot, id, peer);
         }
+        self.release_partial(id);
         if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
             self.sn_conn_closing(id);
         }

@@ -231,6 +231,8 @@ pub(crate) struct Core {
     /// The MQTT-SN gateway's socket and state (`mqttsn.rs`); `None` without an `mqttsn://`
     /// listener.
     pub(crate) sn: Option<Box<super::mqttsn::SnRuntime>>,
+    /// Incomplete packets held, against the shard's budget (`partial.rs`).
+    pub(crate) partial: super::partial::PartialInput,
 }
 
 impl Core {
@@ -287,6 +289,10 @@ impl Core {
             stop_commit_deadline: None,
             lingering: 0,
             retained_jobs: std::collections::VecDeque::new(),
+            partial: super::partial::PartialInput::new(super::partial::shard_budget(
+                limits.max_partial_input_bytes,
+                shards,
+            )),
             auth: super::auth::ShardAuth::new(
                 &shared.auth,
                 Arc::clone(&shared.mesh.notifiers[id.index()]),
@@ -601,6 +607,11 @@ impl Core {
         }
         conn.timer_tick = 0;
         let (phase, since, peer, client) = (conn.phase, conn.since, conn.peer, conn.client);
+        if matches!(phase, Phase::AwaitingConnect | Phase::Open)
+            && self.incomplete_packet_expired(id, generation)
+        {
+            return;
+        }
         let over = self.is_slow(id);
         let since_ms = stamp_ms(since);
         match phase {

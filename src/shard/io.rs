@@ -343,6 +343,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return Step::Close;
         };
+        let generation = conn.generation;
         let mut work = match conn.input.take() {
             None => BytesMut::from(bytes),
             Some(mut input) => {
@@ -350,11 +351,10 @@ impl Core {
                 *input
             }
         };
+        let began = self.partial.take(id, generation);
         let step = self.decode_all(id, &mut work);
-        if let (Step::Continue, Some(conn)) = (&step, self.conns.get_mut(id as usize))
-            && !work.is_empty()
-        {
-            conn.input = Some(Box::new(work));
+        if matches!(step, Step::Continue) && !work.is_empty() {
+            return self.keep_partial(id, generation, work, began);
         }
         step
     }

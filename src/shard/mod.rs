@@ -32,6 +32,7 @@ mod listen;
 pub mod log;
 mod mailbox;
 mod mqttsn;
+mod partial;
 mod persist;
 mod recovery;
 mod registry;

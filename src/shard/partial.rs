@@ -1,0 +1,224 @@
+//! Incomplete packets: what a shard holds of packets whose last bytes have not arrived.
+//!
+//! A decoded packet needs all its bytes, so a connection's incomplete trailing packet is kept
+//! between reads (`Conn::input`). Without bounds a client (or thousands) can send a packet
+//! of up to `max_packet_size` short of its last bytes and keep it held for ever (3.x keep
+//! alive 0). Two limits apply:
+//! - a budget for all incomplete packets of the broker, `max_partial_input_bytes`, shared
+//!   equally by the shards: a connection whose incomplete packet would take its shard past
+//!   its share is closed (v5: DISCONNECT 0x97 Quota exceeded), the others keep theirs;
+//! - a time limit from a packet's first byte to its last, `incomplete_packet_timeout_secs`:
+//!   a connection still short of the rest after it is closed (v5: DISCONNECT 0x8D).
+//!
+//! Owns: the table of connections holding an incomplete packet (only those: nothing per idle
+//! connection), with when each packet began and what it is charged, and the shard's total.
+//!
+//! Must never: charge a connection twice, or keep an entry after its connection closed.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+
+use super::core::{Core, Phase, Stamp, stamp, stamp_ms};
+use super::io::Step;
+use crate::codec::{self, Packet, ReasonCode};
+use crate::log;
+
+/// A shard's share of `max_partial_input_bytes` (0: no limit).
+pub(crate) fn shard_budget(total: usize, shards: usize) -> usize {
+    if total == 0 {
+        return usize::MAX;
+    }
+    (total / shards.max(1)).max(1)
+}
+
+/// One connection's incomplete packet.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    generation: u32,
+    /// When its first byte was read.
+    since: Stamp,
+    /// Bytes charged (the buffer's capacity).
+    charged: usize,
+}
+
+/// The shard's incomplete packets.
+#[derive(Debug)]
+pub(crate) struct PartialInput {
+    entries: HashMap<u32, Entry>,
+    total: usize,
+    budget: usize,
+}
+
+impl PartialInput {
+    /// `budget`: this shard's share of `max_partial_input_bytes`.
+    pub(crate) fn new(budget: usize) -> PartialInput {
+        PartialInput {
+            entries: HashMap::new(),
+            total: 0,
+            budget,
+        }
+    }
+
+    /// Connection `id` takes its incomplete packet back to add bytes to it: its charge is
+    /// released; returns when the packet began, if it had one charged.
+    pub(crate) fn take(&mut self, id: u32, generation: u32) -> Option<Stamp> {
+        let e = self.entries.remove(&id)?;
+        self.total -= e.charged;
+        (e.generation == generation).then_some(e.since)
+    }
+
+    /// Connection `id` keeps an incomplete packet of `charged` bytes that began at `since`.
+    /// `false` (nothing recorded): that would take the shard past its budget.
+    pub(crate) fn keep(&mut self, id: u32, generation: u32, since: Stamp, charged: usize) -> bool {
+        let replaced = self.entries.get(&id).map_or(0, |e| e.charged);
+        if (self.total - replaced).saturating_add(charged) > self.budget {
+            return false;
+        }
+        self.total = self.total - replaced + charged;
+        self.entries.insert(
+            id,
+            Entry {
+                generation,
+                since,
+                charged,
+            },
+        );
+        true
+    }
+
+    /// When connection `id`'s incomplete packet began, if it holds one.
+    pub(crate) fn since(&self, id: u32, generation: u32) -> Option<Stamp> {
+        self.entries
+            .get(&id)
+            .filter(|e| e.generation == generation)
+            .map(|e| e.since)
+    }
+
+    /// Bytes held in incomplete packets on this shard.
+    pub(crate) fn total(&self) -> usize {
+        self.total
+    }
+}
+
+impl Core {
+    /// Connection `id` keeps `work`, an incomplete packet that began at `began` (`None`:
+    /// with this read), unless that takes the shard past its budget: then it is closed.
+    pub(crate) fn keep_partial(
+        &mut self,
+        id: u32,
+        generation: u32,
+        work: BytesMut,
+        began: Option<Stamp>,
+    ) -> Step {
+        let since = began.unwrap_or_else(|| stamp(self.now_ms));
+        if !self.partial.keep(id, generation, since, work.capacity()) {
+            let held = self.partial.total();
+            self.close_for_input(
+                id,
+                ReasonCode::QuotaExceeded,
+                &format!(
+                    "an incomplete packet of {} bytes would pass the shard's share of \
+                     max_partial_input_bytes ({held} bytes held)",
+                    work.len()
+                ),
+            );
+            return Step::Close;
+        }
+        if let Some(conn) = self.conns.get_mut(id as usize) {
+            conn.input = Some(Box::new(work));
+        }
+        let timeout_ms = u64::from(self.shared.config.limits.incomplete_packet_timeout_secs) * 1000;
+        if began.is_none() && timeout_ms > 0 {
+            self.schedule_conn(id, stamp_ms(since) + timeout_ms + 100);
+        }
+        Step::Continue
+    }
+
+    /// Connection `id`'s timer fired: `true` when it was closed because its incomplete
+    /// packet is older than `incomplete_packet_timeout_secs`; otherwise its timer is set for
+    /// that moment if it holds one.
+    pub(crate) fn incomplete_packet_expired(&mut self, id: u32, generation: u32) -> bool {
+        let timeout_ms = u64::from(self.shared.config.limits.incomplete_packet_timeout_secs) * 1000;
+        let Some(since) = self.partial.since(id, generation) else {
+            return false;
+        };
+        if timeout_ms == 0 {
+            return false;
+        }
+        let deadline = stamp_ms(since) + timeout_ms;
+        if self.now_ms < deadline {
+            self.schedule_conn(id, deadline + 100);
+            return false;
+        }
+        let secs = timeout_ms / 1000;
+        self.close_for_input(
+            id,
+            ReasonCode::KeepAliveTimeout,
+            &format!("a packet begun {secs}s ago is still incomplete"),
+        );
+        self.request_close(id);
+        true
+    }
+
+    /// Connection `id` ends for what it sent: its incomplete packet is released, a v5 client
+    /// past CONNACK gets DISCONNECT with `code`, and a line names the client. The caller
+    /// closes it.
+    fn close_for_input(&mut self, id: u32, code: ReasonCode, why: &str) {
+        let Some(conn) = self.conns.get_mut(id as usize) else {
+            return;
+        };
+        let generation = conn.generation;
+        conn.input = None;
+        if conn.phase == Phase::Open
+            && let Some(v) = conn.version
+            && v.is_v5()
+        {
+            let packet = Packet::Disconnect(codec::Disconnect::new(code));
+            codec::encode(&packet, v, &mut conn.out);
+        }
+        let (peer, client) = (conn.peer, conn.client);
+        self.partial.take(id, generation);
+        let client = self.client_name(client);
+        log!(
+            WARN,
+            self.log_id,
+            "client {client} at {peer}: {why}; closing"
+        );
+    }
+
+    /// Connection `id` closes or stops reading: its incomplete packet's charge is released.
+    pub(crate) fn release_partial(&mut self, id: u32) {
+        if let Some(generation) = self.conns.get(id as usize).map(|c| c.generation) {
+            self.partial.take(id, generation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_bounds_the_total_and_a_take_releases_its_charge() {
+        let mut p = PartialInput::new(100);
+        assert!(p.keep(1, 7, 5, 60));
+        assert!(!p.keep(2, 7, 5, 41), "61+ would pass 100");
+        assert!(p.keep(2, 7, 5, 40));
+        assert_eq!(p.total(), 100);
+        assert_eq!(p.take(1, 7), Some(5));
+        assert_eq!(p.total(), 40);
+        assert_eq!(p.take(1, 7), None, "charged once");
+        assert!(p.keep(2, 7, 5, 90), "a new charge replaces the old one");
+        assert_eq!(p.total(), 90);
+    }
+
+    #[test]
+    fn a_reused_slot_does_not_inherit_the_start() {
+        let mut p = PartialInput::new(100);
+        assert!(p.keep(1, 7, 5, 10));
+        assert_eq!(p.since(1, 8), None);
+        assert_eq!(p.take(1, 8), None);
+        assert_eq!(p.total(), 0, "the old charge is released all the same");
+    }
+}
