@@ -247,10 +247,7 @@ impl Default for StorageConfig {
 /// Everything the broker needs to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The addresses today's runtime binds and serves: the plain MQTT listeners (no TLS, no
-    /// WebSocket, no PROXY header) of `listeners`, in order. Derived by `set_listeners`.
-    pub listen: Vec<SocketAddr>,
-    /// Every configured listener: the TOML `listen` entries (plain MQTT) first, then the
+    /// Every listener the broker binds: the TOML `listen` entries (plain MQTT) first, then the
     /// `[[listeners]]` tables; or the `--listen` arguments, which replace both.
     pub listeners: Vec<ListenerConfig>,
     /// Number of shards (threads); 0 means one per available core.
@@ -263,7 +260,7 @@ pub struct Config {
     pub limits: Limits,
     /// Persistence.
     pub storage: StorageConfig,
-    /// Authentication and authorization (`[auth]`; not enforced by the broker yet).
+    /// Authentication and authorization (`[auth]`).
     pub auth: AuthConfig,
     /// The MQTT-SN gateway (`[mqttsn]`).
     pub mqttsn: MqttSnConfig,
@@ -276,7 +273,6 @@ const DEFAULT_LISTEN: SocketAddr =
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![DEFAULT_LISTEN],
             listeners: vec![ListenerConfig::new(ListenerUrl::mqtt(DEFAULT_LISTEN))],
             shards: 0,
             driver: DriverKind::Auto,
@@ -408,23 +404,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Sets the listeners and derives `listen` (the plain MQTT ones) from them.
+    /// Replaces the listeners.
     pub fn set_listeners(&mut self, listeners: Vec<ListenerConfig>) {
-        self.listen = listeners
-            .iter()
-            .filter(|l| l.is_plain_tcp())
-            .map(|l| l.url.addr)
-            .collect();
         self.listeners = listeners;
-    }
-
-    /// The listeners that today's runtime does not serve (TLS, WebSocket, PROXY header):
-    /// they are configured and checked, and served once the transports are wired into the
-    /// shards.
-    pub fn unserved_listeners(&self) -> impl Iterator<Item = &ListenerConfig> {
-        self.listeners
-            .iter()
-            .filter(|l| !l.is_plain_tcp() && !l.url.kind.is_udp())
     }
 
     /// The UDP address of the MQTT-SN listener, if there is one (at most one is served:
@@ -434,6 +416,12 @@ impl Config {
             .iter()
             .find(|l| l.url.kind.is_udp())
             .map(|l| l.url.addr)
+    }
+
+    /// A configuration with one plain MQTT listener on `addr` (e.g. port 0 in tests).
+    pub fn listen_on(mut self, addr: SocketAddr) -> Config {
+        self.listeners = vec![ListenerConfig::new(ListenerUrl::mqtt(addr))];
+        self
     }
 
     /// Applies environment overrides (`RINGMQ_DRIVER=epoll|auto`).
@@ -714,7 +702,8 @@ mod tests {
         let Command::Run(c) = parse_args(args("")).expect("parse") else {
             panic!("not run")
         };
-        assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().expect("addr")]);
+        let urls: Vec<String> = c.listeners.iter().map(|l| l.url.to_string()).collect();
+        assert_eq!(urls, ["mqtt://127.0.0.1:1883"]);
         assert_eq!(c.limits.max_packet_size, 1024 * 1024);
         assert_eq!(c.limits.receive_maximum, 32);
     }
@@ -726,7 +715,7 @@ mod tests {
         let Command::Run(c) = cmd else {
             panic!("not run")
         };
-        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.listeners.len(), 2);
         assert_eq!(c.shards, 4);
         assert_eq!(c.effective_shards(), 4);
     }
@@ -789,8 +778,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(c.listeners.len(), 2);
-        assert_eq!(c.listen, vec!["127.0.0.1:1".parse().expect("addr")]);
-        assert_eq!(c.unserved_listeners().count(), 1);
+        assert!(c.listeners[0].is_plain_tcp() && !c.listeners[1].is_plain_tcp());
         let e = parse_args(args("--listen mqtts://127.0.0.1:3")).expect_err("no cert");
         assert!(e.to_string().contains("mqtts://127.0.0.1:3"), "{e}");
         let e = parse_args(args("--listen wss://127.0.0.1:3/a?b")).expect_err("bad path");
@@ -801,12 +789,11 @@ mod tests {
         .expect("parse") else {
             panic!("not run")
         };
-        assert_eq!(c.listen, vec!["127.0.0.1:1".parse().expect("addr")]);
+        assert_eq!(c.listeners.len(), 2);
         assert_eq!(
             c.mqttsn_listener(),
             Some("127.0.0.1:1884".parse().expect("addr"))
         );
-        assert_eq!(c.unserved_listeners().count(), 0);
     }
 
     #[test]
@@ -839,11 +826,6 @@ mod tests {
                 "mqtt://0.0.0.0:1884"
             ]
         );
-        assert_eq!(
-            c.listen.len(),
-            2,
-            "plain MQTT listeners are what the runtime binds"
-        );
         assert!(c.listeners[1].use_identity_as_username);
         assert!(c.listeners[2].proxy_protocol);
 
@@ -852,8 +834,9 @@ mod tests {
             p,
         )
         .expect("toml");
-        assert!(
-            only_tls.listen.is_empty(),
+        assert_eq!(
+            only_tls.listeners.len(),
+            1,
             "no default listener beside [[listeners]]"
         );
         assert_eq!(Config::from_toml("", p).expect("empty"), Config::default());

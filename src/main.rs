@@ -2,8 +2,9 @@
 //! SIGINT/SIGTERM (SIGHUP reloads the password and ACL files); or `ringmq passwd`, which
 //! edits a password file and exits; or `ringmq reload --pid PID`, which sends SIGHUP.
 //!
-//! Must never: panic on bad input (every error is a message and exit code 2, or 1 when the
-//! broker fails at run time).
+//! Must never: panic on bad input (every error is a message and exit code 2: settings,
+//! listener files, an address that cannot be bound; or 1 when the broker fails at run
+//! time, e.g. a store it cannot use).
 
 use std::process::ExitCode;
 
@@ -79,28 +80,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // Every listener's files are loaded and checked before any listener opens, so that a
-    // missing or mismatched certificate stops the start with a message naming it.
-    if let Err(e) = ringmq::transport::ListenerRuntime::load_all(&config) {
-        eprintln!("ringmq: {e}");
-        return ExitCode::from(2);
-    }
-    for l in config.unserved_listeners() {
-        ringmq::log!(
-            WARN,
-            None,
-            "listener {} is configured but not served yet: this build serves plain MQTT over TCP only",
-            l.url
-        );
-    }
-    if config.listen.is_empty() && config.mqttsn_listener().is_none() {
-        eprintln!(
-            "ringmq: no listener this build can serve (plain MQTT over TCP without PROXY, or \
-             mqttsn://)"
-        );
-        return ExitCode::from(2);
-    }
-    let mut listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
-    listen.extend(config.mqttsn_listener().map(|a| format!("mqttsn://{a}")));
+    // missing or mismatched certificate stops the start with a message naming it; the
+    // loaded listeners go to the shards.
+    let runtimes = match ringmq::transport::ListenerRuntime::load_all(&config) {
+        Ok(runtimes) => runtimes,
+        Err(e) => {
+            eprintln!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen: Vec<String> = config.listeners.iter().map(|l| l.url.to_string()).collect();
     ringmq::log!(
         INFO,
         None,
@@ -110,11 +99,11 @@ fn main() -> ExitCode {
         config.effective_shards(),
         config.driver
     );
-    match ringmq::shard::run(config) {
+    match ringmq::shard::run(config, runtimes) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringmq: {e}");
-            ExitCode::from(1)
+            ExitCode::from(e.exit_code())
         }
     }
 }

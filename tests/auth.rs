@@ -377,7 +377,9 @@ fn a_bad_password_file_stops_the_start() {
     let files = AuthFiles::new("badfile");
     files.write_passwd("alice:$7$101$notbase64!!$zz\n");
     let mut config = Config {
-        listen: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))],
+        listeners: vec![ringmq::config::ListenerConfig::new(
+            ringmq::config::ListenerUrl::mqtt(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        )],
         shards: 1,
         ..Config::default()
     };

@@ -35,6 +35,13 @@ TARGET AND CONNECTIONS:
                        the broker's listen backlog or SYNs are dropped and retried after 1 s
                        (reported as listen_overflows) [32]
   --pid PID            broker pid: report its CPU use (and RSS for idle)
+  --tls                MQTT over TLS (rustls); needs --cafile
+  --cafile FILE        PEM CA certificate(s) the broker's certificate must chain to
+  --server-name NAME   name the broker's certificate must carry [localhost]
+  --ws                 MQTT over WebSocket (with --tls: over TLS), path --ws-path
+  --ws-path PATH       WebSocket upgrade path [/mqtt]
+  --probe-port N       during the run, a plain MQTT client on this port of --host sends
+                       PINGREQ every 5 ms; its PINGRESP latency is reported (probe_*)
   --username U         CONNECT with this user name (every connection)
   --password P         and this password (with --username) [empty]
 
@@ -124,6 +131,15 @@ pub struct Config {
     pub quiet: bool,
     /// Subscribers connect with a persistent session.
     pub persistent: bool,
+    /// MQTT over TLS, verified against `cafile` for `server_name`.
+    pub tls: bool,
+    pub cafile: Option<String>,
+    pub server_name: String,
+    /// MQTT over WebSocket on `ws_path`.
+    pub ws: bool,
+    pub ws_path: String,
+    /// A plain MQTT port to measure PINGRESP latency on during the run.
+    pub probe_port: Option<u16>,
     /// Every CONNECT carries this user name and `password`.
     pub username: Option<String>,
     pub password: String,
@@ -136,6 +152,16 @@ impl Config {
             self.publishers + self.subscribers
         } else {
             self.connections
+        }
+    }
+
+    /// The transport under MQTT, as reports name it.
+    pub fn transport_name(&self) -> &'static str {
+        match (self.tls, self.ws) {
+            (false, false) => "tcp",
+            (true, false) => "tls",
+            (false, true) => "ws",
+            (true, true) => "wss",
         }
     }
 
@@ -239,6 +265,12 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         json: false,
         quiet: false,
         persistent: false,
+        tls: false,
+        cafile: None,
+        server_name: "localhost".into(),
+        ws: false,
+        ws_path: "/mqtt".into(),
+        probe_port: None,
         username: None,
         password: String::new(),
     };
@@ -250,10 +282,15 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         };
         i += 1;
         check_applies(&flag, scenario)?;
-        if flag == "--json" || flag == "--quiet" || flag == "--persistent" {
+        if matches!(
+            flag.as_str(),
+            "--json" | "--quiet" | "--persistent" | "--tls" | "--ws"
+        ) {
             match flag.as_str() {
                 "--json" => c.json = true,
                 "--quiet" => c.quiet = true,
+                "--tls" => c.tls = true,
+                "--ws" => c.ws = true,
                 _ => c.persistent = true,
             }
             continue;
@@ -313,6 +350,15 @@ fn apply(c: &mut Config, flag: &str, v: &str) -> Result<(), String> {
         "--rate" => c.rate = Some(num(flag, v)?),
         "--connections" => c.connections = num(flag, v)?,
         "--hold" => c.hold = parse_duration(v)?,
+        "--cafile" => c.cafile = Some(v.to_string()),
+        "--server-name" => c.server_name = v.to_string(),
+        "--ws-path" => {
+            if !v.starts_with('/') || v.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(format!("--ws-path: '{v}' (a path like /mqtt)"));
+            }
+            c.ws_path = v.to_string()
+        }
+        "--probe-port" => c.probe_port = Some(num(flag, v)?),
         _ => return Err(format!("unknown option '{flag}' (see --help)")),
     }
     Ok(())
@@ -349,6 +395,9 @@ fn validate(c: &mut Config) -> Result<(), String> {
         && !(r.is_finite() && r > 0.0)
     {
         return Err("--rate must be a positive number of messages per second".into());
+    }
+    if c.tls != c.cafile.is_some() {
+        return Err("--tls and --cafile go together".into());
     }
     if c.topics == 0 {
         c.topics = c.publishers;
@@ -412,5 +461,12 @@ mod tests {
         assert!(p("pairs --duration 3x").is_err());
         assert!(p("pairs --rate -5").is_err());
         assert!(p("pairs --help").unwrap().is_none());
+        assert!(p("pairs --tls").is_err(), "--tls without --cafile");
+        assert!(
+            p("pairs --cafile ca.pem").is_err(),
+            "--cafile without --tls"
+        );
+        let c = p("idle --tls --cafile ca.pem --ws").unwrap().unwrap();
+        assert_eq!((c.transport_name(), c.ws_path.as_str()), ("wss", "/mqtt"));
     }
 }

@@ -4,12 +4,16 @@
 //! per thread), `traffic` (load models, QoS flows, accounting per delivery), `wire` (its own
 //! small MQTT codec), `payload` (the header in every message), `accounting` (loss, duplicates,
 //! reordering), `report` (table and JSON), `run` (the main thread's timeline), `sys` (libc),
-//! `sn` (the `mqttsn` scenario: MQTT-SN publishers over UDP, self-contained).
+//! `link` (its own TLS client use and WebSocket framing for `--tls` / `--ws`), `probe`
+//! (PINGRESP latency of a bystander client during a run), `sn` (the `mqttsn` scenario: MQTT-SN
+//! publishers over UDP, self-contained).
 
 mod accounting;
 mod cli;
+mod link;
 mod payload;
 mod plan;
+mod probe;
 mod report;
 mod run;
 mod sn;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::cli::{Config, Scenario};
+use crate::link::LinkConfig;
 use crate::sys::EventFd;
 
 /// Keeps atomics written by different threads on different cache lines.
@@ -222,10 +223,17 @@ pub struct Shared {
     /// One past the highest sequence number delivered on each edge.
     pub edge_head: Vec<Padded<AtomicU64>>,
     pub threads: Vec<ThreadShared>,
+    /// TLS and WebSocket settings of every connection; `None` for plain TCP.
+    pub link: Option<LinkConfig>,
 }
 
 impl Shared {
-    pub fn new(cfg: Config, plan: Plan, tag: u32) -> std::io::Result<Shared> {
+    pub fn new(
+        cfg: Config,
+        plan: Plan,
+        tag: u32,
+        link: Option<LinkConfig>,
+    ) -> std::io::Result<Shared> {
         let threads = (0..cfg.threads)
             .map(|_| {
                 Ok(ThreadShared {
@@ -247,6 +255,7 @@ impl Shared {
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             threads,
+            link,
         })
     }
 

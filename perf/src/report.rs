@@ -15,15 +15,18 @@ pub enum ErrorKind {
     Protocol,
     ConnackRefused,
     SubackRefused,
+    /// The TLS or WebSocket layer failed (handshake, certificate, upgrade, frames).
+    Transport,
 }
 
-pub const ERROR_KINDS: [(ErrorKind, &str); 6] = [
+pub const ERROR_KINDS: [(ErrorKind, &str); 7] = [
     (ErrorKind::Connect, "connect_failed"),
     (ErrorKind::Closed, "closed_by_broker"),
     (ErrorKind::Io, "io_error"),
     (ErrorKind::Protocol, "protocol_error"),
     (ErrorKind::ConnackRefused, "connack_refused"),
     (ErrorKind::SubackRefused, "suback_refused"),
+    (ErrorKind::Transport, "transport_error"),
 ];
 
 /// Microseconds, 1 us .. 60 s, 3 significant digits.

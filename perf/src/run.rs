@@ -9,7 +9,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::cli::{Config, Scenario};
+use crate::link::LinkConfig;
 use crate::plan::{Plan, Shared, Timing};
+use crate::probe::Probe;
 use crate::report::{ERROR_KINDS, Report, ThreadReport};
 use crate::sys;
 use crate::worker::Worker;
@@ -27,7 +29,23 @@ pub fn run(cfg: Config) -> Result<i32, String> {
         .build_hasher()
         .finish() as u32;
     let plan = Plan::build(&cfg, tag);
-    let sh = Arc::new(Shared::new(cfg, plan, tag).map_err(|e| format!("eventfd: {e}"))?);
+    let ws = cfg
+        .ws
+        .then(|| (format!("{}:{}", cfg.host, cfg.port), cfg.ws_path.clone()));
+    let tls = cfg
+        .cafile
+        .as_deref()
+        .map(|ca| (ca, cfg.server_name.as_str()));
+    let link = LinkConfig::new(tls, ws)?;
+    let sh = Arc::new(Shared::new(cfg, plan, tag, link).map_err(|e| format!("eventfd: {e}"))?);
+    let probe = sh.cfg.probe_port.map(|port| {
+        let credentials = sh
+            .cfg
+            .username
+            .clone()
+            .map(|u| (u, sh.cfg.password.clone()));
+        Probe::start(sh.cfg.host, port, credentials)
+    });
     let mut handles = Vec::new();
     for id in 0..sh.cfg.threads {
         let w = Worker::new(sh.clone(), id).map_err(|e| format!("epoll: {e}"))?;
@@ -43,6 +61,9 @@ pub fn run(cfg: Config) -> Result<i32, String> {
         Scenario::ConnectRate => run_connect_rate(&sh, handles),
         _ => run_messaging(&sh, handles),
     }?;
+    if let Some(probe) = probe {
+        probe.finish(&mut report)?;
+    }
     if let (Some(a), Some(b)) = (overflows0, sys::listen_overflows()) {
         // Host-wide counter: another program's listen queue overflowing would count too.
         report.int("listen_overflows", b.saturating_sub(a));
@@ -328,6 +349,7 @@ fn header(rep: &mut Report, cfg: &Config) {
     rep.str("scenario", cfg.scenario.name());
     rep.str("broker", format!("{}:{}", cfg.host, cfg.port));
     rep.str("protocol", cfg.protocol_name());
+    rep.str("transport", cfg.transport_name());
     rep.int("threads", cfg.threads as u64);
 }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::accounting::SeqTracker;
+use crate::link::Link;
 use crate::plan::{NOT_STARTED, Role, Shared, Timing};
 use crate::report::{ErrorKind, ThreadReport};
 use crate::sys::{self, Epoll, Fd};
@@ -61,11 +62,14 @@ pub struct Conn {
     pub pending: Vec<u8>,
     pub started_ns: u64,
     pub last_tx_ns: u64,
+    /// TLS and/or WebSocket under MQTT (`--tls`, `--ws`); `out` then holds MQTT bytes that
+    /// the link wraps at flush time, once its handshakes are done.
+    pub link: Option<Box<Link>>,
 }
 
 impl Conn {
     pub fn queued(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len() - self.out_pos + self.link.as_ref().map_or(0, |l| l.queued())
     }
 }
 
@@ -95,6 +99,8 @@ pub struct Worker {
     pub report: ThreadReport,
     last_tick: u64,
     stopping: bool,
+    /// The first TLS/WebSocket error of this thread was printed.
+    link_error_shown: bool,
 }
 
 impl Worker {
@@ -122,6 +128,7 @@ impl Worker {
             report: ThreadReport::new(),
             last_tick: 0,
             stopping: false,
+            link_error_shown: false,
             id,
             sh: sh.clone(),
         };
@@ -143,6 +150,7 @@ impl Worker {
                 pending: Vec::new(),
                 started_ns: 0,
                 last_tx_ns: 0,
+                link: None,
             });
         }
         Ok(w)
@@ -225,10 +233,21 @@ impl Worker {
             self.handshaking += 1;
             let fd = sys::start_connect(spec.source, self.sh.cfg.host, self.sh.cfg.port)
                 .and_then(|fd| self.epoll.add(fd.raw(), i as u64).map(|()| fd));
+            let link = match &self.sh.link {
+                None => Ok(None),
+                Some(cfg) => {
+                    Link::new(cfg, (self.id as u64) << 32 | i as u64).map(|l| Some(Box::new(l)))
+                }
+            };
+            let Ok(link) = link else {
+                self.fail(i, ErrorKind::Transport);
+                continue;
+            };
             match fd {
                 Ok(fd) => {
                     let c = &mut self.conns[i];
                     c.fd = Some(fd);
+                    c.link = link;
                     let persistent =
                         self.sh.cfg.persistent && matches!(spec.role, Role::Subscriber(_));
                     let cfg = &self.sh.cfg;
@@ -319,6 +338,10 @@ impl Worker {
     /// Reads what the socket holds (up to READS_PER_TURN calls) and handles every complete
     /// packet; an incomplete tail is kept in the connection's `pending`.
     fn read_conn(&mut self, i: usize) {
+        if self.conns[i].link.is_some() {
+            self.read_linked(i);
+            return;
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut drained = false;
         for _ in 0..READS_PER_TURN {
@@ -382,6 +405,92 @@ impl Worker {
         self.scratch = scratch;
     }
 
+    /// `read_conn` for a connection with a link: socket bytes go through it, and the MQTT
+    /// bytes it gives (after the incomplete tail kept from the last read, in `pending`) are
+    /// handled; what the link must send (handshake, pong) marks the connection dirty.
+    fn read_linked(&mut self, i: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut drained = false;
+        for _ in 0..READS_PER_TURN {
+            let c = &mut self.conns[i];
+            let (Some(fd), Some(link)) = (c.fd.as_ref(), c.link.as_mut()) else {
+                drained = true;
+                break;
+            };
+            self.report.syscalls += 1;
+            let n = match sys::read(fd.raw(), &mut scratch) {
+                Ok(0) => Err(ErrorKind::Closed),
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(ErrorKind::Closed),
+                Err(_) => Err(ErrorKind::Io),
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(kind) => {
+                    self.fail(i, kind);
+                    drained = true;
+                    break;
+                }
+            };
+            let was_ready = link.ready();
+            let mut app = std::mem::take(&mut c.pending);
+            let fed = link.input(&scratch[..n], &mut app);
+            let ready = link.ready();
+            let wire_out = link.queued() > 0;
+            if let Err(e) = fed {
+                if !self.link_error_shown && !self.sh.cfg.quiet && !self.stopping {
+                    // One line per thread: enough to tell a certificate problem from a
+                    // refused upgrade; the counts are in the report.
+                    eprintln!("ringmq-bench: connection {i}: {e}");
+                    self.link_error_shown = true;
+                }
+                let kind = match e {
+                    crate::link::LinkError::Closed => ErrorKind::Closed,
+                    crate::link::LinkError::Tls(_) | crate::link::LinkError::Ws(_) => {
+                        ErrorKind::Transport
+                    }
+                };
+                self.fail(i, kind);
+                drained = true;
+                break;
+            }
+            if wire_out || (ready && !was_ready) {
+                self.mark_dirty(i);
+            }
+            self.now = self.sh.now_ns();
+            let Ok(used) = self.handle_bytes(i, &app) else {
+                self.fail(i, ErrorKind::Protocol);
+                drained = true;
+                break;
+            };
+            let c = &mut self.conns[i];
+            if c.state == ConnState::Closed {
+                drained = true;
+                break;
+            }
+            app.drain(..used);
+            if app.len() > scratch.len() / 2 {
+                self.fail(i, ErrorKind::Protocol); // a frame larger than we accept
+                drained = true;
+                break;
+            }
+            c.pending = app;
+            if n < scratch.len() {
+                drained = true;
+                break;
+            }
+        }
+        if !drained {
+            self.carry.push(i);
+        }
+        self.scratch = scratch;
+    }
+
     /// Handles every complete frame in `buf`; returns the bytes consumed.
     fn handle_bytes(&mut self, i: usize, buf: &[u8]) -> Result<usize, WireError> {
         let max = self.scratch_len_limit();
@@ -426,6 +535,7 @@ impl Worker {
         c.out = Vec::new();
         c.out_pos = 0;
         c.pending = Vec::new();
+        c.link = None;
         if self.stopping {
             return;
         }
@@ -452,6 +562,10 @@ impl Worker {
         if c.write_blocked || c.queued() == 0 || c.state == ConnState::Connecting {
             return;
         }
+        if c.link.is_some() {
+            self.flush_linked(i);
+            return;
+        }
         let Some(fd) = c.fd.as_ref() else { return };
         self.report.syscalls += 1;
         match sys::send(fd.raw(), &c.out[c.out_pos..]) {
@@ -468,6 +582,46 @@ impl Worker {
                         c.out_pos = 0;
                     }
                 }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.mark_dirty(i),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                self.fail(i, ErrorKind::Closed)
+            }
+            Err(_) => self.fail(i, ErrorKind::Io),
+        }
+    }
+
+    /// `flush` for a connection with a link: the MQTT bytes are wrapped (once the handshakes
+    /// are done) into one WebSocket frame / TLS records, then the link's bytes are sent.
+    fn flush_linked(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let (Some(fd), Some(link)) = (c.fd.as_ref(), c.link.as_mut()) else {
+            return;
+        };
+        if link.ready() && c.out_pos < c.out.len() {
+            if link.wrap(&c.out[c.out_pos..]).is_err() {
+                self.fail(i, ErrorKind::Transport);
+                return;
+            }
+            c.out.clear();
+            c.out_pos = 0;
+        }
+        if link.queued() == 0 {
+            return;
+        }
+        self.report.syscalls += 1;
+        match sys::send(fd.raw(), &link.wire[link.wire_pos..]) {
+            Ok(n) => {
+                let short = n < link.queued();
+                link.sent(n);
+                c.last_tx_ns = self.now;
+                c.write_blocked = short;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => self.mark_dirty(i),

@@ -246,9 +246,8 @@ impl ListenerConfig {
         }
     }
 
-    /// Whether today's runtime serves this listener itself: plain MQTT over TCP with no
-    /// PROXY header. The others need the transport layers wired into the shard (MQTT-SN is
-    /// served by the shards' gateway, see `Config::mqttsn_listener`).
+    /// Plain MQTT over TCP with no PROXY header: its connections carry no transport (the
+    /// shard reads and writes their sockets directly).
     pub fn is_plain_tcp(&self) -> bool {
         self.url.kind == ListenerKind::Mqtt && !self.proxy_protocol
     }
@@ -310,13 +309,16 @@ pub(super) fn validate_listeners(listeners: &[ListenerConfig]) -> Result<(), Con
     }
     for (i, l) in listeners.iter().enumerate() {
         l.validate()?;
+        // Port 0 asks the kernel for a free port: each such listener gets its own. TCP and
+        // UDP ports are apart.
         let before = &listeners[..i];
         let same_protocol = |o: &&ListenerConfig| o.url.kind.is_udp() == l.url.kind.is_udp();
-        if before
-            .iter()
-            .filter(same_protocol)
-            .any(|o| o.url.addr == l.url.addr)
-        {
+        let twice = l.url.addr.port() != 0
+            && before
+                .iter()
+                .filter(same_protocol)
+                .any(|o| o.url.addr == l.url.addr);
+        if twice {
             return Err(l.error(format!("address {} is used by two listeners", l.url.addr)));
         }
         if l.url.kind.is_udp() && before.iter().any(|o| o.url.kind.is_udp()) {

@@ -191,7 +191,6 @@ mod tests {
         let c = Config::from_toml(text, p).expect("toml");
         c.validate().expect("valid");
         assert_eq!(c.listeners[1].url.kind, ListenerKind::MqttSn);
-        assert_eq!(c.unserved_listeners().count(), 0);
         let both = format!("{text}[mqttsn]\nenabled = true\n");
         let c = Config::from_toml(&both, p).expect("toml");
         assert!(c.validate().is_err(), "two MQTT-SN listeners");

@@ -219,13 +219,16 @@ impl Core {
     }
 
     /// After `validate_connect`: establishes who the client is (at once, after a password
-    /// check, or after a SCRAM exchange), then `admit`s it.
+    /// check, or after a SCRAM exchange), then `admit`s it. `certified`: the username is the
+    /// identity of a client certificate the TLS handshake verified (`use_identity_as_username`),
+    /// which authenticates the client by itself: only the client-id policy still applies.
     pub(crate) fn authenticate(
         &mut self,
         id: u32,
         connect: Box<Connect>,
         client_id: ClientId,
         assigned: bool,
+        certified: bool,
         rest: &mut BytesMut,
     ) -> Step {
         let Some(conn) = self.conns.get(id as usize) else {
@@ -247,15 +250,27 @@ impl Core {
             ProtocolVersion::V31 | ProtocolVersion::V311 => None,
         };
         if let Some(method) = method {
+            if certified {
+                // The certificate says who the client is; an exchange would name a user of
+                // its own.
+                return self.refuse_auth(id, &pending, Refusal::BadAuthMethod);
+            }
             return self.start_exchange(id, key, pending, method);
         }
         let snapshot = Arc::clone(&self.auth.snapshot);
         let c = &pending.connect;
-        let decision = snapshot.check_connect(
-            c.username.as_ref().map(MqttStr::as_str),
-            c.password.as_deref(),
-            pending.client_id.as_str(),
-        );
+        let decision = if certified {
+            match snapshot.check_client_id(pending.client_id.as_str()) {
+                Ok(()) => Decision::Allow,
+                Err(refusal) => Decision::Refuse(refusal),
+            }
+        } else {
+            snapshot.check_connect(
+                c.username.as_ref().map(MqttStr::as_str),
+                c.password.as_deref(),
+                pending.client_id.as_str(),
+            )
+        };
         match decision {
             Decision::Allow => {
                 let identity = Identity {
@@ -288,7 +303,7 @@ impl Core {
                 if let Some(conn) = self.conns.get_mut(id as usize) {
                     conn.phase = Phase::Verifying;
                     if !rest.is_empty() {
-                        conn.input = Some(Box::new(rest.split()));
+                        conn.keep_input(rest.split());
                     }
                 }
                 self.auth.pending.insert(key, pending);
@@ -391,8 +406,8 @@ impl Core {
         let mut rest = self
             .conns
             .get_mut(id as usize)
-            .and_then(|c| c.input.take())
-            .map_or_else(BytesMut::new, |b| *b);
+            .and_then(|c| c.take_input())
+            .unwrap_or_default();
         let identity = Identity {
             username: p.connect.username.as_ref().map(|u| u.as_str().into()),
             enhanced: None,
@@ -411,7 +426,7 @@ impl Core {
         if let Some(conn) = self.conns.get_mut(id as usize)
             && !rest.is_empty()
         {
-            conn.input = Some(Box::new(rest));
+            conn.keep_input(rest);
         }
         match self.process_input(id, &[]) {
             Step::Continue => {}

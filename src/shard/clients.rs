@@ -14,12 +14,14 @@
 use std::sync::Arc;
 
 use super::auth::Identity;
-use super::core::{Client, Core, LINGER_MS, MAX_LINGERING, Phase};
+use super::core::{Client, Conn, Core, LINGER_MS, MAX_LINGERING, Phase};
+use super::event_loop::Lifecycle;
 use super::route::Publisher;
 use super::routes::SessionKey;
 use crate::codec::{Connect, PacketId, QoS, ReasonCode};
 use crate::log;
 use crate::session::{Action, Attach, ClientId, Message, Session};
+use crate::transport::CloseReason;
 
 impl Core {
     /// Attaches connection `id` (CONNECT decoded, home shard reached) to the session of
@@ -408,6 +410,8 @@ impl Core {
     /// many linger already: it closes at once then.
     pub(crate) fn finish_conn(&mut self, id: u32) {
         self.tick_clock();
+        let reason = self.farewell_reason(id);
+        self.set_close_reason(id, reason);
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
@@ -425,7 +429,7 @@ impl Core {
         if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.phase = Phase::Lingering;
             conn.since = stamp;
-            conn.input = None;
+            drop(conn.take_input());
             self.lingering += 1;
         }
         self.release_partial(id);
@@ -459,8 +463,8 @@ impl Core {
         self.reschedule_client(slot);
     }
 
-    /// Closes connection `id` now: whatever the socket takes up to the first hold, then the
-    /// fd closes (a session still attached is told first).
+    /// Closes connection `id` now: whatever the socket takes up to the first hold (and the
+    /// transport's farewell), then the fd closes (a session still attached is told first).
     pub(crate) fn close_now(&mut self, id: u32) {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
@@ -473,13 +477,32 @@ impl Core {
         if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
             self.sn_conn_closing(id);
         }
-        let Some(conn) = self.conns.try_remove(id as usize) else {
+        let Some(mut conn) = self.conns.try_remove(id as usize) else {
             return;
         };
         if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
             self.lingering -= 1;
         }
-        super::io::last_flush(&conn);
+        let reason = self.farewell_reason_of(&conn);
+        super::io::last_flush(&mut conn, reason);
+    }
+
+    /// The farewell a transport sends when connection `id` ends (see `farewell_reason_of`).
+    fn farewell_reason(&self, id: u32) -> CloseReason {
+        self.conns
+            .get(id as usize)
+            .map_or(CloseReason::Normal, |c| self.farewell_reason_of(c))
+    }
+
+    /// The reason set for the connection (a protocol error, a timeout), or "going away"
+    /// once the broker is closing its connections.
+    fn farewell_reason_of(&self, conn: &Conn) -> CloseReason {
+        match self.lifecycle {
+            Lifecycle::Running | Lifecycle::RoutingWills | Lifecycle::WillsRouted => {
+                conn.close_reason()
+            }
+            Lifecycle::Closing { .. } | Lifecycle::Done => CloseReason::GoingAway,
+        }
     }
 
     /// Server shutdown, first step: the will of every session that ends with the broker is

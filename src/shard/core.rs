@@ -29,6 +29,7 @@ use crossbeam_channel::Receiver;
 use super::Shared;
 use super::event_loop::Lifecycle;
 use super::hold::{HoldKey, Holds};
+use super::layered::{ConnExtra, HandshakeBudget};
 use super::listen::Listeners;
 use super::mailbox::{Envelope, Outboxes};
 use super::persist::Persist;
@@ -42,6 +43,7 @@ use crate::config::Limits;
 use crate::log;
 use crate::router::interest::ShardId;
 use crate::session::{Action, ClientId, Session};
+use crate::transport::CloseReason;
 
 /// Where a connection is in its life. A close is never abrupt: the reason code (CONNACK,
 /// DISCONNECT) and any held acknowledgement must reach the client, and the client's unread
@@ -116,11 +118,13 @@ pub(crate) struct Conn {
     /// `max_output_buffer` (0: it is not). A `Stamp` (4 B instead of 8: a connection exists
     /// once per idle client).
     pub(crate) since: Stamp,
+    /// The client's address: the socket's peer, or the address a PROXY header gave.
     pub(crate) peer: SocketAddr,
-    /// An incomplete trailing packet; `None` between packets (8 B in every idle connection
-    /// instead of an empty 32 B buffer).
-    pub(crate) input: Option<Box<BytesMut>>,
-    /// Encoded output not yet written; freed once fully written.
+    /// What most connections lack, boxed together (see `ConnExtra`): `None` for a plain TCP
+    /// connection between packets (8 B in every idle connection).
+    pub(crate) extra: Option<Box<ConnExtra>>,
+    /// Encoded output not yet written (MQTT bytes: a transport wraps them at flush time);
+    /// freed once fully written.
     pub(crate) out: BytesMut,
 }
 
@@ -205,6 +209,12 @@ pub(crate) struct Core {
     pub(crate) actions: Vec<Action>,
     /// The one read buffer of the shard (`SCRATCH_SIZE` bytes, allocated once).
     pub(crate) scratch: Box<[u8]>,
+    /// The MQTT bytes a transport took out of one read of `scratch` (decrypted, unframed);
+    /// the second read buffer of the shard, emptied after each read.
+    pub(crate) app: BytesMut,
+    /// The time this turn spent on TLS handshakes and the connections waiting for the next (see
+    /// `layered::HandshakeBudget`).
+    pub(crate) handshakes: HandshakeBudget,
     /// Output of calls on sessions with no connection; always discarded.
     pub(crate) sink: BytesMut,
     pub(crate) connect_limits: DecodeLimits,
@@ -277,6 +287,8 @@ impl Core {
             dirty: Vec::new(),
             actions: Vec::new(),
             scratch: vec![0; super::io::SCRATCH_SIZE].into_boxed_slice(),
+            app: BytesMut::new(),
+            handshakes: HandshakeBudget::default(),
             sink: BytesMut::new(),
             connect_limits,
             packet_limits,
@@ -319,6 +331,7 @@ impl Core {
         fd: Option<OwnedFd>,
         peer: SocketAddr,
         phase: Phase,
+        extra: Option<Box<ConnExtra>>,
     ) -> Option<u32> {
         let generation = self.next_generation();
         let slot = self.conns.next_key() as u32;
@@ -346,7 +359,7 @@ impl Core {
             client: None,
             since: stamp(self.now_ms),
             peer,
-            input: None,
+            extra,
             out: BytesMut::new(),
         };
         self.conns.insert(conn);
@@ -382,7 +395,7 @@ impl Core {
     pub(crate) fn mark_dirty(&mut self, id: u32) {
         if let Some(conn) = self.conns.get_mut(id as usize)
             && !conn.dirty
-            && !conn.out.is_empty()
+            && conn.has_output()
         {
             conn.dirty = true;
             self.dirty.push((id, conn.generation));
@@ -631,6 +644,7 @@ impl Core {
                     self.schedule_conn(id, self.now_ms + 1000);
                 } else {
                     log!(INFO, self.log_id, "no CONNECT from {peer} in time; closing");
+                    self.set_close_reason(id, CloseReason::PolicyViolation);
                     self.request_close(id);
                 }
             }
@@ -640,6 +654,8 @@ impl Core {
                     self.log_id,
                     "password check for {peer} not done in time; closing"
                 );
+                // The broker did not answer in time, not the client's fault.
+                self.set_close_reason(id, CloseReason::InternalError);
                 self.request_close(id);
             }
             Phase::Open if since != 0 && over && self.now_ms >= since_ms + slow_ms => {
@@ -652,6 +668,7 @@ impl Core {
                     slow_ms / 1000
                 );
                 self.stats.slow_consumers_closed += 1;
+                self.set_close_reason(id, CloseReason::PolicyViolation);
                 self.request_close(id);
             }
             Phase::Open if since != 0 && over => self.schedule_conn(id, since_ms + slow_ms),

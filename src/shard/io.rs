@@ -25,6 +25,7 @@ use super::sys::{self, IoOutcome, PollEvent};
 use crate::codec::{self, DecodeError, ErrorResponse, Packet};
 use crate::log;
 use crate::router::interest::ShardId;
+use crate::transport::CloseReason;
 
 /// Size of the shard's read buffer: one `recv` takes up to this much. 64 KiB holds hundreds
 /// of small packets (one syscall for all of them) and a typical kernel socket buffer's worth.
@@ -81,6 +82,7 @@ impl Core {
     /// While the outboxes are backlogged no event is taken (the kernel keeps them queued)
     /// and no input is read: reading makes envelopes for shards that are already behind.
     pub(crate) fn io_pass(&mut self, events: &mut [PollEvent]) -> bool {
+        self.handshake_turn();
         let n = if self.reads_held() {
             0
         } else {
@@ -107,6 +109,7 @@ impl Core {
             }
         }
         n == events.len()
+            || self.handshakes.has_waiting()
             || self.listeners.has_again()
             || self.sn.as_ref().is_some_and(|sn| sn.has_again())
             || (!self.again.is_empty() && !self.reads_held())
@@ -188,11 +191,11 @@ impl Core {
     /// not read its socket is not read either: TCP back-pressure instead of unbounded
     /// output.
     fn reads_paused(&self, conn: &Conn) -> bool {
-        conn.write_blocked && conn.out.len() > self.shared.config.limits.max_output_buffer
+        conn.write_blocked && conn.output_len() > self.shared.config.limits.max_output_buffer
     }
 
     /// Reads connection `id` (unless it is paused or closing) and acts on what came of it.
-    fn service_read(&mut self, id: u32) {
+    pub(crate) fn service_read(&mut self, id: u32) {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
         };
@@ -204,7 +207,7 @@ impl Core {
         if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.read_pending = paused;
         }
-        if paused {
+        if paused || self.defer_handshake(id) {
             return;
         }
         match self.on_readable(id) {
@@ -260,6 +263,7 @@ impl Core {
         let handoff = Handoff {
             fd,
             peer: conn.peer,
+            extra: conn.extra,
             connect,
             client_id,
             assigned,
@@ -285,6 +289,10 @@ impl Core {
     }
 
     fn read_loop(&mut self, id: u32, scratch: &mut [u8]) -> ReadOutcome {
+        let layered = self
+            .conns
+            .get(id as usize)
+            .is_some_and(|c| c.transport().is_some());
         for read in 0..READS_PER_WAKE {
             if read > 0 && self.reads_held() {
                 // The last read made another shard's share of envelopes too large: leave
@@ -311,7 +319,12 @@ impl Core {
                     return ReadOutcome::Close;
                 }
                 Ok(IoOutcome::Done(n)) => {
-                    match self.process_input(id, &scratch[..n]) {
+                    let step = if layered {
+                        self.read_through(id, &mut scratch[..n])
+                    } else {
+                        self.process_input(id, &scratch[..n])
+                    };
+                    match step {
                         Step::Continue => {}
                         Step::Close => return ReadOutcome::Close,
                         Step::Handoff(parts) => return ReadOutcome::Handoff(parts),
@@ -344,11 +357,11 @@ impl Core {
             return Step::Close;
         };
         let generation = conn.generation;
-        let mut work = match conn.input.take() {
+        let mut work = match conn.take_input() {
             None => BytesMut::from(bytes),
             Some(mut input) => {
                 input.extend_from_slice(bytes);
-                *input
+                input
             }
         };
         let began = self.partial.take(id, generation);
@@ -446,9 +459,16 @@ impl Core {
     }
 
     /// CONNECT decoded: refuse it, or authenticate it (`auth.rs`), which then hands the
-    /// connection to its home or attaches it here.
-    fn on_connect(&mut self, id: u32, connect: Box<codec::Connect>, rest: &mut BytesMut) -> Step {
+    /// connection to its home or attaches it here. On a listener with
+    /// `use_identity_as_username` the client certificate names the user first.
+    fn on_connect(
+        &mut self,
+        id: u32,
+        mut connect: Box<codec::Connect>,
+        rest: &mut BytesMut,
+    ) -> Step {
         use crate::session::{ConnectDecision, validate_connect};
+        let certified = self.apply_identity(id, &mut connect);
         let decision = validate_connect(&connect, &self.shared.config.limits);
         let (client_id, assigned) = match decision {
             Ok(ConnectDecision::UseId(client_id)) => (client_id, false),
@@ -462,7 +482,7 @@ impl Core {
             let who = connect.client_id.as_str();
             return self.refuse_connect_at(id, connect.protocol, code, who, "max_connections");
         }
-        self.authenticate(id, connect, client_id, assigned, rest)
+        self.authenticate(id, connect, client_id, assigned, certified, rest)
     }
 
     /// Refuses connection `id`'s CONNECT with `code` (CONNACK, then close) and logs it;
@@ -560,6 +580,12 @@ impl Core {
             "protocol error from client {client} at {peer}: {error:?}; answering {response:?} and closing"
         );
         self.mark_dirty(id);
+        let reason = if matches!(error, DecodeError::PacketTooLarge) {
+            CloseReason::TooBig
+        } else {
+            CloseReason::ProtocolError
+        };
+        self.set_close_reason(id, reason);
         self.request_close(id);
     }
 
@@ -616,12 +642,17 @@ impl Core {
             return self.sn_flush_conn(id);
         }
         conn.dirty = false;
-        let was_over = conn.out.len() >= max_out;
+        let was_over = conn.output_len() >= max_out;
         let ready = conn
             .holds
             .as_ref()
             .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
-        if !conn.write_blocked
+        if conn.transport().is_some() {
+            if let Err(failure) = super::layered::flush_layered(conn) {
+                self.flush_failed(id, failure);
+                return;
+            }
+        } else if !conn.write_blocked
             && ready > 0
             && let Some(fd) = conn.fd.as_ref()
         {
@@ -655,13 +686,21 @@ impl Core {
             }
         }
         if conn.phase == Phase::Lingering && conn.out.is_empty() && conn.holds.is_none() {
-            // Everything the client is owed is written: FIN, then wait for the client's.
-            if let Some(fd) = conn.fd.as_ref() {
-                sys::shutdown_write(fd.as_fd());
+            // Everything the client is owed is written or wrapped: the transport's farewell
+            // (`layered::send_farewell`), then, once the socket took every byte, FIN, then
+            // wait for the client's.
+            if let Err(failure) = super::layered::send_farewell(conn) {
+                self.flush_failed(id, failure);
+                return;
             }
-            conn.phase = Phase::Draining;
+            if !conn.has_output() {
+                if let Some(fd) = conn.fd.as_ref() {
+                    sys::shutdown_write(fd.as_fd());
+                }
+                conn.phase = Phase::Draining;
+            }
         }
-        let now_under = conn.out.len() < max_out;
+        let now_under = conn.output_len() < max_out;
         if was_over && now_under && self.marked_conn != Some(id) {
             self.resume_output(id);
         }
@@ -700,7 +739,7 @@ impl Core {
         let Some(conn) = self.conns.get(id as usize) else {
             return false;
         };
-        conn.out.len() >= max_out
+        conn.output_len() >= max_out
             || conn
                 .client
                 .and_then(|s| self.clients.get(s as usize))
@@ -742,8 +781,13 @@ impl Core {
 
 /// The last write before a connection's fd closes: whatever the socket takes now (the
 /// final CONNACK / DISCONNECT) up to the first hold (held acknowledgements are never sent
-/// early, not even at a close), then FIN.
-pub(crate) fn last_flush(conn: &Conn) {
+/// early, not even at a close), then FIN. A connection with a transport also sends its
+/// farewell for `reason` (`layered::last_flush_layered`).
+pub(crate) fn last_flush(conn: &mut Conn, reason: CloseReason) {
+    if conn.transport().is_some() {
+        super::layered::last_flush_layered(conn, reason);
+        return;
+    }
     let Some(fd) = conn.fd.as_ref() else {
         return; // A gateway client: `Core::close_now` gave its output to the gateway.
     };

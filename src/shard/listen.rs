@@ -14,10 +14,13 @@
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use super::core::{Core, Phase};
+use super::layered::ConnExtra;
 use super::sys::{self, Accepted};
 use crate::log;
+use crate::transport::ListenerRuntime;
 
 /// Connections accepted per listener per turn: a connection storm cannot keep the shard from
 /// its existing clients for more than a few milliseconds.
@@ -38,10 +41,18 @@ pub(crate) fn listener_of(token: u64) -> Option<usize> {
     (token as u32 == u32::MAX).then_some((token >> 32) as usize)
 }
 
+/// One listening socket and the settings of its listener.
+#[derive(Debug)]
+struct Listener {
+    socket: TcpListener,
+    /// What its connections speak (the transport each gets at accept).
+    runtime: Arc<ListenerRuntime>,
+}
+
 /// The listening sockets of one shard.
 #[derive(Debug)]
 pub(crate) struct Listeners {
-    sockets: Vec<TcpListener>,
+    sockets: Vec<Listener>,
     /// Listeners whose accept budget ran out with connections still waiting.
     again: Vec<usize>,
     /// Given up when the process is out of fds (see the module doc); reopened after.
@@ -52,7 +63,13 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    pub(crate) fn new(sockets: Vec<TcpListener>) -> Listeners {
+    /// `runtimes[i]` holds the settings of `sockets[i]`.
+    pub(crate) fn new(sockets: Vec<TcpListener>, runtimes: Vec<Arc<ListenerRuntime>>) -> Listeners {
+        let sockets = sockets
+            .into_iter()
+            .zip(runtimes)
+            .map(|(socket, runtime)| Listener { socket, runtime })
+            .collect();
         Listeners {
             sockets,
             again: Vec::new(),
@@ -69,7 +86,7 @@ impl Listeners {
     /// Registers every listener with the poller.
     pub(crate) fn register(&self, poller: &sys::Poller) -> std::io::Result<()> {
         for (i, l) in self.sockets.iter().enumerate() {
-            poller.add_listener(l.as_fd(), listener_token(i))?;
+            poller.add_listener(l.socket.as_fd(), listener_token(i))?;
         }
         Ok(())
     }
@@ -82,8 +99,8 @@ impl Listeners {
     /// Stops accepting: the sockets refuse new connections from now on and close.
     pub(crate) fn close(&mut self, poller: &sys::Poller) {
         for l in self.sockets.drain(..) {
-            poller.delete(l.as_fd());
-            sys::shutdown_listener(l.as_fd());
+            poller.delete(l.socket.as_fd());
+            sys::shutdown_listener(l.socket.as_fd());
         }
         self.again.clear();
     }
@@ -96,8 +113,11 @@ impl Core {
             let Some(listener) = self.listeners.sockets.get(index) else {
                 return; // Closed at shutdown.
             };
-            match sys::accept(listener.as_fd()) {
-                Ok(Accepted::Conn(fd, peer)) => self.adopt_accepted(fd, peer),
+            match sys::accept(listener.socket.as_fd()) {
+                Ok(Accepted::Conn(fd, peer)) => {
+                    let runtime = Arc::clone(&listener.runtime);
+                    self.adopt_accepted(fd, peer, &runtime);
+                }
                 Ok(Accepted::WouldBlock) => return,
                 Err(e) if is_fd_limit(&e) => {
                     self.refuse_for_fd_limit(index);
@@ -121,7 +141,14 @@ impl Core {
         }
     }
 
-    fn adopt_accepted(&mut self, fd: OwnedFd, peer: std::net::SocketAddr) {
+    /// A connection accepted on the listener `runtime` describes: with that listener's
+    /// transport (none for plain MQTT), waiting for its handshakes and CONNECT.
+    fn adopt_accepted(
+        &mut self,
+        fd: OwnedFd,
+        peer: std::net::SocketAddr,
+        runtime: &Arc<ListenerRuntime>,
+    ) {
         if self.far_beyond_connection_limit() {
             // Far beyond `max_connections`: closed unread (the ones just beyond the limit
             // are refused with a CONNACK).
@@ -132,7 +159,15 @@ impl Core {
             log!(WARN, self.log_id, "TCP_NODELAY on {peer}: {e}");
         }
         self.stats.accepted += 1;
-        let _ = self.new_conn(Some(fd), peer, Phase::AwaitingConnect);
+        let transport = match runtime.new_transport() {
+            Ok(transport) => transport,
+            Err(e) => {
+                log!(WARN, self.log_id, "connection from {peer}: {e}; closing it");
+                return;
+            }
+        };
+        let extra = transport.map(|t| ConnExtra::with_transport(*t));
+        let _ = self.new_conn(Some(fd), peer, Phase::AwaitingConnect, extra);
     }
 
     /// Out of fds: take one waiting connection with the reserve fd's place and close it, so
@@ -141,7 +176,9 @@ impl Core {
     fn refuse_for_fd_limit(&mut self, index: usize) {
         self.listeners.reserve = None;
         let took_one = match self.listeners.sockets.get(index) {
-            Some(listener) => matches!(sys::accept(listener.as_fd()), Ok(Accepted::Conn(..))),
+            Some(listener) => {
+                matches!(sys::accept(listener.socket.as_fd()), Ok(Accepted::Conn(..)))
+            }
             None => false,
         };
         self.listeners.reserve = sys::reserve_fd().ok();

@@ -166,6 +166,9 @@ pub(crate) struct Handoff {
     /// The socket; closed if the envelope is dropped.
     pub(crate) fd: OwnedFd,
     pub(crate) peer: SocketAddr,
+    /// The connection's transport (TLS session, WebSocket state) with the wire bytes it
+    /// made that were not sent yet; `None` for plain TCP.
+    pub(crate) extra: Option<Box<super::layered::ConnExtra>>,
     pub(crate) connect: Box<Connect>,
     pub(crate) client_id: ClientId,
     /// The id was assigned by the accepting shard (v5 CONNACK must carry it).

@@ -7,7 +7,8 @@
 //! (`home_shard`), the cross-shard channels, per-shard timer wheels, and start/stop.
 //!
 //! Files: `event_loop.rs` (the one loop of a shard and its shutdown steps), `listen.rs`
-//! (listening sockets and accept), `io.rs` (readiness, read/decode and flush), `core.rs`
+//! (listening sockets and accept), `io.rs` (readiness, read/decode and flush), `layered.rs`
+//! (the same through a TLS, WebSocket or PROXY transport), `core.rs`
 //! (shard state, sessions, actions, timers), `route.rs` (publish/subscribe flow and
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
 //! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
@@ -27,6 +28,7 @@ mod core;
 mod event_loop;
 mod hold;
 mod io;
+mod layered;
 mod limits;
 mod listen;
 pub mod log;
@@ -53,6 +55,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{Config, DriverKind};
 use crate::router::interest::{MAX_SHARDS, ShardId};
+use crate::transport::ListenerRuntime;
 
 pub use self::mailbox::DEFAULT_CROSS_SHARD_QUEUE;
 use self::mailbox::{Envelope, Mesh};
@@ -93,9 +96,30 @@ pub enum BrokerError {
     #[error("{0}")]
     Storage(ringmq_storage::OpenError),
     #[error("{0}")]
+    Listener(crate::config::ConfigError),
+    #[error("{0}")]
     Auth(crate::auth::AuthError),
     #[error("cannot start the password verifier threads: {0}")]
     Verifiers(std::io::Error),
+}
+
+impl BrokerError {
+    /// The process exit status for this error: 2 for what the operator's settings caused
+    /// (a listener whose files do not load, an address that cannot be bound), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BrokerError::Bind { .. } | BrokerError::Listener(_) | BrokerError::TooManyShards(_) => {
+                2
+            }
+            BrokerError::Runtime { .. }
+            | BrokerError::Thread { .. }
+            | BrokerError::ShardPanicked(_)
+            | BrokerError::Signal(_)
+            | BrokerError::Storage(_)
+            | BrokerError::Auth(_)
+            | BrokerError::Verifiers(_) => 1,
+        }
+    }
 }
 
 /// The home shard of a client id: where its session, takeover, will and expiry live.
@@ -179,7 +203,7 @@ impl StopTrigger {
 }
 
 impl BrokerHandle {
-    /// The addresses actually bound (port 0 resolved), in `config.listen` order.
+    /// The addresses actually bound (port 0 resolved), in `config.listeners` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.local_addrs.clone()
     }
@@ -232,15 +256,35 @@ impl BrokerHandle {
     }
 }
 
-/// Starts the shards and returns once every one is accepting.
+/// Starts the shards and returns once every one is accepting. Loads the listeners' files
+/// first (`ListenerRuntime::load_all`); `start_with` takes them loaded.
 pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
+    let runtimes = ListenerRuntime::load_all(&config).map_err(BrokerError::Listener)?;
+    start_with(config, runtimes)
+}
+
+/// Starts the shards with the listeners' loaded settings (`runtimes[i]` belongs to
+/// `config.listeners[i]`) and returns once every one is accepting.
+pub fn start_with(
+    config: Config,
+    runtimes: Vec<Arc<ListenerRuntime>>,
+) -> Result<BrokerHandle, BrokerError> {
     let shards = config.effective_shards();
     if shards > MAX_SHARDS {
         return Err(BrokerError::TooManyShards(shards));
     }
     // Before any listener: a password or ACL file that cannot be loaded stops the start.
     let auth = auth::AuthShared::start(&config.auth)?;
-    let (listeners, local_addrs) = bind_listeners(&config.listen, shards)?;
+    // TCP listeners here; the MQTT-SN one (UDP) is the gateway's (`mqttsn.rs`).
+    let tcp: Vec<usize> = (0..config.listeners.len())
+        .filter(|&i| !config.listeners[i].url.kind.is_udp())
+        .collect();
+    let addrs: Vec<SocketAddr> = tcp.iter().map(|&i| config.listeners[i].url.addr).collect();
+    let runtimes: Vec<Arc<ListenerRuntime>> = tcp
+        .iter()
+        .filter_map(|&i| runtimes.get(i).cloned())
+        .collect();
+    let (listeners, local_addrs) = bind_listeners(&addrs, shards)?;
     let (udp, mqttsn_addr) = match config.mqttsn_listener() {
         Some(addr) => {
             let per_shard = config.mqttsn.socket_per_shard;
@@ -281,6 +325,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
         let start = ShardStart {
             listeners,
             udp: udp.next().flatten(),
+            runtimes: runtimes.clone(),
             inbox,
             persist: recovery::persist_for(&mut opened, i, shared.wall_epoch_ms),
             recovery: recoveries.next().unwrap_or_default(),
@@ -334,15 +379,27 @@ pub fn start(config: Config) -> Result<BrokerHandle, BrokerError> {
 }
 
 /// Runs the broker until SIGINT or SIGTERM, then shuts it down cleanly. SIGHUP reloads the
-/// password and ACL files (`BrokerHandle::reload_auth`); it never ends the process.
-pub fn run(config: Config) -> Result<(), BrokerError> {
+/// password and ACL files (`BrokerHandle::reload_auth`) and the TLS certificates of every
+/// TLS listener (`reload_tls`); it never ends the process.
+pub fn run(config: Config, runtimes: Vec<Arc<ListenerRuntime>>) -> Result<(), BrokerError> {
     // Block the signals before any shard thread exists, so that every thread inherits the
     // mask and only the waiting thread receives them.
     sys::block_signals().map_err(BrokerError::Signal)?;
-    let handle = start(config)?;
-    let mut addrs: Vec<String> = handle.local_addrs().iter().map(|a| a.to_string()).collect();
+    let urls: Vec<String> = config
+        .listeners
+        .iter()
+        .filter(|l| !l.url.kind.is_udp())
+        .map(|l| l.url.to_string())
+        .collect();
+    let handle = start_with(config, runtimes.clone())?;
+    let mut addrs: Vec<String> = handle
+        .local_addrs()
+        .iter()
+        .zip(&urls)
+        .map(|(a, url)| format!("{a} ({})", url.split("://").next().unwrap_or("mqtt")))
+        .collect();
     if let Some(a) = handle.mqttsn_addr() {
-        addrs.push(format!("mqttsn://{a}"));
+        addrs.push(format!("{a} (mqttsn)"));
     }
     crate::log!(INFO, None, "listening on {}", addrs.join(", "));
     loop {
@@ -350,6 +407,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         if sig == libc::SIGHUP {
             crate::log!(INFO, None, "SIGHUP received: reloading");
             reload_auth_files(&handle);
+            reload_tls(&runtimes);
             continue;
         }
         crate::log!(INFO, None, "signal {sig} received; shutting down");
@@ -358,6 +416,33 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
     handle.shutdown()?;
     crate::log!(INFO, None, "stopped");
     Ok(())
+}
+
+/// SIGHUP: every TLS listener reads its certificate, key and client CA files again. New
+/// connections use what loaded; a listener whose files fail keeps the configuration it had
+/// (the error names the file and the problem). Open connections keep theirs either way.
+pub fn reload_tls(runtimes: &[Arc<ListenerRuntime>]) {
+    let tls = runtimes.iter().filter(|rt| rt.tls().is_some());
+    let mut any = false;
+    for rt in tls {
+        any = true;
+        match rt.reload_tls() {
+            Ok(()) => crate::log!(
+                INFO,
+                None,
+                "SIGHUP: listener {}: TLS certificate reloaded",
+                rt.config().url
+            ),
+            Err(e) => crate::log!(
+                ERROR,
+                None,
+                "SIGHUP: {e}; the listener keeps its previous certificate"
+            ),
+        }
+    }
+    if !any {
+        crate::log!(INFO, None, "SIGHUP: no TLS listener to reload");
+    }
 }
 
 /// SIGHUP's part for authentication: the password and ACL files.
@@ -462,6 +547,8 @@ struct ShardStart {
     listeners: Vec<std::net::TcpListener>,
     /// The shard's MQTT-SN socket, when the gateway runs, and whether the shard reads it.
     udp: Option<(std::net::UdpSocket, bool)>,
+    /// The loaded settings of each listener, by the same index.
+    runtimes: Vec<Arc<ListenerRuntime>>,
     inbox: Vec<Receiver<Envelope>>,
     persist: persist::Persist,
     recovery: recovery::ShardRecovery,
@@ -522,6 +609,7 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     let ShardStart {
         listeners,
         udp,
+        runtimes,
         inbox,
         persist,
         mut recovery,
@@ -534,7 +622,7 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
         fail(BrokerError::TooManyShards(index + 1));
         return;
     };
-    let listeners = listen::Listeners::new(listeners);
+    let listeners = listen::Listeners::new(listeners, runtimes);
     let (poller, poller_ready) = match new_poller() {
         Ok(p) => p,
         Err(source) => {

@@ -384,7 +384,7 @@ impl Core {
             }
             self.request_close(old);
         }
-        let Some(id) = self.new_conn(None, at, Phase::AwaitingConnect) else {
+        let Some(id) = self.new_conn(None, at, Phase::AwaitingConnect, None) else {
             return;
         };
         let generation = self.conns.get(id as usize).map_or(0, |c| c.generation);

@@ -1,9 +1,10 @@
 //! Incomplete packets: what a shard holds of packets whose last bytes have not arrived.
 //!
 //! A decoded packet needs all its bytes, so a connection's incomplete trailing packet is kept
-//! between reads (`Conn::input`). Without bounds a client (or thousands) can send a packet
-//! of up to `max_packet_size` short of its last bytes and keep it held for ever (3.x keep
-//! alive 0). Two limits apply:
+//! between reads (`Conn::keep_input`; behind a transport, these are the MQTT bytes it let
+//! through). Without bounds a client (or thousands) can send a packet of up to
+//! `max_packet_size` short of its last bytes and keep it held for ever (3.x keep alive 0).
+//! Two limits apply:
 //! - a budget for all incomplete packets of the broker, `max_partial_input_bytes`, shared
 //!   equally by the shards: a connection whose incomplete packet would take its shard past
 //!   its share is closed (v5: DISCONNECT 0x97 Quota exceeded), the others keep theirs;
@@ -126,7 +127,7 @@ impl Core {
             return Step::Close;
         }
         if let Some(conn) = self.conns.get_mut(id as usize) {
-            conn.input = Some(Box::new(work));
+            conn.keep_input(work);
         }
         let timeout_ms = u64::from(self.shared.config.limits.incomplete_packet_timeout_secs) * 1000;
         if began.is_none() && timeout_ms > 0 {
@@ -169,7 +170,7 @@ impl Core {
             return;
         };
         let generation = conn.generation;
-        conn.input = None;
+        drop(conn.take_input());
         if conn.phase == Phase::Open
             && let Some(v) = conn.version
             && v.is_v5()

@@ -615,19 +615,20 @@ impl Core {
         let Handoff {
             fd,
             peer,
+            extra,
             connect,
             client_id,
             assigned,
             leftover,
             identity,
         } = handoff;
-        let Some(id) = self.new_conn(Some(fd), peer, Phase::Open) else {
+        let Some(id) = self.new_conn(Some(fd), peer, Phase::Open, extra) else {
             return;
         };
         self.attach(id, connect, client_id, assigned, identity);
         if !leftover.is_empty() {
             if let Some(conn) = self.conns.get_mut(id as usize) {
-                conn.input = Some(Box::new(leftover));
+                conn.keep_input(leftover);
             }
             // Packets pipelined behind CONNECT.
             let _ = self.process_input(id, &[]);

@@ -101,7 +101,7 @@ impl ListenerRuntime {
             listener: Arc::clone(self),
             proxy,
             tls,
-            ws: self.ws.as_ref().map(|_| WsSession::new()),
+            ws: self.ws.as_ref().map(|_| Box::new(WsSession::new())),
             closed: false,
         })))
     }

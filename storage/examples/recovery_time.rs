@@ -71,7 +71,8 @@ fn build(dir: &Path, shape: &Shape) {
                 qos: 1,
                 retain: false,
                 expires_at_ms: None,
-                properties: Bytes::new(),
+                // An empty v5 property block (its length, 0), as the broker stores it.
+                properties: Bytes::from_static(&[0]),
             })
         })
         .collect();

@@ -8,8 +8,9 @@ pub mod authfiles;
 pub mod conn;
 pub mod process;
 pub mod sn;
+pub mod transport;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
@@ -70,9 +71,13 @@ macro_rules! both_drivers {
 /// (removed with it); shut down on drop.
 pub struct Broker {
     handle: Option<ringmq::shard::BrokerHandle>,
+    /// The first listener's address.
     pub addr: SocketAddr,
     /// The MQTT-SN gateway's UDP address, when `adjust` added an `mqttsn://` listener.
     pub mqttsn: Option<SocketAddr>,
+    /// Every listener's address, in `config.listeners` order
+    /// (TCP ones: the MQTT-SN address is `mqttsn`).
+    pub addrs: Vec<SocketAddr>,
     pub shards: usize,
     _data: process::DataDir,
 }
@@ -90,11 +95,11 @@ impl Broker {
     /// `adjust` runs after `RINGMQ_DRIVER` is applied, so it may also pick the driver.
     pub fn start_with(shards: usize, adjust: impl FnOnce(&mut Config)) -> Broker {
         let mut config = Config {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
             shards,
             pin_threads: false,
             ..Config::default()
-        };
+        }
+        .listen_on(SocketAddr::from(([127, 0, 0, 1], 0)));
         // Every black-box test runs on the persistent path: acknowledgements of stored state
         // wait for real commits.
         let data = process::DataDir::new("inproc");
@@ -104,11 +109,12 @@ impl Broker {
             .expect("RINGMQ_DRIVER");
         adjust(&mut config);
         let handle = ringmq::shard::start(config).expect("broker starts");
-        let addr = handle.local_addrs()[0];
+        let addrs = handle.local_addrs();
         let mqttsn = handle.mqttsn_addr();
         Broker {
             handle: Some(handle),
-            addr,
+            addr: addrs[0],
+            addrs,
             mqttsn,
             shards,
             _data: data,
@@ -223,9 +229,10 @@ pub fn publish(topic_name: &str, payload: &[u8], qos: QoS, id: Option<u16>) -> P
     }
 }
 
-/// A blocking client speaking raw packets through RingMQ's codec.
+/// A blocking client speaking raw packets through RingMQ's codec, over TCP or any
+/// transport (`transport::Link`).
 pub struct Client {
-    stream: TcpStream,
+    stream: transport::Link,
     buf: BytesMut,
     pub version: ProtocolVersion,
     next_id: u16,
@@ -236,11 +243,29 @@ impl Client {
     pub fn tcp(addr: SocketAddr, version: ProtocolVersion) -> Client {
         let stream = TcpStream::connect(addr).expect("tcp connect");
         stream.set_nodelay(true).expect("nodelay");
+        Client::over(
+            transport::Link::Stream(transport::Stream::Tcp(stream)),
+            version,
+        )
+    }
+
+    /// A client over an open link (handshakes done), nothing sent yet.
+    pub fn over(link: transport::Link, version: ProtocolVersion) -> Client {
         Client {
-            stream,
+            stream: link,
             buf: BytesMut::new(),
             version,
             next_id: 0,
+        }
+    }
+
+    /// Sends `connect` over `link` and returns the client with the CONNACK.
+    pub fn connect_over(link: transport::Link, connect: Connect) -> (Client, codec::ConnAck) {
+        let mut c = Client::over(link, connect.protocol);
+        c.send(&Packet::Connect(Box::new(connect)));
+        match c.recv() {
+            Packet::ConnAck(ack) => (c, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
@@ -296,7 +321,7 @@ impl Client {
 
     /// A second handle on the socket, to write from another thread while this one reads.
     pub fn writer(&self) -> TcpStream {
-        self.stream.try_clone().expect("clone the socket")
+        self.stream.tcp().try_clone().expect("clone the socket")
     }
 
     /// Like `send_bytes`, but a write the broker refused (it already closed) is returned, not
@@ -323,17 +348,25 @@ impl Client {
             if now >= deadline {
                 return Ok(None);
             }
-            self.stream
-                .set_read_timeout(Some(deadline - now))
-                .expect("timeout");
-            let mut chunk = [0u8; 65_536];
+            self.stream.set_read_timeout(deadline - now);
+            let mut chunk = Vec::new();
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err("closed"),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => self.buf.extend_from_slice(&chunk),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     return Ok(None);
                 }
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Err("closed"),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset
+                            | ErrorKind::UnexpectedEof
+                            | ErrorKind::BrokenPipe
+                            | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    return Err("closed");
+                }
                 Err(e) => panic!("read error: {e}"),
             }
         }
@@ -487,11 +520,11 @@ impl Client {
         self.send(&Packet::Disconnect(Disconnect::new(
             ReasonCode::NormalDisconnection,
         )));
-        let _ = self.stream.shutdown(Shutdown::Write);
+        self.stream.shutdown();
     }
 
     /// Drops the TCP connection without DISCONNECT (an abnormal close: will is due).
     pub fn drop_connection(self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.tcp().shutdown(Shutdown::Both);
     }
 }

@@ -39,7 +39,10 @@ impl Drop for DataDir {
 /// A running `ringmq` process; killed on drop if still running.
 pub struct BrokerProcess {
     child: Child,
+    /// The first listener's address (the plain MQTT listener the harness adds).
     pub addr: SocketAddr,
+    /// Every listener's address, in the order of the `--listen` arguments.
+    pub addrs: Vec<SocketAddr>,
     /// Everything the broker wrote to stderr so far.
     log: Arc<Mutex<String>>,
     /// The store of a broker started with `start` (the caller owns it with `start_in`).
@@ -67,17 +70,37 @@ impl BrokerProcess {
     /// As `start_in`, but a broker that exits instead of listening gives its exit status
     /// and log.
     pub fn try_start_in(data: &DataDir, args: &[&str]) -> Result<BrokerProcess, (String, String)> {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        BrokerProcess::try_start_raw(data, &all)
+    }
+
+    /// Starts `ringmq` with the TOML `config` (written into the store's directory) and the
+    /// extra `args`, and no listener but the config's (or the args'); `addrs` are the
+    /// listeners in config order.
+    pub fn start_config(config: &str, args: &[&str]) -> BrokerProcess {
+        let data = DataDir::new("broker");
+        let file = data.0.join("ringmq.toml");
+        std::fs::write(&file, config).expect("write config");
+        let file = file.to_str().expect("utf-8 path").to_owned();
+        let mut all = vec!["--config", file.as_str()];
+        all.extend_from_slice(args);
+        match BrokerProcess::try_start_raw(&data, &all) {
+            Ok(mut b) => {
+                b._data = Some(data);
+                b
+            }
+            Err((status, log)) => panic!("ringmq did not start ({status}); its log:\n{log}"),
+        }
+    }
+
+    /// As `try_start_in`, with exactly `args` (no listener added).
+    pub fn try_start_raw(data: &DataDir, args: &[&str]) -> Result<BrokerProcess, (String, String)> {
         // RINGMQ_TEST_BROKER runs another build instead (to show that a test fails on it).
         let binary = std::env::var_os("RINGMQ_TEST_BROKER")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_ringmq").into());
         let mut child = Command::new(binary)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--no-pin",
-                "--data-dir",
-                data.path(),
-            ])
+            .args(["--no-pin", "--data-dir", data.path()])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -92,9 +115,14 @@ impl BrokerProcess {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // `listening on 127.0.0.1:41234 (mqtt), 127.0.0.1:41235 (mqtts), ...`
                 if !sent && let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split(',').next().unwrap_or("").trim().to_owned();
-                    let _ = tx.send(addr);
+                    let addrs: Vec<String> = rest
+                        .split(',')
+                        .filter_map(|l| l.split_whitespace().next())
+                        .map(str::to_owned)
+                        .collect();
+                    let _ = tx.send(addrs);
                     sent = true;
                 }
                 let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
@@ -102,9 +130,14 @@ impl BrokerProcess {
                 log.push('\n');
             }
         });
-        let addr = loop {
+        let addrs: Vec<SocketAddr> = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(addr) => break addr.parse().expect("listen address"),
+                Ok(addrs) => {
+                    break addrs
+                        .iter()
+                        .map(|a| a.parse().expect("listen address"))
+                        .collect();
+                }
                 Err(_) => {
                     if let Ok(Some(status)) = child.try_wait() {
                         // Let the reader thread take the last lines.
@@ -122,7 +155,8 @@ impl BrokerProcess {
         };
         Ok(BrokerProcess {
             child,
-            addr,
+            addr: addrs[0],
+            addrs,
             log,
             _data: None,
         })
