@@ -9,14 +9,10 @@
 //! Must never: panic on user input; every error is a `ConfigError` with a message that names
 //! the offending argument, key or value.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use bytes::Bytes;
-use serde::{Deserialize, Deserializer};
-
-use crate::router::topic::TopicName;
+use serde::Deserialize;
 
 use crate::auth::AuthConfig;
 use crate::auth::passwd::{PASSWD_USAGE, PasswdAction, PasswdArgs, invalid_user_name};
@@ -25,9 +21,11 @@ use crate::router::shared::ShareStrategy;
 use crate::session::TopicAliasPolicy;
 
 mod listener;
+mod mqttsn;
 mod ops;
 
 pub use listener::{ListenerConfig, ListenerKind, ListenerUrl, WsPath};
+pub use mqttsn::MqttSnConfig;
 pub use ops::{DEFAULT_SYS_INTERVAL_SECS, OpsConfig};
 
 /// Which I/O driver the shards use.
@@ -248,83 +246,6 @@ impl Default for StorageConfig {
     }
 }
 
-/// MQTT-SN 1.2 gateway settings (`[mqttsn]`): plain data the sans-IO gateway
-/// (`crate::mqttsn`) reads, and that the runtime will use to open the UDP socket.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttSnConfig {
-    /// Run the gateway. `validate` refuses `true` until the shards own a UDP socket for it:
-    /// the sans-IO gateway exists, the runtime wiring does not yet.
-    pub enabled: bool,
-    /// UDP address to listen on; 1884 is MQTT-SN's conventional port.
-    pub listen: SocketAddr,
-    /// GwId in ADVERTISE and GWINFO (MQTT-SN 5.3.6).
-    pub gateway_id: u8,
-    /// Seconds between ADVERTISE broadcasts (MQTT-SN 6.1, T_ADV, "greater than 15 minutes"
-    /// in 7.2); 0 disables them. Also the Duration field of ADVERTISE, hence `u16`.
-    pub advertise_interval_secs: u16,
-    /// Where ADVERTISE goes (a broadcast or multicast address); none: no ADVERTISE.
-    pub advertise_to: Option<SocketAddr>,
-    /// T_retry (MQTT-SN 6.13, 7.2: 10 to 15 s): seconds before an unacknowledged REGISTER,
-    /// QoS 1/2 PUBLISH or PUBREL to a client is sent again.
-    pub retry_interval_secs: u16,
-    /// N_retry (MQTT-SN 6.13, 7.2: 3 to 5): retransmissions before the client counts as lost.
-    pub retry_count: u8,
-    /// Messages held per client while it sleeps (MQTT-SN 6.14) or while a registration is
-    /// pending; past it the oldest QoS 0 message is dropped. QoS 1/2 messages beyond one in
-    /// flight stay in the MQTT session's own queue (`[limits] max_queued_messages`).
-    pub sleep_buffer_messages: usize,
-    /// Payload bytes held per client under the same rule.
-    pub sleep_buffer_bytes: usize,
-    /// Normal topic ids per client (REGISTER from either side, SUBSCRIBE to a plain name).
-    pub max_topics_per_client: usize,
-    /// Largest datagram accepted or sent (bytes). 65507, the largest UDP payload over IPv4,
-    /// refuses nothing UDP can carry; constrained links set their MTU.
-    pub max_message_size: u16,
-    /// Pre-defined topic ids (MQTT-SN 6.7), shared by every client: a table of
-    /// `id = "topic/name"`, ids 1..=65534, names without wildcards, each name once.
-    #[serde(deserialize_with = "predefined_topics")]
-    pub predefined_topics: BTreeMap<u16, TopicName>,
-}
-
-impl Default for MqttSnConfig {
-    fn default() -> Self {
-        MqttSnConfig {
-            enabled: false,
-            listen: SocketAddr::from(([127, 0, 0, 1], 1884)),
-            gateway_id: 1,
-            advertise_interval_secs: 900,
-            advertise_to: None,
-            retry_interval_secs: 10,
-            retry_count: 3,
-            sleep_buffer_messages: 100,
-            sleep_buffer_bytes: 256 * 1024,
-            max_topics_per_client: 1024,
-            max_message_size: 65507,
-            predefined_topics: BTreeMap::new(),
-        }
-    }
-}
-
-/// Reads `[mqttsn.predefined_topics]`: TOML keys are strings, so ids are parsed here, and
-/// each name becomes a `TopicName` at the edge.
-fn predefined_topics<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<u16, TopicName>, D::Error> {
-    use serde::de::Error;
-    let raw = BTreeMap::<String, String>::deserialize(d)?;
-    let mut out = BTreeMap::new();
-    for (id, name) in raw {
-        let n: u16 = id
-            .parse()
-            .map_err(|_| D::Error::custom(format!("topic id {id:?} is not 1..=65534")))?;
-        let topic = TopicName::new(Bytes::from(name.clone().into_bytes()))
-            .map_err(|e| D::Error::custom(format!("pre-defined topic {name:?}: {e}")))?;
-        out.insert(n, topic);
-    }
-    Ok(out)
-}
-
 /// Everything the broker needs to start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -439,7 +360,9 @@ OPTIONS:
     --listen URL         listener (repeatable; default 127.0.0.1:1883): HOST:PORT or
                          mqtt://HOST:PORT for MQTT over TCP; mqtts://HOST:PORT,
                          ws://HOST:PORT/PATH and wss://HOST:PORT/PATH need the
-                         TLS files of a [[listeners]] table in --config
+                         TLS files of a [[listeners]] table in --config;
+                         mqttsn://HOST:PORT runs the MQTT-SN 1.2 gateway on UDP
+                         (conventionally port 1884; settings in [mqttsn])
     --shards N           shard threads (default: one per core)
     --data-dir DIR       where sessions and messages are stored (default ./ringmq-data)
     --durability MODE    sync (acknowledge after commit, default), relaxed, or none
@@ -471,10 +394,19 @@ impl Config {
             message: e.to_string(),
         })?;
         let mut config = Config::default();
-        if file.listen.is_some() || file.listeners.is_some() {
-            let plain = file.listen.unwrap_or_default().into_iter();
-            let plain = plain.map(|a| ListenerConfig::new(ListenerUrl::mqtt(a)));
-            config.set_listeners(plain.chain(file.listeners.unwrap_or_default()).collect());
+        let mqttsn = file.mqttsn.unwrap_or_default();
+        if file.listen.is_some() || file.listeners.is_some() || mqttsn.enabled {
+            let mut listeners = if file.listen.is_some() || file.listeners.is_some() {
+                let plain = file.listen.unwrap_or_default().into_iter();
+                let plain = plain.map(|a| ListenerConfig::new(ListenerUrl::mqtt(a)));
+                plain.chain(file.listeners.unwrap_or_default()).collect()
+            } else {
+                std::mem::take(&mut config.listeners)
+            };
+            if mqttsn.enabled {
+                listeners.push(ListenerConfig::new(ListenerUrl::mqttsn(mqttsn.listen)));
+            }
+            config.set_listeners(listeners);
         }
         config.shards = file.shards.unwrap_or(config.shards);
         config.driver = file.driver.unwrap_or(config.driver);
@@ -482,7 +414,7 @@ impl Config {
         config.limits = file.limits.unwrap_or(config.limits);
         config.storage = file.storage.unwrap_or(config.storage);
         config.auth = file.auth.unwrap_or(config.auth);
-        config.mqttsn = file.mqttsn.unwrap_or(config.mqttsn);
+        config.mqttsn = mqttsn;
         config.ops.apply_file(ops::OpsFile {
             log_level: file.log_level,
             log_format: file.log_format,
@@ -495,6 +427,15 @@ impl Config {
     /// Replaces the listeners.
     pub fn set_listeners(&mut self, listeners: Vec<ListenerConfig>) {
         self.listeners = listeners;
+    }
+
+    /// The UDP address of the MQTT-SN listener, if there is one (at most one is served:
+    /// `validate`); the gateway runs exactly when there is.
+    pub fn mqttsn_listener(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.url.kind.is_udp())
+            .map(|l| l.url.addr)
     }
 
     /// A configuration with one plain MQTT listener on `addr` (e.g. port 0 in tests).
@@ -793,50 +734,6 @@ impl Config {
     }
 }
 
-impl MqttSnConfig {
-    /// Rejects values the gateway cannot run with.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |what: &'static str, v: &dyn std::fmt::Display| {
-            Err(ConfigError::Value {
-                what,
-                value: v.to_string(),
-            })
-        };
-        if self.enabled {
-            return bad(
-                "mqttsn.enabled (the MQTT-SN gateway is not wired to the shards yet)",
-                &true,
-            );
-        }
-        if self.retry_interval_secs == 0 {
-            return bad("mqttsn.retry_interval_secs (> 0)", &0);
-        }
-        if self.max_message_size < 64 {
-            return bad(
-                "mqttsn.max_message_size (64..=65535)",
-                &self.max_message_size,
-            );
-        }
-        if self.max_topics_per_client > usize::from(u16::MAX - 1) {
-            return bad(
-                "mqttsn.max_topics_per_client (..=65534)",
-                &self.max_topics_per_client,
-            );
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (&id, name) in &self.predefined_topics {
-            // 0x0000 and 0xFFFF are reserved topic ids (MQTT-SN 5.3.11).
-            if id == 0 || id == u16::MAX {
-                return bad("mqttsn.predefined_topics id (1..=65534)", &id);
-            }
-            if !names.insert(name) {
-                return bad("mqttsn.predefined_topics (a name listed twice)", name);
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -919,40 +816,6 @@ mod tests {
     }
 
     #[test]
-    fn mqttsn_table_parses_and_rejects_unknown_keys() {
-        let p = std::path::Path::new("t.toml");
-        let text = "[mqttsn]\ngateway_id = 7\nretry_count = 5\n\
-                    [mqttsn.predefined_topics]\n1 = \"sensors/temp\"\n65534 = \"ab\"\n";
-        let c = Config::from_toml(text, p).expect("toml");
-        assert_eq!(c.mqttsn.gateway_id, 7);
-        assert_eq!(c.mqttsn.retry_count, 5);
-        assert_eq!(c.mqttsn.retry_interval_secs, 10, "unset keys keep defaults");
-        assert_eq!(
-            c.mqttsn.predefined_topics.get(&1).map(TopicName::as_str),
-            Some("sensors/temp")
-        );
-        c.validate().expect("valid");
-        for bad in [
-            "[mqttsn]\nretry_cont = 5\n",
-            "[mqttsn.predefined_topics]\nx = \"a\"\n",
-            "[mqttsn.predefined_topics]\n70000 = \"a\"\n",
-            "[mqttsn.predefined_topics]\n1 = \"a/#\"\n",
-            "[mqttsn.predefined_topics]\n1 = \"\"\n",
-        ] {
-            assert!(Config::from_toml(bad, p).is_err(), "{bad} accepted");
-        }
-        for bad in [
-            "[mqttsn]\nenabled = true\n",
-            "[mqttsn]\nretry_interval_secs = 0\n",
-            "[mqttsn.predefined_topics]\n0 = \"a\"\n",
-            "[mqttsn.predefined_topics]\n1 = \"a\"\n2 = \"a\"\n",
-        ] {
-            let c = Config::from_toml(bad, p).expect("parses");
-            assert!(c.validate().is_err(), "{bad} validated");
-        }
-    }
-
-    #[test]
     fn listen_urls_on_the_command_line() {
         let Command::Run(c) =
             parse_args(args("--listen 127.0.0.1:1 --listen ws://127.0.0.1:2/mqtt")).expect("parse")
@@ -965,6 +828,17 @@ mod tests {
         assert!(e.to_string().contains("mqtts://127.0.0.1:3"), "{e}");
         let e = parse_args(args("--listen wss://127.0.0.1:3/a?b")).expect_err("bad path");
         assert!(e.to_string().contains("'?'"), "{e}");
+        let Command::Run(c) = parse_args(args(
+            "--listen 127.0.0.1:1 --listen mqttsn://127.0.0.1:1884",
+        ))
+        .expect("parse") else {
+            panic!("not run")
+        };
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(
+            c.mqttsn_listener(),
+            Some("127.0.0.1:1884".parse().expect("addr"))
+        );
     }
 
     #[test]

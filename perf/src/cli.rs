@@ -20,6 +20,8 @@ SCENARIOS:
   shared         N publishers -> a $share group of M subscribers (default 8 -> 4)
   idle           hold --connections N idle connections; with --pid, broker RSS per connection
   connect-rate   open --connections N connections; connects/s and CONNACK latency
+  mqttsn         MQTT-SN publishers over UDP -> an MQTT subscriber (own options:
+                 ringmq-bench mqttsn --help)
 
 TARGET AND CONNECTIONS:
   --host IP            broker address (IPv4 or localhost) [127.0.0.1]

@@ -5,7 +5,8 @@
 //! small MQTT codec), `payload` (the header in every message), `accounting` (loss, duplicates,
 //! reordering), `report` (table and JSON), `run` (the main thread's timeline), `sys` (libc),
 //! `link` (its own TLS client use and WebSocket framing for `--tls` / `--ws`), `probe`
-//! (PINGRESP latency of a bystander client during a run).
+//! (PINGRESP latency of a bystander client during a run), `sn` (the `mqttsn` scenario: MQTT-SN
+//! publishers over UDP, self-contained).
 
 mod accounting;
 mod cli;
@@ -15,6 +16,7 @@ mod plan;
 mod probe;
 mod report;
 mod run;
+mod sn;
 mod sys;
 mod traffic;
 mod wire;
@@ -25,6 +27,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "mqttsn") {
+        match sn::main(&args[1..]) {
+            Ok(status) => std::process::exit(status),
+            Err(msg) => {
+                eprintln!("ringmq-bench: {msg}");
+                std::process::exit(1);
+            }
+        }
+    }
     let cfg = match cli::parse(&args) {
         Ok(Some(cfg)) => cfg,
         Ok(None) => {

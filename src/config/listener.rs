@@ -1,11 +1,12 @@
 //! Listener settings: where a listener binds, which transport it speaks (MQTT over TCP, TLS,
-//! WebSocket, WebSocket over TLS), the paths of its TLS files and whether a PROXY protocol
-//! header precedes each connection.
+//! WebSocket, WebSocket over TLS, or MQTT-SN over UDP), the paths of its TLS files and whether
+//! a PROXY protocol header precedes each connection.
 //!
-//! Owns: the `--listen URL` syntax (`mqtt://`, `mqtts://`, `ws://`, `wss://`, or a bare
-//! `HOST:PORT` for plain MQTT), the `[[listeners]]` TOML table, and the checks that need no
-//! file access (a TLS listener names its certificate and key, a plain one names no TLS
-//! setting, a WebSocket path is well formed, no address is used twice).
+//! Owns: the `--listen URL` syntax (`mqtt://`, `mqtts://`, `ws://`, `wss://`, `mqttsn://`, or
+//! a bare `HOST:PORT` for plain MQTT), the `[[listeners]]` TOML table, and the checks that
+//! need no file access (a TLS listener names its certificate and key, a plain one names no TLS
+//! setting, a WebSocket path is well formed, no address is used twice by one protocol, at most
+//! one MQTT-SN listener).
 //!
 //! Must never: read a file or depend on the runtime. Loading and checking the certificate
 //! files is `transport::ListenerRuntime::load`'s job; this module stores only paths, so that
@@ -31,6 +32,9 @@ pub enum ListenerKind {
     Ws,
     /// MQTT over WebSocket over TLS (`wss://`).
     Wss,
+    /// MQTT-SN 1.2 over UDP (`mqttsn://`), served by the gateway built into the shards
+    /// (`crate::mqttsn`, settings in `[mqttsn]`).
+    MqttSn,
 }
 
 impl ListenerKind {
@@ -41,7 +45,13 @@ impl ListenerKind {
             ListenerKind::Mqtts => "mqtts",
             ListenerKind::Ws => "ws",
             ListenerKind::Wss => "wss",
+            ListenerKind::MqttSn => "mqttsn",
         }
+    }
+
+    /// Whether the listener is a UDP socket (MQTT-SN) rather than a TCP one.
+    pub fn is_udp(self) -> bool {
+        self == ListenerKind::MqttSn
     }
 
     /// Whether the connection starts with a TLS handshake.
@@ -109,14 +119,23 @@ impl ListenerUrl {
             path: None,
         }
     }
+
+    /// An MQTT-SN (UDP) listener on `addr`.
+    pub fn mqttsn(addr: SocketAddr) -> ListenerUrl {
+        ListenerUrl {
+            kind: ListenerKind::MqttSn,
+            addr,
+            path: None,
+        }
+    }
 }
 
 impl FromStr for ListenerUrl {
     type Err = String;
 
     /// `mqtt://HOST:PORT`, `mqtts://HOST:PORT`, `ws://HOST:PORT[/PATH]`,
-    /// `wss://HOST:PORT[/PATH]` or a bare `HOST:PORT` (plain MQTT). HOST is an IP address
-    /// (IPv6 in brackets); the port is required.
+    /// `wss://HOST:PORT[/PATH]`, `mqttsn://HOST:PORT` (UDP) or a bare `HOST:PORT` (plain
+    /// MQTT). HOST is an IP address (IPv6 in brackets); the port is required.
     fn from_str(s: &str) -> Result<ListenerUrl, String> {
         let Some((scheme, rest)) = s.split_once("://") else {
             let addr = s
@@ -129,8 +148,11 @@ impl FromStr for ListenerUrl {
             "mqtts" => ListenerKind::Mqtts,
             "ws" => ListenerKind::Ws,
             "wss" => ListenerKind::Wss,
+            "mqttsn" => ListenerKind::MqttSn,
             other => {
-                return Err(format!("unknown scheme {other:?} (mqtt, mqtts, ws or wss)"));
+                return Err(format!(
+                    "unknown scheme {other:?} (mqtt, mqtts, ws, wss or mqttsn)"
+                ));
             }
         };
         let (authority, path) = match rest.find('/') {
@@ -261,6 +283,9 @@ impl ListenerConfig {
                 )));
             }
         }
+        if self.url.kind.is_udp() && self.proxy_protocol {
+            return Err(self.error("`proxy_protocol` is for TCP listeners, not mqttsn://"));
+        }
         if self.require_client_cert && self.client_ca.is_none() {
             return Err(self.error("`require_client_cert` needs `client_ca`"));
         }
@@ -273,7 +298,8 @@ impl ListenerConfig {
     }
 }
 
-/// Checks every listener and that no two bind the same address.
+/// Checks every listener, that no two of one protocol (TCP or UDP) bind the same address, and
+/// that at most one is MQTT-SN (its gateway answers from one port: see `crate::shard`).
 pub(super) fn validate_listeners(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
     if listeners.is_empty() {
         return Err(ConfigError::Value {
@@ -283,11 +309,22 @@ pub(super) fn validate_listeners(listeners: &[ListenerConfig]) -> Result<(), Con
     }
     for (i, l) in listeners.iter().enumerate() {
         l.validate()?;
-        // Port 0 asks the kernel for a free port: each such listener gets its own.
-        let twice =
-            l.url.addr.port() != 0 && listeners[..i].iter().any(|o| o.url.addr == l.url.addr);
+        // Port 0 asks the kernel for a free port: each such listener gets its own. TCP and
+        // UDP ports are apart.
+        let before = &listeners[..i];
+        let same_protocol = |o: &&ListenerConfig| o.url.kind.is_udp() == l.url.kind.is_udp();
+        let twice = l.url.addr.port() != 0
+            && before
+                .iter()
+                .filter(same_protocol)
+                .any(|o| o.url.addr == l.url.addr);
         if twice {
             return Err(l.error(format!("address {} is used by two listeners", l.url.addr)));
+        }
+        if l.url.kind.is_udp() && before.iter().any(|o| o.url.kind.is_udp()) {
+            return Err(l.error(
+                "a second MQTT-SN listener (one is served; bind [::] or 0.0.0.0 for all addresses)",
+            ));
         }
     }
     Ok(())
@@ -316,6 +353,10 @@ mod tests {
         assert_eq!(u.path.as_ref().map(WsPath::as_str), Some("/mqtt"));
         assert_eq!(u.to_string(), "wss://0.0.0.0:8443/mqtt");
         assert_eq!(url("mqtt://1.2.3.4:5").to_string(), "mqtt://1.2.3.4:5");
+        let u = url("mqttsn://0.0.0.0:1884");
+        assert_eq!((u.kind, u.path.is_none()), (ListenerKind::MqttSn, true));
+        assert!(u.kind.is_udp());
+        assert_eq!(u.to_string(), "mqttsn://0.0.0.0:1884");
     }
 
     #[test]
@@ -328,6 +369,8 @@ mod tests {
             "ws://0.0.0.0:80/a b",
             "ws://0.0.0.0:80/mqtt?x=1",
             "ws://::1:80/mqtt",
+            "mqttsn://0.0.0.0:1884/x",
+            "udp://0.0.0.0:1884",
             "nope",
             "",
         ] {
@@ -383,5 +426,15 @@ mod tests {
         let e = validate_listeners(&[a, b]).expect_err("duplicate");
         assert!(e.to_string().contains("used by two listeners"), "{e}");
         assert!(validate_listeners(&[]).is_err());
+        // TCP and UDP ports are apart; two MQTT-SN listeners are not served.
+        let tcp = ListenerConfig::new(url("mqtt://0.0.0.0:1883"));
+        let udp = ListenerConfig::new(url("mqttsn://0.0.0.0:1883"));
+        assert!(validate_listeners(&[tcp.clone(), udp.clone()]).is_ok());
+        let udp2 = ListenerConfig::new(url("mqttsn://0.0.0.0:1884"));
+        let e = validate_listeners(&[tcp, udp, udp2]).expect_err("two mqttsn");
+        assert!(e.to_string().contains("second MQTT-SN"), "{e}");
+        let mut proxied = ListenerConfig::new(url("mqttsn://0.0.0.0:1884"));
+        proxied.proxy_protocol = true;
+        assert!(proxied.validate().is_err());
     }
 }

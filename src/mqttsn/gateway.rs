@@ -122,36 +122,45 @@ where
         self.unconnected(from, msg, datagram.len(), out);
     }
 
-    /// What the session of `client` wrote (`Session::connect`, `handle_packet`, `deliver`,
-    /// `handle_timeout`, `taken_over`, `shutdown`, or `refuse_connect`). `written` is
-    /// consumed. Unknown clients' bytes are discarded.
+    /// What the session of the client at `at` wrote (`Session::connect`, `handle_packet`,
+    /// `deliver`, `handle_timeout`, `taken_over`, `shutdown`, or `refuse_connect`) while its
+    /// connection was the one the gateway gave it (see the module documentation of
+    /// `crate::mqttsn`). `written` is consumed; bytes for an address without a client are
+    /// discarded.
     pub fn handle_session_output(
         &mut self,
-        client: &ClientId,
+        at: A,
         written: &mut BytesMut,
         now_ms: u64,
         out: &mut Vec<Output<A>>,
     ) {
-        let Some(&addr) = self.by_id.get(client) else {
+        let Some(e) = self.clients.get_mut(&at) else {
             written.clear();
             return;
         };
-        if let Some(e) = self.clients.get_mut(&addr) {
-            e.client.on_session_output(written, now_ms, &mut self.fx);
-        }
-        self.finish(addr, out);
+        e.client.on_session_output(written, now_ms, &mut self.fx);
+        self.finish(at, out);
     }
 
-    /// The session of `client` emitted `Action::Close` (after its bytes went through
-    /// `handle_session_output`).
-    pub fn session_closed(&mut self, client: &ClientId, out: &mut Vec<Output<A>>) {
-        let Some(&addr) = self.by_id.get(client) else {
+    /// The session of the client at `at` emitted `Action::Close` (after its bytes went
+    /// through `handle_session_output`).
+    pub fn session_closed(&mut self, at: A, out: &mut Vec<Output<A>>) {
+        let Some(e) = self.clients.get_mut(&at) else {
             return;
         };
-        if let Some(e) = self.clients.get_mut(&addr) {
-            e.client.on_session_closed(&mut self.fx);
-        }
-        self.finish(addr, out);
+        e.client.on_session_closed(&mut self.fx);
+        self.finish(at, out);
+    }
+
+    /// Ends the client at `at` as lost (its will is due), without a word to its address:
+    /// the runtime learned that the address now belongs to a client served elsewhere (its
+    /// CONNECT named a client id of another shard).
+    pub fn drop_address(&mut self, at: A, now_ms: u64, out: &mut Vec<Output<A>>) {
+        let Some(e) = self.clients.get_mut(&at) else {
+            return;
+        };
+        e.client.end(Ending::Lost, false, now_ms, &mut self.fx);
+        self.finish(at, out);
     }
 
     /// When `handle_timeout` must next run (`None`: nothing scheduled).
@@ -387,6 +396,7 @@ where
                     }
                 }
                 Effect::Session(packet) => out.push(Output::Session {
+                    at: addr,
                     client: e.client.client_id().clone(),
                     packet,
                 }),
@@ -405,6 +415,7 @@ where
             if self.by_id.get(&id) == Some(&addr) {
                 self.by_id.remove(&id);
             }
+            out.push(Output::Gone(addr));
             return;
         }
         if let Some(t) = e.client.next_deadline() {

@@ -27,24 +27,30 @@
 //!    after it, until nothing is left):
 //!    - `Output::Send { to, datagram }`: send it from the gateway's UDP socket to `to`.
 //!    - `Output::Broadcast { datagram }`: send it to `[mqttsn] advertise_to`.
-//!    - `Output::Session { client, packet: Packet::Connect(c) }`: what a TCP CONNECT gets
-//!      (`validate_connect`; on `Err(code)` `refuse_connect(V5, code, out)`; otherwise find
-//!      or create the session on the client id's home shard, `taken_over` if it is connected
-//!      elsewhere, `connect`).
-//!    - `Output::Session { client, packet }`, any other packet: `Session::handle_packet`.
+//!    - `Output::Session { at, client, packet: Packet::Connect(c) }`: what a TCP CONNECT
+//!      gets (`validate_connect`; on `Err(code)` `refuse_connect(V5, code, out)`; otherwise
+//!      find or create the session on the client id's home shard, `taken_over` if it is
+//!      connected elsewhere, `connect`), on a new connection: the client at `at`.
+//!    - `Output::Session { at, client, packet }`, any other packet: `Session::handle_packet`
+//!      through the connection of the client at `at`; dropped when the session's
+//!      connection is no longer that one (a TCP client took the id over meanwhile).
 //!    - `Output::Anonymous(p)`: `handle_packet(Packet::Publish(p))` on the anonymous session.
+//!    - `Output::Gone(at)`: the client at `at` is forgotten; so is what the shard keeps for
+//!      it (its connection stops being the client at `at`).
 //!
-//!    After each session call: first `handle_session_output(client, &mut out, ..)` with
-//!    what it wrote (even when it wrote nothing), then its `Action`s as for any client,
-//!    except that `Action::Close` means `session_closed(client, ..)`. The same holds for
-//!    `deliver`, `handle_timeout`, `taken_over` and `shutdown` on a session whose
-//!    connection is a gateway client.
+//!    After each session call on the connection of the client at `at`: first
+//!    `handle_session_output(at, &mut out, ..)` with what it wrote (even when it wrote
+//!    nothing), then its `Action`s as for any client, except that `Action::Close` means
+//!    `session_closed(at, ..)`. The same holds for `deliver`, `handle_timeout`,
+//!    `taken_over` and `shutdown` on a session whose connection is a gateway client. The
+//!    bytes may wait (e.g. an acknowledgement held for a storage commit) as long as they
+//!    come in the order written and before `session_closed`.
 //! 3. After every call, re-arm the one gateway timer at `next_deadline()`; when it fires,
 //!    `handle_timeout(now_ms, ..)` and execute its outputs.
 //!
-//! A session's connection is a gateway client from its `Packet::Connect`
-//! until `session_closed`, a `Connect` for another connection, or the gateway's own
-//! DISCONNECT input (`translate::mqtt_disconnect`).
+//! A connection is the client at `at` from its `Packet::Connect` until `session_closed(at)`,
+//! `Output::Gone(at)`, or a `Connect` for a new connection at `at`; output of a connection
+//! that is no longer the client at its address is discarded, never given to the gateway.
 #![forbid(unsafe_code)]
 
 mod client;
@@ -77,11 +83,20 @@ pub enum Output<A> {
     Send { to: A, datagram: Bytes },
     /// ADVERTISE, to `[mqttsn] advertise_to`.
     Broadcast { datagram: Bytes },
-    /// A packet for the session of `client`: `Packet::Connect` connects it as a TCP
-    /// CONNECT would, any other goes to `Session::handle_packet`.
-    Session { client: ClientId, packet: Packet },
+    /// A packet for the session of `client`, from the client at `at`: `Packet::Connect`
+    /// connects it as a TCP CONNECT would (the connection is the client at `at` from then
+    /// on), any other goes to `Session::handle_packet` through that connection.
+    Session {
+        at: A,
+        client: ClientId,
+        packet: Packet,
+    },
     /// A QoS -1 publish (6.8) as a QoS 0 PUBLISH for the anonymous session.
     Anonymous(Publish),
+    /// The gateway forgot the client at this address (after the outputs that gave its
+    /// session its last packet): nothing is sent to it or for it any more, and whatever the
+    /// runtime keeps for the address (its connection, a route) may go.
+    Gone(A),
 }
 
 /// ADVERTISE timing.

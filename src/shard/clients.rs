@@ -472,6 +472,9 @@ impl Core {
             self.connection_lost(slot, id);
         }
         self.release_partial(id);
+        if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
+            self.sn_conn_closing(id);
+        }
         let Some(mut conn) = self.conns.try_remove(id as usize) else {
             return;
         };
@@ -524,6 +527,7 @@ impl Core {
     /// 0x8B) and every connection closes; stored sessions record that they are offline.
     pub(crate) fn begin_shutdown(&mut self) {
         self.listeners.close(&self.poller);
+        self.sn_close();
         self.tick_clock();
         let attached: Vec<(u32, u32)> = self
             .clients

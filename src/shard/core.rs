@@ -91,8 +91,10 @@ pub(crate) const MAX_LINGERING: usize = 4_096;
 /// is all user space holds for one (readiness comes from the shard's `Poller`).
 #[derive(Debug)]
 pub(crate) struct Conn {
-    /// The socket; closed when the connection's slot is freed.
-    pub(crate) fd: OwnedFd,
+    /// The socket; closed when the connection's slot is freed. `None`: the connection is an
+    /// MQTT-SN client of the shard's gateway at `peer` (`mqttsn.rs`): it has no socket of its
+    /// own, its output goes to the gateway at the end of the turn.
+    pub(crate) fd: Option<OwnedFd>,
     pub(crate) generation: u32,
     /// The wheel tick of this connection's live timer entry; 0: none.
     pub(crate) timer_tick: u32,
@@ -236,6 +238,9 @@ pub(crate) struct Core {
     /// Authentication and authorization: the snapshot in force, parked CONNECTs, what the
     /// ACL needs per client (`auth.rs`, `access.rs`).
     pub(crate) auth: super::auth::ShardAuth,
+    /// The MQTT-SN gateway's socket and state (`mqttsn.rs`); `None` without an `mqttsn://`
+    /// listener.
+    pub(crate) sn: Option<Box<super::mqttsn::SnRuntime>>,
     /// Incomplete packets held, against the shard's budget (`partial.rs`).
     pub(crate) partial: super::partial::PartialInput,
 }
@@ -306,6 +311,7 @@ impl Core {
                 &shared.auth,
                 Arc::clone(&shared.mesh.notifiers[id.index()]),
             ),
+            sn: None,
             shared,
         }
     }
@@ -324,14 +330,16 @@ impl Core {
     /// `None` (the socket is closed) when the poller refuses it.
     pub(crate) fn new_conn(
         &mut self,
-        fd: OwnedFd,
+        fd: Option<OwnedFd>,
         peer: SocketAddr,
         phase: Phase,
         extra: Option<Box<ConnExtra>>,
     ) -> Option<u32> {
         let generation = self.next_generation();
         let slot = self.conns.next_key() as u32;
-        if let Err(e) = self.poller.add(fd.as_fd(), token(slot, generation)) {
+        if let Some(fd) = &fd
+            && let Err(e) = self.poller.add(fd.as_fd(), token(slot, generation))
+        {
             log!(
                 WARN,
                 self.log_id,
@@ -590,7 +598,10 @@ impl Core {
         {
             if let Some(c) = client.conn
                 && let Some(conn) = self.conns.get(c as usize)
-                && sys::has_unread_input(conn.fd.as_fd())
+                && conn
+                    .fd
+                    .as_ref()
+                    .is_some_and(|fd| sys::has_unread_input(fd.as_fd()))
             {
                 // Input this shard has not read yet (reads held while other shards catch
                 // up) may be the packet that keeps the session alive: read it first, and
@@ -651,7 +662,8 @@ impl Core {
                 let unread = self
                     .conns
                     .get(id as usize)
-                    .is_some_and(|c| sys::has_unread_input(c.fd.as_fd()));
+                    .and_then(|c| c.fd.as_ref())
+                    .is_some_and(|fd| sys::has_unread_input(fd.as_fd()));
                 if unread {
                     // The client sent in time and this shard has not read it yet (reads
                     // held while other shards catch up): the delay is the broker's. Read

@@ -155,6 +155,7 @@ impl Core {
             self.on_tick();
             self.next_tick_ms = (self.now_ms / TICK_MS + 1) * TICK_MS;
         }
+        self.sn_timers();
         self.finish_closing();
         self.flush_all();
         self.publish_load();
@@ -263,6 +264,7 @@ impl Core {
     /// After the last turn: whatever output the sockets take now, then every fd closes.
     fn finish(&mut self) {
         self.flush_all();
+        self.sn_log_stats();
         let left: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
         for id in left {
             self.close_now(id);

@@ -93,11 +93,15 @@ impl Core {
         for event in &events[..n] {
             let (token, flags) = (event.u64, event.events);
             match super::listen::listener_of(token) {
+                Some(super::mqttsn::SN_SOCKET_INDEX) => self.sn_readable(),
                 Some(index) => self.accept_ready(index),
                 None => self.on_event(token as u32, (token >> 32) as u32, flags),
             }
         }
         self.accept_again();
+        if self.sn.as_ref().is_some_and(|sn| sn.has_again()) && !self.reads_held() {
+            self.sn_readable();
+        }
         let again = std::mem::take(&mut self.again);
         for &(id, generation) in &again {
             if !self.is_live(id, generation) {
@@ -112,6 +116,7 @@ impl Core {
         n == events.len()
             || self.handshakes.has_waiting()
             || self.listeners.has_again()
+            || self.sn.as_ref().is_some_and(|sn| sn.has_again())
             || self.again.iter().any(|&(id, _)| !self.read_held(id))
     }
 
@@ -187,7 +192,10 @@ impl Core {
     fn discard_input(&mut self, id: u32) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(conn) = self.conns.get(id as usize) {
-            match sys::recv(conn.fd.as_fd(), &mut scratch) {
+            let Some(fd) = conn.fd.as_ref() else {
+                break; // A gateway client: no socket of its own to drain.
+            };
+            match sys::recv(fd.as_fd(), &mut scratch) {
                 Ok(IoOutcome::Done(0)) | Err(_) => {
                     self.close_now(id);
                     break;
@@ -248,10 +256,19 @@ impl Core {
     /// Moves connection `id` to its home shard: out of this shard's poller and slab, its fd
     /// and what was read with the CONNECT into an envelope.
     pub(crate) fn hand_off(&mut self, id: u32, parts: HandoffParts) {
+        if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
+            // A gateway client is placed on its home shard before its CONNECT is decoded
+            // (`mqttsn.rs`): there is nothing to move, and nowhere to move it.
+            self.request_close(id);
+            return;
+        }
         let Some(conn) = self.conns.try_remove(id as usize) else {
             return;
         };
-        self.poller.delete(conn.fd.as_fd());
+        let Some(fd) = conn.fd else {
+            return;
+        };
+        self.poller.delete(fd.as_fd());
         let HandoffParts {
             home,
             connect,
@@ -264,7 +281,7 @@ impl Core {
             return;
         };
         let handoff = Handoff {
-            fd: conn.fd,
+            fd,
             peer: conn.peer,
             extra: conn.extra,
             connect,
@@ -316,7 +333,11 @@ impl Core {
                 Phase::AwaitingConnect | Phase::Authenticating | Phase::Open => {}
             }
             let peer_closed = conn.peer_closed;
-            match sys::recv(conn.fd.as_fd(), scratch) {
+            let Some(fd) = conn.fd.as_ref() else {
+                // A gateway client's input comes as packets from the gateway, never read.
+                return ReadOutcome::Continue { drained: true };
+            };
+            match sys::recv(fd.as_fd(), scratch) {
                 Ok(IoOutcome::Done(0)) => {
                     self.close_lost(id, None);
                     return ReadOutcome::Close;
@@ -406,7 +427,7 @@ impl Core {
         }
     }
 
-    fn on_packet(&mut self, id: u32, packet: Packet, rest: &mut BytesMut) -> Step {
+    pub(crate) fn on_packet(&mut self, id: u32, packet: Packet, rest: &mut BytesMut) -> Step {
         let Some(conn) = self.conns.get(id as usize) else {
             return Step::Close;
         };
@@ -624,6 +645,9 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
+        if conn.fd.is_none() {
+            return self.sn_flush_conn(id);
+        }
         conn.dirty = false;
         let was_over = conn.output_len() >= max_out;
         let ready = conn
@@ -638,8 +662,11 @@ impl Core {
                     return;
                 }
             }
-        } else if !conn.write_blocked && ready > 0 {
-            match sys::send(conn.fd.as_fd(), &conn.out[..ready]) {
+        } else if !conn.write_blocked
+            && ready > 0
+            && let Some(fd) = conn.fd.as_ref()
+        {
+            match sys::send(fd.as_fd(), &conn.out[..ready]) {
                 Ok(IoOutcome::Done(n)) if n == conn.out.len() => {
                     self.stats.bytes_sent += n as u64;
                     // Free the buffer: an idle connection holds no output memory.
@@ -682,7 +709,9 @@ impl Core {
                 }
             }
             if !conn.has_output() {
-                sys::shutdown_write(conn.fd.as_fd());
+                if let Some(fd) = conn.fd.as_ref() {
+                    sys::shutdown_write(fd.as_fd());
+                }
                 conn.phase = Phase::Draining;
             }
         }
@@ -743,7 +772,9 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
         };
-        if conn.phase != Phase::Open {
+        // A gateway client's output is handed on every turn, and what it cannot take yet
+        // (it sleeps, a message is in flight) the gateway buffers within its own limits.
+        if conn.phase != Phase::Open || conn.fd.is_none() {
             return;
         }
         if !slow {
@@ -772,12 +803,15 @@ pub(crate) fn last_flush(conn: &mut Conn, reason: Farewell) {
         super::layered::last_flush_layered(conn, reason);
         return;
     }
+    let Some(fd) = conn.fd.as_ref() else {
+        return; // A gateway client: `Core::close_now` gave its output to the gateway.
+    };
     let ready = conn
         .holds
         .as_ref()
         .map_or(conn.out.len(), |h| h.writable(conn.out.len()));
     if ready > 0 && !conn.write_blocked {
-        let _ = sys::send(conn.fd.as_fd(), &conn.out[..ready]);
+        let _ = sys::send(fd.as_fd(), &conn.out[..ready]);
     }
-    sys::shutdown_write(conn.fd.as_fd());
+    sys::shutdown_write(fd.as_fd());
 }

@@ -195,13 +195,17 @@ fn send_wire(conn: &mut Conn) -> Result<usize, FlushFailure> {
     if conn.write_blocked {
         return Ok(0);
     }
+    // A gateway client (no socket) never has a transport.
+    let Some(fd) = conn.fd.as_ref() else {
+        return Ok(0);
+    };
     let Some(extra) = conn.extra.as_mut() else {
         return Ok(0);
     };
     if extra.wire.is_empty() {
         return Ok(0);
     }
-    match sys::send(conn.fd.as_fd(), &extra.wire).map_err(FlushFailure::Socket)? {
+    match sys::send(fd.as_fd(), &extra.wire).map_err(FlushFailure::Socket)? {
         IoOutcome::Done(n) if n == extra.wire.len() => {
             extra.wire = BytesMut::new();
             Ok(n)
@@ -223,6 +227,9 @@ fn send_wire(conn: &mut Conn) -> Result<usize, FlushFailure> {
 /// close_notify), whatever of it the socket takes now; then FIN. Wire bytes are the exact
 /// continuation of what was sent, so they are offered even after a short write.
 pub(crate) fn last_flush_layered(conn: &mut Conn, reason: CloseReason) {
+    let Some(fd) = conn.fd.as_ref() else {
+        return;
+    };
     let ready = conn
         .holds
         .as_ref()
@@ -236,10 +243,10 @@ pub(crate) fn last_flush_layered(conn: &mut Conn, reason: CloseReason) {
         }
         transport.close(reason, &mut extra.wire);
         if !extra.wire.is_empty() {
-            let _ = sys::send(conn.fd.as_fd(), &extra.wire);
+            let _ = sys::send(fd.as_fd(), &extra.wire);
         }
     }
-    sys::shutdown_write(conn.fd.as_fd());
+    sys::shutdown_write(fd.as_fd());
 }
 
 /// When this turn's first TLS handshake step began, and the connections that wait for a
@@ -453,7 +460,7 @@ mod tests {
             .expect("upgrade");
         assert!(transport.handshake_done() && wire.starts_with(b"HTTP/1.1 101"));
         let conn = Conn {
-            fd: OwnedFd::from(ours),
+            fd: Some(OwnedFd::from(ours)),
             generation: 1,
             timer_tick: 0,
             phase: Phase::Open,

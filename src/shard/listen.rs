@@ -167,7 +167,7 @@ impl Core {
             }
         };
         let extra = transport.map(|t| ConnExtra::with_transport(*t));
-        let _ = self.new_conn(fd, peer, Phase::AwaitingConnect, extra);
+        let _ = self.new_conn(Some(fd), peer, Phase::AwaitingConnect, extra);
     }
 
     /// Out of fds: take one waiting connection with the reserve fd's place and close it, so

@@ -129,6 +129,15 @@ pub(crate) enum Envelope {
     /// Behind a sampled publish: when the source shard routed it. The receiver observes
     /// the delivery latency at the end of its write pass (see `stats.rs`).
     Probe { received_at: std::time::Instant },
+    /// MQTT-SN (`mqttsn.rs`): a datagram this shard read for a gateway client homed on the
+    /// receiving shard.
+    SnDatagram(Box<super::mqttsn::SnForward>),
+    /// MQTT-SN: the address's datagrams now go to another shard's client (a CONNECT with
+    /// another client id): the receiving shard's client at `addr` is over.
+    SnDropAddress { addr: SocketAddr },
+    /// MQTT-SN: the receiving shard's client at `addr`, whose datagrams the sending shard
+    /// reads, is gone: the route of `epoch` (the CONNECT that made it) may go.
+    SnRouteGone { addr: SocketAddr, epoch: u32 },
 }
 
 /// How many channels' worth an outbox may hold before no client of the shard is read at
@@ -165,7 +174,10 @@ impl Envelope {
             | Envelope::Fence { .. }
             | Envelope::FenceDone { .. }
             | Envelope::CommitFailed { .. }
-            | Envelope::Probe { .. } => 1,
+            | Envelope::Probe { .. }
+            | Envelope::SnDatagram(_)
+            | Envelope::SnDropAddress { .. }
+            | Envelope::SnRouteGone { .. } => 1,
         }
     }
 }

@@ -16,7 +16,8 @@
 //! the epoll `Poller`, signals), `close.rs` (why connections close, the close line),
 //! `stats.rs` (counters, snapshots, `$SYS`), `panic.rs` (the hook that stops the process
 //! when a shard panics), `auth.rs` (CONNECT authentication, the shared `[auth]` snapshot
-//! and its reload), `access.rs` (the ACL applied to a shard's clients). Logging is
+//! and its reload), `access.rs` (the ACL applied to a shard's clients), `mqttsn.rs` (the
+//! MQTT-SN gateway's UDP socket, datagram routes and socketless connections). Logging is
 //! `crate::log`; the shared statistics are `crate::metrics`.
 //!
 //! Must never: run protocol logic (that is `session`, `codec`, `router`), block a shard
@@ -34,6 +35,7 @@ mod layered;
 mod limits;
 mod listen;
 mod mailbox;
+mod mqttsn;
 pub mod panic;
 mod partial;
 mod persist;
@@ -197,6 +199,8 @@ pub struct BrokerHandle {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
+    /// The UDP address the MQTT-SN gateway answers on (port 0 resolved).
+    mqttsn_addr: Option<SocketAddr>,
     /// The storage writer: stopped (after committing everything the shards sent) once the
     /// shards are done.
     writer: Option<ringmq_storage::WriterHandle>,
@@ -223,6 +227,11 @@ impl BrokerHandle {
     /// The address of the Prometheus endpoint (port 0 resolved), if one runs.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(MetricsServer::addr)
+    }
+
+    /// The UDP address of the MQTT-SN gateway (port 0 resolved), if it runs.
+    pub fn mqttsn_addr(&self) -> Option<SocketAddr> {
+        self.mqttsn_addr
     }
 
     /// Number of shard threads.
@@ -290,8 +299,25 @@ pub fn start_with(
     }
     // Before any listener: a password or ACL file that cannot be loaded stops the start.
     let auth = auth::AuthShared::start(&config.auth)?;
-    let addrs: Vec<SocketAddr> = config.listeners.iter().map(|l| l.url.addr).collect();
+    // TCP listeners here; the MQTT-SN one (UDP) is the gateway's (`mqttsn.rs`).
+    let tcp: Vec<usize> = (0..config.listeners.len())
+        .filter(|&i| !config.listeners[i].url.kind.is_udp())
+        .collect();
+    let addrs: Vec<SocketAddr> = tcp.iter().map(|&i| config.listeners[i].url.addr).collect();
+    let runtimes: Vec<Arc<ListenerRuntime>> = tcp
+        .iter()
+        .filter_map(|&i| runtimes.get(i).cloned())
+        .collect();
     let (listeners, local_addrs) = bind_listeners(&addrs, shards)?;
+    let (udp, mqttsn_addr) = match config.mqttsn_listener() {
+        Some(addr) => {
+            let per_shard = config.mqttsn.socket_per_shard;
+            let (sockets, bound) = bind_udp(addr, shards, per_shard)?;
+            (sockets.into_iter().map(Some).collect(), Some(bound))
+        }
+        None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
+    };
+    let mut udp = udp.into_iter();
     let (mesh, receivers) = Mesh::new(shards);
     let id_entropy = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -327,6 +353,7 @@ pub fn start_with(
         let ready = ready_tx.clone();
         let start = ShardStart {
             listeners,
+            udp: udp.next().flatten(),
             runtimes: runtimes.clone(),
             inbox,
             persist: recovery::persist_for(&mut opened, i, shared.wall_epoch_ms),
@@ -344,6 +371,7 @@ pub fn start_with(
                     shared,
                     threads,
                     local_addrs,
+                    mqttsn_addr,
                     writer: None,
                     metrics,
                 };
@@ -370,6 +398,7 @@ pub fn start_with(
         shared,
         threads,
         local_addrs,
+        mqttsn_addr,
         writer,
         metrics,
     };
@@ -387,14 +416,22 @@ pub fn run(config: Config, runtimes: Vec<Arc<ListenerRuntime>>) -> Result<(), Br
     // Block the signals before any shard thread exists, so that every thread inherits the
     // mask and only the waiting thread receives them.
     sys::block_signals().map_err(BrokerError::Signal)?;
-    let urls: Vec<String> = config.listeners.iter().map(|l| l.url.to_string()).collect();
+    let urls: Vec<String> = config
+        .listeners
+        .iter()
+        .filter(|l| !l.url.kind.is_udp())
+        .map(|l| l.url.to_string())
+        .collect();
     let handle = start_with(config, runtimes.clone())?;
-    let addrs: Vec<String> = handle
+    let mut addrs: Vec<String> = handle
         .local_addrs()
         .iter()
         .zip(&urls)
         .map(|(a, url)| format!("{a} ({})", url.split("://").next().unwrap_or("mqtt")))
         .collect();
+    if let Some(a) = handle.mqttsn_addr() {
+        addrs.push(format!("{a} (mqttsn)"));
+    }
     crate::log!(INFO, None, "listening on {}", addrs.join(", "));
     loop {
         let sig = sys::wait_for_signal().map_err(BrokerError::Signal)?;
@@ -501,6 +538,45 @@ fn bind_listeners(
     Ok((per_shard, bound))
 }
 
+/// Binds the MQTT-SN address once per shard with SO_REUSEPORT (see `mqttsn.rs`), or once for
+/// shard 0 with a copy of that socket for the others to send from (`per_shard` false): each
+/// socket with whether its shard reads it. Port 0 is resolved by the first bind.
+fn bind_udp(
+    addr: SocketAddr,
+    shards: usize,
+    per_shard: bool,
+) -> Result<(Vec<(std::net::UdpSocket, bool)>, SocketAddr), BrokerError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = |at: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
+        let socket = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        if at.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // ADVERTISE may go to a broadcast address.
+        socket.set_broadcast(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        Ok(socket.into())
+    };
+    let err = |source| BrokerError::Bind { addr, source };
+    // As for TCP: a plain bind first fails if anyone holds the port.
+    if addr.port() != 0 {
+        drop(std::net::UdpSocket::bind(addr).map_err(err)?);
+    }
+    let mut actual = addr;
+    let mut sockets = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let s = match sockets.first() {
+            Some((first, _)) if !per_shard => std::net::UdpSocket::try_clone(first).map_err(err)?,
+            Some(_) | None => bind(actual).map_err(err)?,
+        };
+        actual = s.local_addr().map_err(err)?;
+        sockets.push((s, per_shard || i == 0));
+    }
+    Ok((sockets, actual))
+}
+
 fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -521,6 +597,8 @@ type Ready = std::sync::mpsc::Sender<Result<(), BrokerError>>;
 #[derive(Debug)]
 struct ShardStart {
     listeners: Vec<std::net::TcpListener>,
+    /// The shard's MQTT-SN socket, when the gateway runs, and whether the shard reads it.
+    udp: Option<(std::net::UdpSocket, bool)>,
     /// The loaded settings of each listener, by the same index.
     runtimes: Vec<Arc<ListenerRuntime>>,
     inbox: Vec<Receiver<Envelope>>,
@@ -582,6 +660,7 @@ fn shard_thread(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Rea
 async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Ready) {
     let ShardStart {
         listeners,
+        udp,
         runtimes,
         inbox,
         persist,
@@ -618,6 +697,11 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
         listeners.len()
     );
     let mut core = core::Core::new(id, Arc::clone(&shared), inbox, poller, listeners, persist);
+    if let Some((udp, reads)) = udp {
+        let limits = Arc::clone(&core.session_limits);
+        let sn = mqttsn::SnRuntime::new(udp, reads, &shared, id, limits);
+        core.sn = Some(Box::new(sn));
+    }
     // Stored sessions first, on every shard, and every shard's routing updates applied
     // everywhere, before the listeners open (before this, connections wait in the backlog).
     let restored = core.restore(&mut recovery);
@@ -627,7 +711,12 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     core.after_restore(&restored, &recovery);
     core.mark_restored(&restored);
     drop(recovery);
-    if let Err(source) = core.listeners.register(&core.poller) {
+    let registered = core.listeners.register(&core.poller).and_then(|()| {
+        core.sn
+            .as_ref()
+            .map_or(Ok(()), |sn| sn.register(&core.poller))
+    });
+    if let Err(source) = registered {
         let _ = ready.send(Err(BrokerError::Runtime {
             shard: index,
             source,

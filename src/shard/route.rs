@@ -603,6 +603,9 @@ impl Core {
                 self.remote_commit_failed(hold, disk_full)
             }
             Envelope::Probe { received_at } => self.on_probe(received_at),
+            Envelope::SnDatagram(forward) => self.sn_forwarded(*forward),
+            Envelope::SnDropAddress { addr } => self.sn_drop_address(addr),
+            Envelope::SnRouteGone { addr, epoch } => self.sn_route_gone(addr, epoch),
         }
     }
 
@@ -621,7 +624,7 @@ impl Core {
             leftover,
             identity,
         } = handoff;
-        let Some(id) = self.new_conn(fd, peer, Phase::Open, extra) else {
+        let Some(id) = self.new_conn(Some(fd), peer, Phase::Open, extra) else {
             return;
         };
         self.attach(id, connect, client_id, assigned, identity);

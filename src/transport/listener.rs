@@ -50,7 +50,10 @@ impl ListenerRuntime {
                 };
                 let alpn = match config.url.kind {
                     ListenerKind::Wss => ALPN_HTTP1,
-                    ListenerKind::Mqtt | ListenerKind::Mqtts | ListenerKind::Ws => ALPN_MQTT,
+                    ListenerKind::Mqtt
+                    | ListenerKind::Mqtts
+                    | ListenerKind::Ws
+                    | ListenerKind::MqttSn => ALPN_MQTT,
                 };
                 Some(TlsAcceptor::load(files, alpn).map_err(|e| listener_error(config, &e))?)
             }

@@ -7,6 +7,7 @@
 pub mod authfiles;
 pub mod conn;
 pub mod process;
+pub mod sn;
 pub mod transport;
 
 use std::io::ErrorKind;
@@ -72,7 +73,10 @@ pub struct Broker {
     handle: Option<ringmq::shard::BrokerHandle>,
     /// The first listener's address.
     pub addr: SocketAddr,
-    /// Every listener's address, in `config.listeners` order.
+    /// The MQTT-SN gateway's UDP address, when `adjust` added an `mqttsn://` listener.
+    pub mqttsn: Option<SocketAddr>,
+    /// Every listener's address, in `config.listeners` order
+    /// (TCP ones: the MQTT-SN address is `mqttsn`).
     pub addrs: Vec<SocketAddr>,
     pub shards: usize,
     _data: process::DataDir,
@@ -106,10 +110,12 @@ impl Broker {
         adjust(&mut config);
         let handle = ringmq::shard::start(config).expect("broker starts");
         let addrs = handle.local_addrs();
+        let mqttsn = handle.mqttsn_addr();
         Broker {
             handle: Some(handle),
             addr: addrs[0],
             addrs,
+            mqttsn,
             shards,
             _data: data,
         }

@@ -10,7 +10,7 @@ mod flows;
 mod lifecycle;
 mod robustness;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -53,8 +53,8 @@ struct Broker {
     gw: Gateway<u32>,
     limits: Arc<Limits>,
     sessions: BTreeMap<ClientId, Session>,
-    /// Sessions whose connection is a gateway client.
-    sn: BTreeSet<ClientId>,
+    /// Sessions whose connection is a gateway client, and that client's address.
+    sn: BTreeMap<ClientId, u32>,
     /// Packets the sessions of MQTT observers wrote.
     mqtt_inbox: BTreeMap<ClientId, Vec<Packet>>,
     subs: Vec<(ClientId, TopicFilter, Subscription)>,
@@ -95,7 +95,7 @@ impl Broker {
             gw: Gateway::new(settings),
             limits,
             sessions: BTreeMap::new(),
-            sn: BTreeSet::new(),
+            sn: BTreeMap::new(),
             mqtt_inbox: BTreeMap::new(),
             subs: Vec::new(),
             retained: BTreeMap::new(),
@@ -194,7 +194,7 @@ impl Broker {
             properties: ConnectProperties::default(),
         };
         let mut more = Vec::new();
-        self.connect_session(id(client), connect, false, &mut more);
+        self.connect_session(id(client), connect, None, &mut more);
         self.run(more);
         let got = self.mqtt_take(client);
         assert!(matches!(got.as_slice(), [Packet::ConnAck(_)]), "{got:?}");
@@ -328,15 +328,19 @@ impl Broker {
                         .push(decode(&datagram).expect("valid ADVERTISE"));
                 }
                 Output::Session {
+                    at,
                     client,
                     packet: Packet::Connect(c),
-                } => self.connect_session(client, *c, true, &mut more),
-                Output::Session { client, packet } => {
+                } => self.connect_session(client, *c, Some(at), &mut more),
+                Output::Session { client, packet, .. } => {
                     let now = self.now;
                     self.session_call(&client, &mut more, |s, out, actions| {
                         s.handle_packet(packet, now, out, actions)
                     });
                 }
+                // The gateway's client at `addr` is over: a session still listed for it
+                // (one that did not close) is no longer that client's connection.
+                Output::Gone(addr) => self.sn.retain(|_, at| *at != addr),
                 Output::Anonymous(p) => {
                     let (mut out, mut actions) = (BytesMut::new(), Vec::new());
                     self.anon
@@ -357,7 +361,7 @@ impl Broker {
         &mut self,
         client: ClientId,
         connect: Connect,
-        via_gw: bool,
+        via_gw: Option<u32>,
         more: &mut Vec<Output<u32>>,
     ) {
         let now = self.now;
@@ -367,7 +371,10 @@ impl Broker {
             Err(code) => {
                 let mut out = BytesMut::new();
                 refuse_connect(connect.protocol, code, &mut out);
-                return self.gw.handle_session_output(&client, &mut out, now, more);
+                if let Some(at) = via_gw {
+                    self.gw.handle_session_output(at, &mut out, now, more);
+                }
+                return;
             }
         };
         assert_eq!(id, client);
@@ -382,11 +389,10 @@ impl Broker {
         self.sessions
             .entry(id.clone())
             .or_insert_with(|| Session::new(id.clone(), limits));
-        if via_gw {
-            self.sn.insert(id.clone());
-        } else {
-            self.sn.remove(&id);
-        }
+        match via_gw {
+            Some(at) => self.sn.insert(id.clone(), at),
+            None => self.sn.remove(&id),
+        };
         self.session_call(&id, more, |s, out, actions| {
             s.connect(connect, present, false, now, out, actions)
         });
@@ -449,8 +455,8 @@ impl Broker {
                 Action::ReturnToGroup { .. } => {}
             }
         }
-        if closed && self.sn.remove(client) {
-            self.gw.session_closed(client, more);
+        if closed && let Some(at) = self.sn.remove(client) {
+            self.gw.session_closed(at, more);
         }
     }
 
@@ -461,8 +467,8 @@ impl Broker {
         out: &mut BytesMut,
         more: &mut Vec<Output<u32>>,
     ) {
-        if self.sn.contains(client) {
-            return self.gw.handle_session_output(client, out, self.now, more);
+        if let Some(&at) = self.sn.get(client) {
+            return self.gw.handle_session_output(at, out, self.now, more);
         }
         let limits = DecodeLimits {
             role: Role::Client,
