@@ -188,13 +188,22 @@ impl Core {
 
     /// A closing connection's input is read and thrown away: a close with unread input makes
     /// the kernel send a reset, which can destroy the reason code still in flight to the
-    /// client. The client's close (EOF) ends the linger at once.
+    /// client. The client's close (EOF) ends the linger at once. At most `READS_PER_WAKE`
+    /// reads per turn, like any connection: a client that keeps streaming cannot hold the
+    /// shard for the whole linger (the rest waits for the next turn).
     fn discard_input(&mut self, id: u32) {
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut reads = 0;
         while let Some(conn) = self.conns.get(id as usize) {
             let Some(fd) = conn.fd.as_ref() else {
                 break; // A gateway client: no socket of its own to drain.
             };
+            if reads == READS_PER_WAKE {
+                let generation = conn.generation;
+                self.again.push((id, generation));
+                break;
+            }
+            reads += 1;
             match sys::recv(fd.as_fd(), &mut scratch) {
                 Ok(IoOutcome::Done(0)) | Err(_) => {
                     self.close_now(id);
@@ -219,6 +228,11 @@ impl Core {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
         };
+        if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
+            // Its input was left for a later turn (`discard_input`).
+            self.discard_input(id);
+            return;
+        }
         if conn.phase.is_closing() || conn.phase == Phase::Verifying {
             // A parked CONNECT is read again once its verdict came (`auth::resume_input`).
             return;
