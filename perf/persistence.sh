@@ -121,13 +121,13 @@ cell() {
     for r in $(seq 1 "$RUNS"); do
         start_broker "$kind"
         local c0 o0
-        c0=$(counter ringmq_storage_commits_total || true)
+        c0=$(counter ringmq_storage_transactions_total || true)
         o0=$(counter ringmq_storage_ops_total || true)
         local t0=$SECONDS
         timeout 120 "$BENCH" "$@" --qos 1 --persistent --port "$PORT" --pid "$BROKER_PID" \
             --duration "$DURATION" --json --quiet >"$out/$r.json" 2>"$out/$r.err" || true
         local c1 o1 secs=$((SECONDS - t0))
-        c1=$(counter ringmq_storage_commits_total || true)
+        c1=$(counter ringmq_storage_transactions_total || true)
         o1=$(counter ringmq_storage_ops_total || true)
         if [ -n "$c0" ] && [ -n "$c1" ] && [ "$secs" -gt 0 ]; then
             echo "$(( (c1 - c0) / secs ))" >>"$out/commits"
