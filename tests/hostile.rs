@@ -181,22 +181,7 @@ fn stuck_subscribers(addr: SocketAddr, s: Arc<Shared>) {
 fn partial_packets(addr: SocketAddr, s: Arc<Shared>) {
     // PUBLISH QoS 0 of 1,000,000 bytes (under the default 1 MiB packet limit): topic "p"
     // then payload; the last 10 bytes are never sent.
-    let len: usize = 1_000_000;
-    let mut header = vec![0x30];
-    let mut x = len;
-    loop {
-        let mut b = (x % 128) as u8;
-        x /= 128;
-        if x > 0 {
-            b |= 0x80;
-        }
-        header.push(b);
-        if x == 0 {
-            break;
-        }
-    }
-    header.extend_from_slice(&[0, 1, b'p']);
-    let body = vec![b'x'; len - 3 - 10];
+    let packet = common::partial_publish(1_000_000);
     let mut held: Vec<TcpStream> = Vec::new();
     while s.attack.load(Ordering::Relaxed) {
         // Keep 300 connections holding a partial packet; replace the ones the broker closed.
@@ -213,9 +198,7 @@ fn partial_packets(addr: SocketAddr, s: Arc<Shared>) {
             };
             t.set_write_timeout(Some(Duration::from_secs(2))).ok();
             let id = format!("partial-{}", s.attacks.fetch_add(1, Ordering::Relaxed));
-            let ok = t.write_all(&connect_bytes(&id, true)).is_ok()
-                && t.write_all(&header).is_ok()
-                && t.write_all(&body).is_ok();
+            let ok = t.write_all(&connect_bytes(&id, true)).is_ok() && t.write_all(&packet).is_ok();
             if ok {
                 held.push(t);
             }

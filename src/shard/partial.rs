@@ -129,7 +129,7 @@ impl Core {
         if let Some(conn) = self.conns.get_mut(id as usize) {
             conn.keep_input(work);
         }
-        let timeout_ms = u64::from(self.shared.config.limits.incomplete_packet_timeout_secs) * 1000;
+        let timeout_ms = self.incomplete_packet_timeout_ms();
         if began.is_none() && timeout_ms > 0 {
             self.schedule_conn(id, stamp_ms(since) + timeout_ms + 100);
         }
@@ -140,7 +140,7 @@ impl Core {
     /// packet is older than `incomplete_packet_timeout_secs`; otherwise its timer is set for
     /// that moment if it holds one.
     pub(crate) fn incomplete_packet_expired(&mut self, id: u32, generation: u32) -> bool {
-        let timeout_ms = u64::from(self.shared.config.limits.incomplete_packet_timeout_secs) * 1000;
+        let timeout_ms = self.incomplete_packet_timeout_ms();
         let Some(since) = self.partial.since(id, generation) else {
             return false;
         };
@@ -159,6 +159,11 @@ impl Core {
             format!("a packet begun {secs}s ago is still incomplete"),
         );
         true
+    }
+
+    /// `incomplete_packet_timeout_secs` in milliseconds (0: no limit).
+    fn incomplete_packet_timeout_ms(&self) -> u64 {
+        u64::from(self.shared.config.limits.incomplete_packet_timeout_secs) * 1000
     }
 
     /// Connection `id` ends for what it sent: its incomplete packet is released, a v5 client

@@ -533,3 +533,24 @@ impl Client {
         let _ = self.stream.tcp().shutdown(Shutdown::Both);
     }
 }
+
+/// The bytes of a QoS 0 PUBLISH to topic "p" with `len` bytes of remaining length, less its
+/// last 10 bytes: a packet the broker must hold incomplete.
+pub fn partial_publish(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0x30];
+    let mut x = len;
+    loop {
+        let mut b = (x % 128) as u8;
+        x /= 128;
+        if x > 0 {
+            b |= 0x80;
+        }
+        bytes.push(b);
+        if x == 0 {
+            break;
+        }
+    }
+    bytes.extend_from_slice(&[0, 1, b'p']);
+    bytes.resize(bytes.len() + len - 3 - 10, b'x');
+    bytes
+}

@@ -10,28 +10,8 @@ use std::time::{Duration, Instant};
 
 use ringmq::codec::{self, Packet, ProtocolVersion};
 
-use crate::common::Client;
 use crate::common::process::{BrokerProcess, DataDir};
-
-/// A PUBLISH of `len` bytes of remaining length (topic "p"), less its last 10 bytes.
-fn partial_publish(len: usize) -> Vec<u8> {
-    let mut bytes = vec![0x30];
-    let mut x = len;
-    loop {
-        let mut b = (x % 128) as u8;
-        x /= 128;
-        if x > 0 {
-            b |= 0x80;
-        }
-        bytes.push(b);
-        if x == 0 {
-            break;
-        }
-    }
-    bytes.extend_from_slice(&[0, 1, b'p']);
-    bytes.resize(bytes.len() + len - 3 - 10, b'x');
-    bytes
-}
+use crate::common::{Client, partial_publish};
 
 fn broker_with(dir: &DataDir, settings: &str) -> BrokerProcess {
     let config = format!("{}/ringmq.toml", dir.path());
