@@ -309,6 +309,7 @@ impl Session {
         for q in &back_to_queue {
             let change = super::persist::Change::Sent {
                 seq: q.seq,
+                qos: q.qos,
                 packet_id: None,
             };
             self.persist(change, actions);

@@ -135,6 +135,7 @@ impl Session {
             let change = if stored {
                 Change::Sent {
                     seq,
+                    qos: entry.qos,
                     packet_id: Some(packet_id),
                 }
             } else {

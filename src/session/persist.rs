@@ -52,9 +52,10 @@ pub enum Change {
         packet_id: Option<PacketId>,
     },
     /// A stored message got a packet id (sent from the queue), or lost it (`None`: put back
-    /// in the queue by a resumed connection with a smaller window).
+    /// in the queue by a resumed connection with a smaller window). `qos`: its delivery QoS.
     Sent {
         seq: u64,
+        qos: QoS,
         packet_id: Option<PacketId>,
     },
     /// QoS 2: PUBREC arrived, PUBREL goes out; the message itself is no longer needed.

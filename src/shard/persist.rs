@@ -304,7 +304,10 @@ impl Persist {
 /// Whether the output a change comes with must wait for its commit: acknowledgements of
 /// durable state do (CONNACK of a stored session, SUBACK, UNSUBACK, PUBREC, PUBCOMP,
 /// PUBREL, and a QoS 2 PUBLISH whose packet id the client may keep); a QoS 1 delivery need
-/// not (if a crash loses it, the publisher, not yet acknowledged, sends it again).
+/// not: sent at once, a crash that loses it also loses the publisher's acknowledgement (the
+/// publisher sends it again); sent from the stored queue, a crash that loses only its packet
+/// id leaves it queued, and it goes out again under a new one, a duplicate QoS 1 allows
+/// [MQTT-4.3.2]. Waiting there would gate every refill of the client's window on a commit.
 fn output_waits(change: &Change) -> bool {
     match change {
         Change::Header
@@ -317,7 +320,9 @@ fn output_waits(change: &Change) -> bool {
         Change::Enqueued { qos, packet_id, .. } => {
             packet_id.is_some() && *qos == codec::QoS::ExactlyOnce
         }
-        Change::Sent { packet_id, .. } => packet_id.is_some(),
+        Change::Sent { qos, packet_id, .. } => {
+            packet_id.is_some() && *qos == codec::QoS::ExactlyOnce
+        }
         Change::Completed { .. } => false,
     }
 }
@@ -388,7 +393,7 @@ impl Core {
                     },
                 }
             }
-            Change::Sent { seq, packet_id } => storage::Op::SetEntryState {
+            Change::Sent { seq, packet_id, .. } => storage::Op::SetEntryState {
                 client: key,
                 seq,
                 state: match packet_id {
