@@ -22,6 +22,8 @@ SCENARIOS:
   connect-rate   open --connections N connections; connects/s and CONNACK latency
   mqttsn         MQTT-SN publishers over UDP -> an MQTT subscriber (own options:
                  ringmq-bench mqttsn --help)
+  subscriptions  --connections N clients subscribe to --filters K filters each; with --pid,
+                 broker RSS per subscription, then broker CPU per publish at that size
 
 TARGET AND CONNECTIONS:
   --host IP            broker address (IPv4 or localhost) [127.0.0.1]
@@ -64,9 +66,19 @@ MESSAGING SCENARIOS:
                        start 0 with a session expiry of 300 s (a persistent broker stores
                        their QoS 1/2 messages before acknowledging the publishers)
 
-IDLE AND CONNECT-RATE:
+IDLE, CONNECT-RATE AND SUBSCRIPTIONS:
   --connections N      connections [1000]
   --hold T             idle: hold time after all are connected; RSS read at the end [10s]
+                       subscriptions: settle time before each RSS reading [10s]
+
+SUBSCRIPTIONS:
+  --filters K          filters per connection: client c subscribes to
+                       rmqb/<tag>/site<c/100>/dev<c>/sensor<k>/+ for k < K [100]
+  --exact              the same filters without the trailing /+ (no wildcard)
+  --duration T         then one publisher sends QoS 0 publishes to random subscribed topics
+                       (each matches one subscription) for T; 0 skips it [3s]
+  --rate R             publishes/s of that publisher [as fast as the broker reads]
+  --payload BYTES      payload size of those publishes [64]
 
 OUTPUT:
   --json               print the final report as JSON on stdout (progress stays on stderr)
@@ -85,6 +97,7 @@ pub enum Scenario {
     Shared,
     Idle,
     ConnectRate,
+    Subscriptions,
 }
 
 impl Scenario {
@@ -96,11 +109,15 @@ impl Scenario {
             Scenario::Shared => "shared",
             Scenario::Idle => "idle",
             Scenario::ConnectRate => "connect-rate",
+            Scenario::Subscriptions => "subscriptions",
         }
     }
 
     pub fn is_messaging(self) -> bool {
-        !matches!(self, Scenario::Idle | Scenario::ConnectRate)
+        !matches!(
+            self,
+            Scenario::Idle | Scenario::ConnectRate | Scenario::Subscriptions
+        )
     }
 }
 
@@ -143,6 +160,10 @@ pub struct Config {
     /// Every CONNECT carries this user name and `password`.
     pub username: Option<String>,
     pub password: String,
+    /// Subscriptions: filters per connection.
+    pub filters: usize,
+    /// Subscriptions: filters without a wildcard.
+    pub exact: bool,
 }
 
 impl Config {
@@ -204,10 +225,13 @@ fn check_applies(flag: &str, scenario: Scenario) -> Result<(), String> {
         "--publishers" | "--subscribers" | "--topics" => {
             matches!(scenario, FanIn | FanOut | Shared)
         }
-        "--qos" | "--payload" | "--duration" | "--warmup" | "--drain" | "--window" | "--rate"
-        | "--persistent" => scenario.is_messaging(),
+        "--qos" | "--warmup" | "--drain" | "--window" | "--persistent" => scenario.is_messaging(),
+        "--payload" | "--duration" | "--rate" => {
+            scenario.is_messaging() || scenario == Subscriptions
+        }
         "--connections" => !scenario.is_messaging(),
-        "--hold" => scenario == Idle,
+        "--hold" => matches!(scenario, Idle | Subscriptions),
+        "--filters" | "--exact" => scenario == Subscriptions,
         _ => true,
     };
     if ok {
@@ -232,6 +256,7 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         "shared" => Scenario::Shared,
         "idle" => Scenario::Idle,
         "connect-rate" => Scenario::ConnectRate,
+        "subscriptions" => Scenario::Subscriptions,
         other => return Err(format!("unknown scenario '{other}' (see --help)")),
     };
     let (publishers, subscribers) = match scenario {
@@ -273,6 +298,8 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         probe_port: None,
         username: None,
         password: String::new(),
+        filters: 100,
+        exact: false,
     };
     let mut i = 1;
     while i < args.len() {
@@ -284,13 +311,14 @@ pub fn parse(args: &[String]) -> Result<Option<Config>, String> {
         check_applies(&flag, scenario)?;
         if matches!(
             flag.as_str(),
-            "--json" | "--quiet" | "--persistent" | "--tls" | "--ws"
+            "--json" | "--quiet" | "--persistent" | "--tls" | "--ws" | "--exact"
         ) {
             match flag.as_str() {
                 "--json" => c.json = true,
                 "--quiet" => c.quiet = true,
                 "--tls" => c.tls = true,
                 "--ws" => c.ws = true,
+                "--exact" => c.exact = true,
                 _ => c.persistent = true,
             }
             continue;
@@ -359,6 +387,7 @@ fn apply(c: &mut Config, flag: &str, v: &str) -> Result<(), String> {
             c.ws_path = v.to_string()
         }
         "--probe-port" => c.probe_port = Some(num(flag, v)?),
+        "--filters" => c.filters = num(flag, v)?,
         _ => return Err(format!("unknown option '{flag}' (see --help)")),
     }
     Ok(())
@@ -388,8 +417,11 @@ fn validate(c: &mut Config) -> Result<(), String> {
     if c.username.is_none() && !c.password.is_empty() {
         return Err("--password needs --username".into());
     }
-    if c.duration.is_zero() {
+    if c.duration.is_zero() && c.scenario != Scenario::Subscriptions {
         return Err("--duration must be positive".into());
+    }
+    if c.scenario == Scenario::Subscriptions && (c.filters == 0 || c.filters > 100_000) {
+        return Err("--filters must be 1..100000".into());
     }
     if let Some(r) = c.rate
         && !(r.is_finite() && r > 0.0)
@@ -447,6 +479,11 @@ mod tests {
         );
         let c = p("idle --connections 30000").unwrap().unwrap();
         assert_eq!(c.source_ips, 2);
+        let c = p("subscriptions --connections 10000 --filters 100 --exact --duration 0")
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.connections, c.filters, c.exact), (10_000, 100, true));
+        assert!(c.duration.is_zero());
     }
 
     #[test]
@@ -455,6 +492,8 @@ mod tests {
         assert!(p("pairs --payload 10").is_err());
         assert!(p("pairs --publishers 2").is_err());
         assert!(p("idle --qos 1").is_err());
+        assert!(p("pairs --filters 3").is_err());
+        assert!(p("subscriptions --filters 0").is_err());
         assert!(p("nope").is_err());
         assert!(p("pairs --bogus 1").is_err());
         assert!(p("pairs --duration").is_err());

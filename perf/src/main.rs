@@ -6,7 +6,8 @@
 //! reordering), `report` (table and JSON), `run` (the main thread's timeline), `sys` (libc),
 //! `link` (its own TLS client use and WebSocket framing for `--tls` / `--ws`), `probe`
 //! (PINGRESP latency of a bystander client during a run), `sn` (the `mqttsn` scenario: MQTT-SN
-//! publishers over UDP, self-contained).
+//! publishers over UDP, self-contained), `subs` (the subscriptions
+//! scenario).
 
 mod accounting;
 mod cli;
@@ -17,6 +18,7 @@ mod probe;
 mod report;
 mod run;
 mod sn;
+mod subs;
 mod sys;
 mod traffic;
 mod wire;

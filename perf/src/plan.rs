@@ -25,6 +25,9 @@ pub enum Role {
     Publisher(u32),
     Subscriber(u32),
     Idle,
+    /// Subscriptions scenario: connection number `n` of the run, subscribing to its filters
+    /// (`subs::filter`) once the main thread says so.
+    Filters(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +116,12 @@ impl Plan {
             });
             n += 1;
         };
+        if cfg.scenario == Scenario::Subscriptions {
+            for i in 0..cfg.connections {
+                add(&mut plan, i % threads, Role::Filters(i as u32), 'f', i);
+            }
+            return plan;
+        }
         if !cfg.scenario.is_messaging() {
             for i in 0..cfg.connections {
                 add(&mut plan, i % threads, Role::Idle, 'i', i);
@@ -218,6 +227,13 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub ready: AtomicUsize,
     pub failed: AtomicUsize,
+    /// Subscriptions scenario: set by the main thread once every connection is ready (and
+    /// the broker's RSS with connections only was read); workers then send their SUBSCRIBEs.
+    pub subscribe_now: AtomicBool,
+    /// Subscriptions scenario: connections whose every filter was granted, and those that had
+    /// one refused.
+    pub subscribed: AtomicUsize,
+    pub refused: AtomicUsize,
     /// Messages each publisher has queued so far (sequence numbers 0..sent).
     pub pub_sent: Vec<Padded<AtomicU64>>,
     /// One past the highest sequence number delivered on each edge.
@@ -254,6 +270,9 @@ impl Shared {
             stop: AtomicBool::new(false),
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
+            subscribe_now: AtomicBool::new(false),
+            subscribed: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             threads,
             link,
         })

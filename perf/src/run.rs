@@ -59,6 +59,7 @@ pub fn run(cfg: Config) -> Result<i32, String> {
     let (mut report, status) = match sh.cfg.scenario {
         Scenario::Idle => run_idle(&sh, handles),
         Scenario::ConnectRate => run_connect_rate(&sh, handles),
+        Scenario::Subscriptions => crate::subs::run_subscriptions(&sh, handles),
         _ => run_messaging(&sh, handles),
     }?;
     if let Some(probe) = probe {
@@ -76,7 +77,7 @@ pub fn run(cfg: Config) -> Result<i32, String> {
     Ok(status)
 }
 
-fn stop_and_join(
+pub(crate) fn stop_and_join(
     sh: &Shared,
     handles: Vec<JoinHandle<ThreadReport>>,
 ) -> Result<ThreadReport, String> {
@@ -92,13 +93,13 @@ fn stop_and_join(
     Ok(total)
 }
 
-fn progress(sh: &Shared, line: &str) {
+pub(crate) fn progress(sh: &Shared, line: &str) {
     if !sh.cfg.quiet {
         eprintln!("{line}");
     }
 }
 
-fn live_totals(sh: &Shared) -> (u64, u64) {
+pub(crate) fn live_totals(sh: &Shared) -> (u64, u64) {
     sh.threads.iter().fold((0, 0), |(s, r), t| {
         (
             s + t.live.0.sent.load(Ordering::Relaxed),
@@ -107,7 +108,7 @@ fn live_totals(sh: &Shared) -> (u64, u64) {
     })
 }
 
-fn sleep_until(sh: &Shared, ns: u64) {
+pub(crate) fn sleep_until(sh: &Shared, ns: u64) {
     let now = sh.now_ns();
     if ns > now {
         std::thread::sleep(Duration::from_nanos(ns - now));
@@ -115,7 +116,7 @@ fn sleep_until(sh: &Shared, ns: u64) {
 }
 
 /// Waits until every connection is ready or has failed, printing progress; false on timeout.
-fn wait_handshakes(sh: &Shared) -> bool {
+pub(crate) fn wait_handshakes(sh: &Shared) -> bool {
     let total = sh.cfg.total_connections();
     let deadline = sh.now_ns() + (10 + total as u64 / 1000) * 1_000_000_000;
     let mut next_line = sh.now_ns() + 1_000_000_000;
@@ -142,7 +143,11 @@ fn wait_handshakes(sh: &Shared) -> bool {
     }
 }
 
-fn setup_failure(sh: &Shared, handles: Vec<JoinHandle<ThreadReport>>, timed_out: bool) -> String {
+pub(crate) fn setup_failure(
+    sh: &Shared,
+    handles: Vec<JoinHandle<ThreadReport>>,
+    timed_out: bool,
+) -> String {
     let total = sh.cfg.total_connections();
     let ready = sh.ready.load(Ordering::Acquire);
     let r = stop_and_join(sh, handles).unwrap_or_default();
@@ -345,7 +350,7 @@ fn messaging_report(
     (rep, status)
 }
 
-fn header(rep: &mut Report, cfg: &Config) {
+pub(crate) fn header(rep: &mut Report, cfg: &Config) {
     rep.str("scenario", cfg.scenario.name());
     rep.str("broker", format!("{}:{}", cfg.host, cfg.port));
     rep.str("protocol", cfg.protocol_name());
@@ -353,7 +358,7 @@ fn header(rep: &mut Report, cfg: &Config) {
     rep.int("threads", cfg.threads as u64);
 }
 
-fn errors(rep: &mut Report, r: &ThreadReport) {
+pub(crate) fn errors(rep: &mut Report, r: &ThreadReport) {
     for ((_, name), n) in ERROR_KINDS.iter().zip(r.errors) {
         rep.int(name, n);
     }

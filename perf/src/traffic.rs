@@ -282,9 +282,16 @@ impl Worker {
                         self.mark_dirty(i);
                         return Ok(());
                     }
-                    Role::Idle => {}
+                    Role::Idle | Role::Filters(_) => {}
                 }
                 self.became_ready(i);
+            }
+            (ConnState::Ready, wire::SUBACK) if matches!(self.conns[i].role, Role::Filters(_)) => {
+                self.on_filters_suback(i, frame.body)?;
+            }
+            (ConnState::Ready, wire::PUBLISH) if matches!(self.conns[i].role, Role::Filters(_)) => {
+                wire::parse_publish(frame, proto)?;
+                self.report.received_total += 1;
             }
             (ConnState::AwaitSuback, wire::SUBACK) => {
                 let (_, code) = wire::parse_suback(frame.body, proto)?;

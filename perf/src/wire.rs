@@ -169,14 +169,38 @@ pub fn encode_connect(
 
 /// SUBSCRIBE to one filter at `qos`.
 pub fn encode_subscribe(out: &mut Vec<u8>, proto: Protocol, packet_id: u16, filter: &str, qos: u8) {
+    encode_subscribe_all(out, proto, packet_id, [filter], qos);
+}
+
+/// SUBSCRIBE to every filter of `filters` at `qos`, in one packet.
+pub fn encode_subscribe_all<S: AsRef<str>>(
+    out: &mut Vec<u8>,
+    proto: Protocol,
+    packet_id: u16,
+    filters: impl IntoIterator<Item = S>,
+    qos: u8,
+) {
     let start = out.len();
     out.extend_from_slice(&packet_id.to_be_bytes());
     if proto == Protocol::V5 {
         out.push(0);
     }
-    put_str(out, filter.as_bytes());
-    out.push(qos);
+    for filter in filters {
+        put_str(out, filter.as_ref().as_bytes());
+        out.push(qos);
+    }
     finish(out, start, (SUBSCRIBE << 4) | 0x02); // reserved flags 0010 [MQTT-3.8.1-1]
+}
+
+/// A QoS 0 PUBLISH of `payload` to `topic`.
+pub fn encode_publish_qos0(out: &mut Vec<u8>, proto: Protocol, topic: &[u8], payload: &[u8]) {
+    let start = out.len();
+    put_str(out, topic);
+    if proto == Protocol::V5 {
+        out.push(0);
+    }
+    out.extend_from_slice(payload);
+    finish(out, start, PUBLISH << 4);
 }
 
 /// PUBACK, PUBREC, PUBREL or PUBCOMP with success (the short form is valid in both versions).
@@ -266,8 +290,15 @@ fn str_len(buf: &[u8]) -> Result<usize, WireError> {
     }
 }
 
-/// SUBACK: packet id and the first reason code (we always subscribe to one filter).
+/// SUBACK: packet id and the first reason code (messaging scenarios subscribe to one filter).
 pub fn parse_suback(body: &[u8], proto: Protocol) -> Result<(u16, u8), WireError> {
+    let (id, codes) = parse_suback_codes(body, proto)?;
+    let code = *codes.first().ok_or(WireError::Malformed)?;
+    Ok((id, code))
+}
+
+/// SUBACK: packet id and every reason code, one per filter of the SUBSCRIBE.
+pub fn parse_suback_codes(body: &[u8], proto: Protocol) -> Result<(u16, &[u8]), WireError> {
     let [a, b, rest @ ..] = body else {
         return Err(WireError::Malformed);
     };
@@ -275,8 +306,7 @@ pub fn parse_suback(body: &[u8], proto: Protocol) -> Result<(u16, u8), WireError
         Protocol::V311 => rest,
         Protocol::V5 => property_block(rest)?.1,
     };
-    let code = *codes.first().ok_or(WireError::Malformed)?;
-    Ok((u16::from_be_bytes([*a, *b]), code))
+    Ok((u16::from_be_bytes([*a, *b]), codes))
 }
 
 /// PUBACK/PUBREC/PUBREL/PUBCOMP: packet id and reason code (0 when omitted).
@@ -433,6 +463,18 @@ mod tests {
         out.clear();
         encode_subscribe(&mut out, Protocol::V5, 7, "t", 2);
         assert_eq!(out, [0x82, 7, 0, 7, 0, 0, 1, b't', 2]);
+    }
+
+    #[test]
+    fn subscribe_many_and_publish_literals() {
+        let mut out = Vec::new();
+        encode_subscribe_all(&mut out, Protocol::V311, 2, ["a", "b/+"], 0);
+        assert_eq!(out, b"\x82\x0c\x00\x02\x00\x01a\x00\x00\x03b/+\x00");
+        let (id, codes) = parse_suback_codes(b"\x00\x02\x00\x80", Protocol::V311).unwrap();
+        assert_eq!((id, codes), (2, &[0, 0x80][..]));
+        out.clear();
+        encode_publish_qos0(&mut out, Protocol::V5, b"t/x", b"hi");
+        assert_eq!(out, b"\x30\x08\x00\x03t/x\x00hi");
     }
 
     #[test]

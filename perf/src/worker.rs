@@ -97,6 +97,8 @@ pub struct Worker {
     pub now: u64,
     pub timing: Option<Timing>,
     pub report: ThreadReport,
+    /// Subscriptions scenario: SUBACKs still due per connection (empty until it subscribes).
+    pub subacks_due: Vec<u32>,
     last_tick: u64,
     stopping: bool,
     /// The first TLS/WebSocket error of this thread was printed.
@@ -126,6 +128,7 @@ impl Worker {
             now: 0,
             timing: None,
             report: ThreadReport::new(),
+            subacks_due: Vec::new(),
             last_tick: 0,
             stopping: false,
             link_error_shown: false,
@@ -137,6 +140,7 @@ impl Worker {
                 Role::Publisher(p) => Role::Publisher(w.add_publisher(p, spec) as u32),
                 Role::Subscriber(s) => Role::Subscriber(w.add_subscriber(s) as u32),
                 Role::Idle => Role::Idle,
+                Role::Filters(n) => Role::Filters(n),
             };
             w.conns.push(Conn {
                 fd: None,
@@ -184,6 +188,9 @@ impl Worker {
                 break;
             }
             self.open_connections();
+            if self.subacks_due.is_empty() && self.sh.subscribe_now.load(Ordering::Acquire) {
+                self.subscribe_filters();
+            }
             if self.timing.is_none() {
                 let start = self.sh.start_ns.load(Ordering::Acquire);
                 if start != NOT_STARTED {
