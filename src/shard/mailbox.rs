@@ -291,6 +291,10 @@ impl Mesh {
     }
 }
 
+/// An emptied outbox queue whose capacity grew above this (and above the channel's) gives it
+/// back: a burst must not keep its peak for the shard's lifetime.
+const SHRINK_ABOVE: usize = 4096;
+
 /// Envelopes a shard produced this turn, per destination; flushed once per turn.
 #[derive(Debug)]
 pub(crate) struct Outboxes {
@@ -433,7 +437,12 @@ impl Outboxes {
                     }
                 }
             }
-            if !queue.is_empty() {
+            if queue.is_empty() {
+                // A burst's queue (a subscription storm's interest changes) is not kept.
+                if queue.capacity() > self.capacity.max(SHRINK_ABOVE) {
+                    *queue = VecDeque::new();
+                }
+            } else {
                 all_sent = false;
                 // Ask `dst` to wake us when it has drained; then look once more, in case it
                 // drained between our `len` and the flag (its check would have missed it).

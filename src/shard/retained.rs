@@ -9,8 +9,8 @@
 //! fast as it can; QoS 0 ones are not dropped for a full buffer).
 //!
 //! Must never: send a retained message to a different client (a slot reused since: checked by
-//! generation), or spend more than `RETAINED_PER_TURN` deliveries and `SCANS_PER_TURN` lookups
-//! in one turn.
+//! generation), or spend more than `RETAINED_PER_TURN` deliveries and about
+//! `LOOKUP_WORK_PER_TURN` of lookups in one turn, or work in proportion to the queue's length.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,8 +23,10 @@ use crate::session::{Delivery, Message, Subscription};
 /// Retained deliveries per turn, all subscriptions together: a few milliseconds of work.
 const RETAINED_PER_TURN: usize = 512;
 
-/// Retained-store lookups per turn (each visits the matching part of the store).
-const SCANS_PER_TURN: usize = 8;
+/// Retained-store lookup work per turn: a lookup costs 1 plus the messages it found (it
+/// visits about that much of the store). 4096: eight `#` lookups over 512 retained messages,
+/// or thousands of lookups that find nothing (a subscription storm of device filters).
+const LOOKUP_WORK_PER_TURN: usize = 4096;
 
 /// One subscription whose retained messages are still to be sent.
 #[derive(Debug)]
@@ -81,18 +83,23 @@ impl Core {
     }
 
     /// Sends retained messages within this turn's budget; returns true when jobs that could
-    /// progress are left for the next turn.
+    /// progress are left for the next turn. Works on the queue in place and looks at each job
+    /// at most once per turn, so a turn costs its budget, not the length of the queue (a
+    /// subscription storm queues a job per filter: rebuilding the queue every turn made it
+    /// quadratic).
     pub(crate) fn run_retained_jobs(&mut self) -> bool {
         let max_out = self.shared.config.limits.max_output_buffer;
-        let (mut sent, mut scans) = (0, 0);
-        let mut waiting = VecDeque::new();
+        let (mut sent, mut work) = (0, 0);
         let mut progress_left = false;
-        while let Some(mut job) = self.retained_jobs.pop_front() {
-            if sent >= RETAINED_PER_TURN || scans >= SCANS_PER_TURN {
+        // Jobs put back (their client reads slowly) go behind the others, in their order.
+        for _ in 0..self.retained_jobs.len() {
+            if sent >= RETAINED_PER_TURN || work >= LOOKUP_WORK_PER_TURN {
                 progress_left = true;
-                waiting.push_back(job);
-                continue;
+                break;
             }
+            let Some(mut job) = self.retained_jobs.pop_front() else {
+                break;
+            };
             let live = self
                 .clients
                 .get(job.slot as usize)
@@ -106,15 +113,15 @@ impl Core {
                 .is_some_and(|c| c.phase == Phase::Open && c.out.len() < max_out);
             if conn.is_some() && !room {
                 // The client reads slowly: its job waits (its flush resumes the loop).
-                waiting.push_back(job);
+                self.retained_jobs.push_back(job);
                 continue;
             }
             let found = match job.found.as_mut() {
                 Some(found) => found,
                 None => {
-                    scans += 1;
-                    job.found = Some(self.find_retained(&job.filter));
-                    job.found.get_or_insert_with(VecDeque::new)
+                    let found = self.find_retained(&job.filter);
+                    work += 1 + found.len();
+                    job.found.insert(found)
                 }
             };
             let mut batch = Vec::new();
@@ -126,11 +133,16 @@ impl Core {
             sent += batch.len();
             self.deliver_retained(job.slot, &job.sub, &batch);
             if !done {
+                // Out of budget: it goes on first next turn, before this client's later jobs.
                 progress_left = true;
-                waiting.push_back(job);
+                self.retained_jobs.push_front(job);
+                break;
             }
         }
-        self.retained_jobs = waiting;
+        if self.retained_jobs.is_empty() && self.retained_jobs.capacity() > RETAINED_PER_TURN {
+            // A storm's queue is not kept for the next one.
+            self.retained_jobs = VecDeque::new();
+        }
         progress_left
     }
 

@@ -150,3 +150,62 @@ fn twenty_thousand_distinct_filters() {
         "one retained message for each filter the packet may carry"
     );
 }
+
+/// A subscription storm (100 clients x 1,000 device filters, none matching the retained
+/// store) queues a retained lookup per filter; working through them costs each turn its
+/// budget, not the length of the queue: a subscription made right behind the storm gets its
+/// retained message within seconds. (Rebuilding the queue every turn, as before, took
+/// minutes of a busy shard here.)
+#[test]
+fn a_subscription_storm_keeps_retained_lookups_linear() {
+    let _serial = super::ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let broker = Broker::start(1);
+    let v = ProtocolVersion::V311;
+    let (mut p, _) = Client::connect(broker.addr, v, "storm-setter", true);
+    p.publish("storm/last", b"retained", QoS::AtMostOnce, true);
+    p.ping();
+    let mut clients = Vec::new();
+    for c in 0..100 {
+        let (client, _) = Client::connect(broker.addr, v, &format!("storm-{c}"), true);
+        let mut w = client.writer();
+        for chunk in 0..4 {
+            let filters: Vec<String> = (0..250)
+                .map(|k| format!("storm/{c}/dev{}/+", chunk * 250 + k))
+                .collect();
+            w.write_all(&subscribe_packet(&filters)).expect("SUBSCRIBE");
+        }
+        clients.push(client);
+    }
+    // Every storm SUBSCRIBE was read (and its lookups queued) before the probe's.
+    for client in &mut clients {
+        client.send(&Packet::PingReq);
+        let mut subacks = 0;
+        loop {
+            match client.recv() {
+                Packet::SubAck(_) => subacks += 1,
+                Packet::PingResp => break,
+                other => panic!("expected SUBACK or PINGRESP, got {other:?}"),
+            }
+        }
+        assert_eq!(subacks, 4);
+    }
+    let (mut probe, _) = Client::connect(broker.addr, v, "storm-probe", true);
+    let started = Instant::now();
+    probe.subscribe("storm/last", QoS::AtMostOnce);
+    let got = loop {
+        match probe.recv_within(Duration::from_secs(30)) {
+            Ok(Some(Packet::Publish(p))) => break Some(p),
+            Ok(Some(_)) => continue,
+            _ => break None,
+        }
+    };
+    let took = started.elapsed();
+    eprintln!("retained message behind 100,000 queued lookups after {took:?}");
+    let got = got.expect("the retained message");
+    assert_eq!(got.topic.as_str(), "storm/last");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(clients);
+    broker.stop();
+}
