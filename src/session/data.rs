@@ -157,8 +157,8 @@ impl SessionData {
         if !fits(self) {
             return Enqueued::Rejected;
         }
-        if !entry.message.owned {
-            // Queued for an unknown time: it must not keep the read it came from alive.
+        if entry.message.pinned_read > super::types::DETACH_READS_ABOVE {
+            // Queued for an unknown time: it must not keep a large read alive.
             entry.message = std::sync::Arc::new(entry.message.detached());
         }
         self.queued_bytes += cost;

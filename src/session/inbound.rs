@@ -266,7 +266,7 @@ impl Session {
             expires_at_ms,
             origin: Some(self.client_id.clone()),
             store_id: 0,
-            owned: false,
+            pinned_read: super::types::UNKNOWN_READ,
         })
     }
 

@@ -61,8 +61,8 @@ pub use connect::{ConnectDecision, refuse_connect, validate_connect};
 pub use data::{Outbound, QueuedMessage, SessionData};
 pub use persist::{Change, Header};
 pub use types::{
-    ASSIGNED_ID_PREFIX, ClientId, ClientIdError, Delivery, Message, SessionStats, Subscription,
-    assign_client_id,
+    ASSIGNED_ID_PREFIX, ClientId, ClientIdError, DETACH_READS_ABOVE, Delivery, Message,
+    SessionStats, Subscription, UNKNOWN_READ, assign_client_id,
 };
 
 /// What the shard must do after a session call, in order.

@@ -257,6 +257,12 @@ impl Core {
         hold_from: Option<usize>,
     ) {
         let qos = message.qos;
+        if message.pinned_read == crate::session::UNKNOWN_READ
+            && let Some(read) = self.read_len
+        {
+            // The only reference yet: no copy is made.
+            Arc::make_mut(&mut message).pinned_read = read;
+        }
         if qos != QoS::AtMostOnce && self.persist.enabled() {
             // The only reference yet: no copy is made. Every shard that stores the message
             // stores it under this id (one copy per message, however many sessions).

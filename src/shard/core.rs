@@ -229,6 +229,9 @@ pub(crate) struct Core {
     /// The connection whose client's call is being handled: it is not written early in the
     /// middle of that call (its hold positions would move).
     pub(crate) marked_conn: Option<u32>,
+    /// The size of the read whose packets are being handled (their views pin it), for
+    /// `Message::pinned_read`; `None` outside of a read.
+    pub(crate) read_len: Option<u32>,
     /// Shutdown: until when outstanding commits are waited for (set at the first look).
     pub(crate) stop_commit_deadline: Option<u64>,
     /// Connections in `Phase::Lingering` or `Phase::Draining`.
@@ -300,6 +303,7 @@ impl Core {
             session_call: SessionCall::Other,
             persist,
             marked_conn: None,
+            read_len: None,
             stop_commit_deadline: None,
             lingering: 0,
             retained_jobs: std::collections::VecDeque::new(),

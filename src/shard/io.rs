@@ -404,7 +404,9 @@ impl Core {
             }
         };
         let began = self.partial.take(id, generation);
+        self.read_len = Some(u32::try_from(work.len()).unwrap_or(u32::MAX - 1));
         let step = self.decode_all(id, &mut work);
+        self.read_len = None;
         if matches!(step, Step::Continue) && !work.is_empty() {
             return self.keep_partial(id, generation, work, began);
         }

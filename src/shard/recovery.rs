@@ -214,7 +214,7 @@ fn message_from_record(r: &storage::MessageRecord, id: u64, wall_epoch_ms: u64) 
         expires_at_ms: r.expires_at_ms.map(|t| wall_to_broker(t, wall_epoch_ms)),
         origin: None,
         store_id: id,
-        owned: true,
+        pinned_read: 0,
     })
 }
 

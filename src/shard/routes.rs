@@ -113,6 +113,6 @@ pub(crate) fn retained_message(entry: &RetainedMessage) -> Arc<Message> {
         expires_at_ms: entry.expires_at,
         origin: None,
         store_id: 0,
-        owned: true,
+        pinned_read: 0,
     })
 }

@@ -190,7 +190,7 @@ impl Core {
                 expires_at_ms: None,
                 origin: None,
                 store_id: 0,
-                owned: true,
+                pinned_read: 0,
             };
             self.route_publish(Arc::new(message), None);
         }

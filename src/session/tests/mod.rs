@@ -92,7 +92,7 @@ pub(super) fn message(t: &'static str, qos: QoS) -> Arc<Message> {
         expires_at_ms: None,
         origin: Some(client("publisher")),
         store_id: 0,
-        owned: true,
+        pinned_read: 0,
     })
 }
 

@@ -368,7 +368,7 @@ fn queued_messages_own_their_bytes_and_are_charged_in_full() {
     let read = Bytes::from(vec![b'x'; 1 << 20]);
     let mut m = (*message("big/read", QoS::AtLeastOnce)).clone();
     m.payload = read.slice(10..11);
-    m.owned = false;
+    m.pinned_read = read.len() as u32;
     m.properties
         .user_properties
         .push(crate::codec::UserProperty {
@@ -377,11 +377,28 @@ fn queued_messages_own_their_bytes_and_are_charged_in_full() {
         });
     h.deliver(&Arc::new(m), &live(QoS::AtLeastOnce));
     let queued = &h.s.data().queue[0];
-    assert!(queued.message.owned);
+    assert_eq!(queued.message.pinned_read, 0);
     assert_eq!(h.s.data().queued_bytes, "big/read".len() + 1 + 3);
     drop(h);
     // The session let go of its view: the 1 MiB buffer has one owner again.
     assert!(read.is_unique(), "the queued message still pins the read");
+}
+
+/// A message that views a small read (a client's pipelined publishes) is queued as it is:
+/// copying it would cost more than the few kilobytes it keeps alive.
+#[test]
+fn a_queued_message_from_a_small_read_is_not_copied() {
+    let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V5));
+    h.lost();
+    h.take();
+    let read = Bytes::from(vec![b'x'; 4096]);
+    let mut m = (*message("small/read", QoS::AtLeastOnce)).clone();
+    m.payload = read.slice(10..11);
+    m.pinned_read = read.len() as u32;
+    h.deliver(&Arc::new(m), &live(QoS::AtLeastOnce));
+    let queued = &h.s.data().queue[0];
+    assert_eq!(queued.message.pinned_read, 4096, "kept as a view");
+    assert!(!read.is_unique(), "the queue shares the read");
 }
 
 #[test]
