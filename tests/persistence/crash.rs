@@ -282,7 +282,19 @@ pub fn crash_run(kills: usize, shards: &str) -> String {
     eprintln!("crash test seed {seed} (CRASH_SEED={seed} replays the kill schedule)");
     let mut rng = Rng(seed);
     let dir = DataDir::new("crash");
-    let args = ["--shards", shards];
+    // Crash consistency is what is checked, not the queue limits: a subscriber reconnecting
+    // after a restart may be thousands of messages behind, and beyond `max_queued_messages`
+    // (1,000 by default) the broker drops QoS 1/2 messages for it (counted, see `$SYS`),
+    // which the checker would report as lost.
+    let config = DataDir::new("crash-config");
+    let config_file = config.0.join("ringmq.toml");
+    std::fs::write(
+        &config_file,
+        "[limits]\nmax_queued_messages = 1000000\nmax_queued_bytes = 1073741824\n",
+    )
+    .expect("write config");
+    let config_file = config_file.to_str().expect("utf-8 path").to_owned();
+    let args = ["--shards", shards, "--config", config_file.as_str()];
     let mut broker = BrokerProcess::start_in(&dir, &args);
     let target = Arc::new(Target {
         addr: Mutex::new(broker.addr),
