@@ -137,6 +137,9 @@ pub struct ShardSnapshot {
     pub dropped_member_gone: u64,
     /// Publishes asked to be retained beyond the retained limits (not retained, or refused).
     pub retained_refused: u64,
+    /// MQTT-SN datagrams and QoS 0 messages not sent to gateway clients that had not proved
+    /// their address (`crate::mqttsn`'s anti-amplification budget).
+    pub mqttsn_unvalidated_dropped: u64,
     /// Gauge: connections attached to a session.
     pub clients_connected: u64,
     /// Gauge: sessions homed here (connected or not).
@@ -198,6 +201,7 @@ impl ShardSnapshot {
         add_session(&mut self.session, &o.session);
         self.dropped_member_gone += o.dropped_member_gone;
         self.retained_refused += o.retained_refused;
+        self.mqttsn_unvalidated_dropped += o.mqttsn_unvalidated_dropped;
         self.clients_connected += o.clients_connected;
         self.sessions += o.sessions;
         self.subscriptions += o.subscriptions;

@@ -50,7 +50,7 @@ pub fn encode(scrape: Scrape) -> String {
 /// A per-shard counter or gauge: its name (without `_total`), help and value.
 type PerShard = (&'static str, &'static str, Figure);
 
-const SHARD_COUNTERS: [PerShard; 15] = [
+const SHARD_COUNTERS: [PerShard; 16] = [
     ("ringmq_sockets_accepted", "TCP connections accepted", |s| {
         s.sockets_accepted
     }),
@@ -113,6 +113,11 @@ const SHARD_COUNTERS: [PerShard; 15] = [
         "ringmq_retained_refused",
         "Publishes asked to be retained beyond max_retained_messages or max_retained_bytes",
         |s| s.retained_refused,
+    ),
+    (
+        "ringmq_mqttsn_unvalidated_dropped",
+        "MQTT-SN datagrams and QoS 0 messages not sent to clients that had not proved their address",
+        |s| s.mqttsn_unvalidated_dropped,
     ),
     (
         "ringmq_storage_ops",
@@ -390,6 +395,7 @@ mod tests {
             ..ShardSnapshot::default()
         };
         a.session.dropped_too_large = 4;
+        a.mqttsn_unvalidated_dropped = 8;
         a.closes[CloseKind::KeepAlive.index()] = 5;
         a.delivery_latency.observe(Duration::from_micros(300));
         a.delivery_latency.observe(Duration::from_millis(20));
@@ -412,6 +418,10 @@ mod tests {
         assert_eq!(value(&p, "ringmq_deliveries_total", &s1), Some(1.0));
         assert_eq!(value(&p, "ringmq_publish_sent_total", &s0), Some(6.0));
         assert_eq!(value(&p, "ringmq_clients_connected", &s0), Some(2.0));
+        assert_eq!(
+            value(&p, "ringmq_mqttsn_unvalidated_dropped_total", &s0),
+            Some(8.0)
+        );
         assert_eq!(value(&p, "ringmq_retained_messages", &[]), Some(3.0));
         assert_eq!(value(&p, "ringmq_uptime_seconds", &[]), Some(42.0));
         assert_eq!(

@@ -143,6 +143,10 @@ impl Core {
             session: s.session,
             dropped_member_gone: s.dropped_member_gone,
             retained_refused: s.retained_refused,
+            mqttsn_unvalidated_dropped: self
+                .sn
+                .as_ref()
+                .map_or(0, |sn| sn.gateway_stats().clients.unvalidated_dropped),
             clients_connected: s.connected,
             sessions: self.clients.len() as u64,
             subscriptions: self.routes.local.len() as u64,
