@@ -111,6 +111,28 @@ fn sys_tree(version: ProtocolVersion, shards: usize) {
             .sum();
         per_shard == Some(shards + 2)
     });
+    // PUBLISH payload bytes (as mosquitto counts them): one byte per publish, two per client;
+    // sent: the `#` subscriber's copies and the watcher's `$SYS` messages.
+    let received = (2 * shards).to_string();
+    sys.wait(&mut watcher, "$SYS/broker/publish/bytes/received", |p| {
+        p == received
+    });
+    sys.wait(&mut watcher, "$SYS/broker/publish/bytes/sent", |p| {
+        p.parse::<usize>().is_ok_and(|n| n > 2 * shards)
+    });
+    // A session with an expiry of 1 s whose client goes away is gone a second later.
+    let mut short = connect_packet(ProtocolVersion::V5, "sys-short", true);
+    short.properties.session_expiry_interval = Some(1);
+    drop(Client::connect_with(b.addr, short));
+    sys.wait(&mut watcher, "$SYS/broker/clients/expired", |p| p == "1");
+    // The process's resident memory, under mosquitto's heap names.
+    let current = sys.wait(&mut watcher, "$SYS/broker/heap/current", |p| {
+        p.parse::<u64>().is_ok_and(|n| n > 1 << 20)
+    });
+    let current: u64 = current.parse().expect("a number");
+    sys.wait(&mut watcher, "$SYS/broker/heap/maximum", |p| {
+        p.parse::<u64>().is_ok_and(|m| m >= current)
+    });
     // By now `$SYS` was published several times; `#` got only the clients' messages.
     loop {
         match everything.recv_within(Duration::from_millis(300)) {

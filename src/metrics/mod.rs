@@ -12,6 +12,7 @@
 
 pub mod histogram;
 pub mod http;
+pub mod memory;
 pub mod prom;
 pub mod sys;
 
@@ -20,6 +21,7 @@ use std::sync::Mutex;
 use crate::session::SessionStats;
 
 pub use self::histogram::Histogram;
+pub use self::memory::ProcessMemory;
 
 /// Why connections closed, as counted and labelled (the detail of each close is in its
 /// log line).
@@ -126,6 +128,10 @@ pub struct ShardSnapshot {
     pub packets_received: u64,
     /// PUBLISH packets decoded from clients.
     pub publish_received: u64,
+    /// Payload bytes of those PUBLISH packets.
+    pub publish_bytes_received: u64,
+    /// Payload bytes of the messages handed to a subscriber's session (`deliveries`).
+    pub publish_bytes_sent: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     /// Messages handed to a subscriber's session (written, queued, or dropped there).
@@ -195,6 +201,8 @@ impl ShardSnapshot {
         }
         self.packets_received += o.packets_received;
         self.publish_received += o.publish_received;
+        self.publish_bytes_received += o.publish_bytes_received;
+        self.publish_bytes_sent += o.publish_bytes_sent;
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;
         self.deliveries += o.deliveries;
@@ -234,6 +242,7 @@ pub fn add_session(a: &mut SessionStats, b: &SessionStats) {
     a.refused_publishes += b.refused_publishes;
     a.receive_maximum_exceeded += b.receive_maximum_exceeded;
     a.unknown_acks += b.unknown_acks;
+    a.expired += b.expired;
 }
 
 /// `a - b`, field by field (what a session counted since `b` was taken from it).
@@ -246,6 +255,7 @@ pub fn session_delta(a: &SessionStats, b: &SessionStats) -> SessionStats {
         refused_publishes: a.refused_publishes - b.refused_publishes,
         receive_maximum_exceeded: a.receive_maximum_exceeded - b.receive_maximum_exceeded,
         unknown_acks: a.unknown_acks - b.unknown_acks,
+        expired: a.expired - b.expired,
     }
 }
 
