@@ -126,8 +126,9 @@ where
         Gateway::with_random(settings, Box::new(OsRandom))
     }
 
-    /// `new` with another source for the secret (tests).
-    pub(crate) fn with_random(
+    /// `new` with another source for the secret: tests and the fuzz target replay fixed
+    /// bytes, so that a run is reproducible.
+    pub fn with_random(
         settings: Arc<GatewaySettings>,
         source: Box<dyn RandomSource + Send>,
     ) -> Gateway<A> {
