@@ -503,17 +503,21 @@ impl SnClient {
 
     /// Asks a client that is not validated for the proof of its address
     /// (`super::validation`): a REGISTER, whose REGACK a conforming client sends (6.10),
-    /// naming the shortest of the head's topic and the names the client already has an id
-    /// for (re-announced with that id). One at a time, retransmitted like any REGISTER
+    /// naming the shortest of the head's topic (or the outstanding PUBLISH's) and the names
+    /// the client already has an id for (re-announced with that id). One at a time, retransmitted like any REGISTER
     /// (6.13), so an address that never answers is lost after N_retry. False when none could
     /// be formed (no topic id left for it).
     fn challenge(&mut self, now_ms: u64, fx: &mut Vec<Effect>) -> bool {
         if self.validation.is_validated() || self.out.register.is_some() {
             return false;
         }
+        let flow_topic = self.out.flow.as_ref().and_then(|f| match &f.stage {
+            Stage::Published { topic, .. } => Some(topic),
+            Stage::Released => None,
+        });
         let head = match self.out.queue.front() {
             Some(Pending::Publish(p)) => Some(p.topic.clone()),
-            Some(Pending::PubRel(_)) | None => None,
+            Some(Pending::PubRel(_)) | None => flow_topic.cloned(),
         };
         let known = self
             .topics
@@ -678,15 +682,23 @@ impl SnClient {
                 fx.push(Effect::Send(slot.msg.clone()));
             }
         }
+        let mut held = false;
         if let Some(slot) = self.out.flow.as_mut().filter(|s| due(&s.retry)) {
             slot.retry.resent += 1;
             slot.retry.sent_ms = now_ms;
             let msg = flow_message(slot);
             if self.validation.admit(msg.encoded_len()) {
                 fx.push(Effect::Send(msg));
+            } else {
+                held = true;
             }
         }
         self.stats.retransmissions += (fx.len() - start) as u64;
+        if held {
+            // Its PUBLISH (or the acknowledgement) was lost and the budget is spent: a
+            // client that answers the challenge gets the next retransmission.
+            self.challenge(now_ms, fx);
+        }
     }
 
     /// A client that wakes up gets what was outstanding when it fell asleep, at once (within

@@ -285,3 +285,46 @@ fn without_a_secret_from_the_system_connect_is_refused() {
     assert_eq!(br.gw.client_count(), 0);
     assert_eq!(br.gw.stats().refused_connects, 1);
 }
+
+#[test]
+fn a_lost_publish_is_sent_again_once_the_challenge_is_answered() {
+    let mut br = Broker::new();
+    br.mqtt_connect("pub");
+    br.connect(1, "dev1", true, 0);
+    br.subscribe(1, 1, SubTopic::Short(*b"ab"), QoS::AtLeastOnce);
+    // Within the budget, just: lost on the way (never acknowledged).
+    br.mqtt_publish("pub", "ab", &"p".repeat(25), QoS::AtLeastOnce, false);
+    let first = publishes(&br.take(1))[0].clone();
+    // T_retry later the retransmission does not fit; the challenge goes instead.
+    br.advance(10_000);
+    let got = br.take(1);
+    let [
+        SnMessage::Register {
+            topic_id,
+            msg_id,
+            ref topic_name,
+        },
+    ] = got[..]
+    else {
+        panic!("one challenge expected, got {got:?}")
+    };
+    assert_eq!(topic_name, &b("ab"));
+    br.send(
+        1,
+        SnMessage::RegAck {
+            topic_id,
+            msg_id,
+            code: ReturnCode::Accepted,
+        },
+    );
+    br.advance(10_000);
+    let got = br.take(1);
+    let again = publishes(&got);
+    assert_eq!(again.len(), 1, "{got:?}");
+    assert!(again[0].dup);
+    assert_eq!(
+        (again[0].msg_id, &again[0].data),
+        (first.msg_id, &first.data)
+    );
+    assert_eq!(br.gw.client_count(), 1);
+}
