@@ -3,8 +3,9 @@
 //! Owns: the client's lifecycle (will prompting 6.2, active, asleep/awake 6.14, lost), its
 //! MQTT-SN keep alive and sleep timers (6.11, 6.14), its topic registry (6.5), the messages
 //! waiting to go to it, the one REGISTER and the one QoS 1/2 exchange it has outstanding
-//! with their retransmission (6.13), and the translation of its datagrams into packets for
-//! its MQTT session and back (`inbound`, `outbound`).
+//! with their retransmission (6.13), its address validation (`validation`: what may be sent
+//! before the client proved its address), and the translation of its datagrams into
+//! packets for its MQTT session and back (`inbound`, `outbound`).
 //!
 //! Knows nothing of addresses: every datagram it emits goes to its own client (`Effect::Send`),
 //! so it cannot be made to send anywhere else. The `Gateway` decides which address that is.
