@@ -534,3 +534,67 @@ fn one_reading_shard_serves_clients_homed_on_every_shard() {
     }
     b.stop();
 }
+
+#[test]
+fn an_address_that_never_answers_gets_three_times_its_bytes() {
+    // From the gateway's side a spoofed client is one whose address never answers: the
+    // victim's host ignores what it is sent. Its CONNECT and SUBSCRIBE (QoS 0, a plain name:
+    // nothing waits for an answer) to a busy topic earn it three times their bytes, plus a few small challenges (REGISTER, at most 4 of at most
+    // 64 bytes, T_retry apart), and then the gateway forgets it. A client next to it that
+    // answers the challenge gets every message.
+    use ringmq::mqttsn::codec::{MsgId, SnSubscribe, decode, encode_to_bytes};
+    let (b, gw) = start(2, |_| {});
+    let mut victim = SnClient::new(gw);
+    let (mut from_victim, mut to_victim) = (0, 0);
+    for m in [
+        SnClient::connect_msg("spoofed", false, true, 0),
+        SnMessage::Subscribe(SnSubscribe {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            msg_id: MsgId(1),
+            topic: name("amp/busy"),
+        }),
+    ] {
+        from_victim += encode_to_bytes(&m).expect("encodable").len();
+        victim.send(&m);
+        // Only for the pace (a SUBSCRIBE before the CONNACK would be ignored).
+        to_victim += victim.recv_raw_within(WAIT).expect("CONNACK, SUBACK").len();
+    }
+    let mut good = SnClient::new(gw);
+    assert_eq!(good.connect("good", true, 0), ReturnCode::Accepted);
+    good.subscribe(name("amp/busy"), QoS::AtLeastOnce);
+    let mut publisher = Client::connect(b.addr, V, "mqtt-pub", true).0;
+    let payload = |i: usize| format!("{i:03} {}", "x".repeat(100)).into_bytes();
+    for i in 0..50 {
+        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce][i % 2];
+        publisher.publish("amp/busy", &payload(i), qos, false);
+    }
+    for i in 0..50 {
+        let (p, _) = good.receive_publish();
+        assert_eq!(&p.data[..], &payload(i)[..]);
+    }
+    // T_retry is 1 s and N_retry 3: the victim's challenge is over within about 4 s.
+    let until = Instant::now() + Duration::from_millis(5500);
+    let (mut challenges, mut publishes) = (0, 0);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Some(raw) = victim.recv_raw_within(left.max(Duration::from_millis(1))) else {
+            break;
+        };
+        to_victim += raw.len();
+        match decode(&Bytes::from(raw)).expect("valid datagrams") {
+            SnMessage::Register { .. } => challenges += 1,
+            SnMessage::Publish(_) => publishes += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        to_victim <= 3 * from_victim + 4 * 64,
+        "{to_victim} bytes for {from_victim}"
+    );
+    assert!((1..=4).contains(&challenges), "{challenges} challenges");
+    assert_eq!(publishes, 0, "no 100-byte message fits its budget");
+    // Forgotten: the address gets the answer of one without a client.
+    victim.send(&SnMessage::PingReq { client_id: None });
+    assert_eq!(victim.recv(), SnMessage::Disconnect { duration: None });
+    b.stop();
+}

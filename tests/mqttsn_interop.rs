@@ -5,7 +5,9 @@
 //! Subscribers subscribe at QoS 0: `mqtt_sn_sub` 1.0.9 never acknowledges a QoS 1 delivery
 //! (it compares the QoS, 1, with its flag constant, 0x20) nor handles QoS 2 ones; the
 //! gateway then retransmits with DUP and drops the client after N_retry, as 6.13 says.
-//! Its publisher works at QoS -1, 0, 1 and 2.
+//! Its publisher works at QoS -1, 0, 1 and 2. It answers the gateway's REGISTERs, the
+//! address challenge included (REGISTER msg ids stay below 32768: it writes REGACK's
+//! fields as signed numbers).
 //!
 //! Ignored by default (it needs the Python client):
 //!
@@ -115,4 +117,19 @@ fn python_client_short_predefined_and_qos_minus_one() {
     publish(port, &["-T", "5", "-m", "connectionless", "-q", "-1"]);
     assert_eq!(lines(short), vec!["short"]);
     assert_eq!(lines(pre), vec!["predefined", "connectionless"]);
+}
+
+#[test]
+#[ignore = "needs the Python MQTT-SN client: pip install mqtt-sn-12"]
+fn python_client_answers_the_address_challenge() {
+    // A message larger than three times what the subscriber sent so far (CONNECT and
+    // SUBSCRIBE) waits until the client proves its address: the gateway re-announces the
+    // topic id of its subscription in a REGISTER, and `mqtt_sn_sub` answers REGACK.
+    let (b, port) = start();
+    let sub = subscriber(port, &["-t", "sn/big", "-q", "0"]);
+    let big = "b".repeat(300);
+    let mut mqtt = Client::connect(b.addr, ProtocolVersion::V311, "mqtt-pub", true).0;
+    mqtt.publish("sn/big", big.as_bytes(), QoS::AtLeastOnce, false);
+    mqtt.publish("sn/big", b"after", QoS::AtLeastOnce, false);
+    assert_eq!(lines(sub), vec![big, "after".to_owned()]);
 }

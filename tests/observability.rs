@@ -111,6 +111,28 @@ fn sys_tree(version: ProtocolVersion, shards: usize) {
             .sum();
         per_shard == Some(shards + 2)
     });
+    // PUBLISH payload bytes (as mosquitto counts them): one byte per publish, two per client;
+    // sent: the `#` subscriber's copies and the watcher's `$SYS` messages.
+    let received = (2 * shards).to_string();
+    sys.wait(&mut watcher, "$SYS/broker/publish/bytes/received", |p| {
+        p == received
+    });
+    sys.wait(&mut watcher, "$SYS/broker/publish/bytes/sent", |p| {
+        p.parse::<usize>().is_ok_and(|n| n > 2 * shards)
+    });
+    // A session with an expiry of 1 s whose client goes away is gone a second later.
+    let mut short = connect_packet(ProtocolVersion::V5, "sys-short", true);
+    short.properties.session_expiry_interval = Some(1);
+    drop(Client::connect_with(b.addr, short));
+    sys.wait(&mut watcher, "$SYS/broker/clients/expired", |p| p == "1");
+    // The process's resident memory, under mosquitto's heap names.
+    let current = sys.wait(&mut watcher, "$SYS/broker/heap/current", |p| {
+        p.parse::<u64>().is_ok_and(|n| n > 1 << 20)
+    });
+    let current: u64 = current.parse().expect("a number");
+    sys.wait(&mut watcher, "$SYS/broker/heap/maximum", |p| {
+        p.parse::<u64>().is_ok_and(|m| m >= current)
+    });
     // By now `$SYS` was published several times; `#` got only the clients' messages.
     loop {
         match everything.recv_within(Duration::from_millis(300)) {
@@ -236,29 +258,52 @@ fn metrics_endpoint_serves_every_shard() {
 /// Publishes asked to be retained beyond `max_retained_messages` are counted whichever way
 /// they are refused: v5 QoS 1 answered 0x97, QoS 0 and 3.x delivered without being kept.
 #[test]
-fn retained_refusals_are_counted() {
+fn retained_refusals_are_counted_and_sys_takes_no_place() {
+    use ringmq::codec::ReasonCode::{QuotaExceeded, Success};
+    // The `$SYS` tree is dozens of retained topics and over a kilobyte: the limits bound
+    // what clients retain, so it neither takes their places nor is refused.
     let b = Broker::start_with(1, |c| {
-        c.limits.max_retained_messages = 1;
-        c.ops.sys_interval_secs = 0; // Its retained topics would take the one place.
+        c.limits.max_retained_messages = 2;
+        c.limits.max_retained_bytes = 16;
+        c.ops.sys_interval_secs = 1;
         c.ops.metrics = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     });
     let addr = b.metrics_addr().expect("metrics endpoint");
+    let (mut watcher, _) = Client::connect(b.addr, ProtocolVersion::V311, "sys-first", true);
+    watcher.subscribe("$SYS/broker/version", QoS::AtMostOnce);
+    wait_for_sys(&mut watcher, "$SYS/broker/version", |_| true);
     let (mut p5, _) = Client::connect(b.addr, ProtocolVersion::V5, "retain-v5", true);
-    p5.publish("kept/0", b"v", QoS::AtLeastOnce, true);
-    let mut over = common::publish("kept/1", b"v", QoS::AtLeastOnce, Some(100));
-    over.retain = true;
-    p5.send(&Packet::Publish(over));
-    match p5.recv() {
-        Packet::PubAck(a) => assert_eq!(a.reason, ringmq::codec::ReasonCode::QuotaExceeded),
-        other => panic!("expected PUBACK 0x97, got {other:?}"),
-    }
-    p5.publish("kept/2", b"v", QoS::AtMostOnce, true);
+    let mut id = 0;
+    let mut retain_v5 = |topic: &str, payload: &[u8]| {
+        id += 1;
+        let mut p = common::publish(topic, payload, QoS::AtLeastOnce, Some(id));
+        p.retain = true;
+        p5.send(&Packet::Publish(p));
+        match p5.recv() {
+            Packet::PubAck(a) => a.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    };
+    // Topic and payload: 7 bytes, then 16 (over the 16 bytes with the first), then 7.
+    assert_eq!(retain_v5("kept/0", b"v"), Success);
+    assert_eq!(retain_v5("kept/1", b"0123456789"), QuotaExceeded);
+    assert_eq!(retain_v5("kept/2", b"v"), Success);
+    // Two messages kept: a third is refused (QoS 0 and 3.x: delivered, not retained).
+    assert_eq!(retain_v5("kept/3", b"v"), QuotaExceeded);
+    p5.publish("kept/4", b"v", QoS::AtMostOnce, true);
     let (mut p3, _) = Client::connect(b.addr, ProtocolVersion::V311, "retain-v3", true);
-    p3.publish("kept/3", b"v", QoS::AtLeastOnce, true);
-    scrape_until(addr, "three refusals counted", |p| {
-        sum(p, "ringmq_retained_refused_total", &[]) == 3.0
-            && sum(p, "ringmq_retained_messages", &[]) == 1.0
+    p3.publish("kept/5", b"v", QoS::AtLeastOnce, true);
+    scrape_until(addr, "four refusals counted", |p| {
+        sum(p, "ringmq_retained_refused_total", &[]) == 4.0
+            && sum(p, "ringmq_retained_messages", &[]) > 2.0
     });
+    let (mut reader, _) = Client::connect(b.addr, ProtocolVersion::V311, "reader", true);
+    reader.subscribe("kept/#", QoS::AtMostOnce);
+    let mut kept =
+        [reader.recv_publish(), reader.recv_publish()].map(|p| p.topic.as_str().to_owned());
+    kept.sort();
+    assert_eq!(kept, ["kept/0", "kept/2"]);
+    reader.expect_nothing();
     b.stop();
 }
 

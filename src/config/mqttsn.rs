@@ -43,8 +43,9 @@ pub struct MqttSnConfig {
     pub retry_interval_secs: u16,
     /// N_retry (MQTT-SN 6.13, 7.2: 3 to 5): retransmissions before the client counts as lost.
     pub retry_count: u8,
-    /// Messages held per client while it sleeps (MQTT-SN 6.14) or while a registration is
-    /// pending; past it the oldest QoS 0 message is dropped. QoS 1/2 messages beyond one in
+    /// Messages held per client while it sleeps (MQTT-SN 6.14), while a registration is
+    /// pending, or until it proves its address (`crate::mqttsn::gateway`); past it the oldest
+    /// QoS 0 message is dropped. QoS 1/2 messages beyond one in
     /// flight stay in the MQTT session's own queue (`[limits] max_queued_messages`).
     pub sleep_buffer_messages: usize,
     /// Payload bytes held per client under the same rule.

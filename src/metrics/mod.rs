@@ -12,6 +12,7 @@
 
 pub mod histogram;
 pub mod http;
+pub mod memory;
 pub mod prom;
 pub mod sys;
 
@@ -20,6 +21,7 @@ use std::sync::Mutex;
 use crate::session::SessionStats;
 
 pub use self::histogram::Histogram;
+pub use self::memory::ProcessMemory;
 
 /// Why connections closed, as counted and labelled (the detail of each close is in its
 /// log line).
@@ -126,6 +128,10 @@ pub struct ShardSnapshot {
     pub packets_received: u64,
     /// PUBLISH packets decoded from clients.
     pub publish_received: u64,
+    /// Payload bytes of those PUBLISH packets.
+    pub publish_bytes_received: u64,
+    /// Payload bytes of the messages handed to a subscriber's session (`deliveries`).
+    pub publish_bytes_sent: u64,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     /// Messages handed to a subscriber's session (written, queued, or dropped there).
@@ -137,6 +143,9 @@ pub struct ShardSnapshot {
     pub dropped_member_gone: u64,
     /// Publishes asked to be retained beyond the retained limits (not retained, or refused).
     pub retained_refused: u64,
+    /// MQTT-SN datagrams and QoS 0 messages not sent to gateway clients that had not proved
+    /// their address (`crate::mqttsn`'s anti-amplification budget).
+    pub mqttsn_unvalidated_dropped: u64,
     /// Gauge: connections attached to a session.
     pub clients_connected: u64,
     /// Gauge: sessions homed here (connected or not).
@@ -192,12 +201,15 @@ impl ShardSnapshot {
         }
         self.packets_received += o.packets_received;
         self.publish_received += o.publish_received;
+        self.publish_bytes_received += o.publish_bytes_received;
+        self.publish_bytes_sent += o.publish_bytes_sent;
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;
         self.deliveries += o.deliveries;
         add_session(&mut self.session, &o.session);
         self.dropped_member_gone += o.dropped_member_gone;
         self.retained_refused += o.retained_refused;
+        self.mqttsn_unvalidated_dropped += o.mqttsn_unvalidated_dropped;
         self.clients_connected += o.clients_connected;
         self.sessions += o.sessions;
         self.subscriptions += o.subscriptions;
@@ -230,6 +242,7 @@ pub fn add_session(a: &mut SessionStats, b: &SessionStats) {
     a.refused_publishes += b.refused_publishes;
     a.receive_maximum_exceeded += b.receive_maximum_exceeded;
     a.unknown_acks += b.unknown_acks;
+    a.expired += b.expired;
 }
 
 /// `a - b`, field by field (what a session counted since `b` was taken from it).
@@ -242,6 +255,7 @@ pub fn session_delta(a: &SessionStats, b: &SessionStats) -> SessionStats {
         refused_publishes: a.refused_publishes - b.refused_publishes,
         receive_maximum_exceeded: a.receive_maximum_exceeded - b.receive_maximum_exceeded,
         unknown_acks: a.unknown_acks - b.unknown_acks,
+        expired: a.expired - b.expired,
     }
 }
 

@@ -15,7 +15,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use ringmq_storage::WriterStats;
 
-use super::{CloseKind, Histogram, ShardSnapshot};
+use super::{CloseKind, Histogram, ProcessMemory, ShardSnapshot};
 
 /// `Content-Type` of what `encode` writes.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -30,6 +30,8 @@ pub struct Scrape {
     pub writer: Option<WriterStats>,
     pub log_dropped: u64,
     pub log_suppressed: u64,
+    /// The process's resident memory (`None`: unknown, left out).
+    pub memory: Option<ProcessMemory>,
 }
 
 /// The scrape in the Prometheus text format.
@@ -50,7 +52,7 @@ pub fn encode(scrape: Scrape) -> String {
 /// A per-shard counter or gauge: its name (without `_total`), help and value.
 type PerShard = (&'static str, &'static str, Figure);
 
-const SHARD_COUNTERS: [PerShard; 15] = [
+const SHARD_COUNTERS: [PerShard; 19] = [
     ("ringmq_sockets_accepted", "TCP connections accepted", |s| {
         s.sockets_accepted
     }),
@@ -75,6 +77,11 @@ const SHARD_COUNTERS: [PerShard; 15] = [
         |s| s.publish_received,
     ),
     (
+        "ringmq_publish_bytes_received",
+        "Payload bytes of the PUBLISH packets received from clients",
+        |s| s.publish_bytes_received,
+    ),
+    (
         "ringmq_deliveries",
         "Messages handed to a subscriber's session (written, queued or dropped there)",
         |s| s.deliveries,
@@ -83,6 +90,16 @@ const SHARD_COUNTERS: [PerShard; 15] = [
         "ringmq_publish_sent",
         "Deliveries not dropped: messages written to subscribers or queued for them",
         ShardSnapshot::publish_sent,
+    ),
+    (
+        "ringmq_publish_bytes_sent",
+        "Payload bytes of the messages handed to subscribers' sessions",
+        |s| s.publish_bytes_sent,
+    ),
+    (
+        "ringmq_sessions_expired",
+        "Sessions removed because their expiry interval passed",
+        |s| s.session.expired,
     ),
     (
         "ringmq_bytes_received",
@@ -113,6 +130,11 @@ const SHARD_COUNTERS: [PerShard; 15] = [
         "ringmq_retained_refused",
         "Publishes asked to be retained beyond max_retained_messages or max_retained_bytes",
         |s| s.retained_refused,
+    ),
+    (
+        "ringmq_mqttsn_unvalidated_dropped",
+        "MQTT-SN datagrams and QoS 0 messages not sent to clients that had not proved their address",
+        |s| s.mqttsn_unvalidated_dropped,
     ),
     (
         "ringmq_storage_ops",
@@ -285,6 +307,20 @@ impl Scrape {
             "Log lines suppressed by the per-kind rate limit",
             self.log_suppressed,
         )?;
+        if let Some(m) = self.memory {
+            Self::gauge(
+                enc,
+                "ringmq_resident_memory_bytes",
+                "Resident memory of the process (VmRSS)",
+                m.resident,
+            )?;
+            Self::gauge(
+                enc,
+                "ringmq_resident_memory_peak_bytes",
+                "Highest resident memory of the process (VmHWM)",
+                m.peak_resident,
+            )?;
+        }
         if let Some(w) = &self.writer {
             Self::counter(
                 enc,
@@ -390,6 +426,10 @@ mod tests {
             ..ShardSnapshot::default()
         };
         a.session.dropped_too_large = 4;
+        a.mqttsn_unvalidated_dropped = 8;
+        a.publish_bytes_received = 11;
+        a.publish_bytes_sent = 12;
+        a.session.expired = 13;
         a.closes[CloseKind::KeepAlive.index()] = 5;
         a.delivery_latency.observe(Duration::from_micros(300));
         a.delivery_latency.observe(Duration::from_millis(20));
@@ -404,6 +444,10 @@ mod tests {
             writer: Some(WriterStats::default()),
             log_dropped: 0,
             log_suppressed: 7,
+            memory: Some(ProcessMemory {
+                resident: 100,
+                peak_resident: 200,
+            }),
         });
         let p = parse(&text);
         let s0 = [("shard", "0")];
@@ -412,6 +456,24 @@ mod tests {
         assert_eq!(value(&p, "ringmq_deliveries_total", &s1), Some(1.0));
         assert_eq!(value(&p, "ringmq_publish_sent_total", &s0), Some(6.0));
         assert_eq!(value(&p, "ringmq_clients_connected", &s0), Some(2.0));
+        assert_eq!(
+            value(&p, "ringmq_mqttsn_unvalidated_dropped_total", &s0),
+            Some(8.0)
+        );
+        assert_eq!(
+            value(&p, "ringmq_publish_bytes_received_total", &s0),
+            Some(11.0)
+        );
+        assert_eq!(
+            value(&p, "ringmq_publish_bytes_sent_total", &s0),
+            Some(12.0)
+        );
+        assert_eq!(value(&p, "ringmq_sessions_expired_total", &s0), Some(13.0));
+        assert_eq!(value(&p, "ringmq_resident_memory_bytes", &[]), Some(100.0));
+        assert_eq!(
+            value(&p, "ringmq_resident_memory_peak_bytes", &[]),
+            Some(200.0)
+        );
         assert_eq!(value(&p, "ringmq_retained_messages", &[]), Some(3.0));
         assert_eq!(value(&p, "ringmq_uptime_seconds", &[]), Some(42.0));
         assert_eq!(

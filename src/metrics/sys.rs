@@ -8,11 +8,12 @@
 //! published again, as mosquitto does).
 //!
 //! Must never: read the clock (time is an argument) or touch the runtime: the shard that
-//! publishes the tree routes what `SysTree::update` returns.
+//! publishes the tree routes what `SysTree::update` returns, and reads the process's memory
+//! for it.
 
 use std::collections::HashMap;
 
-use super::ShardSnapshot;
+use super::{ProcessMemory, ShardSnapshot};
 
 /// The load averages mosquitto publishes: `$SYS/broker/load/<name>/{1min,5min,15min}`.
 const LOADS: [&str; 9] = [
@@ -71,13 +72,30 @@ impl SysTree {
     }
 
     /// The tree at broker-clock `now_ms` (milliseconds since the broker started) from every
-    /// shard's latest snapshot: the `(topic, payload)` pairs whose payload changed since
-    /// their last publication (all of them the first time).
-    pub fn update(&mut self, now_ms: u64, shards: &[ShardSnapshot]) -> Vec<(String, String)> {
+    /// shard's latest snapshot and the process's memory (`heap/*`, left out when unknown):
+    /// the `(topic, payload)` pairs whose payload changed since their last publication (all
+    /// of them the first time).
+    pub fn update(
+        &mut self,
+        now_ms: u64,
+        shards: &[ShardSnapshot],
+        memory: Option<ProcessMemory>,
+    ) -> Vec<(String, String)> {
         let t = ShardSnapshot::total(shards);
         self.max_connected = self.max_connected.max(t.clients_connected);
         self.update_loads(now_ms, &t);
         let mut tree = self.broker_topics(now_ms, &t);
+        if let Some(m) = memory {
+            // Resident memory, not allocations: see `super::memory`.
+            tree.push((
+                "$SYS/broker/heap/current".to_owned(),
+                m.resident.to_string(),
+            ));
+            tree.push((
+                "$SYS/broker/heap/maximum".to_owned(),
+                m.peak_resident.to_string(),
+            ));
+        }
         for (i, s) in shards.iter().enumerate() {
             shard_topics(i, s, &mut tree);
         }
@@ -111,13 +129,14 @@ impl SysTree {
 
     fn broker_topics(&self, now_ms: u64, t: &ShardSnapshot) -> Vec<(String, String)> {
         let disconnected = t.sessions.saturating_sub(t.clients_connected);
-        let counters: [(&str, u64); 20] = [
+        let counters: [(&str, u64); 23] = [
             ("clients/connected", t.clients_connected),
             ("clients/active", t.clients_connected),
             ("clients/disconnected", disconnected),
             ("clients/inactive", disconnected),
             ("clients/total", t.sessions),
             ("clients/maximum", self.max_connected),
+            ("clients/expired", t.session.expired),
             ("messages/received", t.packets_received),
             ("messages/sent", t.publish_sent()),
             ("messages/dropped", t.dropped()),
@@ -126,6 +145,8 @@ impl SysTree {
             ("publish/messages/received", t.publish_received),
             ("publish/messages/sent", t.publish_sent()),
             ("publish/messages/dropped", t.dropped()),
+            ("publish/bytes/received", t.publish_bytes_received),
+            ("publish/bytes/sent", t.publish_bytes_sent),
             ("bytes/received", t.bytes_received),
             ("bytes/sent", t.bytes_sent),
             ("subscriptions/count", t.subscriptions),
@@ -195,17 +216,26 @@ mod tests {
             sessions: 3,
             packets_received: 10,
             publish_received: 4,
+            publish_bytes_received: 400,
             deliveries: 9,
+            publish_bytes_sent: 900,
             ..ShardSnapshot::default()
         };
         a.session.dropped_qos0 = 1;
-        let b = ShardSnapshot {
+        a.session.expired = 2;
+        let mut b = ShardSnapshot {
             clients_connected: 1,
             sessions: 1,
             retained: 5,
+            publish_bytes_received: 20,
             ..ShardSnapshot::default()
         };
-        let tree = sys.update(12_345, &[a, b]);
+        b.session.expired = 1;
+        let memory = ProcessMemory {
+            resident: 4 << 20,
+            peak_resident: 5 << 20,
+        };
+        let tree = sys.update(12_345, &[a, b], Some(memory));
         assert_eq!(
             get(&tree, "$SYS/broker/version"),
             Some("ringmq version 0.1.0")
@@ -219,6 +249,16 @@ mod tests {
         assert_eq!(get(&tree, "$SYS/broker/publish/messages/sent"), Some("8"));
         assert_eq!(get(&tree, "$SYS/broker/messages/dropped"), Some("1"));
         assert_eq!(get(&tree, "$SYS/broker/retained messages/count"), Some("5"));
+        assert_eq!(get(&tree, "$SYS/broker/clients/expired"), Some("3"));
+        assert_eq!(
+            get(&tree, "$SYS/broker/publish/bytes/received"),
+            Some("420")
+        );
+        assert_eq!(get(&tree, "$SYS/broker/publish/bytes/sent"), Some("900"));
+        assert_eq!(get(&tree, "$SYS/broker/heap/current"), Some("4194304"));
+        assert_eq!(get(&tree, "$SYS/broker/heap/maximum"), Some("5242880"));
+        // 54 broker topics and 9 per shard.
+        assert_eq!(tree.len(), 54 + 2 * 9);
         assert_eq!(
             get(&tree, "$SYS/broker/load/messages/received/1min"),
             Some("0.00")
@@ -238,10 +278,16 @@ mod tests {
             clients_connected: 0,
             ..b
         };
-        let tree = sys.update(72_345, &[a2, b2]);
+        let memory = ProcessMemory {
+            resident: 3 << 20,
+            ..memory
+        };
+        let tree = sys.update(72_345, &[a2, b2], Some(memory));
         assert_eq!(get(&tree, "$SYS/broker/version"), None, "unchanged");
         assert_eq!(get(&tree, "$SYS/broker/clients/connected"), Some("2"));
         assert_eq!(get(&tree, "$SYS/broker/clients/maximum"), None, "still 3");
+        assert_eq!(get(&tree, "$SYS/broker/heap/current"), Some("3145728"));
+        assert_eq!(get(&tree, "$SYS/broker/heap/maximum"), None, "unchanged");
         // 60 packets in 60 s: 60 per minute, smoothed: 60 * (1 - e^-1) over one minute.
         assert_eq!(
             get(&tree, "$SYS/broker/load/messages/received/1min"),
@@ -251,5 +297,9 @@ mod tests {
             get(&tree, "$SYS/broker/load/messages/received/15min"),
             Some("3.87")
         );
+        // Without /proc the heap topics are left out, the rest goes on.
+        let tree = sys.update(80_000, &[a2, b2], None);
+        assert_eq!(get(&tree, "$SYS/broker/heap/current"), None);
+        assert_eq!(get(&tree, "$SYS/broker/uptime"), Some("80 seconds"));
     }
 }

@@ -3,24 +3,37 @@
 //! ADVERTISE (6.1), the timers of every client in one deadline index, and the translation
 //! of client effects into `Output`s addressed to the right place.
 //!
-//! Anti-amplification rules, enforced here:
+//! Anti-amplification rules: a UDP source address is not trusted beyond its datagram, so a
+//! reply is never larger than what its datagrams justify, and a sender that spoofs another
+//! address cannot make the gateway stream to it. Enforced here:
 //! - an address is a client's only after its CONNECT; to any other address the gateway
 //!   answers at most one datagram no longer than the one received (`reply_unconnected`);
 //! - datagrams only ever go to the address a datagram came from, or to a connected client
 //!   (its own address); a CONNECT that replaces a client elsewhere ends that client without
 //!   a word to its address;
-//! - buffered messages, REGISTERs and retransmissions go only to connected clients.
+//! - buffered messages, REGISTERs and retransmissions go only to connected clients;
+//! - a connected client is not validated until it echoes a MsgId the gateway sent to its
+//!   address (REGACK, PUBACK, PUBREC, PUBCOMP); until then the gateway sends it at most
+//!   three times the bytes it received from it, QoS 1/2 deliveries that do not fit (and QoS
+//!   0 ones, within the sleep buffer) wait, and one small REGISTER asks for the proof, sent
+//!   at most four times, T_retry apart (`client::validation`). The MsgIds it could echo are
+//!   unguessable elsewhere: they start at a value derived from a secret of this gateway, the
+//!   client id and the address (`msg_id_seed`), so a client reconnecting from its address
+//!   keeps them (a resumed QoS 2 flow keeps its MsgId) and nobody else can name them.
 //!
 //! Must never: touch a socket or the clock, or panic on input. Generic over the address type
 //! `A` so that it needs no socket type (the shard uses `SocketAddr`, tests use integers).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
+use crate::auth::random::{OsRandom, RandomSource};
 use crate::codec::{MqttStr, Publish, PublishProperties, QoS};
 use crate::session::ClientId;
 
@@ -37,7 +50,7 @@ pub struct GatewayStats {
     pub oversized: u64,
     /// Datagrams that are not MQTT-SN messages (`codec::SnDecodeError`), dropped.
     pub malformed: u64,
-    /// CONNECTs refused by the gateway itself (protocol id, client id).
+    /// CONNECTs refused by the gateway itself (protocol id, client id, no random secret).
     pub refused_connects: u64,
     /// QoS -1 publishes handed on, and those dropped (normal topic id, unknown or invalid
     /// topic).
@@ -45,10 +58,39 @@ pub struct GatewayStats {
     pub anonymous_dropped: u64,
     /// Messages from addresses without a client, other than SEARCHGW/CONNECT/QoS -1.
     pub unconnected: u64,
-    /// Clients lost (keep alive, sleep, retransmissions) or replaced.
+    /// Clients lost (keep alive, sleep, retransmissions, failed address proofs) or
+    /// replaced.
     pub lost: u64,
     /// Per-client counters of clients already gone, summed.
     pub clients: ClientStats,
+}
+
+/// The key the gateway derives each client's MsgIds from (`msg_id_seed`), drawn from the
+/// operating system at the first CONNECT.
+struct Secret {
+    key: Option<[u8; 32]>,
+    source: Box<dyn RandomSource + Send>,
+}
+
+impl Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("drawn", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Feeds what `Hash` writes of an address into the MAC (`A` is opaque here).
+struct MacWriter<'a>(&'a mut Hmac<Sha256>);
+
+impl Hasher for MacWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0 // Unused: the MAC is the result.
+    }
 }
 
 /// A client and the deadline it is filed under in the index.
@@ -71,6 +113,7 @@ pub struct Gateway<A> {
     /// Next ADVERTISE; `None` when advertising is off.
     advertise_due_ms: Option<u64>,
     stats: GatewayStats,
+    secret: Secret,
     /// Scratch for client effects, reused across calls.
     fx: Vec<Effect>,
 }
@@ -80,6 +123,15 @@ where
     A: Copy + Eq + Hash + Ord + Debug,
 {
     pub fn new(settings: Arc<GatewaySettings>) -> Gateway<A> {
+        Gateway::with_random(settings, Box::new(OsRandom))
+    }
+
+    /// `new` with another source for the secret: tests and the fuzz target replay fixed
+    /// bytes, so that a run is reproducible.
+    pub fn with_random(
+        settings: Arc<GatewaySettings>,
+        source: Box<dyn RandomSource + Send>,
+    ) -> Gateway<A> {
         // Advertising starts with the first `handle_timeout` (deadline 0: at once).
         let advertise_due_ms = settings.advertise.map(|_| 0);
         Gateway {
@@ -89,6 +141,7 @@ where
             deadlines: BTreeSet::new(),
             advertise_due_ms,
             stats: GatewayStats::default(),
+            secret: Secret { key: None, source },
             fx: Vec::new(),
         }
     }
@@ -116,6 +169,7 @@ where
             return self.on_connect(from, c, datagram.len(), now_ms, out);
         }
         if let Some(e) = self.clients.get_mut(&from) {
+            e.client.received(datagram.len());
             e.client.on_message(msg, now_ms, &mut self.fx);
             return self.finish(from, out);
         }
@@ -242,6 +296,7 @@ where
         if let Some(e) = self.clients.get_mut(&from)
             && e.client.client_id() == &id
         {
+            e.client.received(len);
             let c2 = &e.client;
             if c2.is_connecting() {
                 return; // its CONNACK is on the way
@@ -253,6 +308,14 @@ where
                 return self.finish(from, out);
             }
         }
+        let Some(seed) = self.msg_id_seed(&id, &from) else {
+            // No secret to make its MsgIds unguessable: refused (and tried again next time).
+            self.stats.refused_connects += 1;
+            let connack = SnMessage::ConnAck {
+                code: ReturnCode::Congestion,
+            };
+            return self.reply_unconnected(from, &connack, len, out);
+        };
         if let Some(e) = self.clients.get_mut(&from) {
             e.client.end(Ending::Lost, false, now_ms, &mut self.fx);
             self.finish(from, out);
@@ -264,7 +327,15 @@ where
             self.finish(elsewhere, out);
         }
         let settings = Arc::clone(&self.settings);
-        let mut client = SnClient::new(id.clone(), settings, c.clean_session, c.duration, now_ms);
+        let mut client = SnClient::new(
+            id.clone(),
+            settings,
+            c.clean_session,
+            c.duration,
+            len,
+            seed,
+            now_ms,
+        );
         client.start(c.will, now_ms, &mut self.fx);
         self.by_id.insert(id, from);
         self.clients.insert(
@@ -275,6 +346,26 @@ where
             },
         );
         self.finish(from, out);
+    }
+
+    /// Where the gateway's MsgIds for client `id` at `addr` start: a MAC of both under the
+    /// gateway's secret, so that only datagrams sent to `addr` reveal them, and the same for
+    /// a client reconnecting from its address. `None` when the operating system could not
+    /// give the secret (never replaced by a weaker one).
+    fn msg_id_seed(&mut self, id: &ClientId, addr: &A) -> Option<u32> {
+        if self.secret.key.is_none() {
+            let mut key = [0u8; 32];
+            self.secret.source.fill(&mut key).ok()?;
+            self.secret.key = Some(key);
+        }
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.key.as_ref()?).ok()?;
+        mac.update(id.as_str().as_bytes());
+        mac.update(&[0]);
+        addr.hash(&mut MacWriter(&mut mac));
+        let tag = mac.finalize().into_bytes();
+        let mut seed = [0u8; 4];
+        seed.copy_from_slice(tag.get(..4)?);
+        Some(u32::from_be_bytes(seed))
     }
 
     /// The client id of a CONNECT: ProtocolId 0x01 (5.3.8), 1..=`max_client_id_len` bytes
@@ -430,4 +521,5 @@ fn add(sum: &mut ClientStats, s: ClientStats) {
     sum.undeliverable += s.undeliverable;
     sum.retransmissions += s.retransmissions;
     sum.ignored += s.ignored;
+    sum.unvalidated_dropped += s.unvalidated_dropped;
 }

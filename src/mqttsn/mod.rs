@@ -2,7 +2,8 @@
 //! the broker, sharing topics, retained messages and wills with MQTT clients.
 //!
 //! Owns: the MQTT-SN wire format (`codec`), topic ids (`topics`), each client's MQTT-SN
-//! state (`client`: will prompting, registration, sleeping, keep alive, retransmission),
+//! state (`client`: will prompting, registration, sleeping, keep alive, retransmission,
+//! the proof of its address),
 //! the gateway-wide part (`gateway`: addresses, SEARCHGW/GWINFO, ADVERTISE, QoS -1), and
 //! the fixed MQTT <-> MQTT-SN correspondences (`translate`).
 //!

@@ -149,6 +149,16 @@ impl Registry {
         self.by_id.len()
     }
 
+    /// The id the client knows with the shortest name (the smallest REGISTER that can
+    /// re-announce one), if any.
+    pub fn shortest_known(&self) -> Option<(TopicId, &TopicName)> {
+        self.by_id
+            .iter()
+            .filter(|(_, e)| e.known)
+            .min_by_key(|(_, e)| e.name.len())
+            .map(|(&id, e)| (id, &e.name))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

@@ -68,8 +68,12 @@ pub struct RetainedStore {
     nodes: Vec<Node>,
     free: Vec<u32>,
     len: usize,
-    /// Topic and payload bytes of the messages held (what `max_retained_bytes` bounds).
+    /// Topic and payload bytes of the messages held.
     bytes: usize,
+    /// Of `len` and `bytes`, those of `$` topics: the broker's own (`$SYS`), which clients
+    /// cannot publish to and the retained limits do not bound (`client_len`).
+    dollar_len: usize,
+    dollar_bytes: usize,
 }
 
 impl Default for RetainedStore {
@@ -85,6 +89,8 @@ impl RetainedStore {
             free: Vec::new(),
             len: 0,
             bytes: 0,
+            dollar_len: 0,
+            dollar_bytes: 0,
         }
     }
 
@@ -96,6 +102,17 @@ impl RetainedStore {
     /// Topic and payload bytes of the retained messages.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Retained messages of topics clients can publish to (not `$`): what
+    /// `max_retained_messages` bounds.
+    pub fn client_len(&self) -> usize {
+        self.len - self.dollar_len
+    }
+
+    /// Their topic and payload bytes: what `max_retained_bytes` bounds.
+    pub fn client_bytes(&self) -> usize {
+        self.bytes - self.dollar_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -121,11 +138,18 @@ impl RetainedStore {
         for level in msg.topic.levels() {
             node = self.child_or_insert(node, level);
         }
-        self.bytes += msg.topic.len() + msg.payload.len();
+        let dollar = msg.topic.is_dollar();
+        let size = msg.topic.len() + msg.payload.len();
         let old = self.nodes[node].message.replace(msg);
-        match &old {
-            None => self.len += 1,
-            Some(o) => self.bytes -= o.topic.len() + o.payload.len(),
+        let (added, old_size) = match &old {
+            None => (1, 0),
+            Some(o) => (0, o.topic.len() + o.payload.len()),
+        };
+        self.len += added;
+        self.bytes = self.bytes + size - old_size;
+        if dollar {
+            self.dollar_len += added;
+            self.dollar_bytes = self.dollar_bytes + size - old_size;
         }
         old
     }
@@ -149,8 +173,13 @@ impl RetainedStore {
             node = next;
         }
         let old = self.nodes[node].message.take()?;
+        let size = old.topic.len() + old.payload.len();
         self.len -= 1;
-        self.bytes -= old.topic.len() + old.payload.len();
+        self.bytes -= size;
+        if old.topic.is_dollar() {
+            self.dollar_len -= 1;
+            self.dollar_bytes -= size;
+        }
         while node != 0 && self.nodes[node].is_unused() {
             let Some((parent, level)) = path.pop() else {
                 break;
@@ -359,6 +388,26 @@ mod tests {
         assert_eq!(s.set(msg("a/b", "")), None);
         assert_eq!((s.len(), s.node_count()), (0, 1));
         assert_eq!(found(&s, "#", 0), Vec::<String>::new());
+    }
+
+    #[test]
+    fn dollar_topics_are_counted_apart_from_the_clients() {
+        let mut s = RetainedStore::new();
+        s.set(msg("a/b", "12"));
+        s.set(msg("$SYS/broker/uptime", "5 seconds"));
+        s.set(msg("$SYS/broker/version", "v"));
+        assert_eq!((s.len(), s.bytes()), (3, 5 + 27 + 20));
+        assert_eq!((s.client_len(), s.client_bytes()), (1, 5));
+        // Replaced with another size, then removed: the counts follow.
+        s.set(msg("$SYS/broker/uptime", "15 seconds"));
+        assert_eq!((s.len(), s.bytes()), (3, 5 + 28 + 20));
+        s.set(msg("$SYS/broker/version", ""));
+        s.set(msg("a/b", "1"));
+        assert_eq!((s.len(), s.bytes()), (2, 4 + 28));
+        assert_eq!((s.client_len(), s.client_bytes()), (1, 4));
+        assert!(s.remove(&TopicName::from_static("a/b")).is_some());
+        assert_eq!((s.client_len(), s.client_bytes()), (0, 0));
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

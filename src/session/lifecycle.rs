@@ -166,6 +166,7 @@ impl Session {
                 }
                 if ends {
                     self.publish_will(now_ms, actions);
+                    self.count(|s| &mut s.expired, 1);
                     self.end_session(actions);
                 }
             }

@@ -306,4 +306,6 @@ pub struct SessionStats {
     pub receive_maximum_exceeded: u64,
     /// Acknowledgements for packet ids we do not have in flight (tolerated).
     pub unknown_acks: u64,
+    /// 1 once the session ended because its expiry interval passed while it was offline.
+    pub expired: u64,
 }

@@ -93,7 +93,8 @@ impl Core {
 
     /// Whether `message` would add a retained topic beyond `max_retained_messages` or
     /// `max_retained_bytes` (this shard's replica; every replica holds the same). Replacing
-    /// or deleting a retained message is always allowed.
+    /// or deleting a retained message is always allowed. The broker's own `$SYS` topics
+    /// neither count nor are refused (they are routed without this check).
     pub(crate) fn retained_over_limit(&self, message: &Message) -> bool {
         if !message.retain || message.payload.is_empty() {
             return false;
@@ -104,7 +105,7 @@ impl Core {
         }
         let l = &self.shared.config.limits;
         let size = message.topic.len() + message.payload.len();
-        store.len() >= l.max_retained_messages
-            || store.bytes().saturating_add(size) > l.max_retained_bytes
+        store.client_len() >= l.max_retained_messages
+            || store.client_bytes().saturating_add(size) > l.max_retained_bytes
     }
 }

@@ -465,6 +465,7 @@ fn start_metrics(
             writer: writer.as_ref().map(ringmq_storage::BatchSender::stats),
             log_dropped: crate::log::dropped_lines(),
             log_suppressed: crate::log::suppressed_lines(),
+            memory: crate::metrics::ProcessMemory::read(),
         })
     })
     .map_err(|source| BrokerError::Metrics { addr, source })

@@ -151,6 +151,11 @@ impl SnRuntime {
         )
     }
 
+    /// The gateway's counters (for the shard's snapshot).
+    pub(crate) fn gateway_stats(&self) -> crate::mqttsn::GatewayStats {
+        self.gateway.stats()
+    }
+
     pub(crate) fn has_again(&self) -> bool {
         self.again && !self.closed
     }

@@ -307,6 +307,7 @@ impl Core {
             return; // A subscription the ACL covers in part (`access.rs`).
         }
         self.stats.deliveries += 1;
+        self.stats.publish_bytes_sent += message.payload.len() as u64;
         let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
         };

@@ -25,7 +25,9 @@ use super::mailbox::Envelope;
 use super::route::Publisher;
 use crate::codec::{Packet, PublishProperties, QoS};
 use crate::metrics::sys::SysTree;
-use crate::metrics::{CloseKind, Histogram, ShardSnapshot, add_session, session_delta};
+use crate::metrics::{
+    CloseKind, Histogram, ProcessMemory, ShardSnapshot, add_session, session_delta,
+};
 use crate::router::interest::ShardId;
 use crate::router::topic::TopicName;
 use crate::session::{Message, SessionStats};
@@ -49,6 +51,12 @@ pub(crate) struct ShardStats {
     pub(crate) closes: [u64; CloseKind::COUNT],
     pub(crate) packets_received: u64,
     pub(crate) publish_received: u64,
+    /// Payload bytes of the PUBLISH packets decoded from clients (mosquitto's
+    /// `publish/bytes/received`).
+    pub(crate) publish_bytes_received: u64,
+    /// Payload bytes of the messages handed to a session for delivery (mosquitto's
+    /// `publish/bytes/sent`, counted where `deliveries` is).
+    pub(crate) publish_bytes_sent: u64,
     pub(crate) bytes_received: u64,
     pub(crate) bytes_sent: u64,
     /// Messages handed to a session for delivery.
@@ -66,8 +74,9 @@ impl ShardStats {
     #[inline]
     pub(crate) fn packet(&mut self, packet: &Packet) {
         self.packets_received += 1;
-        if matches!(packet, Packet::Publish(_)) {
+        if let Packet::Publish(p) = packet {
             self.publish_received += 1;
+            self.publish_bytes_received += p.payload.len() as u64;
         }
     }
 }
@@ -137,12 +146,18 @@ impl Core {
             closes: s.closes,
             packets_received: s.packets_received,
             publish_received: s.publish_received,
+            publish_bytes_received: s.publish_bytes_received,
+            publish_bytes_sent: s.publish_bytes_sent,
             bytes_received: s.bytes_received,
             bytes_sent: s.bytes_sent,
             deliveries: s.deliveries,
             session: s.session,
             dropped_member_gone: s.dropped_member_gone,
             retained_refused: s.retained_refused,
+            mqttsn_unvalidated_dropped: self
+                .sn
+                .as_ref()
+                .map_or(0, |sn| sn.gateway_stats().clients.unvalidated_dropped),
             clients_connected: s.connected,
             sessions: self.clients.len() as u64,
             subscriptions: self.routes.local.len() as u64,
@@ -176,7 +191,9 @@ impl Core {
                 *latest = s;
             }
         }
-        let changed = sys.tree.update(self.now_ms, &sys.latest);
+        // A read of /proc once per publication (`ProcessMemory`), not per message.
+        let memory = ProcessMemory::read();
+        let changed = sys.tree.update(self.now_ms, &sys.latest, memory);
         for (topic, payload) in changed {
             let Ok(topic) = TopicName::new(Bytes::from(topic.into_bytes())) else {
                 continue; // Every name above is a valid topic; a bad one is skipped.

@@ -74,10 +74,10 @@ fn sessions_beyond_max_sessions_are_refused_and_existing_ones_resume() {
 
 #[test]
 fn retained_topics_beyond_the_limit_are_refused() {
-    // `$SYS` off: the broker's own retained topics count towards the limit too.
+    // `$SYS` on: the broker's own retained topics take no place under the limit.
     let broker = Broker::start_with(2, |c| {
         c.limits.max_retained_messages = 3;
-        c.ops.sys_interval_secs = 0;
+        c.ops.sys_interval_secs = 1;
     });
     let (mut p5, _) = Client::connect(broker.addr, ProtocolVersion::V5, "p5", true);
     for i in 0..3 {

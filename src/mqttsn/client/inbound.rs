@@ -81,9 +81,8 @@ impl SnClient {
             SnMessage::WillMsgUpd { msg } => self.on_will_msg_update(msg, now_ms, fx),
             SnMessage::WillMsg { .. } if self.quiet_since_connack => {
                 // Its CONNACK was lost: the client retransmits the last will answer (6.13).
-                fx.push(Effect::Send(SnMessage::ConnAck {
-                    code: ReturnCode::Accepted,
-                }));
+                let code = ReturnCode::Accepted;
+                self.send(SnMessage::ConnAck { code }, fx);
             }
             // Messages a client never sends to a gateway, CONNECT (the gateway's), and will
             // prompting answers outside the prompting.
@@ -130,12 +129,11 @@ impl SnClient {
                         qos: w.qos,
                         retain: w.retain,
                     };
-                    fx.push(Effect::Send(SnMessage::WillMsgReq));
+                    self.send(SnMessage::WillMsgReq, fx);
                 }
                 None => {
-                    fx.push(Effect::Send(SnMessage::ConnAck {
-                        code: ReturnCode::NotSupported,
-                    }));
+                    let code = ReturnCode::NotSupported;
+                    self.send(SnMessage::ConnAck { code }, fx);
                     self.state = State::Gone;
                 }
             },
@@ -166,11 +164,12 @@ impl SnClient {
                 Err(topics::RegistryFull) => (TopicId::NONE, ReturnCode::NotSupported),
             },
         };
-        fx.push(Effect::Send(SnMessage::RegAck {
+        let regack = SnMessage::RegAck {
             topic_id,
             msg_id,
             code,
-        }));
+        };
+        self.send(regack, fx);
     }
 
     /// The topic a client PUBLISH names, or the return code refusing it (6.6: an unknown id
@@ -208,12 +207,12 @@ impl SnClient {
         let topic = match self.inbound_topic(p.topic) {
             Ok(t) => t,
             Err(code) => {
-                fx.push(Effect::Send(SnMessage::PubAck {
+                let puback = SnMessage::PubAck {
                     topic_id: field,
                     msg_id: p.msg_id,
                     code,
-                }));
-                return;
+                };
+                return self.send(puback, fx);
             }
         };
         if qos != QoS::AtMostOnce {
@@ -242,17 +241,17 @@ impl SnClient {
             self.stats.ignored += 1;
             return;
         };
-        let refuse = |code| {
-            Effect::Send(SnMessage::SubAck {
-                qos: QoS::AtMostOnce,
-                topic_id: TopicId::NONE,
-                msg_id: s.msg_id,
-                code,
-            })
-        };
         let (filter, topic_id) = match self.sub_filter(&s.topic) {
             Ok(f) => f,
-            Err(code) => return fx.push(refuse(code)),
+            Err(code) => {
+                let refuse = SnMessage::SubAck {
+                    qos: QoS::AtMostOnce,
+                    topic_id: TopicId::NONE,
+                    msg_id: s.msg_id,
+                    code,
+                };
+                return self.send(refuse, fx);
+            }
         };
         Self::remember(&mut self.suback_topics, s.msg_id, topic_id);
         let options = SubscriptionOptions {
@@ -335,7 +334,7 @@ impl SnClient {
                 };
                 self.feed_session(Packet::Unsubscribe(u), now_ms, fx);
             }
-            None => fx.push(Effect::Send(SnMessage::UnsubAck { msg_id })),
+            None => self.send(SnMessage::UnsubAck { msg_id }, fx),
         }
     }
 
@@ -343,9 +342,10 @@ impl SnClient {
     /// topic id" makes the gateway forget the id, so the next PUBLISH registers it again.
     fn on_puback(&mut self, msg_id: MsgId, code: ReturnCode, now_ms: u64, fx: &mut Vec<Effect>) {
         let Some((id, qos, topic)) = self.out.take_published(msg_id) else {
-            self.stats.ignored += 1;
-            return;
+            return self.wrong_proof(now_ms, fx);
         };
+        // It echoed the msg id of our PUBLISH: the address is the client's.
+        self.validation.proved();
         if code == ReturnCode::InvalidTopicId
             && let Some(t) = self.topics.known_id(&topic)
         {
@@ -372,21 +372,27 @@ impl SnClient {
     }
 
     /// PUBREC for our QoS 2 PUBLISH: the session answers PUBREL, which continues the flow.
+    /// Like PUBACK, it proves the address.
     fn on_pubrec(&mut self, msg_id: MsgId, now_ms: u64, fx: &mut Vec<Effect>) {
         match self.out.pubrec(msg_id) {
-            Some(id) => self.feed_session(Packet::PubRec(Ack::new(id)), now_ms, fx),
-            None => self.stats.ignored += 1,
+            Some(id) => {
+                self.validation.proved();
+                self.feed_session(Packet::PubRec(Ack::new(id)), now_ms, fx);
+                self.pump(now_ms, fx);
+            }
+            None => self.wrong_proof(now_ms, fx),
         }
     }
 
-    /// PUBCOMP ends our QoS 2 flow.
+    /// PUBCOMP ends our QoS 2 flow (and proves the address).
     fn on_pubcomp(&mut self, msg_id: MsgId, now_ms: u64, fx: &mut Vec<Effect>) {
         match self.out.take_released(msg_id) {
             Some(id) => {
+                self.validation.proved();
                 self.feed_session(Packet::PubComp(Ack::new(id)), now_ms, fx);
                 self.pump(now_ms, fx);
             }
-            None => self.stats.ignored += 1,
+            None => self.wrong_proof(now_ms, fx),
         }
     }
 
@@ -400,7 +406,7 @@ impl SnClient {
                 self.resend_outstanding(now_ms, fx);
                 self.pump(now_ms, fx);
             }
-            _ => fx.push(Effect::Send(SnMessage::PingResp)),
+            _ => self.send(SnMessage::PingResp, fx),
         }
     }
 
@@ -410,7 +416,7 @@ impl SnClient {
         match duration.and_then(Self::grace_ms) {
             Some(timeout_ms) => {
                 self.state = State::Asleep { timeout_ms };
-                fx.push(Effect::Send(SnMessage::Disconnect { duration: None }));
+                self.send(SnMessage::Disconnect { duration: None }, fx);
             }
             None => self.end(Ending::Normal, true, now_ms, fx),
         }
@@ -434,7 +440,7 @@ impl SnClient {
                 }),
                 None => {
                     let code = ReturnCode::NotSupported;
-                    return fx.push(Effect::Send(SnMessage::WillTopicResp { code }));
+                    return self.send(SnMessage::WillTopicResp { code }, fx);
                 }
             },
         };
@@ -445,7 +451,7 @@ impl SnClient {
     fn on_will_msg_update(&mut self, msg: bytes::Bytes, now_ms: u64, fx: &mut Vec<Effect>) {
         let Some(mut will) = self.will.clone() else {
             let code = ReturnCode::NotSupported;
-            return fx.push(Effect::Send(SnMessage::WillMsgResp { code }));
+            return self.send(SnMessage::WillMsgResp { code }, fx);
         };
         will.message = msg;
         self.swap_will(Some(will), Purpose::WillMsgUpdate, now_ms, fx);

@@ -3,17 +3,21 @@
 //! Owns: the client's lifecycle (will prompting 6.2, active, asleep/awake 6.14, lost), its
 //! MQTT-SN keep alive and sleep timers (6.11, 6.14), its topic registry (6.5), the messages
 //! waiting to go to it, the one REGISTER and the one QoS 1/2 exchange it has outstanding
-//! with their retransmission (6.13), and the translation of its datagrams into packets for
-//! its MQTT session and back (`inbound`, `outbound`).
+//! with their retransmission (6.13), its address validation (`validation`: what may be sent
+//! before the client proved its address), and the translation of its datagrams into
+//! packets for its MQTT session and back (`inbound`, `outbound`).
 //!
 //! Knows nothing of addresses: every datagram it emits goes to its own client (`Effect::Send`),
 //! so it cannot be made to send anywhere else. The `Gateway` decides which address that is.
+//! Until the client proves that it receives what goes there, every datagram passes its
+//! budget (`validation`): `send` for answers, `pump` and `retransmit` for the rest.
 //!
 //! Must never: touch a socket or the clock, implement an MQTT rule the session already
 //! implements (QoS flows, queueing, retained messages, wills), or panic on input.
 
 mod inbound;
 mod outbound;
+pub(super) mod validation;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use super::codec::{MsgId, SnMessage, TopicId};
 use super::topics::Registry;
 use super::translate::{self, Ending, WillData};
 use outbound::Outbound;
+use validation::Validation;
 
 /// What a client call asks of the gateway, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +103,10 @@ pub struct ClientStats {
     pub retransmissions: u64,
     /// Datagrams that made no sense in the client's state (ignored).
     pub ignored: u64,
+    /// Sends held back because the client had not proved its address yet (`validation`):
+    /// answers beyond its budget, and QoS 0 messages dropped from the queue while they
+    /// waited for the proof.
+    pub unvalidated_dropped: u64,
 }
 
 /// Remembered msg ids of requests handed to the session whose answer must name a topic id
@@ -131,18 +140,26 @@ pub(crate) struct SnClient {
     last_to_session_ms: u64,
     /// Ended as `Ending::Lost`.
     lost: bool,
+    /// Whether the client proved its address, and its budget until it does.
+    validation: Validation,
     stats: ClientStats,
 }
 
 impl SnClient {
-    /// A client whose CONNECT (already checked by the gateway) just arrived.
+    /// A client whose CONNECT (already checked by the gateway, `connect_len` bytes) just
+    /// arrived. `msg_id_seed`: where the gateway's MsgIds for this client start, unguessable
+    /// from elsewhere (see `Gateway`).
     pub(crate) fn new(
         id: ClientId,
         settings: Arc<GatewaySettings>,
         clean_session: bool,
         duration_s: u16,
+        connect_len: usize,
+        msg_id_seed: u32,
         now_ms: u64,
     ) -> SnClient {
+        let mut validation = Validation::default();
+        validation.received(connect_len);
         let topics = Registry::new(settings.max_topics);
         SnClient {
             id,
@@ -154,13 +171,30 @@ impl SnClient {
             quiet_since_connack: false,
             will: None,
             topics,
-            out: Outbound::default(),
+            out: Outbound::new(msg_id_seed),
             puback_topics: VecDeque::new(),
             suback_topics: VecDeque::new(),
             session_keep_alive_ms: None,
             last_to_session_ms: now_ms,
             lost: false,
+            validation,
             stats: ClientStats::default(),
+        }
+    }
+
+    /// Another datagram of `len` bytes from the client's address (counted before it is
+    /// handled, so that its answer fits the budget it brings).
+    pub(crate) fn received(&mut self, len: usize) {
+        self.validation.received(len);
+    }
+
+    /// Sends an answer or notice to the client, within its budget until it is validated;
+    /// one that does not fit is dropped (counted): MQTT-SN clients retransmit their requests.
+    fn send(&mut self, msg: SnMessage, fx: &mut Vec<Effect>) {
+        if self.validation.admit(msg.encoded_len()) {
+            fx.push(Effect::Send(msg));
+        } else {
+            self.stats.unvalidated_dropped += 1;
         }
     }
 
@@ -192,7 +226,7 @@ impl SnClient {
         self.will = None;
         if will {
             self.state = State::AwaitWillTopic { started_ms: now_ms };
-            fx.push(Effect::Send(SnMessage::WillTopicReq));
+            self.send(SnMessage::WillTopicReq, fx);
         } else {
             self.connect_session(Purpose::Connect, now_ms, fx);
         }
@@ -220,9 +254,8 @@ impl SnClient {
         self.duration_s = duration;
         let was_sleeping = matches!(self.state, State::Asleep { .. } | State::Awake { .. });
         self.state = State::Active;
-        fx.push(Effect::Send(SnMessage::ConnAck {
-            code: super::codec::ReturnCode::Accepted,
-        }));
+        let code = super::codec::ReturnCode::Accepted;
+        self.send(SnMessage::ConnAck { code }, fx);
         if was_sleeping {
             self.resend_outstanding(now_ms, fx);
         }
@@ -263,7 +296,7 @@ impl SnClient {
             self.feed_session(Packet::Disconnect(d), now_ms, fx);
         }
         if notify {
-            fx.push(Effect::Send(SnMessage::Disconnect { duration: None }));
+            self.send(SnMessage::Disconnect { duration: None }, fx);
         }
         self.lost = ending == Ending::Lost;
         self.state = State::Gone;
@@ -280,7 +313,7 @@ impl SnClient {
             | State::Active
             | State::Asleep { .. }
             | State::Awake { .. } => {
-                fx.push(Effect::Send(SnMessage::Disconnect { duration: None }));
+                self.send(SnMessage::Disconnect { duration: None }, fx);
                 self.state = State::Gone;
             }
         }
@@ -398,7 +431,7 @@ impl SnClient {
         if let State::Awake { timeout_ms } = self.state
             && self.out.is_idle()
         {
-            fx.push(Effect::Send(SnMessage::PingResp));
+            self.send(SnMessage::PingResp, fx);
             self.state = State::Asleep { timeout_ms };
         }
     }

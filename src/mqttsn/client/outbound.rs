@@ -7,6 +7,12 @@
 //! The queue never holds more than one QoS 1/2 message in practice: the session's window
 //! towards the client is one (`translate::WINDOW`), so the rest wait in the session's own
 //! bounded queue, where MQTT's rules for them already live.
+//!
+//! Until the client is validated (`super::validation`) a delivery that does not fit its
+//! budget waits in the queue as for a sleeping client, and a REGISTER challenges the client
+//! to prove its address (`challenge`). The gateway's MsgIds (REGISTER, and PUBLISH/PUBREL,
+//! which carry the session's packet id shifted by a per-client offset) start where the
+//! client's seed says, so that they cannot be guessed from elsewhere.
 
 use std::collections::VecDeque;
 
@@ -21,6 +27,10 @@ use super::super::codec::{MsgId, ReturnCode, SnMessage, SnPublish, SnQoS, TopicI
 use super::super::topics::{self, RegistryFull};
 use super::super::translate::{Ending, return_code};
 use super::{Effect, Purpose, SnClient, State};
+
+/// Largest msg id of our REGISTERs: some clients write REGACK's fields as signed 16-bit
+/// numbers (`mqtt-sn-12` 1.0.9 fails on larger ones), so the REGISTER ids keep 15 bits.
+const MAX_REGISTER_MSG_ID: u16 = 0x7FFF;
 
 /// A delivery or PUBREL waiting to go out.
 #[derive(Clone, Debug)]
@@ -70,6 +80,8 @@ struct RegisterSlot {
 #[derive(Clone, Debug)]
 struct FlowSlot {
     packet_id: PacketId,
+    /// `packet_id` on the wire (`Outbound::wire`).
+    msg_id: MsgId,
     stage: Stage,
     retry: Retry,
 }
@@ -94,11 +106,30 @@ pub(super) struct Outbound {
     queued_bytes: usize,
     register: Option<RegisterSlot>,
     flow: Option<FlowSlot>,
-    /// Last msg id of our REGISTERs (PUBLISH and PUBREL use the session's packet ids).
+    /// Last msg id of our REGISTERs.
     last_msg_id: u16,
+    /// PUBLISH and PUBREL carry the session's packet id shifted by this (`wire`).
+    offset: u16,
 }
 
 impl Outbound {
+    /// `seed`: the client's (see `SnClient::new`); its high half shifts packet ids, its low
+    /// half says where REGISTER msg ids start.
+    pub(super) fn new(seed: u32) -> Outbound {
+        Outbound {
+            offset: (seed >> 16) as u16,
+            last_msg_id: seed as u16,
+            ..Outbound::default()
+        }
+    }
+
+    /// The MsgId of the session's packet id `id` towards this client: a bijection of
+    /// 1..=65535 (0 stays unused: it means "no msg id").
+    fn wire(&self, id: PacketId) -> MsgId {
+        let shifted = (u32::from(id.get()) - 1 + u32::from(self.offset)) % 65_535 + 1;
+        MsgId(shifted as u16)
+    }
+
     /// Nothing waits and nothing is unacknowledged.
     pub(super) fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.register.is_none() && self.flow.is_none()
@@ -120,10 +151,10 @@ impl Outbound {
     pub(super) fn take_published(&mut self, msg_id: MsgId) -> Option<(PacketId, QoS, TopicName)> {
         match &self.flow {
             Some(FlowSlot {
-                packet_id,
+                msg_id: m,
                 stage: Stage::Published { .. },
                 ..
-            }) if packet_id.get() == msg_id.0 => {}
+            }) if *m == msg_id => {}
             _ => return None,
         }
         let slot = self.flow.take()?;
@@ -141,25 +172,26 @@ impl Outbound {
             Stage::Published { qos, .. } => *qos == QoS::ExactlyOnce,
             Stage::Released => true,
         };
-        (f.packet_id.get() == msg_id.0 && qos2).then_some(f.packet_id)
+        (f.msg_id == msg_id && qos2).then_some(f.packet_id)
     }
 
     /// PUBCOMP ends our PUBREL `msg_id`.
     pub(super) fn take_released(&mut self, msg_id: MsgId) -> Option<PacketId> {
         match &self.flow {
-            Some(f) if f.packet_id.get() == msg_id.0 && matches!(f.stage, Stage::Released) => {
+            Some(f) if f.msg_id == msg_id && matches!(f.stage, Stage::Released) => {
                 self.flow.take().map(|f| f.packet_id)
             }
             _ => None,
         }
     }
 
-    /// The next msg id for a REGISTER: never 0, never the packet id of the flow in progress.
+    /// The next msg id for a REGISTER: in 1..=`MAX_REGISTER_MSG_ID`, never the msg id of
+    /// the flow in progress.
     fn next_msg_id(&mut self) -> MsgId {
-        let busy = self.flow.as_ref().map(|f| f.packet_id.get());
+        let busy = self.flow.as_ref().map(|f| f.msg_id.0);
         loop {
-            self.last_msg_id = self.last_msg_id.wrapping_add(1);
-            if self.last_msg_id != 0 && Some(self.last_msg_id) != busy {
+            self.last_msg_id = self.last_msg_id % MAX_REGISTER_MSG_ID + 1;
+            if Some(self.last_msg_id) != busy {
                 return MsgId(self.last_msg_id);
             }
         }
@@ -205,7 +237,7 @@ impl SnClient {
             (_, Packet::PubRel(a)) => self.on_session_pubrel(a.packet_id, now_ms, fx),
             (_, Packet::PubAck(a)) => {
                 let topic_id = Self::recall(&mut self.puback_topics, a.packet_id);
-                fx.push(Effect::Send(puback(topic_id, a.packet_id, a.reason)));
+                self.send(puback(topic_id, a.packet_id, a.reason), fx);
             }
             (_, Packet::PubRec(a)) => {
                 let topic_id = Self::recall(&mut self.puback_topics, a.packet_id);
@@ -217,19 +249,24 @@ impl SnClient {
                         msg_id: MsgId(a.packet_id.get()),
                     }
                 };
-                fx.push(Effect::Send(msg));
+                self.send(msg, fx);
             }
-            (_, Packet::PubComp(a)) => fx.push(Effect::Send(SnMessage::PubComp {
-                msg_id: MsgId(a.packet_id.get()),
-            })),
-            (_, Packet::SubAck(s)) => fx.push(Effect::Send(self.suback(s))),
-            (_, Packet::UnsubAck(u)) => fx.push(Effect::Send(SnMessage::UnsubAck {
-                msg_id: MsgId(u.packet_id.get()),
-            })),
+            (_, Packet::PubComp(a)) => {
+                let msg_id = MsgId(a.packet_id.get());
+                self.send(SnMessage::PubComp { msg_id }, fx);
+            }
+            (_, Packet::SubAck(s)) => {
+                let msg = self.suback(s);
+                self.send(msg, fx);
+            }
+            (_, Packet::UnsubAck(u)) => {
+                let msg_id = MsgId(u.packet_id.get());
+                self.send(SnMessage::UnsubAck { msg_id }, fx);
+            }
             // The answer to the gateway's own keep-alive ping.
             (_, Packet::PingResp) => {}
             (_, Packet::Disconnect(_)) => {
-                fx.push(Effect::Send(SnMessage::Disconnect { duration: None }));
+                self.send(SnMessage::Disconnect { duration: None }, fx);
                 self.state = State::Gone;
             }
             (
@@ -253,9 +290,9 @@ impl SnClient {
                 Purpose::WillTopicUpdate => SnMessage::WillTopicResp { code },
                 Purpose::WillMsgUpdate => SnMessage::WillMsgResp { code },
             };
-            fx.push(Effect::Send(msg));
+            self.send(msg, fx);
             if purpose != Purpose::Connect {
-                fx.push(Effect::Send(SnMessage::Disconnect { duration: None }));
+                self.send(SnMessage::Disconnect { duration: None }, fx);
             }
             self.state = State::Gone;
             return;
@@ -275,7 +312,7 @@ impl SnClient {
             Purpose::WillTopicUpdate => SnMessage::WillTopicResp { code },
             Purpose::WillMsgUpdate => SnMessage::WillMsgResp { code },
         };
-        fx.push(Effect::Send(msg));
+        self.send(msg, fx);
         self.pump(now_ms, fx);
     }
 
@@ -330,9 +367,7 @@ impl SnClient {
         if let Some(f) = self.out.flow.as_mut().filter(|f| f.packet_id == id) {
             f.stage = Stage::Released;
             f.retry = Retry::new(now_ms);
-            let rel = SnMessage::PubRel {
-                msg_id: MsgId(id.get()),
-            };
+            let rel = SnMessage::PubRel { msg_id: f.msg_id };
             self.transmit(rel, fx);
         } else if !self.out.holds(id) {
             self.enqueue(Pending::PubRel(id));
@@ -340,10 +375,13 @@ impl SnClient {
         }
     }
 
-    /// Sends when the client can hear it (not asleep); an outstanding message not sent now
-    /// goes out when the client wakes (`resend_outstanding`).
-    fn transmit(&self, msg: SnMessage, fx: &mut Vec<Effect>) {
-        if matches!(self.state, State::Active | State::Awake { .. }) {
+    /// Sends an outstanding message when the client can hear it (not asleep) and it fits
+    /// the budget; one not sent now goes out when the client wakes (`resend_outstanding`) or
+    /// with the next retransmission.
+    fn transmit(&mut self, msg: SnMessage, fx: &mut Vec<Effect>) {
+        if matches!(self.state, State::Active | State::Awake { .. })
+            && self.validation.admit(msg.encoded_len())
+        {
             fx.push(Effect::Send(msg));
         }
     }
@@ -367,13 +405,21 @@ impl SnClient {
             if let Some(Pending::Publish(x)) = self.out.queue.remove(pos) {
                 self.out.queued_bytes -= x.payload.len();
             }
-            self.stats.dropped_qos0 += 1;
+            // Held for the proof of an address (an awake client), or for a sleeper.
+            if !self.validation.is_validated()
+                && matches!(self.state, State::Active | State::Awake { .. })
+            {
+                self.stats.unvalidated_dropped += 1;
+            } else {
+                self.stats.dropped_qos0 += 1;
+            }
         }
     }
 
     /// Sends from the head of the queue as far as the client's state, the outstanding
-    /// REGISTER and the outstanding QoS 1/2 exchange allow, registering topics the client
-    /// has no id for on the way (6.10).
+    /// REGISTER, the outstanding QoS 1/2 exchange and, until the client is validated, its
+    /// budget allow, registering topics the client has no id for on the way (6.10). A head
+    /// that does not fit the budget waits, and the client is challenged.
     pub(super) fn pump(&mut self, now_ms: u64, fx: &mut Vec<Effect>) {
         while matches!(self.state, State::Active | State::Awake { .. }) {
             let step = match self.out.queue.front() {
@@ -393,22 +439,51 @@ impl SnClient {
             match step {
                 Step::Stop => return,
                 Step::PubRel(id) => {
+                    let msg_id = self.out.wire(id);
+                    let msg = SnMessage::PubRel { msg_id };
+                    if !self.validation.admit(msg.encoded_len()) {
+                        self.challenge(now_ms, fx);
+                        return;
+                    }
                     self.out.pop();
                     self.out.flow = Some(FlowSlot {
                         packet_id: id,
+                        msg_id,
                         stage: Stage::Released,
                         retry: Retry::new(now_ms),
                     });
-                    fx.push(Effect::Send(SnMessage::PubRel {
-                        msg_id: MsgId(id.get()),
-                    }));
+                    fx.push(Effect::Send(msg));
                 }
                 Step::Publish(r) => {
+                    let Some(Pending::Publish(p)) = self.out.queue.front() else {
+                        return;
+                    };
+                    let publish = SnPublish {
+                        dup: p.dup,
+                        qos: SnQoS::from(p.qos),
+                        retain: p.retain,
+                        topic: r,
+                        msg_id: p.packet_id.map_or(MsgId(0), |id| self.out.wire(id)),
+                        data: p.payload.clone(),
+                    };
+                    let msg = SnMessage::Publish(publish);
+                    let len = msg.encoded_len();
+                    // One too large for any datagram is undeliverable, not a budget matter.
+                    if len <= self.settings.max_message_size && !self.validation.admit(len) {
+                        self.challenge(now_ms, fx);
+                        return;
+                    }
                     if let Some(Pending::Publish(p)) = self.out.pop() {
-                        self.send_publish(p, r, now_ms, fx);
+                        self.send_publish(p, msg, len, now_ms, fx);
                     }
                 }
-                Step::Register(topic) => self.register(topic, now_ms, fx),
+                // Until the client is validated its REGISTER is the challenge, unless a
+                // shorter one can be sent.
+                Step::Register(topic) => {
+                    if self.validation.is_validated() || !self.challenge(now_ms, fx) {
+                        self.register(topic, now_ms, fx);
+                    }
+                }
             }
         }
     }
@@ -417,22 +492,7 @@ impl SnClient {
     /// message undeliverable.
     fn register(&mut self, topic: TopicName, now_ms: u64, fx: &mut Vec<Effect>) {
         match self.topics.assign(&topic, false) {
-            Ok(topic_id) => {
-                let msg_id = self.out.next_msg_id();
-                let msg = SnMessage::Register {
-                    topic_id,
-                    msg_id,
-                    topic_name: topic.as_shared().clone(),
-                };
-                fx.push(Effect::Send(msg.clone()));
-                self.out.register = Some(RegisterSlot {
-                    msg,
-                    msg_id,
-                    topic_id,
-                    topic,
-                    retry: Retry::new(now_ms),
-                });
-            }
+            Ok(topic_id) => self.send_register(topic_id, topic, now_ms, fx),
             Err(RegistryFull) => {
                 if let Some(Pending::Publish(p)) = self.out.pop() {
                     self.undeliverable(&p, ReasonCode::QuotaExceeded, now_ms, fx);
@@ -441,8 +501,74 @@ impl SnClient {
         }
     }
 
-    /// REGACK for our REGISTER: accepted, the id is usable; refused, the message waiting for
-    /// it cannot be named to this client.
+    /// Asks a client that is not validated for the proof of its address
+    /// (`super::validation`): a REGISTER, whose REGACK a conforming client sends (6.10),
+    /// naming the shortest of the head's topic (or the outstanding PUBLISH's) and the names
+    /// the client already has an id for (re-announced with that id). One at a time, retransmitted like any REGISTER
+    /// (6.13), so an address that never answers is lost after N_retry. False when none could
+    /// be formed (no topic id left for it).
+    fn challenge(&mut self, now_ms: u64, fx: &mut Vec<Effect>) -> bool {
+        if self.validation.is_validated() || self.out.register.is_some() {
+            return false;
+        }
+        let flow_topic = self.out.flow.as_ref().and_then(|f| match &f.stage {
+            Stage::Published { topic, .. } => Some(topic),
+            Stage::Released => None,
+        });
+        let head = match self.out.queue.front() {
+            Some(Pending::Publish(p)) => Some(p.topic.clone()),
+            Some(Pending::PubRel(_)) | None => flow_topic.cloned(),
+        };
+        let known = self
+            .topics
+            .shortest_known()
+            .map(|(id, name)| (id, name.clone()));
+        let (topic_id, topic) = match (head, known) {
+            (Some(h), Some(k)) if k.1.len() < h.len() => k,
+            (None, Some(k)) => k,
+            (Some(h), known) => match self.topics.assign(&h, false) {
+                Ok(id) => (id, h),
+                Err(RegistryFull) => match known {
+                    Some(k) => k,
+                    None => return false,
+                },
+            },
+            (None, None) => return false,
+        };
+        self.send_register(topic_id, topic, now_ms, fx);
+        true
+    }
+
+    /// Sends our REGISTER of `topic` as `topic_id` and waits for its REGACK. Until the client
+    /// is validated the REGISTER is its challenge: beyond the budget only if it is small
+    /// (`Validation::admit_challenge`); otherwise it waits for a retransmission that fits.
+    fn send_register(
+        &mut self,
+        topic_id: TopicId,
+        topic: TopicName,
+        now_ms: u64,
+        fx: &mut Vec<Effect>,
+    ) {
+        let msg_id = self.out.next_msg_id();
+        let msg = SnMessage::Register {
+            topic_id,
+            msg_id,
+            topic_name: topic.as_shared().clone(),
+        };
+        if self.validation.admit_challenge(msg.encoded_len()) {
+            fx.push(Effect::Send(msg.clone()));
+        }
+        self.out.register = Some(RegisterSlot {
+            msg,
+            msg_id,
+            topic_id,
+            topic,
+            retry: Retry::new(now_ms),
+        });
+    }
+
+    /// REGACK for our REGISTER: the client is validated (it echoed our msg id); accepted,
+    /// the id is usable; refused, the message waiting for it cannot be named to this client.
     pub(super) fn on_regack(
         &mut self,
         topic_id: TopicId,
@@ -452,9 +578,9 @@ impl SnClient {
         fx: &mut Vec<Effect>,
     ) {
         let Some(slot) = self.out.register.take_if(|r| r.msg_id == msg_id) else {
-            self.stats.ignored += 1;
-            return;
+            return self.wrong_proof(now_ms, fx);
         };
+        self.validation.proved();
         if code == ReturnCode::Accepted {
             self.topics.confirm(slot.topic_id);
         } else {
@@ -469,32 +595,43 @@ impl SnClient {
         self.pump(now_ms, fx);
     }
 
-    fn send_publish(&mut self, p: OutPublish, topic: TopicRef, now_ms: u64, fx: &mut Vec<Effect>) {
-        let publish = SnPublish {
-            dup: p.dup,
-            qos: SnQoS::from(p.qos),
-            retain: p.retain,
-            topic,
-            msg_id: p.packet_id.map_or(MsgId(0), |id| MsgId(id.get())),
-            data: p.payload.clone(),
-        };
-        let msg = SnMessage::Publish(publish.clone());
-        if msg.encoded_len() > self.settings.max_message_size {
+    /// An acknowledgement naming nothing the gateway has outstanding: ignored, and for a
+    /// client not yet validated a failed proof; past `validation::MAX_FAILED_PROOFS` it is
+    /// lost (a guess at the MsgIds has odds of 1 in 65535 each).
+    pub(super) fn wrong_proof(&mut self, now_ms: u64, fx: &mut Vec<Effect>) {
+        self.stats.ignored += 1;
+        if self.validation.failed() {
+            self.end(Ending::Lost, true, now_ms, fx);
+        }
+    }
+
+    /// Sends `msg` (`len` bytes, already within the budget), the PUBLISH of `p` popped from
+    /// the queue, and at QoS 1/2 waits for its acknowledgement.
+    fn send_publish(
+        &mut self,
+        p: OutPublish,
+        msg: SnMessage,
+        len: usize,
+        now_ms: u64,
+        fx: &mut Vec<Effect>,
+    ) {
+        if len > self.settings.max_message_size {
             // Unreachable while the session honours the Maximum Packet Size it was given.
             return self.undeliverable(&p, ReasonCode::PacketTooLarge, now_ms, fx);
         }
-        fx.push(Effect::Send(msg));
-        if let Some(packet_id) = p.packet_id {
+        if let (Some(packet_id), SnMessage::Publish(publish)) = (p.packet_id, &msg) {
             self.out.flow = Some(FlowSlot {
                 packet_id,
+                msg_id: publish.msg_id,
                 stage: Stage::Published {
-                    publish,
+                    publish: publish.clone(),
                     qos: p.qos,
                     topic: p.topic,
                 },
                 retry: Retry::new(now_ms),
             });
         }
+        fx.push(Effect::Send(msg));
     }
 
     /// A delivery that cannot reach the client: counted; a QoS 1/2 flow is ended at the
@@ -521,41 +658,64 @@ impl SnClient {
     }
 
     /// Retransmits what waited T_retry for its acknowledgement; after N_retry
-    /// retransmissions the client is lost (6.13).
+    /// retransmissions the client is lost (6.13). Until the client is validated a
+    /// retransmission is sent only within its budget (a small REGISTER challenge a few
+    /// times beyond it), but counts as one either way.
     pub(super) fn retransmit(&mut self, now_ms: u64, fx: &mut Vec<Effect>) {
         let (retry_ms, max) = (self.settings.retry_ms, self.settings.retry_count);
         let due = |r: &Retry| now_ms >= r.sent_ms.saturating_add(retry_ms);
-        let start = fx.len();
-        let mut lost = false;
-        if let Some(slot) = self.out.register.as_mut().filter(|s| due(&s.retry)) {
-            lost |= slot.retry.resent >= max;
-            slot.retry.resent += 1;
-            slot.retry.sent_ms = now_ms;
-            fx.push(Effect::Send(slot.msg.clone()));
-        }
-        if let Some(slot) = self.out.flow.as_mut().filter(|s| due(&s.retry)) {
-            lost |= slot.retry.resent >= max;
-            slot.retry.resent += 1;
-            slot.retry.sent_ms = now_ms;
-            fx.push(Effect::Send(flow_message(slot)));
-        }
-        if lost {
-            // Drop the retransmissions just queued: the client is told DISCONNECT instead.
-            fx.truncate(start);
+        let register = self.out.register.as_ref().filter(|s| due(&s.retry));
+        let flow = self.out.flow.as_ref().filter(|s| due(&s.retry));
+        if [register.map(|s| s.retry), flow.map(|s| s.retry)]
+            .iter()
+            .flatten()
+            .any(|r| r.resent >= max)
+        {
+            // Nothing is sent again: the client is told DISCONNECT instead.
             return self.end(Ending::Lost, true, now_ms, fx);
         }
+        let start = fx.len();
+        if let Some(slot) = self.out.register.as_mut().filter(|s| due(&s.retry)) {
+            slot.retry.resent += 1;
+            slot.retry.sent_ms = now_ms;
+            if self.validation.admit_challenge(slot.msg.encoded_len()) {
+                fx.push(Effect::Send(slot.msg.clone()));
+            }
+        }
+        let mut held = false;
+        if let Some(slot) = self.out.flow.as_mut().filter(|s| due(&s.retry)) {
+            slot.retry.resent += 1;
+            slot.retry.sent_ms = now_ms;
+            let msg = flow_message(slot);
+            if self.validation.admit(msg.encoded_len()) {
+                fx.push(Effect::Send(msg));
+            } else {
+                held = true;
+            }
+        }
         self.stats.retransmissions += (fx.len() - start) as u64;
+        if held {
+            // Its PUBLISH (or the acknowledgement) was lost and the budget is spent: a
+            // client that answers the challenge gets the next retransmission.
+            self.challenge(now_ms, fx);
+        }
     }
 
-    /// A client that wakes up gets what was outstanding when it fell asleep, at once.
+    /// A client that wakes up gets what was outstanding when it fell asleep, at once (within
+    /// its budget until validated: waking is no reason to send beyond it).
     pub(super) fn resend_outstanding(&mut self, now_ms: u64, fx: &mut Vec<Effect>) {
-        if let Some(slot) = self.out.register.as_mut() {
+        if let Some(slot) = self.out.register.as_mut()
+            && self.validation.admit(slot.msg.encoded_len())
+        {
             slot.retry.sent_ms = now_ms;
             fx.push(Effect::Send(slot.msg.clone()));
         }
         if let Some(slot) = self.out.flow.as_mut() {
-            slot.retry.sent_ms = now_ms;
-            fx.push(Effect::Send(flow_message(slot)));
+            let msg = flow_message(slot);
+            if self.validation.admit(msg.encoded_len()) {
+                slot.retry.sent_ms = now_ms;
+                fx.push(Effect::Send(msg));
+            }
         }
     }
 }
@@ -569,7 +729,7 @@ fn flow_message(slot: &FlowSlot) -> SnMessage {
             ..publish.clone()
         }),
         Stage::Released => SnMessage::PubRel {
-            msg_id: MsgId(slot.packet_id.get()),
+            msg_id: slot.msg_id,
         },
     }
 }

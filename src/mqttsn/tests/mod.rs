@@ -9,6 +9,7 @@
 mod flows;
 mod lifecycle;
 mod robustness;
+mod validation;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -63,6 +64,9 @@ struct Broker {
     now: u64,
     /// Datagrams delivered to each address, in order.
     inbox: BTreeMap<u32, VecDeque<SnMessage>>,
+    /// Bytes of the datagrams each address sent, and of those the gateway sent it.
+    bytes_from: BTreeMap<u32, usize>,
+    bytes_to: BTreeMap<u32, usize>,
     /// Drop every n-th datagram the gateway sends.
     drop_every: Option<usize>,
     sent: usize,
@@ -102,6 +106,8 @@ impl Broker {
             anon,
             now: 1_000,
             inbox: BTreeMap::new(),
+            bytes_from: BTreeMap::new(),
+            bytes_to: BTreeMap::new(),
             drop_every: None,
             sent: 0,
             dropped: 0,
@@ -114,6 +120,7 @@ impl Broker {
 
     /// A datagram from `from`.
     fn send_raw(&mut self, from: u32, datagram: Bytes) {
+        *self.bytes_from.entry(from).or_default() += datagram.len();
         let mut out = Vec::new();
         self.gw.handle_datagram(from, datagram, self.now, &mut out);
         self.run(out);
@@ -316,6 +323,7 @@ impl Broker {
             match o {
                 Output::Send { to, datagram } => {
                     self.sent += 1;
+                    *self.bytes_to.entry(to).or_default() += datagram.len();
                     if self.drop_every.is_some_and(|n| self.sent.is_multiple_of(n)) {
                         self.dropped += 1;
                         continue;

@@ -363,7 +363,8 @@ fn unconnected_addresses_get_at_most_a_small_disconnect() {
     br.send(69, SnMessage::PingResp);
     assert!(br.take(69).is_empty());
     assert_eq!(br.gw.client_count(), 1);
-    // The real client, waking from its own address, gets everything buffered.
+    // The real client, waking from its own address, gets everything buffered once it has
+    // proved the address (its few bytes so far pay for no 200-byte message).
     br.send(
         1,
         SnMessage::PingReq {
@@ -371,7 +372,25 @@ fn unconnected_addresses_get_at_most_a_small_disconnect() {
         },
     );
     let got = br.take(1);
+    let [
+        SnMessage::Register {
+            topic_id, msg_id, ..
+        },
+    ] = got[..]
+    else {
+        panic!("a challenge expected, got {got:?}")
+    };
+    br.send(
+        1,
+        SnMessage::RegAck {
+            topic_id,
+            msg_id,
+            code: ReturnCode::Accepted,
+        },
+    );
+    let got = br.take(1);
     assert_eq!(publishes(&got).len(), 20);
+    assert_eq!(got.last(), Some(&SnMessage::PingResp));
 }
 
 #[test]

@@ -183,6 +183,20 @@ fn will_goes_out_when_the_session_expires_first() {
     let actions = h.actions();
     assert_eq!(will_published(&actions).len(), 1);
     assert_eq!(actions.last(), Some(&Action::Ended));
+    // Counted as expired (`$SYS/broker/clients/expired`).
+    assert_eq!(h.s.counted().map(|s| s.expired), Some(1));
+}
+
+#[test]
+fn a_session_that_ends_otherwise_is_not_counted_as_expired() {
+    // Expiry 0: the session ends with its connection, nothing expired.
+    let mut h = Harness::connected(
+        Limits::default(),
+        with_will(ProtocolVersion::V5, true, None, None),
+    );
+    h.lost();
+    assert_eq!(h.actions().last(), Some(&Action::Ended));
+    assert_eq!(h.s.counted().map(|s| s.expired), None);
 }
 
 #[test]
