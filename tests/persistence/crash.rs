@@ -63,6 +63,8 @@ fn persistent_connect(client_id: &str) -> Connect {
 
 /// What the test knows about the broker of the moment.
 struct Target {
+    /// When the run began: times in the record count from it.
+    epoch: Instant,
     addr: Mutex<SocketAddr>,
     stop: AtomicBool,
     /// Publishers stop sending new messages (they still complete their flows).
@@ -103,6 +105,10 @@ struct Record {
     received: BTreeMap<(usize, usize), Vec<u64>>,
     /// Sessions found missing after a reconnect.
     lost_sessions: u32,
+    /// When (ms into the run) each (publisher, sequence number) was acknowledged, and what
+    /// happened to the broker when: for the report of a failure.
+    acked_at: HashMap<(usize, u64), u64>,
+    events: Vec<(u64, String)>,
 }
 
 /// One outbound flow of a publisher: the message's sequence number, or (QoS 2 after
@@ -175,8 +181,10 @@ fn publisher(index: usize, qos: QoS, target: Arc<Target>, record: Arc<Mutex<Reco
                 _ => None,
             };
             if let Some(Flow::Published(seq)) = acked {
+                let at = target.epoch.elapsed().as_millis() as u64;
                 let mut r = record.lock().unwrap_or_else(|e| e.into_inner());
                 r.acked.entry(index).or_default().insert(seq);
+                r.acked_at.insert((index, seq), at);
             }
         }
     }
@@ -297,6 +305,7 @@ pub fn crash_run(kills: usize, shards: &str) -> String {
     let args = ["--shards", shards, "--config", config_file.as_str()];
     let mut broker = BrokerProcess::start_in(&dir, &args);
     let target = Arc::new(Target {
+        epoch: Instant::now(),
         addr: Mutex::new(broker.addr),
         stop: AtomicBool::new(false),
         drain: AtomicBool::new(false),
@@ -325,13 +334,24 @@ pub fn crash_run(kills: usize, shards: &str) -> String {
             _ => 100 + rng.below(500), // under load
         };
         std::thread::sleep(Duration::from_millis(wait));
+        let event = |what: String| {
+            let at = target.epoch.elapsed().as_millis() as u64;
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .events
+                .push((at, what));
+        };
         if k % 7 == 3 {
             // In the middle of a clean stop.
+            event(format!("kill {k}: SIGTERM"));
             broker.signal(libc::SIGTERM);
             std::thread::sleep(Duration::from_millis(rng.below(20)));
         }
+        event(format!("kill {k}: SIGKILL ({wait} ms after the start)"));
         broker.kill();
         broker = BrokerProcess::start_in(&dir, &args);
+        event(format!("kill {k}: restarted"));
         *target.addr.lock().unwrap_or_else(|e| e.into_inner()) = broker.addr;
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -394,10 +414,24 @@ fn missing_detail(r: &Record) -> String {
             }
             gone.sort_unstable();
             let last = got.and_then(|v| v.iter().max().copied());
+            let when = r.acked_at.get(&(*p, gone[0])).copied().unwrap_or(0);
+            let near: Vec<&str> = r
+                .events
+                .iter()
+                .filter(|(at, _)| at.abs_diff(when) < 1_000)
+                .map(|(_, what)| what.as_str())
+                .collect();
             lines.push(format!(
-                "subscriber {s} from publisher {p}: {} missing, first {:?}, highest received {last:?}",
+                "subscriber {s} from publisher {p}: {} missing, first {:?}, highest received \
+                 {last:?}; the first acknowledged at {when} ms, within 1 s of: {near:?} \
+                 ({:?})",
                 gone.len(),
-                &gone[..gone.len().min(10)]
+                &gone[..gone.len().min(10)],
+                r.events
+                    .iter()
+                    .filter(|(at, _)| at.abs_diff(when) < 1_000)
+                    .map(|(at, _)| *at)
+                    .collect::<Vec<_>>()
             ));
         }
     }
@@ -432,9 +466,17 @@ fn check(r: &Record, publishers: &[QoS], kills: usize, seed: u64) -> String {
         let dups: usize = seen.values().map(|n| n - 1).sum();
         // Subscriber 1 takes QoS 2 publishers' messages at QoS 2: exactly once.
         if *s == 1 && publishers[*p] == QoS::ExactlyOnce {
+            let first_dup = seen.iter().filter(|(_, n)| **n > 1).map(|(q, _)| *q).min();
+            let when = first_dup.and_then(|q| r.acked_at.get(&(*p, q)).copied());
+            let near: Vec<&(u64, String)> = r
+                .events
+                .iter()
+                .filter(|(at, _)| when.is_some_and(|w| at.abs_diff(w) < 1_000))
+                .collect();
             assert_eq!(
                 dups, 0,
-                "QoS 2 delivered twice to subscriber {s} from {p} (seed {seed})"
+                "QoS 2 delivered twice to subscriber {s} from {p} (seed {seed}): first \
+                 {first_dup:?}, acknowledged at {when:?} ms, within 1 s of {near:?}"
             );
         }
         duplicates += dups;
