@@ -289,6 +289,9 @@ pub fn crash_run(kills: usize, shards: &str) -> String {
         });
     eprintln!("crash test seed {seed} (CRASH_SEED={seed} replays the kill schedule)");
     let mut rng = Rng(seed);
+    // CRASH_SHARDS runs another shard count (to tell shard-local faults from cross-shard ones).
+    let shards_env = std::env::var("CRASH_SHARDS").ok();
+    let shards = shards_env.as_deref().unwrap_or(shards);
     let dir = DataDir::new("crash");
     // Crash consistency is what is checked, not the queue limits: a subscriber reconnecting
     // after a restart may be thousands of messages behind, and beyond `max_queued_messages`
