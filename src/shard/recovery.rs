@@ -284,7 +284,16 @@ impl Core {
             };
             data.subscriptions.insert(filter, sub);
         }
-        restore_outbound(&mut data, &stored.entries, &r.messages);
+        let collisions = restore_outbound(&mut data, &stored.entries, &r.messages);
+        if collisions > 0 {
+            log!(
+                WARN,
+                self.log_id,
+                "stored session {}: {collisions} in-flight message(s) share a packet id with an \
+                 earlier one; sent again under new ids",
+                String::from_utf8_lossy(&stored.client)
+            );
+        }
         data.awaiting_rel = stored
             .await_rel
             .iter()
@@ -362,7 +371,8 @@ fn restore_outbound(
     data: &mut SessionData,
     entries: &[(u64, storage::EntryRecord)],
     messages: &HashMap<u64, Arc<Message>>,
-) {
+) -> usize {
+    let mut collisions = 0;
     let mut inflight = VecDeque::new();
     let mut queue = VecDeque::new();
     let mut next_seq = 0;
@@ -403,7 +413,11 @@ fn restore_outbound(
                         delivery: q,
                     })
                 }
-                Some(_) | None => queue.push_back(q),
+                Some(_) => {
+                    collisions += 1;
+                    queue.push_back(q)
+                }
+                None => queue.push_back(q),
             },
             storage::EntryState::Queued | storage::EntryState::Released { .. } => {
                 queue.push_back(q)
@@ -414,6 +428,7 @@ fn restore_outbound(
     data.inflight = inflight;
     data.queue = queue;
     data.next_seq = next_seq;
+    collisions
 }
 
 /// Start-up barrier: every shard has restored its sessions and put the routing updates

@@ -351,6 +351,9 @@ pub fn crash_run(kills: usize, shards: &str) -> String {
             broker.signal(libc::SIGTERM);
             std::thread::sleep(Duration::from_millis(rng.below(20)));
         }
+        for line in broker.log().lines().filter(|l| l.contains(" WARN ")) {
+            event(format!("run before kill {k}: {line}"));
+        }
         event(format!("kill {k}: SIGKILL ({wait} ms after the start)"));
         broker.kill();
         broker = BrokerProcess::start_in(&dir, &args);
@@ -377,6 +380,12 @@ pub fn crash_run(kills: usize, shards: &str) -> String {
         t.join().expect("client thread");
     }
     let status = broker.terminate(Duration::from_secs(10));
+    if std::env::var_os("CRASH_WARNINGS").is_some() {
+        let r = record.lock().unwrap_or_else(|e| e.into_inner());
+        for (at, what) in r.events.iter().filter(|(_, w)| w.contains("WARN")) {
+            eprintln!("{at} ms: {what}");
+        }
+    }
     assert!(status.success(), "final stop: {status}");
     let r = record.lock().unwrap_or_else(|e| e.into_inner());
     check(&r, &publishers, kills, seed)
