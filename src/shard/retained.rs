@@ -45,7 +45,16 @@ impl Core {
         let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
             return;
         };
-        if self.routes.retained.is_empty() {
+        // A filter that does not start with `$` matches no `$` topic [MQTT-4.7.2-1]: with only
+        // the broker's `$SYS` topics retained (the usual case), a subscription storm queues
+        // no lookups at all.
+        let store = &self.routes.retained;
+        let may_match = if filter.as_bytes().first() == Some(&b'$') {
+            !store.is_empty()
+        } else {
+            store.client_len() > 0
+        };
+        if !may_match {
             return;
         }
         self.retained_jobs.push_back(RetainedJob {
