@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use common::{Broker, Client, WAIT};
+use common::{Broker, Client, WAIT, frame, vbi};
 use ringmq::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use ringmq::config::Config;
 
@@ -135,30 +135,6 @@ fn check_bystander(broker: &Broker, bystander: &mut Client, v: ProtocolVersion) 
 // ---------------------------------------------------------------------------------------------
 // Literal packets
 // ---------------------------------------------------------------------------------------------
-
-/// A Variable Byte Integer (spec 1.5.5).
-fn vbi(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return out;
-        }
-    }
-}
-
-/// A packet: first byte, remaining length, body.
-fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    out.extend(vbi(body.len()));
-    out.extend_from_slice(body);
-    out
-}
 
 /// A two-byte length prefix and the bytes (a UTF-8 string or binary data field).
 fn lp(bytes: &[u8]) -> Vec<u8> {

@@ -534,22 +534,35 @@ impl Client {
     }
 }
 
+/// A Variable Byte Integer (spec 1.5.5).
+pub fn vbi(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+/// A packet: first byte, remaining length, body.
+pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    out.extend(vbi(body.len()));
+    out.extend_from_slice(body);
+    out
+}
+
 /// The bytes of a QoS 0 PUBLISH to topic "p" with `len` bytes of remaining length, less its
 /// last 10 bytes: a packet the broker must hold incomplete.
 pub fn partial_publish(len: usize) -> Vec<u8> {
     let mut bytes = vec![0x30];
-    let mut x = len;
-    loop {
-        let mut b = (x % 128) as u8;
-        x /= 128;
-        if x > 0 {
-            b |= 0x80;
-        }
-        bytes.push(b);
-        if x == 0 {
-            break;
-        }
-    }
+    bytes.extend(vbi(len));
     bytes.extend_from_slice(&[0, 1, b'p']);
     bytes.resize(bytes.len() + len - 3 - 10, b'x');
     bytes

@@ -8,31 +8,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::common::frame;
 use crate::common::process::BrokerProcess;
 
 /// An MQTT string: two length bytes, then the bytes.
 fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s);
-}
-
-/// A packet with its fixed header (remaining length as a variable byte integer).
-fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 /// CONNECT (3.1.1, clean session) and one SUBSCRIBE with `filters` distinct filters of the
@@ -48,8 +30,8 @@ fn connect_and_subscribe(client: usize, filters: usize) -> Vec<u8> {
         mqtt_str(&mut subscribe, f.as_bytes());
         subscribe.push(0);
     }
-    let mut bytes = packet(0x10, &connect);
-    bytes.extend(packet(0x82, &subscribe));
+    let mut bytes = frame(0x10, &connect);
+    bytes.extend(frame(0x82, &subscribe));
     bytes
 }
 

@@ -29,21 +29,7 @@ fn subscribe_packet(filters: &[String]) -> Vec<u8> {
         mqtt_str(&mut body, f.as_bytes());
         body.push(0);
     }
-    let mut out = vec![0x82];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&body);
-    out
+    crate::common::frame(0x82, &body)
 }
 
 /// The slowest PINGRESP over 2 s, one every 5 ms.
