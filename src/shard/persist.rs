@@ -44,6 +44,17 @@ const MAX_UNCOMMITTED_OPS: usize = 200_000;
 /// Bits of a message id that number messages within a shard; the top bits are the shard.
 const MSG_COUNTER_BITS: u32 = 58;
 
+/// The highest per-shard number among message ids `ids` (the ids a store holds). Every
+/// shard numbers its new messages above it: the highest id alone would not do, as it
+/// belongs to the highest shard, and a lower shard may have numbered further (and may
+/// still hold messages under those numbers).
+pub(crate) fn highest_msg_counter(ids: impl IntoIterator<Item = u64>) -> u64 {
+    ids.into_iter()
+        .map(|id| id & ((1 << MSG_COUNTER_BITS) - 1))
+        .max()
+        .unwrap_or(0)
+}
+
 /// What happens when a ticket commits.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Waiter {
@@ -107,10 +118,10 @@ impl Persist {
         writer: Option<storage::BatchSender>,
         completions: Option<Receiver<storage::Completion>>,
         shard: usize,
-        max_msg_id: u64,
+        msg_counter: u64,
         wall_epoch_ms: u64,
     ) -> Persist {
-        let counter = (max_msg_id & ((1 << MSG_COUNTER_BITS) - 1)) + 1;
+        let counter = msg_counter + 1;
         Persist {
             mode,
             writer,

@@ -57,7 +57,8 @@ pub(crate) struct Opened {
     pub(crate) sender: Option<storage::BatchSender>,
     pub(crate) completions: Vec<Option<Receiver<storage::Completion>>>,
     pub(crate) recoveries: Vec<ShardRecovery>,
-    pub(crate) max_msg_id: u64,
+    /// The highest per-shard message number in the store (`persist::highest_msg_counter`).
+    pub(crate) msg_counter: u64,
     pub(crate) mode: Mode,
 }
 
@@ -84,7 +85,7 @@ pub(crate) fn open(config: &Config, shared: &Arc<Shared>) -> Result<Opened, Brok
                 sender: None,
                 completions: (0..shards).map(|_| None).collect(),
                 recoveries: (0..shards).map(|_| ShardRecovery::default()).collect(),
-                max_msg_id: 0,
+                msg_counter: 0,
                 mode: Mode::Off,
             });
         }
@@ -104,7 +105,13 @@ pub(crate) fn open(config: &Config, shared: &Arc<Shared>) -> Result<Opened, Brok
     let opened = storage::Store::open(&s.data_dir, &options);
     std::panic::set_hook(hook);
     let (store, recovered) = opened.map_err(BrokerError::Storage)?;
-    let max_msg_id = recovered.max_msg_id;
+    let msg_counter = super::persist::highest_msg_counter(
+        recovered
+            .messages
+            .keys()
+            .copied()
+            .chain(std::iter::once(recovered.max_msg_id)),
+    );
     let sessions = recovered.sessions.len();
     let recoveries = distribute(recovered, shards, shared.wall_epoch_ms);
     log!(
@@ -136,7 +143,7 @@ pub(crate) fn open(config: &Config, shared: &Arc<Shared>) -> Result<Opened, Brok
         writer: Some(writer),
         completions: receivers.into_iter().map(Some).collect(),
         recoveries,
-        max_msg_id,
+        msg_counter,
         mode,
     })
 }
@@ -449,7 +456,7 @@ pub(crate) fn persist_for(opened: &mut Opened, shard: usize, wall_epoch_ms: u64)
             opened.sender.clone(),
             opened.completions.get_mut(shard).and_then(Option::take),
             shard,
-            opened.max_msg_id,
+            opened.msg_counter,
             wall_epoch_ms,
         ),
     }
