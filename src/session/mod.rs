@@ -364,6 +364,32 @@ impl Session {
         self.route_in(message, delivery, now_ms, out, actions);
     }
 
+    /// Refuses `message` at once when `deliver` could only drop it: the session's queue,
+    /// where the message would have to wait, is full and holds no QoS 0 message a QoS 1/2
+    /// one could evict. Counts the drop as `deliver` would and returns true; the caller
+    /// then has nothing to do. A client that stopped reading meets this for every message
+    /// until the slow-consumer timeout ends it, so the refusal costs one check rather than a
+    /// queue entry built and thrown away (and no touch of the message's shared count).
+    /// Share-group deliveries are not refused here: a full member hands them on.
+    pub fn refuses(&mut self, message: &Message, delivery: &Delivery, now_ms: u64) -> bool {
+        let full = !self.data.queue.is_empty()
+            && self.data.queue.len() >= self.limits.max_queued_messages
+            && self.data.queued_qos0 == 0;
+        if !full
+            || delivery.share_group.is_some()
+            || !matches!(self.state, State::Connected(_) | State::Offline(_))
+            || message.is_expired(now_ms)
+        {
+            return false;
+        }
+        if message.qos.min(delivery.qos) == QoS::AtMostOnce {
+            self.count(|s| &mut s.dropped_qos0, 1);
+        } else {
+            self.count(|s| &mut s.dropped_queue_full, 1);
+        }
+        true
+    }
+
     /// Answers the client's QoS 1/2 PUBLISH `packet_id` (announced by `Action::Publish`
     /// with `ack`) after the shard routed it: PUBACK (QoS 1) or PUBREC (QoS 2) with `code`.
     /// Success on QoS 2 records the id as awaiting PUBREL. An error code on a 3.x

@@ -311,6 +311,9 @@ impl Core {
         let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
         };
+        if client.session.refuses(message, delivery, self.now_ms) {
+            return; // Counted; the session and its connection are as they were.
+        }
         let conn = client.conn;
         let mut actions = std::mem::take(&mut self.actions);
         let mut early_flush = false;

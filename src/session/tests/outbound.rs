@@ -700,3 +700,68 @@ fn a_shared_message_may_use_twice_the_queue_limit() {
     assert_eq!(h.s.data().queue.len(), 4, "a shared one may go to twice it");
     assert_eq!(h.s.stats().dropped_queue_full, 2);
 }
+
+/// `refuses` says yes exactly where `deliver` could only drop the message, and counts the
+/// same drop: a full queue with no QoS 0 message to evict. With one to evict, or room, or
+/// a share group, it leaves the message to `deliver`.
+#[test]
+fn refuses_only_what_deliver_would_drop_and_counts_it_alike() {
+    let limits = Limits {
+        max_inflight: 1,
+        max_queued_messages: 2,
+        ..Limits::default()
+    };
+    let mut h = Harness::connected(limits, connect_packet(ProtocolVersion::V5, "c1", true));
+    let q1 = message("t", QoS::AtLeastOnce);
+    let q0 = message("t", QoS::AtMostOnce);
+    let now = h.now;
+    assert!(
+        !h.s.refuses(&q1, &live(QoS::AtLeastOnce), now),
+        "window room"
+    );
+    h.deliver(&q1, &live(QoS::AtLeastOnce)); // the window
+    h.deliver(&q1, &live(QoS::AtLeastOnce));
+    assert!(
+        !h.s.refuses(&q1, &live(QoS::AtLeastOnce), now),
+        "queue room"
+    );
+    h.deliver(&q0, &live(QoS::AtMostOnce)); // queued behind the QoS 1 one: the queue is full
+    assert!(
+        !h.s.refuses(&q1, &live(QoS::AtLeastOnce), now),
+        "a queued QoS 0 message can make room"
+    );
+    h.deliver(&q1, &live(QoS::AtLeastOnce)); // evicts it
+    assert_eq!(h.s.stats().dropped_qos0, 1);
+    assert!(h.s.refuses(&q1, &live(QoS::AtLeastOnce), now));
+    assert!(h.s.refuses(&q0, &live(QoS::AtMostOnce), now));
+    assert!(
+        h.s.refuses(&q1, &live(QoS::AtMostOnce), now),
+        "granted QoS 0"
+    );
+    let stats = h.s.stats();
+    assert_eq!((stats.dropped_queue_full, stats.dropped_qos0), (1, 3));
+    // `deliver` would have counted the same.
+    h.deliver(&q1, &live(QoS::AtLeastOnce));
+    h.deliver(&q0, &live(QoS::AtMostOnce));
+    let stats = h.s.stats();
+    assert_eq!((stats.dropped_queue_full, stats.dropped_qos0), (2, 4));
+    let group = Arc::new(filter("$share/g/t"));
+    let shared = Delivery {
+        share_group: Some(&group),
+        ..live(QoS::AtLeastOnce)
+    };
+    assert!(
+        !h.s.refuses(&q1, &shared, now),
+        "a full member hands shared ones on"
+    );
+    assert!(
+        h.packets()
+            .iter()
+            .all(|p| !matches!(p, Packet::Disconnect(_)))
+    );
+    h.packet(Packet::PubAck(ack(1)));
+    assert!(
+        !h.s.refuses(&q1, &live(QoS::AtLeastOnce), now),
+        "room again"
+    );
+}
