@@ -158,6 +158,14 @@ pub struct Limits {
     pub cross_shard_queue: usize,
 }
 
+/// Default of `Limits::cross_shard_queue`, envelopes per (source, destination) channel. Large
+/// enough to absorb a burst of a whole loop turn of publishes (tens of thousands of messages
+/// at full rate) without the sender falling back to its outbox; small enough that a stalled
+/// shard holds at most a few MB of envelopes (each is a few words plus an `Arc`). Memory is
+/// held only while envelopes are queued (list channel), so the bound costs nothing on an idle
+/// broker.
+pub const DEFAULT_CROSS_SHARD_QUEUE: usize = 64 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -200,7 +208,7 @@ impl Default for Limits {
             shared_subscription_strategy: ShareStrategy::RoundRobin,
             max_output_buffer: 4 * 1024 * 1024,
             slow_consumer_timeout_secs: 30,
-            cross_shard_queue: crate::shard::DEFAULT_CROSS_SHARD_QUEUE,
+            cross_shard_queue: DEFAULT_CROSS_SHARD_QUEUE,
         }
     }
 }

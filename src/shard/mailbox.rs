@@ -42,14 +42,6 @@ use crate::router::shared::ShareOp;
 use crate::router::topic::TopicFilter;
 use crate::session::{ClientId, Message};
 
-/// Default of `Limits::cross_shard_queue`, envelopes per (source, destination) channel. Large
-/// enough to absorb a burst of a whole loop turn of publishes (tens of thousands of messages
-/// at full rate) without the sender falling back to its outbox; small enough that a stalled
-/// shard holds at most a few MB of envelopes (each is a few words plus an `Arc`). Memory is
-/// held only while envelopes are queued (list channel), so the bound costs nothing on an idle
-/// broker.
-pub const DEFAULT_CROSS_SHARD_QUEUE: usize = 64 * 1024;
-
 /// A publisher's acknowledgement waits for the receiving shard: it answers `origin` for
 /// `hold` (`FenceDone`) once what it stored for the publish is durable (at once when it
 /// stored nothing).

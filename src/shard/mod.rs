@@ -63,9 +63,9 @@ use crate::metrics::http::MetricsServer;
 use crate::router::interest::{MAX_SHARDS, ShardId};
 use crate::transport::ListenerRuntime;
 
-pub use self::mailbox::DEFAULT_CROSS_SHARD_QUEUE;
 use self::mailbox::{Envelope, Mesh};
 use self::timer::Clock;
+pub use crate::config::DEFAULT_CROSS_SHARD_QUEUE;
 
 /// Pending connections the kernel queues per listener before `accept`.
 const LISTEN_BACKLOG: i32 = 4096;
