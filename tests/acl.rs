@@ -450,6 +450,153 @@ fn reload_under_load_disconnects_nobody() {
     }
 }
 
+/// Rules for the tests of messages that wait in a session: alice reads `x/#`, bob only
+/// `x/open/#`.
+const WAITING_RULES: &str = "\
+user alice
+topic read x/#
+
+user bob
+topic read x/open/#
+
+user admin
+topic readwrite #
+";
+
+/// `WAITING_RULES` after alice lost `x/secret/#`.
+fn alice_denied_secret() -> String {
+    WAITING_RULES.replace(
+        "topic read x/#\n",
+        "topic read x/#\ntopic deny x/secret/#\n",
+    )
+}
+
+/// A CONNECT as `user` that resumes (or makes) a persistent session.
+fn persistent_as(v: ProtocolVersion, id: &str, user: &str) -> ringmq::codec::Connect {
+    let mut c = connect_credentials(v, id, Some(user), None);
+    c.clean_start = false;
+    if v.is_v5() {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+/// The next packet, a PUBLISH, left unacknowledged (its flow stays in flight); its topic.
+fn recv_unacked(c: &mut Client) -> String {
+    match c.recv() {
+        Packet::Publish(p) => p.topic.as_str().to_owned(),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// alice's persistent session on `x/#` with `x/secret/1` in flight (sent, never
+/// acknowledged) and, with `live` false, the connection dropped and `x/open/1`,
+/// `x/secret/2` (QoS 1), `x/secret/3`, `x/open/2` (QoS 2) queued; with `live` true, these
+/// are in flight too and the connection stays (returned).
+fn alice_with_waiting_messages(
+    b: &Broker,
+    v: ProtocolVersion,
+    id: &str,
+    live: bool,
+) -> Option<Client> {
+    let mut admin = connect_as(b, v, &b.client_id_on("admin", 0), Some("admin"));
+    let (mut alice, ack) = Client::connect_with(b.addr, persistent_as(v, id, "alice"));
+    assert_eq!(ack.reason, R::Success);
+    assert_eq!(subscribe_all(&mut alice, &["x/#"]), vec![R::GrantedQoS1]);
+    admin.publish("x/secret/1", b"m", QoS::AtLeastOnce, false);
+    assert_eq!(recv_unacked(&mut alice), "x/secret/1");
+    let mut alice = if live {
+        Some(alice)
+    } else {
+        alice.drop_connection();
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    };
+    admin.publish("x/open/1", b"m", QoS::AtLeastOnce, false);
+    admin.publish("x/secret/2", b"m", QoS::AtLeastOnce, false);
+    admin.publish("x/secret/3", b"m", QoS::ExactlyOnce, false);
+    admin.publish("x/open/2", b"m", QoS::ExactlyOnce, false);
+    if let Some(alice) = alice.as_mut() {
+        for _ in 0..4 {
+            recv_unacked(alice);
+        }
+    }
+    alice
+}
+
+/// Read permission is checked when a message is sent: a session's queued and unacknowledged
+/// messages reach its client after a reload only if the new rules let it read them; those
+/// it may not read are gone for good (not resent at the next resume).
+#[test]
+fn a_resumed_session_gets_only_what_the_rules_let_it_read_now() {
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let files = AuthFiles::new("acl-resume");
+        let b = acl_broker(2, &files, WAITING_RULES);
+        let id = b.client_id_on("alice", 1);
+        alice_with_waiting_messages(&b, v, &id, false);
+        files.write_acl(&alice_denied_secret());
+        b.reload_auth().expect("reload");
+        std::thread::sleep(Duration::from_millis(200));
+        let (mut alice, ack) = Client::connect_with(b.addr, persistent_as(v, &id, "alice"));
+        assert!(ack.session_present);
+        assert_eq!(received(&mut alice), vec!["x/open/1", "x/open/2"], "{v:?}");
+        alice.disconnect();
+        let (mut alice, ack) = Client::connect_with(b.addr, persistent_as(v, &id, "alice"));
+        assert!(ack.session_present);
+        assert!(received(&mut alice).is_empty(), "{v:?}: dropped, not kept");
+    }
+}
+
+/// Another user who takes over a client id (clean session 0) gets the waiting messages it
+/// may read and none of the others, whether the old connection was gone or still open.
+#[test]
+fn another_user_resuming_a_client_id_gets_only_what_it_may_read() {
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        for live in [false, true] {
+            let files = AuthFiles::new("acl-takeover");
+            let b = acl_broker(2, &files, WAITING_RULES);
+            let id = b.client_id_on("alice", 1);
+            let _alice = alice_with_waiting_messages(&b, v, &id, live);
+            let (mut bob, ack) = Client::connect_with(b.addr, persistent_as(v, &id, "bob"));
+            assert!(ack.session_present);
+            assert_eq!(
+                received(&mut bob),
+                vec!["x/open/1", "x/open/2"],
+                "{v:?} live {live}"
+            );
+        }
+    }
+}
+
+/// A reload takes from a connected client's queue what it may no longer read: with a
+/// window of 1, the messages behind an unacknowledged one are checked when the window
+/// frees, under the rules then in force.
+#[test]
+fn a_reload_checks_what_waits_for_a_connected_client() {
+    let v = ProtocolVersion::V5;
+    let files = AuthFiles::new("acl-queue");
+    let b = acl_broker(2, &files, WAITING_RULES);
+    let mut admin = connect_as(&b, v, &b.client_id_on("admin", 0), Some("admin"));
+    let mut connect = connect_credentials(v, &b.client_id_on("alice", 1), Some("alice"), None);
+    connect.properties.receive_maximum = Some(1);
+    let (mut alice, ack) = Client::connect_with(b.addr, connect);
+    assert_eq!(ack.reason, R::Success);
+    assert_eq!(subscribe_all(&mut alice, &["x/#"]), vec![R::GrantedQoS1]);
+    for t in ["x/open/1", "x/secret/1", "x/open/2"] {
+        admin.publish(t, b"m", QoS::AtLeastOnce, false);
+    }
+    let first = match alice.recv() {
+        Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    assert_eq!(first.topic.as_str(), "x/open/1");
+    files.write_acl(&alice_denied_secret());
+    b.reload_auth().expect("reload");
+    std::thread::sleep(Duration::from_millis(200));
+    alice.ack(&first);
+    assert_eq!(received(&mut alice), vec!["x/open/2"]);
+}
+
 /// mosquitto_sub as a user whose `#` the ACL covers in part receives only what it may read.
 #[test]
 fn mosquitto_sub_through_a_partial_subscription() {

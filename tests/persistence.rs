@@ -13,3 +13,6 @@ mod crash;
 
 #[path = "persistence/faults.rs"]
 mod faults;
+
+#[path = "persistence/access.rs"]
+mod access;

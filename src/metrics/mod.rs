@@ -173,14 +173,15 @@ pub struct ShardSnapshot {
 
 impl ShardSnapshot {
     /// Messages dropped for subscribers: QoS 0 (offline, slow consumer, evicted), queue
-    /// full, too large for the client's Maximum Packet Size, expired, or a shared group's
-    /// chosen member gone.
+    /// full, too large for the client's Maximum Packet Size, expired, waiting for a client
+    /// that may not read them, or a shared group's chosen member gone.
     pub fn dropped(&self) -> u64 {
         let s = &self.session;
         s.dropped_qos0
             + s.dropped_queue_full
             + s.dropped_too_large
             + s.dropped_expired
+            + s.dropped_not_authorized
             + self.dropped_member_gone
     }
 
@@ -239,6 +240,7 @@ pub fn add_session(a: &mut SessionStats, b: &SessionStats) {
     a.dropped_queue_full += b.dropped_queue_full;
     a.dropped_too_large += b.dropped_too_large;
     a.dropped_expired += b.dropped_expired;
+    a.dropped_not_authorized += b.dropped_not_authorized;
     a.refused_publishes += b.refused_publishes;
     a.receive_maximum_exceeded += b.receive_maximum_exceeded;
     a.unknown_acks += b.unknown_acks;
@@ -252,6 +254,7 @@ pub fn session_delta(a: &SessionStats, b: &SessionStats) -> SessionStats {
         dropped_queue_full: a.dropped_queue_full - b.dropped_queue_full,
         dropped_too_large: a.dropped_too_large - b.dropped_too_large,
         dropped_expired: a.dropped_expired - b.dropped_expired,
+        dropped_not_authorized: a.dropped_not_authorized - b.dropped_not_authorized,
         refused_publishes: a.refused_publishes - b.refused_publishes,
         receive_maximum_exceeded: a.receive_maximum_exceeded - b.receive_maximum_exceeded,
         unknown_acks: a.unknown_acks - b.unknown_acks,

@@ -180,11 +180,12 @@ const SHARD_GAUGES: [PerShard; 5] = [
 type Figure = fn(&ShardSnapshot) -> u64;
 
 /// The `reason` label of `ringmq_messages_dropped_total` and its counter.
-const DROPS: [(&str, Figure); 5] = [
+const DROPS: [(&str, Figure); 6] = [
     ("qos0", |s| s.session.dropped_qos0),
     ("queue_full", |s| s.session.dropped_queue_full),
     ("too_large", |s| s.session.dropped_too_large),
     ("expired", |s| s.session.dropped_expired),
+    ("not_authorized", |s| s.session.dropped_not_authorized),
     ("member_gone", |s| s.dropped_member_gone),
 ];
 

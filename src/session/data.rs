@@ -193,6 +193,27 @@ impl SessionData {
         }
     }
 
+    /// Keeps the queued messages `keep` accepts, in order, and calls `removed` with each of
+    /// the others. Allocates nothing.
+    pub(crate) fn retain_queued(
+        &mut self,
+        mut keep: impl FnMut(&QueuedMessage) -> bool,
+        mut removed: impl FnMut(&QueuedMessage),
+    ) {
+        let (bytes, qos0) = (&mut self.queued_bytes, &mut self.queued_qos0);
+        self.queue.retain(|entry| {
+            if keep(entry) {
+                return true;
+            }
+            *bytes -= entry.cost();
+            if entry.qos == QoS::AtMostOnce {
+                *qos0 -= 1;
+            }
+            removed(entry);
+            false
+        });
+    }
+
     /// The next packet id not used by an outbound flow, after `last_packet_id`, wrapping and
     /// skipping 0 [MQTT-2.2.1-3] and ids in use [MQTT-2.2.1-4]. `None` only when all 65535
     /// ids are in flight (callers never let the window grow that far).

@@ -110,6 +110,52 @@ impl Session {
         }
     }
 
+    /// Whether messages wait for the client (queued, or in flight).
+    pub fn holds_messages(&self) -> bool {
+        !self.data.queue.is_empty() || !self.data.inflight.is_empty()
+    }
+
+    /// Drops the messages waiting for the client whose topic `may_read` refuses (the shard
+    /// asks the ACL whether the client about to receive them may read it): queued ones, and
+    /// while no connection is attached, PUBLISH flows not acknowledged yet, which a resume
+    /// would send again. On a live connection those were already sent to this client; the
+    /// next resume checks them. A QoS 2 flow whose PUBREL went out carries no message and
+    /// stays. A stored message goes from the store as a completed flow does, so it is not
+    /// offered again at every resume; a message picked for a share group does not go back
+    /// to it. Returns how many were dropped (counted in `dropped_not_authorized`).
+    pub fn drop_unreadable(
+        &mut self,
+        may_read: &mut dyn FnMut(&TopicName) -> bool,
+        actions: &mut Vec<Action>,
+    ) -> usize {
+        let mut completed = Vec::new();
+        let mut dropped = 0;
+        if !matches!(self.state, State::Connected(_)) {
+            self.data.inflight.retain(|flow| match flow {
+                Outbound::Published { delivery, .. } if !may_read(&delivery.message.topic) => {
+                    completed.push(delivery.seq);
+                    dropped += 1;
+                    false
+                }
+                Outbound::Published { .. } | Outbound::Released { .. } => true,
+            });
+        }
+        self.data.retain_queued(
+            |q| may_read(&q.message.topic),
+            |q| {
+                dropped += 1;
+                if q.qos != QoS::AtMostOnce {
+                    completed.push(q.seq);
+                }
+            },
+        );
+        for seq in completed {
+            self.persist(Change::Completed { seq }, actions);
+        }
+        self.count(|s| &mut s.dropped_not_authorized, dropped as u64);
+        dropped
+    }
+
     /// Sends a QoS 1/2 message under a new packet id and records the flow. `stored`: the
     /// message was persisted before (it comes from the queue), so the change is its new
     /// packet id, or its end when it cannot be sent.

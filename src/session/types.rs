@@ -299,6 +299,10 @@ pub struct SessionStats {
     pub dropped_too_large: u64,
     /// Messages dropped because their Message Expiry Interval passed [MQTT-3.3.2-5].
     pub dropped_expired: u64,
+    /// Messages dropped before they were sent because the client they were waiting for may
+    /// not read their topic (the ACL, checked when a client resumes the session or the
+    /// rules are reloaded).
+    pub dropped_not_authorized: u64,
     /// Inbound publishes refused without routing ($-topics, invalid UTF-8 payloads).
     pub refused_publishes: u64,
     /// Times the client exceeded our Receive Maximum while `receive_maximum_log_only` held

@@ -4,8 +4,10 @@
 //! Owns: what the rules need per client (`ClientAuth`, in a side table: only a client with a
 //! user name, an enhanced authentication, a subscription the ACL covers in part, or an
 //! identity the store did not keep has an entry; an anonymous idle client costs nothing),
-//! the SUBSCRIBE policy, the publish check, the read check of deliveries and its cache, and
-//! applying a reloaded snapshot to every client of the shard.
+//! the SUBSCRIBE policy, the publish check, the read check of deliveries and its cache, the
+//! read check of what waits in a session (queued, or sent and not acknowledged) before it
+//! goes to the client that resumes it, and applying a reloaded snapshot to every client of
+//! the shard.
 //!
 //! Costs: without an ACL nothing here runs per message. With one, a PUBLISH (or a will)
 //! costs one `may_publish`, a SUBSCRIBE one `subscribe_access` per filter. A delivery costs
@@ -15,13 +17,22 @@
 //! and the topic, and made only on a miss: per topic, not per message. A subscription the
 //! ACL covers whole needs no check at delivery, and one it covers not at all is refused.
 //!
+//! What waits in a session was checked for whoever held it when it was routed (or not at
+//! all: a session restored from the store is attributed to nobody until its client comes
+//! back). So when a client resumes a session (`drop_unreadable`, before `connect` sends
+//! anything), every waiting message is checked against that client's rules, one `may_read`
+//! per distinct topic; those it may not read are dropped from the session and the store.
+//! This costs nothing without an ACL or with nothing waiting.
+//!
 //! A reload (`apply_new_rules`) checks every subscription of every client again: those no
-//! longer allowed are removed (as by UNSUBSCRIBE, without a packet: MQTT has none), and the
-//! cache is emptied. Publishes are checked against the rules in force when they arrive.
+//! longer allowed are removed (as by UNSUBSCRIBE, without a packet: MQTT has none), a
+//! connected client's queue loses what it may no longer read, and the cache is emptied.
+//! Publishes are checked against the rules in force when they arrive.
 //!
 //! Must never: deliver a topic through a subscription the rules cover only in part without
-//! `may_read`, route a publish the rules refuse, or apply one client's rules to another
-//! client in the same slot (entries carry the client's generation).
+//! `may_read`, let a resumed session send a waiting message its new client may not read,
+//! route a publish the rules refuse, or apply one client's rules to another client in the
+//! same slot (entries carry the client's generation).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -355,6 +366,73 @@ impl Core {
         })
     }
 
+    /// The line for what `drop_unreadable` dropped when client `slot` resumed its session:
+    /// one per resume, whatever the number of messages.
+    pub(crate) fn log_unreadable_dropped(
+        &self,
+        slot: u32,
+        (dropped, first): (usize, Option<TopicName>),
+    ) {
+        let Some(first) = first else {
+            return;
+        };
+        let user = self
+            .clients
+            .get(slot as usize)
+            .and_then(|c| self.auth.access.get(slot, c.generation))
+            .and_then(|e| e.username.as_deref())
+            .map_or_else(|| "no user name".to_owned(), |u| format!("user {u}"));
+        log!(
+            INFO,
+            self.log_id,
+            "client {} ({user}): {dropped} waiting message(s) dropped, the rules do not let it read them (first topic: {})",
+            self.client_name(Some(slot)),
+            first.as_str()
+        );
+    }
+
+    /// Drops the messages waiting in client `slot`'s session that its client, as identified
+    /// now, may not read (`Session::drop_unreadable`), and executes the session's actions.
+    /// One `may_read` per distinct topic; nothing without an ACL, without messages, or for a
+    /// restored session whose client has not come back. Returns how many were dropped and
+    /// the first one's topic.
+    pub(crate) fn drop_unreadable(&mut self, slot: u32) -> (usize, Option<TopicName>) {
+        let snapshot = &self.auth.snapshot;
+        let Some(client) = self.clients.get_mut(slot as usize) else {
+            return (0, None);
+        };
+        if snapshot.acl().is_none() || !client.session.holds_messages() {
+            return (0, None);
+        }
+        let entry = self.auth.access.get(slot, client.generation);
+        if entry.is_some_and(|e| !e.known) {
+            return (0, None);
+        }
+        let client_id = client.session.client_id().clone();
+        let who = AclSubject::new(
+            client_id.as_str(),
+            entry.and_then(|e| e.username.as_deref()),
+        );
+        let mut decided: HashMap<Box<[u8]>, bool> = HashMap::new();
+        let mut first = None;
+        let mut may_read = |topic: &TopicName| {
+            if let Some(&allowed) = decided.get(topic.as_bytes()) {
+                return allowed;
+            }
+            let allowed = snapshot.may_read(&who, topic);
+            if !allowed && first.is_none() {
+                first = Some(topic.clone());
+            }
+            decided.insert(topic.as_bytes().into(), allowed);
+            allowed
+        };
+        let mut actions = std::mem::take(&mut self.actions);
+        let dropped = client.session.drop_unreadable(&mut may_read, &mut actions);
+        self.apply_actions(slot, &mut actions, None);
+        self.actions = actions;
+        (dropped, first)
+    }
+
     /// Whether client `slot` authenticated with a method: its AUTH packets are
     /// re-authentication (`on_reauth`), not protocol errors.
     pub(crate) fn uses_enhanced_auth(&self, slot: u32) -> bool {
@@ -479,18 +557,27 @@ impl Core {
     }
 
     /// A reloaded snapshot reached this shard: every client's subscriptions are checked
-    /// against it, and cached decisions are dropped.
+    /// against it, cached decisions are dropped, and a connected client's queue loses what
+    /// the client may no longer read (an offline session's messages are checked when its
+    /// client resumes it).
     pub(crate) fn apply_new_rules(&mut self) {
         self.auth.access.cache.clear();
-        let slots: Vec<u32> = self.clients.iter().map(|(slot, _)| slot as u32).collect();
-        let revoked: usize = slots
-            .into_iter()
-            .map(|slot| self.recheck_subscriptions(slot))
-            .sum();
+        let slots: Vec<(u32, bool)> = self
+            .clients
+            .iter()
+            .map(|(slot, c)| (slot as u32, c.session.is_connected()))
+            .collect();
+        let (mut revoked, mut dropped) = (0, 0);
+        for (slot, connected) in slots {
+            revoked += self.recheck_subscriptions(slot);
+            if connected {
+                dropped += self.drop_unreadable(slot).0;
+            }
+        }
         log!(
             INFO,
             self.log_id,
-            "authentication and ACL rules reloaded; {revoked} subscription(s) revoked"
+            "authentication and ACL rules reloaded; {revoked} subscription(s) revoked, {dropped} queued message(s) dropped"
         );
     }
 }

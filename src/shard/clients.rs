@@ -70,6 +70,14 @@ impl Core {
             Some(slot) => slot,
             None => self.new_client(client_id.clone()),
         };
+        self.set_identity(slot, &identity);
+        // Whatever waits in a resumed session goes to this client only if it may read it
+        // now (another user's client id, rules reloaded, a session restored from the store).
+        let unreadable = if session_present {
+            self.drop_unreadable(slot)
+        } else {
+            (0, None)
+        };
         let version = connect.protocol;
         let Some(conn) = self.conns.get_mut(id as usize) else {
             return;
@@ -100,9 +108,9 @@ impl Core {
             "client {} connected from {peer} ({version:?}, session present: {session_present})",
             client_id.as_str()
         );
+        self.log_unreadable_dropped(slot, unreadable);
         self.mark_dirty(id);
         self.marked_conn = Some(id);
-        self.set_identity(slot, &identity);
         self.apply_actions(slot, &mut actions, Some(hold_from));
         if session_present {
             // Resumed, maybe by another user or under other rules than it was made with.

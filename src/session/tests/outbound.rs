@@ -440,6 +440,76 @@ fn resume_resends_with_dup_and_pubrel_in_order() {
     );
 }
 
+/// What the shard's read check refuses is dropped before a resume sends anything: queued
+/// messages and unacknowledged PUBLISH flows, each stored one as a completed flow; a
+/// released QoS 2 flow (no message left) is kept.
+#[test]
+fn unreadable_messages_are_dropped_before_a_resume() {
+    let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V5));
+    for (t, qos) in [
+        ("a", QoS::ExactlyOnce),
+        ("no/1", QoS::AtLeastOnce),
+        ("b", QoS::AtLeastOnce),
+    ] {
+        h.deliver(&message(t, qos), &live(qos));
+    }
+    h.packet(Packet::PubRec(ack(1)));
+    h.lost();
+    for t in ["no/2", "c"] {
+        h.deliver(&message(t, QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    }
+    h.take();
+    h.take_changes();
+    let mut asked = Vec::new();
+    let mut may_read = |t: &TopicName| {
+        asked.push(t.as_str().to_owned());
+        !t.as_str().starts_with("no/")
+    };
+    assert_eq!(h.s.drop_unreadable(&mut may_read, &mut h.actions), 2);
+    assert_eq!(asked, ["no/1", "b", "no/2", "c"]);
+    assert_eq!(
+        h.take_changes(),
+        [Change::Completed { seq: 1 }, Change::Completed { seq: 3 }]
+    );
+    assert_eq!(h.s.stats().dropped_not_authorized, 2);
+    h.connect(persistent(ProtocolVersion::V5), true);
+    let packets = h.take().0;
+    assert_eq!(packets[1], Packet::PubRel(ack(1)));
+    let p = publishes(&packets[2..]);
+    assert_eq!(
+        p.iter()
+            .map(|p| (p.topic.as_str(), p.dup, p.packet_id))
+            .collect::<Vec<_>>(),
+        [("b", true, Some(pid(3))), ("c", false, Some(pid(4)))]
+    );
+}
+
+/// On a live connection the flows in flight were already sent to this client: only the
+/// queue is checked.
+#[test]
+fn on_a_live_connection_only_the_queue_is_checked() {
+    let mut c = persistent(ProtocolVersion::V5);
+    c.properties.receive_maximum = Some(1);
+    let mut h = Harness::connected(Limits::default(), c);
+    for t in ["no/1", "no/2", "b"] {
+        h.deliver(&message(t, QoS::AtLeastOnce), &live(QoS::AtLeastOnce));
+    }
+    h.take();
+    h.take_changes();
+    let mut may_read = |t: &TopicName| !t.as_str().starts_with("no/");
+    assert_eq!(h.s.drop_unreadable(&mut may_read, &mut h.actions), 1);
+    assert_eq!(h.take_changes(), [Change::Completed { seq: 1 }]);
+    h.packet(Packet::PubAck(ack(1)));
+    let packets = h.packets();
+    let p = publishes(&packets);
+    assert_eq!(
+        p.iter()
+            .map(|p| (p.topic.as_str(), p.packet_id))
+            .collect::<Vec<_>>(),
+        [("b", Some(pid(2)))]
+    );
+}
+
 #[test]
 fn resume_with_smaller_receive_maximum_requeues_the_excess() {
     let mut h = Harness::connected(Limits::default(), persistent(ProtocolVersion::V5));
