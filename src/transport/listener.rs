@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::tls::TlsSession;
 use super::tls_config::{TlsAcceptor, TlsFiles, TlsLoadError};
 use super::ws::{WsSession, WsSettings};
-use super::{ProxyStage, Transport, TransportError};
+use super::{Layers, ProxyStage, Transport, TransportError, Wss};
 use crate::config::{Config, ConfigError, Limits, ListenerConfig, ListenerKind};
 
 /// ALPN protocols of an MQTT-over-TLS listener: `mqtt` (the IANA registration for MQTT;
@@ -88,20 +88,23 @@ impl ListenerRuntime {
         if self.config.is_plain_tcp() {
             return Ok(None);
         }
-        let tls = match &self.tls {
-            Some(acceptor) => Some(Box::new(TlsSession::new(acceptor.current())?)),
-            None => None,
+        let layers = match (&self.tls, &self.ws) {
+            (None, None) => Layers::None,
+            (None, Some(_)) => Layers::Ws(Box::new(WsSession::new())),
+            (Some(acceptor), None) => Layers::Tls(Box::new(TlsSession::new(acceptor.current())?)),
+            (Some(acceptor), Some(_)) => Layers::Wss(Box::new(Wss {
+                tls: TlsSession::new(acceptor.current())?,
+                ws: WsSession::new(),
+            })),
         };
-        let proxy = if self.config.proxy_protocol {
-            ProxyStage::Pending(Default::default())
-        } else {
-            ProxyStage::NotExpected
-        };
+        let proxy = self
+            .config
+            .proxy_protocol
+            .then(|| Box::new(ProxyStage::Pending(Default::default())));
         Ok(Some(Box::new(Transport {
             listener: Arc::clone(self),
             proxy,
-            tls,
-            ws: self.ws.as_ref().map(|_| Box::new(WsSession::new())),
+            layers,
             closed: false,
         })))
     }
