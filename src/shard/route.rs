@@ -53,6 +53,21 @@ impl Core {
             .filter(move |s| *s != me)
     }
 
+    /// The shards where some subscription matches `message`. A broker of one shard keeps no
+    /// interest index (its trie answers the same question when it delivers), so a
+    /// subscription there costs no replica: the mask is this shard.
+    pub(crate) fn interested_shards(&mut self, message: &Message) -> ShardMask {
+        if self.shared.shards == 1 {
+            let mut mask = ShardMask::EMPTY;
+            mask.insert(self.id);
+            return mask;
+        }
+        let routes = &mut self.routes;
+        routes
+            .interest_cache
+            .shards_for(&routes.interest, &message.topic, &mut routes.stack)
+    }
+
     /// The shards where a persistent session subscribed at QoS 1/2 matches `message`
     /// (empty when nothing is stored or the message is QoS 0).
     fn durable_shards(&mut self, message: &Message) -> ShardMask {
@@ -82,11 +97,7 @@ impl Core {
         publisher: Option<Publisher>,
     ) {
         let persisting = self.persist.enabled() && message.qos != QoS::AtMostOnce;
-        let routes = &mut self.routes;
-        let mask =
-            routes
-                .interest_cache
-                .shards_for(&routes.interest, &message.topic, &mut routes.stack);
+        let mask = self.interested_shards(&message);
         let dmask = self.durable_shards(&message);
         let acked = publisher.filter(|p| p.acked);
         if persisting && message.store_id == 0 {
@@ -514,7 +525,8 @@ impl Core {
     fn broadcast_interest(&mut self, durable: bool, op: InterestOp) {
         if durable {
             self.routes.durable.apply(&op);
-        } else {
+        } else if self.shared.shards > 1 {
+            // One shard: no interest index (see `interested_shards`).
             self.routes.interest.apply(&op);
         }
         for shard in self.other_shards() {

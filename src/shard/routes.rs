@@ -35,7 +35,8 @@ pub(crate) struct SessionKey {
 pub(crate) struct Routes {
     /// Non-shared subscriptions of this shard's sessions, keyed by client slot.
     pub(crate) local: SubscriptionTrie<u32>,
-    /// Replica: filter -> shards with a local subscriber.
+    /// Replica: filter -> shards with a local subscriber. Empty on a broker of one shard
+    /// (`Core::interested_shards`).
     pub(crate) interest: InterestIndex,
     pub(crate) interest_cache: InterestCache,
     /// Replica: filter -> shards with a local persistent session subscribed at QoS 1/2.

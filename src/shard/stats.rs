@@ -266,11 +266,7 @@ impl Core {
     fn route_probe(&mut self, message: Arc<Message>, publisher: Publisher) {
         self.telemetry.next_probe_ms = self.now_ms + PROBE_INTERVAL_MS;
         let received_at = Instant::now();
-        let routes = &mut self.routes;
-        let mask =
-            routes
-                .interest_cache
-                .shards_for(&routes.interest, &message.topic, &mut routes.stack);
+        let mask = self.interested_shards(&message);
         self.route_publish(message, Some(publisher));
         for shard in mask.iter() {
             if shard == self.id {
