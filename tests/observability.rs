@@ -63,6 +63,57 @@ fn wait_for_sys(c: &mut Client, topic: &str, ok: impl Fn(&str) -> bool) -> Strin
     SysView::default().wait(c, topic, ok)
 }
 
+/// mosquitto's `$SYS/broker/...` names that dashboards read (mosquitto 2.0's list).
+const MOSQUITTO_NAMES: [&str; 34] = [
+    "version",
+    "uptime",
+    "clients/connected",
+    "clients/active",
+    "clients/disconnected",
+    "clients/inactive",
+    "clients/maximum",
+    "clients/total",
+    "clients/expired",
+    "messages/received",
+    "messages/sent",
+    "messages/dropped",
+    "messages/stored",
+    "store/messages/count",
+    "publish/messages/received",
+    "publish/messages/sent",
+    "publish/messages/dropped",
+    "publish/bytes/received",
+    "publish/bytes/sent",
+    "bytes/received",
+    "bytes/sent",
+    "subscriptions/count",
+    "retained messages/count",
+    "load/messages/received/1min",
+    "load/messages/received/5min",
+    "load/messages/received/15min",
+    "load/messages/sent/1min",
+    "load/publish/received/5min",
+    "load/publish/sent/15min",
+    "load/publish/dropped/1min",
+    "load/bytes/received/1min",
+    "load/bytes/sent/1min",
+    "load/connections/1min",
+    "load/sockets/1min",
+];
+
+/// RingMQ's per-shard figures under `$SYS/broker/shards/N/`.
+const SHARD_NAMES: [&str; 9] = [
+    "clients/connected",
+    "clients/total",
+    "messages/received",
+    "publish/messages/received",
+    "publish/messages/sent",
+    "publish/messages/dropped",
+    "bytes/received",
+    "bytes/sent",
+    "subscriptions/count",
+];
+
 fn sys_tree(version: ProtocolVersion, shards: usize) {
     let b = broker(shards);
     let mut clients = Vec::new();
@@ -151,6 +202,25 @@ fn sys_tree(version: ProtocolVersion, shards: usize) {
         String::from_utf8_lossy(&p.payload),
         format!("ringmq version {}", env!("CARGO_PKG_VERSION"))
     );
+
+    // Every mosquitto name that dashboards read, and each shard's figures, reach a
+    // late `$SYS/#` subscriber.
+    let (mut all, _) = Client::connect(b.addr, version, "sys-all", true);
+    all.subscribe("$SYS/#", QoS::AtMostOnce);
+    let mut names: Vec<String> = MOSQUITTO_NAMES
+        .iter()
+        .map(|n| format!("$SYS/broker/{n}"))
+        .collect();
+    for i in 0..shards {
+        names.extend(
+            SHARD_NAMES
+                .iter()
+                .map(|n| format!("$SYS/broker/shards/{i}/{n}")),
+        );
+    }
+    SysView::default().wait_until(&mut all, "every name published", |v| {
+        names.iter().all(|n| v.get(n).is_some())
+    });
 
     // A client cannot publish into `$SYS`: its message reaches nobody.
     clients[0].publish("$SYS/broker/version", b"forged", QoS::AtMostOnce, false);
@@ -330,6 +400,58 @@ fn drops_reach_sys_and_metrics() {
             &[("reason", "too_large")],
         ) == 1.0
     });
+    b.stop();
+}
+
+/// Each way a message is dropped for an offline persistent subscriber is counted under its
+/// reason, the `$SYS` total is their sum, and a publish that matches no subscription is not
+/// a drop: QoS 0 while offline (`qos0`), QoS 1 beyond `max_queued_messages` (`queue_full`),
+/// QoS 1 whose Message Expiry Interval passed in the queue (`expired`, counted when the
+/// client comes back) [MQTT-3.3.2-5].
+#[test]
+fn drops_are_counted_by_reason_and_no_subscriber_is_not_one() {
+    let b = Broker::start_with(2, |c| {
+        c.limits.max_queued_messages = 2;
+        c.ops.sys_interval_secs = 1;
+        c.ops.metrics = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    });
+    let addr = b.metrics_addr().expect("metrics endpoint");
+    let v5 = ProtocolVersion::V5;
+    let persistent = || {
+        let mut connect = connect_packet(v5, &b.client_id_on("away", 1), false);
+        connect.properties.session_expiry_interval = Some(60);
+        connect
+    };
+    let (mut sub, _) = Client::connect_with(b.addr, persistent());
+    sub.subscribe("d/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    let (mut watcher, _) = Client::connect(b.addr, v5, "drop-watcher", true);
+    watcher.subscribe("$SYS/broker/messages/dropped", QoS::AtMostOnce);
+    let (mut publisher, _) = Client::connect(b.addr, v5, &b.client_id_on("drop-pub", 0), true);
+    for _ in 0..5 {
+        publisher.publish("nobody/listens", b"x", QoS::AtLeastOnce, false);
+    }
+    publisher.publish("d/qos0", b"x", QoS::AtMostOnce, false);
+    let mut expiring = common::publish("d/expiring", b"x", QoS::AtLeastOnce, Some(1000));
+    expiring.properties.message_expiry_interval = Some(1);
+    publisher.send(&Packet::Publish(expiring));
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    publisher.publish("d/kept", b"x", QoS::AtLeastOnce, false);
+    publisher.publish("d/over", b"x", QoS::AtLeastOnce, false);
+    std::thread::sleep(Duration::from_millis(2_100));
+    let (mut sub, ack) = Client::connect_with(b.addr, persistent());
+    assert!(ack.session_present);
+    assert_eq!(sub.recv_publish().topic.as_str(), "d/kept");
+    sub.expect_nothing();
+    scrape_until(addr, "each drop under its reason", |p| {
+        let dropped = |reason| sum(p, "ringmq_messages_dropped_total", &[("reason", reason)]);
+        dropped("qos0") == 1.0
+            && dropped("queue_full") == 1.0
+            && dropped("expired") == 1.0
+            && sum(p, "ringmq_messages_dropped_total", &[]) == 3.0
+            && sum(p, "ringmq_publish_received_total", &[]) == 9.0
+    });
+    wait_for_sys(&mut watcher, "$SYS/broker/messages/dropped", |p| p == "3");
     b.stop();
 }
 
