@@ -170,6 +170,18 @@ fn predefined_and_short_topics_and_retained_messages_are_shared() {
     // A pre-defined id that is not configured.
     let (_, _, code) = sn.subscribe(SubTopic::Predefined(TopicId(77)), QoS::AtMostOnce);
     assert_eq!(code, ReturnCode::InvalidTopicId);
+    // UNSUBSCRIBE names them the same way (topic id types 0b01 and 0b10).
+    for topic in [
+        SubTopic::Predefined(TopicId(PREDEFINED)),
+        SubTopic::Short(*b"zz"),
+    ] {
+        let msg_id = sn.msg_id();
+        sn.send(&SnMessage::Unsubscribe { msg_id, topic });
+        assert_eq!(sn.recv(), SnMessage::UnsubAck { msg_id });
+    }
+    publisher.publish("sn/predefined", b"late", QoS::AtLeastOnce, false);
+    publisher.publish("zz", b"late", QoS::AtMostOnce, false);
+    sn.expect_nothing();
     b.stop();
 }
 
@@ -323,6 +335,79 @@ fn deliveries_are_retransmitted_under_loss() {
 }
 
 #[test]
+fn register_and_qos_2_flow_are_retransmitted_under_loss() {
+    // Each message of the gateway's side is lost once in the test's socket layer: the
+    // REGISTER of a wildcard subscription's topic, the QoS 2 PUBLISH and its PUBREL. Each
+    // comes again T_retry (1 s here) later, with the same MsgId (the PUBLISH with DUP, 5.3.4),
+    // and the message is delivered once.
+    for (shards, home) in [(1, 0), (2, 1)] {
+        let (b, gw) = start(shards, |_| {});
+        let mut sn = SnClient::new(gw);
+        let id = b.client_id_on("lossy2", home);
+        assert_eq!(sn.connect(&id, true, 60), ReturnCode::Accepted);
+        let (_, granted, code) = sn.subscribe(name("l2/+"), QoS::ExactlyOnce);
+        assert_eq!((granted, code), (QoS::ExactlyOnce, ReturnCode::Accepted));
+        let mut publisher = Client::connect(b.addr, V, "mqtt-pub", true).0;
+        publisher.publish("l2/a", b"once", QoS::ExactlyOnce, false);
+        let register = sn.recv();
+        let SnMessage::Register {
+            topic_id, msg_id, ..
+        } = lost_once(&mut sn, register)
+        else {
+            unreachable!()
+        };
+        sn.send(&SnMessage::RegAck {
+            topic_id,
+            msg_id,
+            code: ReturnCode::Accepted,
+        });
+        let publish = sn.recv();
+        let SnMessage::Publish(p) = lost_once(&mut sn, publish) else {
+            unreachable!()
+        };
+        assert!(p.dup, "a retransmitted PUBLISH has DUP");
+        assert_eq!(
+            (p.topic, p.qos, &p.data[..]),
+            (TopicRef::Normal(topic_id), SnQoS::Two, &b"once"[..])
+        );
+        sn.send(&SnMessage::PubRec { msg_id: p.msg_id });
+        let pubrel = sn.recv();
+        lost_once(&mut sn, pubrel);
+        sn.send(&SnMessage::PubComp { msg_id: p.msg_id });
+        // The flow is over: nothing is sent again.
+        std::thread::sleep(Duration::from_millis(1200));
+        sn.expect_nothing();
+        b.stop();
+    }
+}
+
+/// `first` was lost: waits for its retransmission T_retry (1 s) later, checks that it is the
+/// same message with the same MsgId (a PUBLISH with DUP) and returns it.
+fn lost_once(sn: &mut SnClient, first: SnMessage) -> SnMessage {
+    let t0 = Instant::now();
+    let again = sn.recv();
+    let waited = t0.elapsed();
+    assert!(
+        (Duration::from_millis(800)..Duration::from_millis(2500)).contains(&waited),
+        "{again:?} after {waited:?}"
+    );
+    match (&first, &again) {
+        (SnMessage::Register { .. }, SnMessage::Register { .. })
+        | (SnMessage::PubRel { .. }, SnMessage::PubRel { .. }) => {
+            assert_eq!(first, again, "retransmitted as it was");
+        }
+        (SnMessage::Publish(a), SnMessage::Publish(b)) => {
+            assert_eq!(
+                (a.dup, a.msg_id, a.topic, &a.data),
+                (false, b.msg_id, b.topic, &b.data)
+            );
+        }
+        _ => panic!("{first:?} was followed by {again:?}"),
+    }
+    again
+}
+
+#[test]
 fn an_mqtt_client_takes_over_an_mqttsn_client_id() {
     let (b, gw) = start(2, |_| {});
     let mut sn = SnClient::new(gw);
@@ -345,23 +430,39 @@ fn congestion_when_the_broker_is_full() {
 #[test]
 fn bad_datagrams_are_dropped_and_never_stop_the_gateway() {
     for shards in [1, 2] {
-        let (b, gw) = start(shards, |_| {});
+        let (b, gw) = start(shards, |c| {
+            c.ops.metrics = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            c.mqttsn.max_message_size = 256;
+        });
         let mut bad = SnClient::new(gw);
-        for junk in [
-            &[][..],
-            &[0x00],
-            &[0x01],
-            &[0x05, 0x04, 0x04, 0x01],       // CONNECT cut short
-            &[0x20, 0x0C, 0x00],             // length says 32, 3 bytes came
-            &[0x03, 0x0C, 0x00, 0x01, 0x02], // length says 3, 5 bytes came
-            &[0x01, 0x00, 0x05, 0x0C, 0x00], // 3-byte length, cut short
-            &[0x02, 0xFE],                   // unknown type
-            &[0x02, 0x03],                   // reserved type
-            &[0x03, 0x1D, 0x00],             // encapsulated message (not supported)
-            &[0x07, 0x0C, 0x00, 0x00, 0x01, 0x00, 0x01], // PUBLISH, no connection
-        ] {
-            bad.send_raw(junk);
+        // (datagram, dropped unread as malformed or oversized)
+        let oversized = [0x00; 300];
+        let junk: [(&[u8], bool); 14] = [
+            (&[], true),
+            (&[0x00], true),                         // length 0
+            (&[0x01], true),                         // 3-byte length, cut short
+            (&[0x05, 0x04, 0x04, 0x01], true),       // CONNECT cut short
+            (&[0x20, 0x0C, 0x00], true),             // length says 32, 3 bytes came
+            (&[0x03, 0x0C, 0x00, 0x01, 0x02], true), // length says 3, 5 bytes came
+            (&[0x01, 0x00, 0x05, 0x0C, 0x00], true), // 3-byte length, PUBLISH cut short
+            (&[0x02, 0x03], true),                   // reserved type
+            (&[0x02, 0x42], true),                   // reserved type
+            (&[0x02, 0xFF], true),                   // reserved type
+            (&[0x02, 0xFE], true),                   // forwarder encapsulation (not built)
+            (&oversized, true),                      // above max_message_size
+            (&[0x03, 0x1D, 0x00], false),            // WILLMSGRESP, a gateway's message
+            // PUBLISH from an address without a connection:
+            (&[0x07, 0x0C, 0x00, 0x00, 0x01, 0x00, 0x01], false),
+        ];
+        for (d, _) in junk {
+            bad.send_raw(d);
         }
+        // Dropped and counted (ringmq_mqttsn_malformed_total, summed over the shards).
+        let dropped = junk.iter().filter(|(_, dropped)| *dropped).count() as u64;
+        assert_eq!(
+            counter_reaches(&b, "ringmq_mqttsn_malformed_total", dropped),
+            dropped
+        );
         // Only the unconnected PUBLISH is answered (DISCONNECT, never longer than it).
         if let Some(reply) = bad.recv_raw_within(Duration::from_millis(500)) {
             assert!(reply.len() <= 7, "{reply:?}");
@@ -409,6 +510,30 @@ fn bad_datagrams_are_dropped_and_never_stop_the_gateway() {
         let reply = small.recv_raw_within(WAIT).expect("GWINFO");
         assert!(reply.len() <= 3, "{reply:?}");
         b.stop(); // A panicked shard fails the clean shutdown.
+    }
+}
+
+/// The Prometheus counter `metric` summed over the shards, scraped until it reaches `want`
+/// (the shards' snapshots are at most a second old) or `WAIT` passes; its last sum.
+fn counter_reaches(b: &Broker, metric: &str, want: u64) -> u64 {
+    use std::io::{Read, Write};
+    let addr = b.metrics_addr().expect("metrics endpoint");
+    let until = Instant::now() + WAIT;
+    loop {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        let sum: u64 = text
+            .lines()
+            .filter(|l| l.strip_prefix(metric).is_some_and(|r| r.starts_with('{')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        if sum >= want || Instant::now() >= until {
+            return sum;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -146,6 +146,9 @@ pub struct ShardSnapshot {
     /// MQTT-SN datagrams and QoS 0 messages not sent to gateway clients that had not proved
     /// their address (`crate::mqttsn`'s anti-amplification budget).
     pub mqttsn_unvalidated_dropped: u64,
+    /// MQTT-SN datagrams dropped unread: not MQTT-SN messages (truncated, lying lengths,
+    /// reserved types) or larger than `max_message_size`.
+    pub mqttsn_malformed: u64,
     /// Gauge: connections attached to a session.
     pub clients_connected: u64,
     /// Gauge: sessions homed here (connected or not).
@@ -211,6 +214,7 @@ impl ShardSnapshot {
         self.dropped_member_gone += o.dropped_member_gone;
         self.retained_refused += o.retained_refused;
         self.mqttsn_unvalidated_dropped += o.mqttsn_unvalidated_dropped;
+        self.mqttsn_malformed += o.mqttsn_malformed;
         self.clients_connected += o.clients_connected;
         self.sessions += o.sessions;
         self.subscriptions += o.subscriptions;

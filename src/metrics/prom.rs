@@ -52,7 +52,7 @@ pub fn encode(scrape: Scrape) -> String {
 /// A per-shard counter or gauge: its name (without `_total`), help and value.
 type PerShard = (&'static str, &'static str, Figure);
 
-const SHARD_COUNTERS: [PerShard; 19] = [
+const SHARD_COUNTERS: [PerShard; 20] = [
     ("ringmq_sockets_accepted", "TCP connections accepted", |s| {
         s.sockets_accepted
     }),
@@ -135,6 +135,11 @@ const SHARD_COUNTERS: [PerShard; 19] = [
         "ringmq_mqttsn_unvalidated_dropped",
         "MQTT-SN datagrams and QoS 0 messages not sent to clients that had not proved their address",
         |s| s.mqttsn_unvalidated_dropped,
+    ),
+    (
+        "ringmq_mqttsn_malformed",
+        "MQTT-SN datagrams dropped unread: malformed, or larger than max_message_size",
+        |s| s.mqttsn_malformed,
     ),
     (
         "ringmq_storage_ops",
@@ -428,6 +433,7 @@ mod tests {
         };
         a.session.dropped_too_large = 4;
         a.mqttsn_unvalidated_dropped = 8;
+        a.mqttsn_malformed = 9;
         a.publish_bytes_received = 11;
         a.publish_bytes_sent = 12;
         a.session.expired = 13;
@@ -461,6 +467,7 @@ mod tests {
             value(&p, "ringmq_mqttsn_unvalidated_dropped_total", &s0),
             Some(8.0)
         );
+        assert_eq!(value(&p, "ringmq_mqttsn_malformed_total", &s0), Some(9.0));
         assert_eq!(
             value(&p, "ringmq_publish_bytes_received_total", &s0),
             Some(11.0)

@@ -138,6 +138,11 @@ impl Core {
 
     fn snapshot(&self) -> ShardSnapshot {
         let s = &self.stats;
+        let sn = self
+            .sn
+            .as_ref()
+            .map(|sn| sn.gateway_stats())
+            .unwrap_or_default();
         ShardSnapshot {
             at_ms: self.now_ms.max(1),
             sockets_accepted: s.accepted,
@@ -154,10 +159,8 @@ impl Core {
             session: s.session,
             dropped_member_gone: s.dropped_member_gone,
             retained_refused: s.retained_refused,
-            mqttsn_unvalidated_dropped: self
-                .sn
-                .as_ref()
-                .map_or(0, |sn| sn.gateway_stats().clients.unvalidated_dropped),
+            mqttsn_unvalidated_dropped: sn.clients.unvalidated_dropped,
+            mqttsn_malformed: sn.malformed + sn.oversized,
             clients_connected: s.connected,
             sessions: self.clients.len() as u64,
             subscriptions: self.routes.local.len() as u64,
