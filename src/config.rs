@@ -407,7 +407,11 @@ impl Config {
             let mut listeners = if file.listen.is_some() || file.listeners.is_some() {
                 let plain = file.listen.unwrap_or_default().into_iter();
                 let plain = plain.map(|a| ListenerConfig::new(ListenerUrl::mqtt(a)));
-                plain.chain(file.listeners.unwrap_or_default()).collect()
+                let mut tables = file.listeners.unwrap_or_default();
+                for table in &mut tables {
+                    table.apply_protocol()?;
+                }
+                plain.chain(tables).collect()
             } else {
                 std::mem::take(&mut config.listeners)
             };
@@ -907,6 +911,32 @@ mod tests {
             e.contains("ws://0.0.0.0:1/mqtt") && e.contains("not TLS"),
             "{e}"
         );
+    }
+
+    /// `protocol` names the transport of a table whose `url` is a bare `HOST:PORT`.
+    #[test]
+    fn a_listener_table_may_name_its_protocol() {
+        let p = std::path::Path::new("t.toml");
+        let text = "[[listeners]]\nprotocol = \"mqttsn\"\nurl = \"127.0.0.1:1884\"\n\
+                    [[listeners]]\nprotocol = \"ws\"\nurl = \"127.0.0.1:8080\"\n\
+                    [[listeners]]\nprotocol = \"mqtts\"\nurl = \"mqtts://127.0.0.1:8883\"\n\
+                    cert = \"c\"\nkey = \"k\"\n";
+        let c = Config::from_toml(text, p).expect("parses");
+        let urls: Vec<String> = c.listeners.iter().map(|l| l.url.to_string()).collect();
+        assert_eq!(
+            urls,
+            [
+                "mqttsn://127.0.0.1:1884",
+                "ws://127.0.0.1:8080/mqtt",
+                "mqtts://127.0.0.1:8883"
+            ]
+        );
+        for bad in [
+            "[[listeners]]\nprotocol = \"mqttsn\"\nurl = \"ws://127.0.0.1:1/x\"\n",
+            "[[listeners]]\nprotocol = \"udp\"\nurl = \"127.0.0.1:1\"\n",
+        ] {
+            assert!(Config::from_toml(bad, p).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -202,6 +202,12 @@ pub struct ListenerConfig {
     /// Address and transport, e.g. `mqtts://0.0.0.0:8883` or `ws://0.0.0.0:8080/mqtt`.
     #[serde(deserialize_with = "url_from_string")]
     pub url: ListenerUrl,
+    /// The transport by name (`mqtt`, `mqtts`, `ws`, `wss`, `mqttsn`), for a table whose `url`
+    /// is a bare `HOST:PORT` (`protocol = "mqttsn"`, `url = "0.0.0.0:1884"`); applied by
+    /// `ListenerConfig::apply_protocol` when the file is read. With a scheme in `url` it must
+    /// name the same transport.
+    #[serde(default, deserialize_with = "kind_from_string")]
+    pub protocol: Option<ListenerKind>,
     /// PEM file with the server's certificate chain, leaf first (TLS listeners only).
     #[serde(default)]
     pub cert: Option<PathBuf>,
@@ -232,6 +238,28 @@ fn url_from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ListenerUrl
     s.parse().map_err(serde::de::Error::custom)
 }
 
+fn kind_from_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ListenerKind>, D::Error> {
+    let s = String::deserialize(d)?;
+    let kinds = [
+        ListenerKind::Mqtt,
+        ListenerKind::Mqtts,
+        ListenerKind::Ws,
+        ListenerKind::Wss,
+        ListenerKind::MqttSn,
+    ];
+    kinds
+        .into_iter()
+        .find(|k| k.scheme() == s)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown protocol {s:?} (mqtt, mqtts, ws, wss or mqttsn)"
+            ))
+        })
+}
+
 impl ListenerConfig {
     /// A listener with no TLS file and no PROXY header for `url`.
     pub fn new(url: ListenerUrl) -> ListenerConfig {
@@ -243,7 +271,33 @@ impl ListenerConfig {
             require_client_cert: false,
             use_identity_as_username: false,
             proxy_protocol: false,
+            protocol: None,
         }
+    }
+
+    /// Applies `protocol` to `url`: a bare `HOST:PORT` (read as plain MQTT) takes the named
+    /// transport (a WebSocket one with the path `/mqtt`); a URL with another scheme is an
+    /// error. A plain `mqtt://` URL counts as bare.
+    pub fn apply_protocol(&mut self) -> Result<(), ConfigError> {
+        let Some(kind) = self.protocol.take() else {
+            return Ok(());
+        };
+        if self.url.kind == kind {
+            return Ok(());
+        }
+        if self.url.kind != ListenerKind::Mqtt {
+            return Err(self.error(format!(
+                "protocol = \"{}\" but the url says {}://",
+                kind.scheme(),
+                self.url.kind.scheme()
+            )));
+        }
+        self.url.kind = kind;
+        if kind.is_websocket() {
+            let path = WsPath::new(WsPath::DEFAULT).map_err(|e| self.error(e))?;
+            self.url.path = Some(path);
+        }
+        Ok(())
     }
 
     /// Plain MQTT over TCP with no PROXY header: its connections carry no transport (the
