@@ -97,22 +97,6 @@ fn publish_code(c: &mut Client, topic: &str, qos: QoS) -> R {
     }
 }
 
-/// Topics of the PUBLISHes that arrive within `QUIET`.
-fn received(c: &mut Client) -> Vec<String> {
-    let mut got = Vec::new();
-    while let Ok(Some(p)) = c.recv_within(common::QUIET) {
-        match p {
-            Packet::Publish(p) => {
-                c.ack(&p);
-                got.push(p.topic.as_str().to_owned());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    got.sort();
-    got
-}
-
 fn subscribe_codes_per_filter(v: ProtocolVersion, shards: usize) {
     let files = AuthFiles::new("acl-sub");
     let b = acl_broker(shards, &files, RULES);
@@ -196,7 +180,7 @@ fn publish_checks(v: ProtocolVersion, shards: usize) {
         None,
     )));
     alice.ping();
-    let got = received(&mut admin);
+    let got = admin.received_topics();
     let want = [
         "alice/q0",
         "alice/x",
@@ -217,7 +201,7 @@ fn publish_checks(v: ProtocolVersion, shards: usize) {
         publish_code(&mut anon, "public/x", QoS::AtLeastOnce),
         refused
     );
-    assert_eq!(received(&mut admin), vec!["inbox/1".to_owned()]);
+    assert_eq!(admin.received_topics(), vec!["inbox/1".to_owned()]);
     alice.ping();
     anon.ping();
 }
@@ -240,7 +224,7 @@ fn partial_subscriptions_filter_deliveries(v: ProtocolVersion, shards: usize) {
     let mut alice = connect_as(&b, v, &b.client_id_on("alice", 1), Some("alice"));
     assert_eq!(subscribe_all(&mut alice, &["#"]), vec![R::GrantedQoS1]);
     assert_eq!(
-        received(&mut alice),
+        alice.received_topics(),
         vec!["alice/r", "shared/r"],
         "retained"
     );
@@ -255,7 +239,7 @@ fn partial_subscriptions_filter_deliveries(v: ProtocolVersion, shards: usize) {
             admin.publish(t, b"live", QoS::AtLeastOnce, false);
         }
     }
-    let got = received(&mut alice);
+    let got = alice.received_topics();
     let mut want: Vec<String> = ["alice/x", "shared/x", "users/alice/y"]
         .iter()
         .flat_map(|t| std::iter::repeat_n(t.to_string(), 3))
@@ -271,7 +255,10 @@ fn partial_subscriptions_filter_deliveries(v: ProtocolVersion, shards: usize) {
     );
     admin.publish("alice/secret/z", b"no", QoS::AtLeastOnce, false);
     admin.publish("alice/z", b"yes", QoS::AtLeastOnce, false);
-    assert_eq!(received(&mut alice), vec!["alice/r", "alice/z", "alice/z"]);
+    assert_eq!(
+        alice.received_topics(),
+        vec!["alice/r", "alice/z", "alice/z"]
+    );
 }
 
 matrix!(
@@ -304,7 +291,7 @@ fn a_will_is_checked_again_when_published() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             alice.drop_connection();
-            let got = received(&mut admin);
+            let got = admin.received_topics();
             assert_eq!(
                 got == vec!["alice/will".to_owned()],
                 expect,
@@ -331,13 +318,13 @@ fn reload_shrinks_permissions_of_connected_clients() {
                 vec![g, g]
             );
             admin.publish("shared/1", b"a", QoS::AtLeastOnce, false);
-            assert_eq!(received(&mut alice), vec!["shared/1"]);
+            assert_eq!(alice.received_topics(), vec!["shared/1"]);
             // A file with an error: refused, with the line; the old rules stay.
             files.write_acl(&format!("{RULES}topic bogus-access x y\n"));
             let err = b.reload_auth().expect_err("bad file refused");
             assert!(err.contains("line 20"), "{err}");
             admin.publish("shared/2", b"a", QoS::AtLeastOnce, false);
-            assert_eq!(received(&mut alice), vec!["shared/2"]);
+            assert_eq!(alice.received_topics(), vec!["shared/2"]);
             // Shrink: no shared/#, alice/# read only.
             let shrunk = RULES
                 .replace("topic read shared/#\n", "")
@@ -356,14 +343,14 @@ fn reload_shrinks_permissions_of_connected_clients() {
             std::thread::sleep(Duration::from_millis(50));
             admin.publish("shared/3", b"a", QoS::AtLeastOnce, false);
             admin.publish("alice/y", b"a", QoS::AtLeastOnce, false);
-            assert_eq!(received(&mut alice), vec!["alice/y"], "{v:?} {shards}");
+            assert_eq!(alice.received_topics(), vec!["alice/y"], "{v:?} {shards}");
             // Still connected, and the revoked filter is gone for good.
             alice.ping();
             files.write_acl(RULES);
             b.reload_auth().expect("reload");
             std::thread::sleep(Duration::from_millis(50));
             admin.publish("shared/4", b"a", QoS::AtLeastOnce, false);
-            assert!(received(&mut alice).is_empty(), "revoked, not suspended");
+            assert!(alice.received_topics().is_empty(), "revoked, not suspended");
             admin.ping();
         }
     }
@@ -539,11 +526,18 @@ fn a_resumed_session_gets_only_what_the_rules_let_it_read_now() {
         std::thread::sleep(Duration::from_millis(200));
         let (mut alice, ack) = Client::connect_with(b.addr, persistent_as(v, &id, "alice"));
         assert!(ack.session_present);
-        assert_eq!(received(&mut alice), vec!["x/open/1", "x/open/2"], "{v:?}");
+        assert_eq!(
+            alice.received_topics(),
+            vec!["x/open/1", "x/open/2"],
+            "{v:?}"
+        );
         alice.disconnect();
         let (mut alice, ack) = Client::connect_with(b.addr, persistent_as(v, &id, "alice"));
         assert!(ack.session_present);
-        assert!(received(&mut alice).is_empty(), "{v:?}: dropped, not kept");
+        assert!(
+            alice.received_topics().is_empty(),
+            "{v:?}: dropped, not kept"
+        );
     }
 }
 
@@ -560,7 +554,7 @@ fn another_user_resuming_a_client_id_gets_only_what_it_may_read() {
             let (mut bob, ack) = Client::connect_with(b.addr, persistent_as(v, &id, "bob"));
             assert!(ack.session_present);
             assert_eq!(
-                received(&mut bob),
+                bob.received_topics(),
                 vec!["x/open/1", "x/open/2"],
                 "{v:?} live {live}"
             );
@@ -594,7 +588,7 @@ fn a_reload_checks_what_waits_for_a_connected_client() {
     b.reload_auth().expect("reload");
     std::thread::sleep(Duration::from_millis(200));
     alice.ack(&first);
-    assert_eq!(received(&mut alice), vec!["x/open/2"]);
+    assert_eq!(alice.received_topics(), vec!["x/open/2"]);
 }
 
 /// mosquitto_sub as a user whose `#` the ACL covers in part receives only what it may read.

@@ -335,6 +335,23 @@ impl Client {
         self.stream.write_all(bytes)
     }
 
+    /// Topics of the PUBLISHes that arrive within `QUIET`, each acknowledged, sorted; any
+    /// other packet fails the test.
+    pub fn received_topics(&mut self) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Ok(Some(p)) = self.recv_within(QUIET) {
+            match p {
+                Packet::Publish(p) => {
+                    self.ack(&p);
+                    got.push(p.topic.as_str().to_owned());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        got.sort();
+        got
+    }
+
     /// Next packet within `timeout`; `Err(closed)` when the broker closed the connection.
     pub fn recv_within(&mut self, timeout: Duration) -> Result<Option<Packet>, &'static str> {
         let deadline = Instant::now() + timeout;

@@ -23,22 +23,6 @@ fn persistent_as(v: ProtocolVersion, id: &str, user: &str) -> ringmq::codec::Con
     c
 }
 
-/// Topics of the PUBLISHes that arrive within `QUIET`, acknowledged, sorted.
-fn received(c: &mut Client) -> Vec<String> {
-    let mut got = Vec::new();
-    while let Ok(Some(p)) = c.recv_within(crate::common::QUIET) {
-        match p {
-            Packet::Publish(p) => {
-                c.ack(&p);
-                got.push(p.topic.as_str().to_owned());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    got.sort();
-    got
-}
-
 fn unreadable_after_restart(v: ProtocolVersion) {
     let dir = DataDir::new("acl-restart");
     let files = AuthFiles::new("acl-restart");
@@ -84,7 +68,11 @@ fn unreadable_after_restart(v: ProtocolVersion) {
 
     let (mut alice, ack) = Client::connect_with(broker.addr, persistent_as(v, "alice", "alice"));
     assert!(ack.session_present, "the session survived the restart");
-    assert_eq!(received(&mut alice), vec!["x/open/1", "x/open/2"], "{v:?}");
+    assert_eq!(
+        alice.received_topics(),
+        vec!["x/open/1", "x/open/2"],
+        "{v:?}"
+    );
     alice.disconnect();
     let dropped: Vec<String> = broker
         .log()
@@ -105,7 +93,7 @@ fn unreadable_after_restart(v: ProtocolVersion) {
     let broker = BrokerProcess::start_in(&dir, &args);
     let (mut alice, ack) = Client::connect_with(broker.addr, persistent_as(v, "alice", "alice"));
     assert!(ack.session_present);
-    assert!(received(&mut alice).is_empty(), "{v:?}");
+    assert!(alice.received_topics().is_empty(), "{v:?}");
 }
 
 #[test]
