@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use common::process::{BrokerProcess, DataDir};
 use common::transport::Pki;
-use common::{Client, connect_packet};
-use ringmq::codec::{ProtocolVersion, QoS};
+use common::{Client, connect_packet, publish};
+use ringmq::codec::{Ack, Packet, ProtocolVersion, QoS};
 
 /// The listeners of the interop broker, in this order.
 const PLAIN: usize = 0;
@@ -461,16 +461,36 @@ fn browser_mqtt_js_and_paho_js_over_websocket() {
     let (mut tcp, _) = Client::connect(setup.addr(PLAIN), ProtocolVersion::V5, "echo", true);
     tcp.subscribe("to-tcp/#", QoS::ExactlyOnce);
     // Each library publishes its three, then waits for the echoes before the next library
-    // starts: the echoes of one library go out after all three of its messages arrived.
+    // starts. Every flow is answered as its packets come: the browser has an echo as soon as
+    // the broker has its PUBLISH, so the next library's first message may arrive here while
+    // this client's QoS 2 flow for that echo is still open.
     let echo = std::thread::spawn(move || {
         let mut seen = Vec::new();
-        for _lib in 0..2 {
-            let got: Vec<_> = (0..3).map(|_| tcp.recv_publish()).collect();
-            for p in got {
-                let topic = p.topic.as_str().replacen("to-tcp/", "to-browser/", 1);
-                let payload = format!("echo {}", String::from_utf8_lossy(&p.payload));
-                tcp.publish(&topic, payload.as_bytes(), p.qos, false);
-                seen.push((p.topic.as_str().to_owned(), p.qos as u8));
+        let mut open = 0usize; // echoes whose flow has not ended
+        while seen.len() < 6 || open > 0 {
+            match tcp.recv() {
+                Packet::Publish(p) => {
+                    match (p.qos, p.packet_id) {
+                        (QoS::AtLeastOnce, Some(id)) => tcp.send(&Packet::PubAck(Ack::new(id))),
+                        (QoS::ExactlyOnce, Some(id)) => tcp.send(&Packet::PubRec(Ack::new(id))),
+                        _ => {}
+                    }
+                    let topic = p.topic.as_str().replacen("to-tcp/", "to-browser/", 1);
+                    let payload = format!("echo {}", String::from_utf8_lossy(&p.payload));
+                    let id = (p.qos != QoS::AtMostOnce).then(|| tcp.next_packet_id());
+                    tcp.send(&Packet::Publish(publish(
+                        &topic,
+                        payload.as_bytes(),
+                        p.qos,
+                        id,
+                    )));
+                    open += usize::from(id.is_some());
+                    seen.push((p.topic.as_str().to_owned(), p.qos as u8));
+                }
+                Packet::PubRel(a) => tcp.send(&Packet::PubComp(Ack::new(a.packet_id))),
+                Packet::PubRec(a) => tcp.send(&Packet::PubRel(Ack::new(a.packet_id))),
+                Packet::PubAck(_) | Packet::PubComp(_) => open -= 1,
+                other => panic!("unexpected {other:?}"),
             }
         }
         seen.sort();
