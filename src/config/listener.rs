@@ -49,6 +49,18 @@ impl ListenerKind {
         }
     }
 
+    /// The kind a URL scheme names (`mqtt`, `mqtts`, `ws`, `wss`, `mqttsn`).
+    pub fn from_scheme(scheme: &str) -> Option<ListenerKind> {
+        match scheme {
+            "mqtt" => Some(ListenerKind::Mqtt),
+            "mqtts" => Some(ListenerKind::Mqtts),
+            "ws" => Some(ListenerKind::Ws),
+            "wss" => Some(ListenerKind::Wss),
+            "mqttsn" => Some(ListenerKind::MqttSn),
+            _ => None,
+        }
+    }
+
     /// Whether the listener is a UDP socket (MQTT-SN) rather than a TCP one.
     pub fn is_udp(self) -> bool {
         self == ListenerKind::MqttSn
@@ -143,18 +155,8 @@ impl FromStr for ListenerUrl {
                 .map_err(|_| format!("{s:?} is neither HOST:PORT nor a listener URL"))?;
             return Ok(ListenerUrl::mqtt(addr));
         };
-        let kind = match scheme {
-            "mqtt" => ListenerKind::Mqtt,
-            "mqtts" => ListenerKind::Mqtts,
-            "ws" => ListenerKind::Ws,
-            "wss" => ListenerKind::Wss,
-            "mqttsn" => ListenerKind::MqttSn,
-            other => {
-                return Err(format!(
-                    "unknown scheme {other:?} (mqtt, mqtts, ws, wss or mqttsn)"
-                ));
-            }
-        };
+        let kind = ListenerKind::from_scheme(scheme)
+            .ok_or_else(|| format!("unknown scheme {scheme:?} (mqtt, mqtts, ws, wss or mqttsn)"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], Some(&rest[i..])),
             None => (rest, None),
@@ -242,22 +244,11 @@ fn kind_from_string<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<ListenerKind>, D::Error> {
     let s = String::deserialize(d)?;
-    let kinds = [
-        ListenerKind::Mqtt,
-        ListenerKind::Mqtts,
-        ListenerKind::Ws,
-        ListenerKind::Wss,
-        ListenerKind::MqttSn,
-    ];
-    kinds
-        .into_iter()
-        .find(|k| k.scheme() == s)
-        .map(Some)
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "unknown protocol {s:?} (mqtt, mqtts, ws, wss or mqttsn)"
-            ))
-        })
+    ListenerKind::from_scheme(&s).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown protocol {s:?} (mqtt, mqtts, ws, wss or mqttsn)"
+        ))
+    })
 }
 
 impl ListenerConfig {
@@ -294,8 +285,7 @@ impl ListenerConfig {
         }
         self.url.kind = kind;
         if kind.is_websocket() {
-            let path = WsPath::new(WsPath::DEFAULT).map_err(|e| self.error(e))?;
-            self.url.path = Some(path);
+            self.url.path = Some(WsPath(WsPath::DEFAULT.to_owned()));
         }
         Ok(())
     }
