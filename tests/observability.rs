@@ -102,10 +102,11 @@ const MOSQUITTO_NAMES: [&str; 34] = [
 ];
 
 /// RingMQ's per-shard figures under `$SYS/broker/shards/N/`.
-const SHARD_NAMES: [&str; 9] = [
+const SHARD_NAMES: [&str; 10] = [
     "clients/connected",
     "clients/total",
     "messages/received",
+    "messages/sent",
     "publish/messages/received",
     "publish/messages/sent",
     "publish/messages/dropped",
@@ -170,6 +171,19 @@ fn sys_tree(version: ProtocolVersion, shards: usize) {
     });
     sys.wait(&mut watcher, "$SYS/broker/publish/bytes/sent", |p| {
         p.parse::<usize>().is_ok_and(|n| n > 2 * shards)
+    });
+    // `messages/sent` counts every packet type, as mosquitto does: at least the CONNACKs,
+    // the two SUBACKs and the PUBACKs on top of the PUBLISH packets.
+    let others = (shards + 2) + 2 + 2 * shards;
+    sys.wait_until(&mut watcher, "messages/sent counts every packet", |v| {
+        let n = |t: &str| v.get(t).and_then(|p| p.parse::<usize>().ok());
+        match (
+            n("$SYS/broker/messages/sent"),
+            n("$SYS/broker/publish/messages/sent"),
+        ) {
+            (Some(all), Some(publishes)) => all >= publishes + others,
+            _ => false,
+        }
     });
     // A session with an expiry of 1 s whose client goes away is gone a second later.
     let mut short = connect_packet(ProtocolVersion::V5, "sys-short", true);

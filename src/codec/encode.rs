@@ -157,6 +157,34 @@ fn representable(packet: &Packet, version: ProtocolVersion) -> bool {
     !matches!(packet, Packet::Auth(_)) || version.is_v5()
 }
 
+/// How many packets this thread encoded: the `$SYS/broker/messages/sent` count (every
+/// packet type, as mosquitto counts it). A shard encodes only for its own connections, so a
+/// per-thread counter is a per-shard one that costs one addition per packet and no
+/// argument through every session call; a packet encoded and then discarded (one that
+/// turned out larger than the client's Maximum Packet Size) is taken back with
+/// `sent::discard`.
+pub mod sent {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ENCODED: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) fn count(n: u64) {
+        ENCODED.with(|c| c.set(c.get().wrapping_add(n)));
+    }
+
+    /// Packets encoded by this thread so far (wrapping), less those discarded.
+    pub fn packets() -> u64 {
+        ENCODED.with(Cell::get)
+    }
+
+    /// One encoded packet was truncated away unsent.
+    pub fn discard() {
+        ENCODED.with(|c| c.set(c.get().wrapping_sub(1)));
+    }
+}
+
 /// Appends the encoding of `packet` for protocol level `version` to `dst`.
 ///
 /// A CONNECT is written at its own `protocol` level (`version` is ignored for it). At a 3.x
@@ -169,6 +197,7 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, dst: &mut BytesMut) {
     if !representable(packet, version) {
         return;
     }
+    sent::count(1);
     let body = measure(|c| write_body(packet, version, c));
     debug_assert!(
         body <= super::reader::VBI_MAX as usize,
@@ -189,6 +218,7 @@ pub fn encode_publish(p: &PublishOut, version: ProtocolVersion, dst: &mut BytesM
         "packet too large to encode"
     );
     let total = 1 + vbi_len(body as u32) + body;
+    sent::count(1);
     dst.reserve(total);
     dst.put_u8(publish_first_byte(p.dup, p.qos, p.retain));
     dst.put_vbi(body as u32);

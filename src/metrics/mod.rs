@@ -126,6 +126,8 @@ pub struct ShardSnapshot {
     pub closes: [u64; CloseKind::COUNT],
     /// MQTT packets decoded from clients (every type).
     pub packets_received: u64,
+    /// MQTT packets written for clients (every type, PUBLISH included).
+    pub packets_sent: u64,
     /// PUBLISH packets decoded from clients.
     pub publish_received: u64,
     /// Payload bytes of those PUBLISH packets.
@@ -204,6 +206,7 @@ impl ShardSnapshot {
             *a += b;
         }
         self.packets_received += o.packets_received;
+        self.packets_sent += o.packets_sent;
         self.publish_received += o.publish_received;
         self.publish_bytes_received += o.publish_bytes_received;
         self.publish_bytes_sent += o.publish_bytes_sent;

@@ -52,7 +52,7 @@ pub fn encode(scrape: Scrape) -> String {
 /// A per-shard counter or gauge: its name (without `_total`), help and value.
 type PerShard = (&'static str, &'static str, Figure);
 
-const SHARD_COUNTERS: [PerShard; 20] = [
+const SHARD_COUNTERS: [PerShard; 21] = [
     ("ringmq_sockets_accepted", "TCP connections accepted", |s| {
         s.sockets_accepted
     }),
@@ -70,6 +70,11 @@ const SHARD_COUNTERS: [PerShard; 20] = [
         "ringmq_packets_received",
         "MQTT packets received from clients, every type",
         |s| s.packets_received,
+    ),
+    (
+        "ringmq_packets_sent",
+        "MQTT packets sent to clients, every type",
+        |s| s.packets_sent,
     ),
     (
         "ringmq_publish_received",

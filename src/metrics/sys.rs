@@ -35,7 +35,7 @@ const LOAD_MINUTES: [u32; 3] = [1, 5, 15];
 fn load_source(t: &ShardSnapshot, i: usize) -> u64 {
     match i {
         0 => t.packets_received,
-        1 => t.publish_sent(),
+        1 => t.packets_sent,
         2 => t.publish_received,
         3 => t.publish_sent(),
         4 => t.dropped(),
@@ -138,7 +138,7 @@ impl SysTree {
             ("clients/maximum", self.max_connected),
             ("clients/expired", t.session.expired),
             ("messages/received", t.packets_received),
-            ("messages/sent", t.publish_sent()),
+            ("messages/sent", t.packets_sent),
             ("messages/dropped", t.dropped()),
             ("messages/stored", t.retained),
             ("store/messages/count", t.retained),
@@ -180,10 +180,11 @@ impl SysTree {
 
 /// RingMQ's own figures of shard `i`.
 fn shard_topics(i: usize, s: &ShardSnapshot, tree: &mut Vec<(String, String)>) {
-    let counters: [(&str, u64); 9] = [
+    let counters: [(&str, u64); 10] = [
         ("clients/connected", s.clients_connected),
         ("clients/total", s.sessions),
         ("messages/received", s.packets_received),
+        ("messages/sent", s.packets_sent),
         ("publish/messages/received", s.publish_received),
         ("publish/messages/sent", s.publish_sent()),
         ("publish/messages/dropped", s.dropped()),
@@ -215,6 +216,7 @@ mod tests {
             clients_connected: 2,
             sessions: 3,
             packets_received: 10,
+            packets_sent: 15,
             publish_received: 4,
             publish_bytes_received: 400,
             deliveries: 9,
@@ -246,6 +248,7 @@ mod tests {
         assert_eq!(get(&tree, "$SYS/broker/clients/total"), Some("4"));
         assert_eq!(get(&tree, "$SYS/broker/clients/maximum"), Some("3"));
         assert_eq!(get(&tree, "$SYS/broker/messages/received"), Some("10"));
+        assert_eq!(get(&tree, "$SYS/broker/messages/sent"), Some("15"));
         assert_eq!(get(&tree, "$SYS/broker/publish/messages/sent"), Some("8"));
         assert_eq!(get(&tree, "$SYS/broker/messages/dropped"), Some("1"));
         assert_eq!(get(&tree, "$SYS/broker/retained messages/count"), Some("5"));
@@ -257,8 +260,8 @@ mod tests {
         assert_eq!(get(&tree, "$SYS/broker/publish/bytes/sent"), Some("900"));
         assert_eq!(get(&tree, "$SYS/broker/heap/current"), Some("4194304"));
         assert_eq!(get(&tree, "$SYS/broker/heap/maximum"), Some("5242880"));
-        // 54 broker topics and 9 per shard.
-        assert_eq!(tree.len(), 54 + 2 * 9);
+        // 54 broker topics and 10 per shard.
+        assert_eq!(tree.len(), 54 + 2 * 10);
         assert_eq!(
             get(&tree, "$SYS/broker/load/messages/received/1min"),
             Some("0.00")

@@ -251,6 +251,7 @@ impl Session {
             return true;
         }
         out.truncate(start);
+        codec::encode::sent::discard();
         if let (AliasUse::Define(a), Some(aliases)) = (alias, c.aliases.as_deref_mut()) {
             // The client never learns this alias's new topic.
             if let Some(outbound) = aliases.outbound.as_mut() {

@@ -150,6 +150,8 @@ impl Core {
             handoffs: s.handed_off,
             closes: s.closes,
             packets_received: s.packets_received,
+            // This thread is the shard: every packet it encoded was for its connections.
+            packets_sent: crate::codec::encode::sent::packets(),
             publish_received: s.publish_received,
             publish_bytes_received: s.publish_bytes_received,
             publish_bytes_sent: s.publish_bytes_sent,
