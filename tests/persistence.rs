@@ -16,3 +16,6 @@ mod faults;
 
 #[path = "persistence/access.rs"]
 mod access;
+
+#[path = "persistence/flow.rs"]
+mod flow;

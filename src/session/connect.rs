@@ -189,6 +189,7 @@ impl Session {
             send_window,
             client_max_packet: props.maximum_packet_size.unwrap_or(u32::MAX),
             connect_expiry_was_zero: props.session_expiry_interval.unwrap_or(0) == 0,
+            held_acks: 0,
         };
         self.protocol = Some(connect.protocol);
         self.state = State::Connected(connection);

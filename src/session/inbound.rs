@@ -145,14 +145,18 @@ impl Session {
         self.ack_publish(qos, packet_id, code, out);
     }
 
-    /// Inbound QoS 1/2 publishes the client has outstanding towards our Receive Maximum:
-    /// QoS 2 ids awaiting PUBREL (QoS 1 is acknowledged in the same call, so it never stays
-    /// outstanding). A storage layer that delays PUBACK/PUBREC until commit must add its
-    /// pending acknowledgements here.
+    /// Inbound QoS 1/2 publishes the client has outstanding towards our Receive Maximum
+    /// [MQTT-3.3.4-9]: QoS 2 ids awaiting PUBREL (their PUBREC held or not), and for a 5.0
+    /// client the QoS 1 PUBACKs the shard still holds for a commit (`held_acks`; 3.x has no
+    /// Receive Maximum, and a 3.x client that pipelines QoS 1 is within its rights).
     fn inbound_quota_exhausted(&self) -> bool {
-        let outstanding = self.data.awaiting_rel.len();
-        outstanding >= usize::from(self.limits.receive_maximum.max(1))
-            || outstanding >= self.limits.max_awaiting_rel
+        let rel = self.data.awaiting_rel.len();
+        let held = self
+            .connection()
+            .filter(|c| c.protocol.is_v5())
+            .map_or(0, |c| usize::from(c.held_acks));
+        rel + held >= usize::from(self.limits.receive_maximum.max(1))
+            || rel >= self.limits.max_awaiting_rel
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) for `packet_id` with `code` (3.x: no code on the

@@ -159,6 +159,11 @@ struct Connection {
     /// Session Expiry Interval requested in CONNECT was 0: a DISCONNECT may then not set a
     /// non-zero one [MQTT-3.14.2-2] (BAD_INPUTS #65).
     connect_expiry_was_zero: bool,
+    /// QoS 1 PUBACKs already answered but not yet written, because the shard holds them
+    /// until a commit (or another shard) makes the message safe: the client still counts
+    /// them against our Receive Maximum. Told by the shard before each PUBLISH
+    /// (`Session::note_held_acks`).
+    held_acks: u16,
 }
 
 /// When an offline session's timers fire.
@@ -404,6 +409,14 @@ impl Session {
         actions: &mut Vec<Action>,
     ) {
         self.answer_publish(qos, packet_id, code, now_ms, out, actions);
+    }
+
+    /// How many of this connection's QoS 1 PUBACKs the shard still holds unwritten (see
+    /// `Connection::held_acks`); they count against our Receive Maximum for a 5.0 client.
+    pub fn note_held_acks(&mut self, n: u32) {
+        if let State::Connected(c) = &mut self.state {
+            c.held_acks = u16::try_from(n).unwrap_or(u16::MAX);
+        }
     }
 
     /// The connection's output went back below `max_output_buffer` (the client read): queued

@@ -32,6 +32,9 @@ struct Hold {
     remote: u32,
     /// The storage ticket whose commit is awaited; 0: none.
     ticket: u64,
+    /// QoS 1 PUBACKs that begin at this position (the client counts them against our
+    /// Receive Maximum until it reads them).
+    acks: u32,
 }
 
 impl Hold {
@@ -63,6 +66,7 @@ impl Holds {
             offset,
             remote: 0,
             ticket: 0,
+            acks: 0,
         };
         self.list.insert(pos, hold);
         id
@@ -146,6 +150,25 @@ impl Holds {
         self.drop_released();
     }
 
+    /// A QoS 1 PUBACK was written at `offset`: when a hold begins there, the PUBACK waits
+    /// with it (otherwise it is either writable or queued behind another publish's hold, and
+    /// is not counted: the count never exceeds what the client sees outstanding).
+    pub(crate) fn count_ack(&mut self, offset: usize) {
+        if let Some(h) = self.list.iter_mut().find(|h| h.offset == offset) {
+            h.acks += 1;
+        }
+    }
+
+    /// PUBACKs counted by `count_ack` that are still unwritten because a hold at or before
+    /// them waits.
+    pub(crate) fn held_acks(&self) -> u32 {
+        self.list
+            .iter()
+            .skip_while(|h| h.released())
+            .map(|h| h.acks)
+            .sum()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
@@ -183,6 +206,32 @@ mod tests {
         h.advance(4);
         assert_eq!(h.writable(26), 6);
         assert_eq!(h.at(6), a, "the same position is the same hold");
+    }
+
+    #[test]
+    fn held_acks_count_until_their_hold_is_released() {
+        let mut h = Holds::default();
+        let a = h.at(0);
+        h.add_ticket(a, 1);
+        h.count_ack(0);
+        let b = h.at(4);
+        h.add_ticket(b, 2);
+        h.count_ack(4);
+        h.count_ack(9); // no hold begins there: not counted
+        assert_eq!(h.held_acks(), 2);
+        h.committed(2);
+        assert_eq!(h.held_acks(), 0);
+        // A released hold behind a waiting one is still unwritten.
+        let c = h.at(0);
+        h.add_remote(c, 1);
+        h.count_ack(0);
+        let d = h.at(4);
+        h.add_ticket(d, 3);
+        h.count_ack(4);
+        h.committed(3);
+        assert_eq!(h.held_acks(), 2, "d waits behind c");
+        h.remote_done(c);
+        assert_eq!(h.held_acks(), 0);
     }
 
     #[test]

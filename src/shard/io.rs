@@ -23,7 +23,7 @@ use super::close::{CloseReason, SessionCall};
 use super::core::{Conn, Core, Phase};
 use super::mailbox::{Envelope, Handoff};
 use super::sys::{self, IoOutcome, PollEvent};
-use crate::codec::{self, DecodeError, ErrorResponse, Packet};
+use crate::codec::{self, DecodeError, ErrorResponse, Packet, QoS};
 use crate::router::interest::ShardId;
 use crate::transport::CloseReason as Farewell;
 
@@ -477,6 +477,10 @@ impl Core {
             other => other,
         };
         let policy = self.subscribe_policy(slot, &packet);
+        let acked = match &packet {
+            Packet::Publish(p) => p.qos,
+            _ => QoS::AtMostOnce,
+        };
         let mut actions = std::mem::take(&mut self.actions);
         let mut hold_from = None;
         if let (Some(client), Some(conn)) = (
@@ -484,6 +488,11 @@ impl Core {
             self.conns.get_mut(id as usize),
         ) {
             hold_from = Some(conn.out.len());
+            if acked != QoS::AtMostOnce {
+                // PUBACKs still held for a commit count against our Receive Maximum.
+                let held = conn.holds.as_ref().map_or(0, |h| h.held_acks());
+                client.session.note_held_acks(held);
+            }
             self.session_call = SessionCall::packet(&packet);
             let (now, out) = (self.now_ms, &mut conn.out);
             match &policy {
@@ -496,6 +505,16 @@ impl Core {
         self.mark_dirty(id);
         self.marked_conn = Some(id);
         self.apply_actions(slot, &mut actions, hold_from);
+        if acked == QoS::AtLeastOnce
+            && let Some(offset) = hold_from
+            && let Some(holds) = self
+                .conns
+                .get_mut(id as usize)
+                .and_then(|c| c.holds.as_mut())
+        {
+            // The PUBACK begins where this call's output began; a hold there delays it.
+            holds.count_ack(offset);
+        }
         self.session_call = SessionCall::Other;
         self.marked_conn = None;
         self.actions = actions;
