@@ -9,7 +9,7 @@
 
 use super::model::ProtocolVersion;
 use super::reason::ReasonCode;
-use crate::router::topic::TopicError;
+use super::topic::TopicError;
 
 /// The generic field errors, when they happen inside a CONNECT: carried with the CONNECT's
 /// level so that `response` can answer a v5 client with CONNACK 0x81 and close a 3.x one.

@@ -7,7 +7,8 @@
 //! decides what a client gets for a bad packet.
 //!
 //! Layout: `reader` (bounded field reading, variable byte integers), `string` (UTF-8 rules),
-//! `properties` (v5 properties), one module per packet family (`connect`, `publish`, `ack`,
+//! `topic` (topic names and filters, `$share` syntax, matching), `properties` (v5
+//! properties), one module per packet family (`connect`, `publish`, `ack`,
 //! `subscribe`, `disconnect`), `encode` (sinks and the fixed header), `error`, `reason`.
 //!
 //! Must never: touch a socket or the clock, panic on input, or use `unsafe`.
@@ -25,6 +26,7 @@ pub mod reader;
 pub mod reason;
 pub mod string;
 mod subscribe;
+pub mod topic;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 //!
 //! Invariants the types carry (established by the decoder or by constructors, never re-checked):
 //! - `MqttStr` holds well-formed UTF-8 that obeys [MQTT-1.5.4-1..3].
-//! - `TopicName` / `TopicFilter` hold valid names and filters (see `router::topic`).
+//! - `TopicName` / `TopicFilter` hold valid names and filters (see `topic`).
 //! - `PacketId` is never zero [MQTT-2.2.1-3].
 //!
 //! Must never: touch a socket or the clock.
@@ -16,7 +16,7 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 
 use super::reason::ReasonCode;
-use crate::router::topic::{TopicFilter, TopicName};
+use super::topic::{TopicFilter, TopicName};
 
 /// Protocol level from the CONNECT packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,7 +17,7 @@ use super::encode::{Sink, measure};
 use super::error::DecodeError;
 use super::model::*;
 use super::reader::Reader;
-use crate::router::topic::TopicName;
+use super::topic::TopicName;
 
 // Identifiers (spec 2.2.2.2, table 2-4).
 pub(crate) const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;

@@ -1,6 +1,6 @@
 //! PUBLISH (spec 3.3): topic, packet identifier, properties and payload.
 //!
-//! Owns: the PUBLISH variable header and the topic-name hand-off to `router::topic`: the
+//! Owns: the PUBLISH variable header and the topic-name hand-off to `topic`: the
 //! bytes are first validated as an MQTT string (`Reader::string`), then `TopicName::from_mqtt_str`
 //! applies the topic rules, which this module never re-implements. The payload is a
 //! zero-copy view of the packet.
@@ -13,8 +13,8 @@ use super::error::DecodeError;
 use super::model::*;
 use super::properties::{PublishPropertiesOut, read_properties};
 use super::reader::Reader;
+use super::topic::{TopicError, TopicName};
 use super::{DecodeLimits, Role};
-use crate::router::topic::{TopicError, TopicName};
 
 /// A topic name from a validated string: empty is refused here [MQTT-4.7.3-1] (the empty
 /// topic of an aliased PUBLISH is handled by the caller), the rest by `TopicName::from_mqtt_str`.

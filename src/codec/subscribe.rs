@@ -15,7 +15,7 @@ use super::model::*;
 use super::properties::{UserPropertiesOnly, read_properties, write_properties};
 use super::reader::Reader;
 use super::reason::{ReasonCode, ReasonContext};
-use crate::router::topic::{TopicError, TopicFilter};
+use super::topic::{TopicError, TopicFilter};
 
 /// The prefix of a shared subscription filter (4.8.2).
 const SHARE_PREFIX: &[u8] = b"$share/";

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 
 use super::ConfigError;
-use crate::router::topic::TopicName;
+use crate::codec::topic::TopicName;
 
 /// MQTT-SN 1.2 gateway settings (`[mqttsn]`): plain data the sans-IO gateway
 /// (`crate::mqttsn`) and the shards' UDP sockets (`crate::shard`) read. Where the gateway

@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use crate::codec::MqttStr;
 use crate::codec::string::validate_str;
+use crate::codec::topic::{TopicFilter, TopicName};
 use crate::config::Limits;
-use crate::router::topic::{TopicFilter, TopicName};
 
 use super::codec::{TopicId, TopicRef};
 

@@ -12,11 +12,11 @@
 
 use bytes::Bytes;
 
+use crate::codec::topic::TopicName;
 use crate::codec::{
     Connect, ConnectProperties, Disconnect, DisconnectProperties, MqttStr, ProtocolVersion, QoS,
     ReasonCode, Will, WillProperties,
 };
-use crate::router::topic::TopicName;
 use crate::session::ClientId;
 
 use super::codec::ReturnCode;

@@ -22,8 +22,10 @@ pub mod delivery;
 pub mod interest;
 pub mod retained;
 pub mod shared;
-pub mod topic;
 pub mod trie;
+
+/// The topic types live in the codec (a leaf module both layers use).
+pub use crate::codec::topic;
 
 pub use delivery::{Delivery, Fanout, OverlapMode, Subscription, SubscriptionTrie};
 pub use interest::{InterestCache, InterestIndex, InterestOp, MAX_SHARDS, ShardId, ShardMask};

@@ -446,7 +446,7 @@ fn bad_input_24_will_properties_of_the_wrong_kind() {
         &v5_connect_will("08 0000"),
         None,
         false,
-        E::InvalidResponseTopic(crate::router::topic::TopicError::Empty),
+        E::InvalidResponseTopic(crate::codec::topic::TopicError::Empty),
         connack(V5, R::ProtocolError),
     );
     let Ok(Packet::Connect(c)) = dec(&v5_connect_will("18 0000000A 02 00000005"), None) else {

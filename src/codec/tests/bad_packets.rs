@@ -1,7 +1,7 @@
 //! BAD_INPUTS.md rows 32 to 63: PUBLISH, acknowledgements, SUBSCRIBE, server-only packets.
 
 use super::*;
-use crate::router::topic::TopicError;
+use crate::codec::topic::TopicError;
 use DecodeError as E;
 use ReasonCode as R;
 

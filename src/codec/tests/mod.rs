@@ -10,7 +10,7 @@ mod streaming;
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::router::topic::{TopicFilter, TopicName};
+use crate::codec::topic::{TopicFilter, TopicName};
 
 /// Bytes from hex with optional spaces; `'text'` inserts ASCII.
 pub(super) fn hex(s: &str) -> BytesMut {

@@ -571,7 +571,7 @@ fn stored_property_blocks_round_trip() {
     let publish = PublishProperties {
         payload_format_indicator: Some(true),
         message_expiry_interval: Some(30),
-        response_topic: Some(crate::router::topic::TopicName::from_static("re/ply")),
+        response_topic: Some(crate::codec::topic::TopicName::from_static("re/ply")),
         correlation_data: Some(bytes::Bytes::from_static(b"\x01\x02")),
         content_type: Some(MqttStr::try_from_str("text/plain").expect("str")),
         ..PublishProperties::default()

@@ -3,11 +3,11 @@
 //! (6.12, 6.14) and the will updates (6.4), translated into packets for the session or
 //! answered here when MQTT-SN alone decides (REGACK, PINGRESP, an unknown topic id).
 
+use crate::codec::topic::TopicName;
 use crate::codec::{
     Ack, AckProperties, Packet, PacketId, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
     SubscribeProperties, SubscriptionOptions, Unsubscribe,
 };
-use crate::router::topic::TopicName;
 
 use super::super::codec::{
     MsgId, ReturnCode, SnMessage, SnPublish, SnSubscribe, SubTopic, TopicId, TopicRef, WillTopic,
@@ -270,7 +270,7 @@ impl SnClient {
     fn sub_filter(
         &mut self,
         topic: &SubTopic,
-    ) -> Result<(crate::router::topic::TopicFilter, TopicId), ReturnCode> {
+    ) -> Result<(crate::codec::topic::TopicFilter, TopicId), ReturnCode> {
         match topic {
             SubTopic::Name(name) => {
                 let filter = topics::topic_filter(name.clone()).ok_or(ReturnCode::NotSupported)?;

@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::codec::topic::TopicName;
 use crate::codec::{Packet, PacketId, QoS};
-use crate::router::topic::TopicName;
 use crate::session::ClientId;
 
 use super::GatewaySettings;

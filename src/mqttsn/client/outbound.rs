@@ -18,10 +18,10 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::codec::topic::TopicName;
 use crate::codec::{
     Ack, AckProperties, ConnAck, Packet, PacketId, Publish, QoS, ReasonCode, SubAck,
 };
-use crate::router::topic::TopicName;
 
 use super::super::codec::{MsgId, ReturnCode, SnMessage, SnPublish, SnQoS, TopicId, TopicRef};
 use super::super::topics::{self, RegistryFull};

@@ -16,12 +16,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::codec::topic::{TopicFilter, TopicName};
 use crate::codec::{
     self, Connect, ConnectProperties, DecodeLimits, MqttStr, Packet, PacketId, ProtocolVersion,
     Publish, PublishProperties, QoS, Role, Subscribe, SubscribeProperties, SubscriptionOptions,
 };
 use crate::config::{Limits, MqttSnConfig};
-use crate::router::topic::{TopicFilter, TopicName};
 use crate::session::{
     Action, ClientId, ConnectDecision, Delivery, Message, Session, Subscription, refuse_connect,
     validate_connect,

@@ -1,4 +1,7 @@
 //! `TopicName` and `TopicFilter`: validated newtypes and the matching rules of spec 4.7.
+//! A leaf of the codec (it needs only `MqttStr`): the codec decodes into these types and the
+//! router (`crate::router::topic` re-exports this module) matches them, so neither depends
+//! on the other's internals.
 //!
 //! Owns the wire rules for topic names and filters (4.7.1, 4.7.3), the shared-subscription
 //! syntax `$share/{group}/{filter}` (4.8.2) and topic matching (4.7.2). Broker limits (depth,
@@ -12,7 +15,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::codec::MqttStr;
+use super::MqttStr;
 
 /// The longest topic name or filter the wire can carry: a two-byte length prefix [MQTT-1.5.4].
 pub const MAX_TOPIC_LEN: usize = u16::MAX as usize;
