@@ -8,11 +8,13 @@
 //! 24 bytes with the box, in a vector sorted by filter while the session has at most
 //! `SMALL_MAX` of them, in a B-tree beyond (an insert into the sorted vector moves the
 //! entries after it: fine for hundreds, not for a `max_subscriptions` raised to 100,000).
-//! A B-tree leaf has room for 11 entries, so a session with one subscription paid for 11;
-//! with 100 sessions' worth of 100 filters each, a `BTreeMap<TopicFilter, Subscription>` of
-//! views cost about 100 B per subscription plus the read it pinned, this about 31 B plus the
-//! copied bytes (`ringmq-bench subscriptions`: 300 -> 190 B per subscription at 1 shard, the
-//! trie's smaller nodes included).
+//! This replaces a `BTreeMap<TopicFilter, Subscription>` of views: its leaves have room for
+//! 11 entries of 52 bytes (a session with one subscription paid for 11), about 100 B per
+//! subscription at 100 filters per session plus the read each view pinned, where this takes
+//! about 31 B (the vector's spare capacity included) plus the copied bytes (counted in a
+//! model with these entry sizes and mimalloc-like size classes; `cargo bench --bench
+//! subscriptions` counts this type's share, and `ringmq-bench subscriptions` measured 300 ->
+//! 190 B per subscription at 1 shard, the trie's smaller nodes included).
 //!
 //! Must never: hold two entries for one filter, or let iteration order depend on history
 //! (it is the filters' byte order, whatever the representation).
