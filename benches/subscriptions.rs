@@ -3,7 +3,8 @@
 //! and 4 shards by `shard::home_shard` as the broker spreads them.
 //!
 //! Each shard holds what `shard::Routes` holds for them: its local `SubscriptionTrie` and its
-//! replica of the `InterestIndex`, fed with the `InterestOp`s every shard broadcasts. Memory
+//! replica of the `InterestIndex`, fed with the `InterestOp`s every shard broadcasts; each
+//! client holds its session's own record of its filters (`session::Subscriptions`). Memory
 //! is counted by the allocator (mimalloc's usable size of every live block, so size classes
 //! count as the broker pays them) and printed once per shard count; the benchmarks then time
 //! the routing of one publish from shard 0 to a random subscribed topic (every one a cache
@@ -27,6 +28,7 @@ use ringmq::router::{
     Fanout, Inserted, InterestIndex, InterestOp, MatchStack, OverlapMode, ShardId, Subscription,
     SubscriptionTrie, TopicFilter, TopicName,
 };
+use ringmq::session::Subscriptions;
 use ringmq::shard::home_shard;
 
 /// mimalloc, as the broker runs, counting the usable size of every live block.
@@ -102,9 +104,18 @@ struct Shard {
     interest: InterestIndex,
 }
 
+/// What `build` counted, in bytes.
+struct Counted {
+    local: isize,
+    replicas: isize,
+    /// The sessions' own records of their subscriptions.
+    records: isize,
+}
+
 /// Subscribes every client on its home shard, broadcasting interest as the shards do, and
-/// returns the shards with the bytes their local tries and their replicas hold.
-fn build(shards: usize, exact: bool) -> (Vec<Shard>, isize, isize) {
+/// returns the shards with the bytes their local tries, their replicas and the sessions'
+/// records hold.
+fn build(shards: usize, exact: bool) -> (Vec<Shard>, Counted) {
     let sub = Subscription {
         options: SubscriptionOptions {
             qos: QoS::AtMostOnce,
@@ -118,8 +129,14 @@ fn build(shards: usize, exact: bool) -> (Vec<Shard>, isize, isize) {
             interest: InterestIndex::new(),
         })
         .collect();
-    let (mut local_bytes, mut replica_bytes) = (0, 0);
+    let (mut local_bytes, mut replica_bytes, mut record_bytes) = (0, 0, 0);
+    let mut records: Vec<Subscriptions> = Vec::with_capacity(CLIENTS as usize);
+    let session_sub = ringmq::session::Subscription {
+        options: sub.options,
+        id: sub.id,
+    };
     for c in 0..CLIENTS {
+        let mut record = Subscriptions::new();
         let home = home_shard(format!("client-{c}").as_bytes(), shards);
         let shard = ShardId::new(home as u8).expect("fewer than 64 shards");
         for k in 0..FILTERS_PER_CLIENT {
@@ -128,6 +145,9 @@ fn build(shards: usize, exact: bool) -> (Vec<Shard>, isize, isize) {
             let inserted = all[home].local.insert(&f, c, sub);
             let after_local = LIVE.load(Ordering::Relaxed);
             local_bytes += after_local - before;
+            record.insert(&f, session_sub);
+            let after_record = LIVE.load(Ordering::Relaxed);
+            record_bytes += after_record - after_local;
             if inserted
                 == (Inserted::New {
                     first_for_filter: true,
@@ -138,10 +158,19 @@ fn build(shards: usize, exact: bool) -> (Vec<Shard>, isize, isize) {
                     s.interest.apply(&op);
                 }
             }
-            replica_bytes += LIVE.load(Ordering::Relaxed) - after_local;
+            replica_bytes += LIVE.load(Ordering::Relaxed) - after_record;
         }
+        records.push(record);
     }
-    (all, local_bytes, replica_bytes)
+    drop(records);
+    (
+        all,
+        Counted {
+            local: local_bytes,
+            replicas: replica_bytes,
+            records: record_bytes,
+        },
+    )
 }
 
 fn bench_size(c: &mut Criterion, exact: bool) {
@@ -152,15 +181,21 @@ fn bench_size(c: &mut Criterion, exact: bool) {
     group.sample_size(20);
     group.throughput(Throughput::Elements(1));
     for shards in [1usize, 2, 4] {
-        let (all, local, replicas) = build(shards, exact);
+        let (all, counted) = build(shards, exact);
+        let Counted {
+            local,
+            replicas,
+            records,
+        } = counted;
         let per = |b: isize| b as f64 / f64::from(SUBSCRIPTIONS);
         println!(
             "{kind}, {shards} shard(s): {:.1} B per subscription = local tries {:.1} + \
-             interest replicas {:.1} ({:.1} per replica)",
-            per(local + replicas),
+             interest replicas {:.1} ({:.1} per replica) + session records {:.1}",
+            per(local + replicas + records),
             per(local),
             per(replicas),
             per(replicas) / shards as f64,
+            per(records),
         );
         let mut rng = 0x9E37_79B9_7F4A_7C15u64;
         let topics: Vec<TopicName> = (0..100_000)

@@ -5,9 +5,12 @@
 //! the shard-interest index are all tries with different entry types.
 //!
 //! Layout: an arena of nodes addressed by `u32`; each node has a hash map of literal children
-//! (allocated only when it has one), one `+` child, and two entry lists: filters that end at
-//! this node and filters that end with `/#` below it (a `#` level never has children
-//! [MQTT-4.7.1-2], so it needs no node of its own).
+//! (allocated only when it has one), one `+` child, one `#` child and one entry list (the
+//! filters that end at this node). A `#` node never has children [MQTT-4.7.1-2]: it only
+//! holds the entries of the filters that end with that `#`. Keeping the `#` filters in a
+//! node of their own rather than in a second list on every node keeps a node at 32 bytes for
+//! `Trie<u32, Subscription>` (48 with two lists); a shard's local trie holds one or two nodes
+//! per distinct filter, so that is 16-32 B per subscription (`node_is_32_bytes`).
 //!
 //! Must never: recurse (filters and topics may have tens of thousands of levels, BAD_INPUTS
 //! #38), allocate while matching once the caller's `MatchStack` has grown, or keep a node that
@@ -30,10 +33,11 @@ struct Node<K, V> {
     children: Option<Box<super::LevelMap<NodeId>>>,
     /// The `+` child.
     plus: Option<NodeId>,
-    /// Entries of filters that end exactly here.
-    exact: Entries<(K, V)>,
-    /// Entries of filters that end here with a further `/#` (or `#` alone at the root).
-    hash: Entries<(K, V)>,
+    /// The `#` child: the node of the filters that end here with a further `/#` (or of `#`
+    /// alone, at the root). It has entries and nothing else.
+    hash: Option<NodeId>,
+    /// Entries of the filters that end exactly at this node.
+    entries: Entries<(K, V)>,
 }
 
 /// One entry list of a node: most filters have a single entry (a device's own topic, or one
@@ -127,14 +131,14 @@ impl<K, V> Node<K, V> {
         Node {
             children: None,
             plus: None,
-            exact: Entries::Empty,
-            hash: Entries::Empty,
+            hash: None,
+            entries: Entries::Empty,
         }
     }
 
     fn is_unused(&self) -> bool {
-        self.exact.is_empty()
-            && self.hash.is_empty()
+        self.entries.is_empty()
+            && self.hash.is_none()
             && self.plus.is_none()
             && self.children.as_ref().is_none_or(|c| c.is_empty())
     }
@@ -186,6 +190,7 @@ impl<K: Copy + Eq, V> Default for Trie<K, V> {
 enum Edge<'a> {
     Literal(&'a [u8]),
     Plus,
+    Hash,
 }
 
 impl<K: Copy + Eq, V> Trie<K, V> {
@@ -215,17 +220,15 @@ impl<K: Copy + Eq, V> Trie<K, V> {
     /// (`filter_bytes()`: the caller keeps `$share` groups apart, see `shared.rs`).
     pub fn insert(&mut self, filter: &TopicFilter, key: K, value: V) -> Inserted<V> {
         let mut node = ROOT;
-        let mut in_hash = false;
         for level in filter.levels() {
-            match level {
+            node = match level {
                 // Valid filters have `#` only as the last level.
-                b"#" => in_hash = true,
-                b"+" => node = self.plus_child_or_insert(node),
-                _ => node = self.literal_child_or_insert(node, level),
-            }
+                b"#" => self.hash_child_or_insert(node),
+                b"+" => self.plus_child_or_insert(node),
+                _ => self.literal_child_or_insert(node, level),
+            };
         }
-        let n = &mut self.nodes[node];
-        let list = if in_hash { &mut n.hash } else { &mut n.exact };
+        let list = &mut self.nodes[node].entries;
         if let Some(slot) = list.iter_mut().find(|(k, _)| *k == key) {
             return Inserted::Replaced(std::mem::replace(&mut slot.1, value));
         }
@@ -239,12 +242,12 @@ impl<K: Copy + Eq, V> Trie<K, V> {
     pub fn remove(&mut self, filter: &TopicFilter, key: K) -> Option<Removed<V>> {
         let mut path: Vec<(usize, Edge<'_>)> = Vec::new();
         let mut node = ROOT;
-        let mut in_hash = false;
         for level in filter.levels() {
             let next = match level {
                 b"#" => {
-                    in_hash = true;
-                    continue;
+                    let next = self.nodes[node].hash?;
+                    path.push((node, Edge::Hash));
+                    next
                 }
                 b"+" => {
                     let next = self.nodes[node].plus?;
@@ -259,8 +262,7 @@ impl<K: Copy + Eq, V> Trie<K, V> {
             };
             node = next.get() as usize;
         }
-        let n = &mut self.nodes[node];
-        let list = if in_hash { &mut n.hash } else { &mut n.exact };
+        let list = &mut self.nodes[node].entries;
         let pos = list.iter().position(|(k, _)| *k == key)?;
         let (_, value) = list.swap_remove(pos)?;
         let last_for_filter = list.is_empty();
@@ -281,6 +283,7 @@ impl<K: Copy + Eq, V> Trie<K, V> {
             let p = &mut self.nodes[parent];
             match edge {
                 Edge::Plus => p.plus = None,
+                Edge::Hash => p.hash = None,
                 Edge::Literal(level) => {
                     if let Some(children) = p.children.as_mut() {
                         children.remove(level);
@@ -299,41 +302,48 @@ impl<K: Copy + Eq, V> Trie<K, V> {
 
     /// The entry of `key` under `filter`, if any.
     pub fn get(&self, filter: &TopicFilter, key: K) -> Option<&V> {
-        let (node, in_hash) = self.find(filter)?;
-        let n = &self.nodes[node];
-        let list = if in_hash { &n.hash } else { &n.exact };
-        list.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        let node = self.find(filter)?;
+        self.nodes[node]
+            .entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
 
     /// Mutable access to the entry of `key` under `filter`, if any.
     pub fn get_mut(&mut self, filter: &TopicFilter, key: K) -> Option<&mut V> {
-        let (node, in_hash) = self.find(filter)?;
-        let n = &mut self.nodes[node];
-        let list = if in_hash { &mut n.hash } else { &mut n.exact };
-        list.iter_mut().find(|(k, _)| *k == key).map(|(_, v)| v)
+        let node = self.find(filter)?;
+        self.nodes[node]
+            .entries
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
     }
 
     /// Number of entries under `filter`.
     pub fn filter_len(&self, filter: &TopicFilter) -> usize {
-        match self.find(filter) {
-            Some((node, true)) => self.nodes[node].hash.len(),
-            Some((node, false)) => self.nodes[node].exact.len(),
-            None => 0,
-        }
+        self.find(filter)
+            .map_or(0, |node| self.nodes[node].entries.len())
     }
 
-    /// The node of `filter` and whether its entries are in the `#` list.
-    fn find(&self, filter: &TopicFilter) -> Option<(usize, bool)> {
+    /// The node of `filter`.
+    fn find(&self, filter: &TopicFilter) -> Option<usize> {
         let mut node = ROOT;
         for level in filter.levels() {
             let next = match level {
-                b"#" => return Some((node, true)),
+                b"#" => self.nodes[node].hash?,
                 b"+" => self.nodes[node].plus?,
                 _ => *self.nodes[node].children.as_ref()?.get(level)?,
             };
             node = next.get() as usize;
         }
-        Some((node, false))
+        Some(node)
+    }
+
+    /// The entries of the `#` child of `n`, if it has one.
+    fn hash_entries(&self, n: &Node<K, V>) -> &[(K, V)] {
+        n.hash
+            .map_or(&[], |h| self.nodes[h.get() as usize].entries.as_slice())
     }
 
     /// Calls `visit` once for every entry whose filter matches `topic` [MQTT-4.7]; wildcards
@@ -354,15 +364,15 @@ impl<K: Copy + Eq, V> Trie<K, V> {
             let n = &self.nodes[node as usize];
             if pos == end {
                 // All levels consumed: filters ending here, and `x/#` matching its parent `x`.
-                n.exact
+                n.entries
                     .iter()
-                    .chain(n.hash.iter())
+                    .chain(self.hash_entries(n))
                     .for_each(|(k, v)| visit(*k, v));
                 continue;
             }
             let wildcards_ok = !(dollar && pos == 0);
             if wildcards_ok {
-                n.hash.iter().for_each(|(k, v)| visit(*k, v));
+                self.hash_entries(n).iter().for_each(|(k, v)| visit(*k, v));
             }
             let start = pos as usize;
             let level_end = t[start..]
@@ -394,6 +404,15 @@ impl<K: Copy + Eq, V> Trie<K, V> {
         };
         // Slot 0 is the root and is never freed, so `idx >= 1`.
         NodeId::new(idx).unwrap_or(NodeId::MIN)
+    }
+
+    fn hash_child_or_insert(&mut self, node: usize) -> usize {
+        if let Some(h) = self.nodes[node].hash {
+            return h.get() as usize;
+        }
+        let id = self.alloc();
+        self.nodes[node].hash = Some(id);
+        id.get() as usize
     }
 
     fn plus_child_or_insert(&mut self, node: usize) -> usize {
@@ -615,6 +634,140 @@ mod tests {
         let before = t.nodes.len();
         t.insert(&f("x/y/z"), 1, 0);
         assert_eq!(t.nodes.len(), before);
+    }
+
+    #[test]
+    fn node_is_32_bytes() {
+        // What a shard's local trie pays per node (one or two per distinct filter).
+        assert_eq!(
+            std::mem::size_of::<Node<u32, super::super::delivery::Subscription>>(),
+            32
+        );
+    }
+
+    #[test]
+    fn hash_filters_free_their_node() {
+        let mut t: Trie<u32, u8> = Trie::new();
+        t.insert(&f("#"), 1, 0);
+        t.insert(&f("a/#"), 2, 0);
+        t.insert(&f("a/+/#"), 3, 0);
+        // root, its `#`, a, a's `#`, a's `+`, that one's `#`.
+        assert_eq!(t.node_count(), 6);
+        assert_eq!(t.filter_len(&f("a/#")), 1);
+        assert_eq!(t.get(&f("a/+/#"), 3), Some(&0));
+        assert_eq!(t.get(&f("a/+"), 3), None);
+        assert_eq!(keys(matches(&t, "a/b")), [1, 2, 3]);
+        assert_eq!(keys(matches(&t, "$a/b")), Vec::<u32>::new());
+        assert!(t.remove(&f("a/+/#"), 3).is_some());
+        assert_eq!(t.node_count(), 4);
+        assert!(t.remove(&f("#"), 1).is_some());
+        assert_eq!(keys(matches(&t, "a")), [2]);
+        assert!(t.remove(&f("a/#"), 2).is_some());
+        assert_eq!((t.len(), t.node_count()), (0, 1));
+    }
+
+    #[test]
+    fn dollar_topics_skip_first_level_wildcards_only() {
+        // [MQTT-4.7.2-1]: `#` and `+` at the first level do not match `$` topics; a literal
+        // `$` level followed by wildcards does.
+        let mut t: Trie<u32, u8> = Trie::new();
+        for (i, filter) in ["#", "+/x", "+/+", "$SYS/#", "$SYS/+", "$SYS"]
+            .iter()
+            .enumerate()
+        {
+            t.insert(&f(filter), i as u32, 0);
+        }
+        assert_eq!(keys(matches(&t, "$SYS/x")), [3, 4]);
+        assert_eq!(keys(matches(&t, "$SYS")), [3, 5]);
+        assert_eq!(keys(matches(&t, "SYS/x")), [0, 1, 2]);
+    }
+
+    /// Filters from a small alphabet of levels, so that they share prefixes and wildcards
+    /// sit at every depth: `i` in base 5 over `a`, `b`, `+`, `#` (last only) and `$x`.
+    fn generated_filter(mut i: usize) -> String {
+        const LEVELS: [&str; 5] = ["a", "b", "+", "#", "$x"];
+        let mut levels = Vec::new();
+        loop {
+            levels.push(LEVELS[i % 5]);
+            i /= 5;
+            if i == 0 {
+                break;
+            }
+            i -= 1;
+        }
+        // `#` only as the last level.
+        let last = levels.len() - 1;
+        levels
+            .iter()
+            .enumerate()
+            .map(|(j, l)| if *l == "#" && j != last { "a" } else { l })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn many_filters_match_as_topic_matches_says_and_free_everything() {
+        let filters: Vec<&'static str> = (0..3000)
+            .map(|i| &*Box::leak(generated_filter(i).into_boxed_str()))
+            .collect();
+        let topics = [
+            "a",
+            "b",
+            "a/b",
+            "a/a/a",
+            "b/a/b/a",
+            "$x",
+            "$x/a",
+            "$x/$x/b",
+            "a/$x",
+            "a/b/a/b/a",
+            "x",
+            "a//b",
+        ];
+        let mut t: Trie<u32, u8> = Trie::new();
+        // The model: (filter, key) pairs held. Two keys per filter; the second is shared
+        // by every seventh filter, and some filters repeat (`Replaced`).
+        let mut model = std::collections::BTreeSet::new();
+        for (i, filter) in filters.iter().enumerate() {
+            for key in [i as u32, 100_000 + (i % 7) as u32] {
+                t.insert(&f(filter), key, 0);
+                model.insert((*filter, key));
+            }
+        }
+        assert_eq!(t.len(), model.len());
+        let check = |t: &Trie<u32, u8>, model: &std::collections::BTreeSet<(&str, u32)>| {
+            for topic in topics {
+                // One match per (filter, key): sorted, with repeats.
+                let mut want: Vec<u32> = model
+                    .iter()
+                    .filter(|(filter, _)| {
+                        super::super::topic::topic_matches(filter.as_bytes(), topic.as_bytes())
+                    })
+                    .map(|&(_, key)| key)
+                    .collect();
+                want.sort_unstable();
+                assert_eq!(keys(matches(t, topic)), want, "topic {topic:?}");
+            }
+        };
+        check(&t, &model);
+        // Remove every other filter's own key, then check again.
+        for (i, filter) in filters.iter().enumerate().step_by(2) {
+            let removed = t.remove(&f(filter), i as u32).is_some();
+            assert_eq!(removed, model.remove(&(*filter, i as u32)), "{filter}");
+        }
+        assert_eq!(t.len(), model.len());
+        check(&t, &model);
+        let arena = t.nodes.len();
+        for (i, filter) in filters.iter().enumerate() {
+            t.remove(&f(filter), i as u32);
+            t.remove(&f(filter), 100_000 + (i % 7) as u32);
+        }
+        assert_eq!((t.len(), t.node_count()), (0, 1));
+        // The slots are reused: inserting everything again does not grow the arena.
+        for (i, filter) in filters.iter().enumerate() {
+            t.insert(&f(filter), i as u32, 0);
+        }
+        assert_eq!(t.nodes.len(), arena);
     }
 
     #[test]

@@ -231,10 +231,8 @@ impl Session {
         }
         // After `Ended` the shard already removed the subscriptions from the router.
         if !matches!(self.state, State::Ended) {
-            for filter in self.data.subscriptions.keys() {
-                actions.push(Action::Unsubscribe {
-                    filter: filter.clone(),
-                });
+            for (filter, _) in self.data.subscriptions.filters() {
+                actions.push(Action::Unsubscribe { filter });
             }
         }
         super::lifecycle::return_to_groups(self.data.take(), actions);

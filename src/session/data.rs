@@ -9,13 +9,14 @@
 //! Must never: hold connection-bound state (protocol level, topic aliases, keep alive,
 //! receive-maximum counters), touch a socket or the clock.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::codec::{PacketId, QoS, Will};
 use crate::router::topic::TopicFilter;
 
-use super::types::{Message, Subscription};
+use super::subscriptions::Subscriptions;
+use super::types::Message;
 
 /// One message waiting for delivery to this session, with the per-delivery parameters fixed
 /// when it was routed.
@@ -81,7 +82,7 @@ impl Outbound {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionData {
     /// Filter -> subscription. Ordered, so iteration (and thus behaviour) is deterministic.
-    pub subscriptions: BTreeMap<TopicFilter, Subscription>,
+    pub subscriptions: Subscriptions,
     /// Outbound QoS 1/2 messages in flight, in the order they were first sent (resent in that
     /// order [MQTT-4.6.0-1]). Packet ids are unique within it.
     pub inflight: VecDeque<Outbound>,

@@ -337,11 +337,11 @@ impl Session {
             if !code.is_error() {
                 let existed = *existed_before
                     .entry(filter.clone())
-                    .or_insert_with(|| self.data.subscriptions.contains_key(&filter));
+                    .or_insert_with(|| self.data.subscriptions.contains(&filter));
                 let mut options = options;
                 options.qos = options.qos.min(self.max_qos());
                 let sub = Subscription { options, id };
-                self.data.subscriptions.insert(filter.clone(), sub);
+                self.data.subscriptions.insert(&filter, sub);
                 let change = Change::Subscribed {
                     filter: filter.clone(),
                     sub,
@@ -386,7 +386,7 @@ impl Session {
         if id.is_some() && !l.subscription_identifiers {
             return ReasonCode::SubscriptionIdentifiersNotSupported;
         }
-        let existed = self.data.subscriptions.contains_key(filter);
+        let existed = self.data.subscriptions.contains(filter);
         if !existed && self.data.subscriptions.len() >= l.max_subscriptions {
             return ReasonCode::QuotaExceeded; // BAD_INPUTS #61
         }

@@ -42,6 +42,7 @@ mod inbound;
 mod lifecycle;
 mod outbound;
 mod persist;
+mod subscriptions;
 mod types;
 
 #[cfg(test)]
@@ -60,6 +61,7 @@ pub use auth::{AccessPolicy, AllowAll, AuthError, Authenticated, Authenticating,
 pub use connect::{ConnectDecision, refuse_connect, validate_connect};
 pub use data::{Outbound, QueuedMessage, SessionData};
 pub use persist::{Change, Header};
+pub use subscriptions::Subscriptions;
 pub use types::{
     ASSIGNED_ID_PREFIX, ClientId, ClientIdError, DETACH_READS_ABOVE, Delivery, Message,
     SessionStats, Subscription, UNKNOWN_READ, assign_client_id,
@@ -588,9 +590,10 @@ impl Session {
         self.protocol
     }
 
-    /// Subscriptions, ordered by filter (for router cleanup on `Ended`).
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&TopicFilter, &Subscription)> {
-        self.data.subscriptions.iter()
+    /// Subscriptions, ordered by filter (for router cleanup on `Ended`); each filter a
+    /// `TopicFilter` of its own (see `Subscriptions::filters`).
+    pub fn subscriptions(&self) -> impl Iterator<Item = (TopicFilter, Subscription)> + '_ {
+        self.data.subscriptions.filters()
     }
 
     /// The persistent state, for storage.

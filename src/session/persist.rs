@@ -149,11 +149,8 @@ impl Session {
     /// Everything the session holds, as changes (for a session that just became
     /// persistent with state already in memory).
     fn persist_contents(&mut self, actions: &mut Vec<super::Action>) {
-        for (filter, sub) in &self.data.subscriptions {
-            actions.push(super::Action::Persist(Change::Subscribed {
-                filter: filter.clone(),
-                sub: *sub,
-            }));
+        for (filter, sub) in self.data.subscriptions.filters() {
+            actions.push(super::Action::Persist(Change::Subscribed { filter, sub }));
         }
         let inflight = self.data.inflight.iter().filter_map(|o| match o {
             super::Outbound::Published {

@@ -520,10 +520,10 @@ impl Core {
                 && let Some(client) = self.clients.get(slot as usize)
             {
                 for (filter, _) in client.session.subscriptions() {
-                    match snapshot.subscribe_access(&who, filter) {
+                    match snapshot.subscribe_access(&who, &filter) {
                         SubscribeAccess::Full => {}
-                        SubscribeAccess::Partial => partial.push(filter.clone()),
-                        SubscribeAccess::Denied => revoked.push(filter.clone()),
+                        SubscribeAccess::Partial => partial.push(filter),
+                        SubscribeAccess::Denied => revoked.push(filter),
                     }
                 }
             }

@@ -163,11 +163,7 @@ impl Core {
         if durable == client.durable {
             return;
         }
-        let subs: Vec<_> = client
-            .session
-            .subscriptions()
-            .map(|(f, s)| (f.clone(), *s))
-            .collect();
+        let subs: Vec<_> = client.session.subscriptions().collect();
         if let Some(c) = self.clients.get_mut(slot as usize) {
             c.durable = durable;
         }
@@ -399,7 +395,7 @@ impl Core {
             generation: client.generation,
         };
         for (filter, _) in client.session.subscriptions() {
-            self.remove_subscription(slot, key, filter, client.durable);
+            self.remove_subscription(slot, key, &filter, client.durable);
         }
         self.share_member_ended(key, client.share_load);
         self.registry.remove(client.session.client_id(), slot);

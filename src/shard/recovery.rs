@@ -15,7 +15,7 @@
 //! with a log line naming it), or let a client in before every restored subscription is
 //! routable from every shard.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -289,7 +289,7 @@ impl Core {
                 options,
                 id: sub.id,
             };
-            data.subscriptions.insert(filter, sub);
+            data.subscriptions.insert(&filter, sub);
         }
         let collisions = restore_outbound(&mut data, &stored.entries, &r.messages);
         if collisions > 0 {
@@ -307,7 +307,7 @@ impl Core {
             .filter_map(|(id, _)| PacketId::new(*id))
             .collect::<BTreeSet<_>>();
         let (expires_at, will_due) = self.restored_deadlines(record, r.last_alive_ms, &data);
-        let subs: BTreeMap<_, _> = data.subscriptions.clone();
+        let subs: Vec<_> = data.subscriptions.filters().collect();
         let session = Session::restore(
             client_id,
             Arc::clone(&self.session_limits),

@@ -78,8 +78,8 @@ fn subscribe_grants_and_emits_router_actions() {
     assert_eq!(
         h.s.subscriptions().next(),
         Some((
-            &filter("$share/g/b"),
-            &Subscription {
+            filter("$share/g/b"),
+            Subscription {
                 options: sub_opts(QoS::AtMostOnce),
                 id: Some(42)
             }
@@ -287,7 +287,7 @@ fn shared_and_plain_subscription_to_the_same_filter_are_distinct() {
     h.take();
     h.packet(unsubscribe(2, &["test"]));
     h.take();
-    let left: Vec<&str> = h.s.subscriptions().map(|(f, _)| f.as_str()).collect();
+    let left: Vec<String> = h.s.subscriptions().map(|(f, _)| f.to_string()).collect();
     assert_eq!(left, ["$share/s/test"]);
 }
 
