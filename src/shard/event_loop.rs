@@ -153,8 +153,6 @@ impl Core {
         }
         if self.now_ms >= self.next_tick_ms {
             self.on_tick();
-            // A last look each second for receive work the kernel did not announce.
-            self.ring_kick();
             self.next_tick_ms = (self.now_ms / TICK_MS + 1) * TICK_MS;
         }
         self.sn_timers();

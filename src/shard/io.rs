@@ -94,8 +94,8 @@ impl Core {
             let (token, flags) = (event.u64, event.events);
             match super::listen::listener_of(token) {
                 Some(super::mqttsn::SN_SOCKET_INDEX) => self.sn_readable(),
-                // Completions: taken below.
-                Some(super::uring::RING_INDEX) => self.ring_kick(),
+                // Completions: taken below, every turn.
+                Some(super::uring::RING_INDEX) => {}
                 Some(index) => self.accept_ready(index),
                 None => self.on_event(token as u32, (token >> 32) as u32, flags),
             }

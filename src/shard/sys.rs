@@ -162,17 +162,6 @@ pub(crate) fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// A non-blocking eventfd (the receive ring's wake-up, `uring.rs`).
-pub(crate) fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments; no memory is passed.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `eventfd` returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// An fd held in reserve for the moment the process runs out of file descriptors: closing it
 /// lets one `accept` take a waiting connection off the backlog, so that it can be closed at
 /// once instead of waiting there silently (and keeping the listener's readiness edge from

@@ -24,7 +24,7 @@
 
 use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -56,10 +56,6 @@ const CANCEL_TOKEN: u64 = u64::MAX;
 
 const PAGE: usize = 4096;
 
-/// `IORING_ENTER_GETEVENTS` (the crate does not export its constants): the kernel runs the
-/// ring's deferred task work and posts the completions.
-const IORING_ENTER_GETEVENTS: u32 = 1;
-
 /// One completion, copied out of the ring.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Completion {
@@ -76,13 +72,6 @@ pub(crate) struct Completion {
 /// The shard's receive ring and its buffer pool.
 pub(crate) struct RecvRing {
     ring: IoUring,
-    /// Signalled by the kernel when a receive has work for the shard (`IORING_SETUP_
-    /// DEFER_TASKRUN`: receives run only when the shard asks, in `run_work`, not as
-    /// interrupts of the shard's thread); the poller watches it. `None`: the kernel refused
-    /// deferred task work, and the poller watches the ring's fd.
-    wake: Option<OwnedFd>,
-    /// The wake fd fired, or the last run may have left work: `run_work` asks the kernel.
-    kicked: bool,
     /// The ring of buffer descriptors shared with the kernel (page-aligned).
     descriptors: NonNull<BufRingEntry>,
     /// The buffers, `BUF_COUNT` x `BUF_SIZE` bytes.
@@ -119,26 +108,9 @@ impl RecvRing {
     /// A ring with its buffer pool registered; an error when the kernel lacks io_uring,
     /// multishot receive or provided-buffer rings (the shard then reads through epoll).
     pub(crate) fn new() -> io::Result<RecvRing> {
-        let deferred = IoUring::builder()
+        let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_taskrun_flag()
-            .build(SQ_ENTRIES)
-            .and_then(|ring| {
-                let wake = super::sys::eventfd()?;
-                ring.submitter().register_eventfd(wake.as_raw_fd())?;
-                Ok((ring, wake))
-            });
-        let (ring, wake) = match deferred {
-            Ok((ring, wake)) => (ring, Some(wake)),
-            Err(_) => (
-                IoUring::builder()
-                    .setup_cqsize(CQ_ENTRIES)
-                    .build(SQ_ENTRIES)?,
-                None,
-            ),
-        };
+            .build(SQ_ENTRIES)?;
         let (dl, bl) = (descriptors_layout(), buffers_layout());
         // SAFETY: both layouts have a non-zero size.
         let (d, b) = unsafe { (alloc_zeroed(dl), alloc(bl)) };
@@ -156,8 +128,6 @@ impl RecvRing {
         };
         let mut this = RecvRing {
             ring,
-            wake,
-            kicked: false,
             descriptors: descriptors.cast(),
             buffers,
             tail: 0,
@@ -181,51 +151,10 @@ impl RecvRing {
         Ok(this)
     }
 
-    /// The fd for the shard's poller: the wake fd, or the ring's own (readable while
-    /// completions wait).
+    /// The ring's fd, for the shard's poller (readable while completions wait).
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        if let Some(wake) = &self.wake {
-            return wake.as_fd();
-        }
         // SAFETY: the ring's fd lives as long as `self.ring`, which the borrow outlives not.
         unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) }
-    }
-
-    /// The poller reported the wake fd (or the caller suspects work left): the next
-    /// `run_work` asks the kernel.
-    pub(crate) fn kick(&mut self) {
-        self.kicked = true;
-    }
-
-    /// With deferred task work: runs the receives that have input (and submits what is
-    /// queued) in one `io_uring_enter`, when the wake fd fired or the kernel flags work.
-    /// Their completions are then in the completion queue.
-    fn run_work(&mut self) {
-        if self.wake.is_none() || self.broken {
-            return;
-        }
-        let flagged = self.ring.submission().taskrun();
-        if !self.kicked && !flagged {
-            return;
-        }
-        self.kicked = false;
-        let to_submit = self.ring.submission().len() as u32;
-        loop {
-            // SAFETY: no argument is passed (a null signal mask); the queued entries
-            // reference no user memory (see `push`).
-            let entered = unsafe {
-                self.ring.submitter().enter::<libc::sigset_t>(
-                    to_submit,
-                    0,
-                    IORING_ENTER_GETEVENTS,
-                    None,
-                )
-            };
-            match entered {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                _ => return,
-            }
-        }
     }
 
     /// Queues a multishot receive on `fd`; its completions carry `token`. The caller makes
@@ -285,7 +214,6 @@ impl RecvRing {
     /// Appends at most `max` waiting completions (not those of cancels) to `out`; returns
     /// whether more wait.
     pub(crate) fn take_completions(&mut self, out: &mut Vec<Completion>, max: usize) -> bool {
-        self.run_work();
         if self.ring.submission().cq_overflow() {
             // Completions that did not fit wait in the kernel until an `io_uring_enter` asks
             // for events (the crate adds GETEVENTS while the overflow flag is up); nothing
@@ -425,16 +353,10 @@ pub(crate) enum RingRecv {
 /// Completions handled per turn: the channels and timers are served between batches.
 const COMPLETIONS_PER_TURN: usize = 1024;
 
-/// Completions taken at once, their buffers given back before the next are taken (well
-/// under `BUF_COUNT`, so that receives rarely run out of buffers meanwhile).
-const COMPLETIONS_PER_BATCH: usize = 128;
-
-/// A run of deferred work that gave this many completions may have been cut short by the
-/// kernel (it runs a bounded number of task-work items per `io_uring_enter`): ask again.
-const RUN_MAY_BE_CUT: usize = 16;
-
 /// The poller token of the ring's fd (a listener-style token no listener uses).
 pub(crate) const RING_INDEX: usize = u32::MAX as usize - 2;
+
+use std::os::fd::AsFd;
 
 use super::core::{Core, Phase, token};
 use super::io::Step;
@@ -481,20 +403,13 @@ impl Core {
         if self.reads_held() {
             return false;
         }
+        let Some(ring) = self.recv_ring.as_mut() else {
+            return false;
+        };
         let mut done = std::mem::take(&mut self.completions);
-        let mut handled = 0;
-        let more = loop {
-            let Some(ring) = self.recv_ring.as_mut() else {
-                break false;
-            };
-            done.clear();
-            let more = ring.take_completions(&mut done, COMPLETIONS_PER_BATCH);
-            if done.len() >= RUN_MAY_BE_CUT {
-                ring.kick();
-            }
-            if done.is_empty() {
-                break more;
-            }
+        done.clear();
+        let more = ring.take_completions(&mut done, COMPLETIONS_PER_TURN);
+        if !done.is_empty() {
             self.tick_clock();
             // As for a read (`on_readable`): envelopes already queued were sent before these
             // bytes arrived (the completions were taken first), so they apply first.
@@ -507,20 +422,9 @@ impl Core {
             if let Some(ring) = self.recv_ring.as_mut() {
                 ring.publish();
             }
-            handled += done.len();
-            if handled >= COMPLETIONS_PER_TURN || self.reads_held() {
-                break true;
-            }
-        };
+        }
         self.completions = done;
         more
-    }
-
-    /// The poller reported the ring's wake fd.
-    pub(crate) fn ring_kick(&mut self) {
-        if let Some(ring) = self.recv_ring.as_mut() {
-            ring.kick();
-        }
     }
 
     fn on_completion(&mut self, c: Completion) {
