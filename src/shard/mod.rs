@@ -642,7 +642,7 @@ fn shard_thread(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Rea
                 }
             }
         }
-        DriverKind::Auto => {
+        DriverKind::Auto | DriverKind::Uring => {
             match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
                 .with_entries(RING_ENTRIES)
@@ -713,7 +713,7 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     core.after_restore(&restored, &recovery);
     core.mark_restored(&restored);
     drop(recovery);
-    if !monoio::utils::is_legacy() {
+    if shared.config.driver == DriverKind::Uring && !monoio::utils::is_legacy() {
         core.recv_ring = start_recv_ring(&core.poller, index);
     }
     let registered = core.listeners.register(&core.poller).and_then(|()| {
@@ -742,7 +742,14 @@ fn start_recv_ring(poller: &sys::Poller, index: usize) -> Option<Box<uring::Recv
         Ok(ring)
     });
     match started {
-        Ok(ring) => Some(Box::new(ring)),
+        Ok(ring) => {
+            crate::log!(
+                INFO,
+                Some(index as u16),
+                "attached plain TCP connections receive through the io_uring receive ring"
+            );
+            Some(Box::new(ring))
+        }
         Err(e) => {
             crate::log!(
                 WARN,
