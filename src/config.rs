@@ -37,6 +37,24 @@ pub enum DriverKind {
     Auto,
     /// Always epoll (the `legacy` driver).
     Epoll,
+    /// As `Auto`, and on io_uring the shards also receive through their own ring: each
+    /// attached plain TCP connection has a multishot receive into a per-shard pool of
+    /// provided buffers instead of epoll readiness and `recv` (`shard/uring.rs`). Off by
+    /// default: it makes fewer syscalls but, as built, costs more CPU per message (README,
+    /// "The I/O is readiness-based").
+    Uring,
+}
+
+impl DriverKind {
+    /// The kind a `--driver` value or `RINGMQ_DRIVER` names.
+    fn parse(s: &str) -> Option<DriverKind> {
+        match s {
+            "auto" | "" => Some(DriverKind::Auto),
+            "epoll" => Some(DriverKind::Epoll),
+            "uring" => Some(DriverKind::Uring),
+            _ => None,
+        }
+    }
 }
 
 /// Protocol and resource limits enforced per client. Plain data shared by the session state
@@ -377,6 +395,8 @@ OPTIONS:
     --in-memory          store nothing (same as --durability none)
     --config FILE        TOML configuration file (see README for every key)
     --epoll              force the epoll driver (also RINGMQ_DRIVER=epoll)
+    --driver KIND        auto (default), epoll, or uring (io_uring with the shards'
+                         receive ring; also RINGMQ_DRIVER=uring)
     --no-pin             do not pin shard threads to cores
     --log-level LEVEL    error, warn, info (default) or debug
     --log-format FORMAT  text (default) or json (one object per line)
@@ -456,21 +476,19 @@ impl Config {
         self
     }
 
-    /// Applies environment overrides (`RINGMQ_DRIVER=epoll|auto`).
+    /// Applies environment overrides (`RINGMQ_DRIVER=epoll|auto|uring`).
     pub fn apply_env(&mut self, driver: Option<&str>) -> Result<(), ConfigError> {
-        match driver {
-            None => Ok(()),
-            Some("epoll") => {
-                self.driver = DriverKind::Epoll;
+        let Some(name) = driver else {
+            return Ok(());
+        };
+        match DriverKind::parse(name) {
+            Some(kind) => {
+                self.driver = kind;
                 Ok(())
             }
-            Some("auto") | Some("") => {
-                self.driver = DriverKind::Auto;
-                Ok(())
-            }
-            Some(other) => Err(ConfigError::Value {
+            None => Err(ConfigError::Value {
                 what: "RINGMQ_DRIVER",
-                value: other.to_owned(),
+                value: name.to_owned(),
             }),
         }
     }
@@ -512,6 +530,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     let mut shards = None;
     let mut config_path = None;
     let mut epoll = false;
+    let mut driver = None;
     let mut no_pin = false;
     let mut data_dir = None;
     let mut durability = None;
@@ -567,6 +586,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
                 });
             }
             "--epoll" => epoll = true,
+            "--driver" => {
+                let v = value("--driver")?;
+                driver = Some(DriverKind::parse(&v).ok_or(ConfigError::Value {
+                    what: "--driver (auto, epoll, uring)",
+                    value: v,
+                })?);
+            }
             "--no-pin" => no_pin = true,
             "--log-level" => ops_flags.push((
                 ops::OpsKey::LogLevel,
@@ -621,6 +647,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Co
     }
     if let Some(n) = shards {
         config.shards = n;
+    }
+    if let Some(kind) = driver {
+        config.driver = kind;
     }
     if epoll {
         config.driver = DriverKind::Epoll;
@@ -1084,6 +1113,23 @@ mod tests {
         let mut c = Config::default();
         c.apply_env(Some("epoll")).expect("env");
         assert_eq!(c.driver, DriverKind::Epoll);
+        c.apply_env(Some("uring")).expect("env");
+        assert_eq!(c.driver, DriverKind::Uring);
         assert!(c.apply_env(Some("bogus")).is_err());
+    }
+
+    #[test]
+    fn driver_flag_names_the_kind() {
+        let Command::Run(c) = parse_args(args("--driver uring")).expect("parse") else {
+            panic!("not a run");
+        };
+        assert_eq!(c.driver, DriverKind::Uring);
+        // `--epoll` wins over any `--driver`, as it did over the default.
+        let Command::Run(c) = parse_args(args("--driver uring --epoll")).expect("parse") else {
+            panic!("not a run");
+        };
+        assert_eq!(c.driver, DriverKind::Epoll);
+        assert!(parse_args(args("--driver io_uring")).is_err());
+        assert!(parse_args(args("--driver")).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! End-to-end publish/subscribe through the shard runtime over real sockets, on one shard
-//! and across shards, with both I/O drivers (io_uring-or-epoll "auto", and forced epoll).
+//! and across shards, with both I/O drivers (io_uring-or-epoll "auto", and forced epoll), and
+//! most of it again with the receive ring (`uring`).
 
 mod common;
 
@@ -19,6 +20,43 @@ both_drivers!(
     cross_shard_back_pressure_loses_nothing,
     a_congested_shard_holds_only_its_publishers,
 );
+
+/// The same bodies with the shards' receive ring (`DriverKind::Uring`, off by default): input
+/// of attached connections comes from multishot receives, reads held for a congested shard
+/// cancel and re-arm them, hand-offs and closes leave the ring first. (The congested-shard
+/// bound is timing-bound and already runs twice above.)
+mod uring {
+    use ringmq::config::DriverKind::Uring;
+
+    #[test]
+    fn connect_v311_and_v5() {
+        super::connect_v311_and_v5(Uring)
+    }
+    #[test]
+    fn qos_0_1_2_on_one_shard() {
+        super::qos_0_1_2_on_one_shard(Uring)
+    }
+    #[test]
+    fn qos_0_1_2_across_shards() {
+        super::qos_0_1_2_across_shards(Uring)
+    }
+    #[test]
+    fn retained_across_shards() {
+        super::retained_across_shards(Uring)
+    }
+    #[test]
+    fn shared_subscription_members_on_several_shards() {
+        super::shared_subscription_members_on_several_shards(Uring)
+    }
+    #[test]
+    fn pipelined_packets_behind_connect_survive_hand_off() {
+        super::pipelined_packets_behind_connect_survive_hand_off(Uring)
+    }
+    #[test]
+    fn cross_shard_back_pressure_loses_nothing() {
+        super::cross_shard_back_pressure_loses_nothing(Uring)
+    }
+}
 
 fn connect_v311_and_v5(driver: DriverKind) {
     let broker = Broker::start_driver(SHARDS, driver);

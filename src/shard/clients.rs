@@ -449,6 +449,8 @@ impl Core {
         self.release_partial(id);
         self.schedule_conn(id, self.now_ms + LINGER_MS);
         self.flush_conn(id);
+        // On the ring: input is read (and thrown away) until the client closes.
+        self.ring_arm(id);
     }
 
     /// Client `slot`'s connection `id` ended without the session letting go first.
@@ -488,6 +490,7 @@ impl Core {
         let Some(mut conn) = self.conns.try_remove(id as usize) else {
             return;
         };
+        self.ring_release(&conn, id);
         if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
             self.lingering -= 1;
         }

@@ -109,6 +109,8 @@ pub(crate) struct Conn {
     /// The poller reported the peer's FIN, a hang-up or an error: a short read no longer
     /// means "drained", reads continue until `recv` returns 0 or an error.
     pub(crate) peer_closed: bool,
+    /// Where its input comes from: the poller, or the shard's receive ring (`uring.rs`).
+    pub(crate) ring: super::uring::RingRecv,
     /// The shards its last read sent publishes to (bit `shard % 8`, `Outboxes::bit`): while
     /// one of them is behind, this connection is not read (`Core::read_held`), the others
     /// are.
@@ -179,6 +181,10 @@ pub(crate) struct Core {
     pub(crate) now_ms: u64,
     /// Every connection's fd (and the listeners'), for readiness.
     pub(crate) poller: Poller,
+    /// The receive ring of the io_uring driver (`uring.rs`); `None` on the epoll driver.
+    pub(crate) recv_ring: Option<Box<super::uring::RecvRing>>,
+    /// Reused for every batch of the ring's completions.
+    pub(crate) completions: Vec<super::uring::Completion>,
     /// This shard's listening sockets (closed at the shutdown's closing step).
     pub(crate) listeners: Listeners,
     /// Where the shard is in its life (serving, or which shutdown step).
@@ -275,6 +281,8 @@ impl Core {
             log_id: Some(id.index() as u16),
             now_ms,
             poller,
+            recv_ring: None,
+            completions: Vec::new(),
             listeners,
             lifecycle: Lifecycle::Running,
             next_tick_ms: (now_ms / super::timer::TICK_MS + 1) * super::timer::TICK_MS,
@@ -360,6 +368,7 @@ impl Core {
             write_blocked: false,
             read_pending: false,
             peer_closed: false,
+            ring: super::uring::RingRecv::Off,
             feeds: 0,
             holds: None,
             version: None,
@@ -592,6 +601,11 @@ impl Core {
 
     /// Calls client `slot`'s session timers if its next deadline has passed.
     pub(crate) fn fire_client_deadline(&mut self, slot: u32) {
+        let ring_unread = self
+            .clients
+            .get(slot as usize)
+            .and_then(|c| c.conn)
+            .is_some_and(|c| self.ring_unread(c));
         let Some(client) = self.clients.get_mut(slot as usize) else {
             return;
         };
@@ -602,10 +616,11 @@ impl Core {
         {
             if let Some(c) = client.conn
                 && let Some(conn) = self.conns.get(c as usize)
-                && conn
+                && (conn
                     .fd
                     .as_ref()
                     .is_some_and(|fd| sys::has_unread_input(fd.as_fd()))
+                    || ring_unread)
             {
                 // Input this shard has not read yet (reads held while other shards catch
                 // up) may be the packet that keeps the session alive: read it first, and

@@ -161,6 +161,7 @@ impl Core {
         self.publish_load();
         self.observe_probes();
         busy |= self.advance_lifecycle();
+        self.ring_submit();
         // Writing a connection can make more output or storage work (a client that read its
         // socket gets the messages that waited for room): the next turn sends it.
         busy | self.has_local_work()
@@ -269,5 +270,7 @@ impl Core {
         for id in left {
             self.close_now(id);
         }
+        self.ring_submit();
+        self.ring_drain();
     }
 }

@@ -94,10 +94,13 @@ impl Core {
             let (token, flags) = (event.u64, event.events);
             match super::listen::listener_of(token) {
                 Some(super::mqttsn::SN_SOCKET_INDEX) => self.sn_readable(),
+                // Completions: taken below, every turn.
+                Some(super::uring::RING_INDEX) => {}
                 Some(index) => self.accept_ready(index),
                 None => self.on_event(token as u32, (token >> 32) as u32, flags),
             }
         }
+        let ring_more = self.ring_pass();
         self.accept_again();
         if self.sn.as_ref().is_some_and(|sn| sn.has_again()) && !self.reads_held() {
             self.sn_readable();
@@ -114,6 +117,7 @@ impl Core {
             }
         }
         n == events.len()
+            || ring_more
             || self.handshakes.has_waiting()
             || self.listeners.has_again()
             || self.sn.as_ref().is_some_and(|sn| sn.has_again())
@@ -157,6 +161,21 @@ impl Core {
         };
         if conn.generation != generation {
             return; // ... and the slot was reused since.
+        }
+        if conn.ring != super::uring::RingRecv::Off {
+            // Its input comes from the ring; the poller reports output space (and errors,
+            // which the ring reports too).
+            if flags & writable != 0 && conn.write_blocked {
+                self.on_writable(id);
+            }
+            if self.conns.get(id as usize).is_some_and(|c| c.read_pending) {
+                if self.read_held(id) {
+                    self.again.push((id, generation));
+                } else {
+                    self.service_read(id);
+                }
+            }
+            return;
         }
         if flags & (libc::EPOLLRDHUP as u32 | hangup) != 0 {
             // The peer's FIN (or an error) may sit behind data that one short read leaves:
@@ -219,7 +238,7 @@ impl Core {
     /// A connection that holds more than `max_output_buffer` bytes for a client that does
     /// not read its socket is not read either: TCP back-pressure instead of unbounded
     /// output.
-    fn reads_paused(&self, conn: &Conn) -> bool {
+    pub(crate) fn reads_paused(&self, conn: &Conn) -> bool {
         conn.write_blocked && conn.output_len() > self.shared.config.limits.max_output_buffer
     }
 
@@ -228,6 +247,9 @@ impl Core {
         let Some(conn) = self.conns.get(id as usize) else {
             return;
         };
+        if conn.ring != super::uring::RingRecv::Off {
+            return self.ring_resume(id);
+        }
         if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
             // Its input was left for a later turn (`discard_input`).
             self.discard_input(id);
@@ -245,11 +267,13 @@ impl Core {
             return;
         }
         match self.on_readable(id) {
-            ReadOutcome::Continue { drained: true } => {}
+            ReadOutcome::Continue { drained: true } => self.ring_adopt(id),
             ReadOutcome::Continue { drained: false } => {
                 if let Some(conn) = self.conns.get(id as usize) {
                     self.again.push((id, conn.generation));
                 }
+                // What is left in the socket comes through the ring.
+                self.ring_adopt(id);
             }
             ReadOutcome::Close => self.request_close(id),
             ReadOutcome::Handoff(parts) => self.hand_off(id, *parts),

@@ -84,6 +84,12 @@ impl Conn {
         input.map(|b| *b)
     }
 
+    /// Whether bytes not decoded yet are kept (an incomplete packet, or input the receive
+    /// ring brought while the connection could not be read).
+    pub(crate) fn has_input(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.input.is_some())
+    }
+
     /// Keeps an incomplete trailing packet until more bytes arrive.
     pub(crate) fn keep_input(&mut self, input: BytesMut) {
         match self.extra.as_mut() {
@@ -468,6 +474,7 @@ mod tests {
             write_blocked: false,
             read_pending: false,
             peer_closed: false,
+            ring: crate::shard::uring::RingRecv::Off,
             feeds: 0,
             holds: None,
             version: None,

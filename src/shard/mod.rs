@@ -49,6 +49,7 @@ mod slots;
 mod stats;
 pub mod sys;
 pub mod timer;
+mod uring;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -641,7 +642,7 @@ fn shard_thread(shared: Arc<Shared>, index: usize, start: ShardStart, ready: Rea
                 }
             }
         }
-        DriverKind::Auto => {
+        DriverKind::Auto | DriverKind::Uring => {
             match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
                 .with_entries(RING_ENTRIES)
@@ -712,6 +713,9 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     core.after_restore(&restored, &recovery);
     core.mark_restored(&restored);
     drop(recovery);
+    if shared.config.driver == DriverKind::Uring && !monoio::utils::is_legacy() {
+        core.recv_ring = start_recv_ring(&core.poller, index);
+    }
     let registered = core.listeners.register(&core.poller).and_then(|()| {
         core.sn
             .as_ref()
@@ -726,6 +730,35 @@ async fn shard_body(shared: Arc<Shared>, index: usize, start: ShardStart, ready:
     }
     let _ = ready.send(Ok(()));
     event_loop::run(core, poller_ready).await;
+}
+
+/// The io_uring driver's receive ring (`uring.rs`), its fd watched by the poller; `None`
+/// (connections are then read through the poller, as on the epoll driver) when the kernel
+/// refuses it.
+fn start_recv_ring(poller: &sys::Poller, index: usize) -> Option<Box<uring::RecvRing>> {
+    use std::os::fd::AsFd;
+    let started = uring::RecvRing::new().and_then(|ring| {
+        poller.add_listener(ring.fd().as_fd(), listen::listener_token(uring::RING_INDEX))?;
+        Ok(ring)
+    });
+    match started {
+        Ok(ring) => {
+            crate::log!(
+                INFO,
+                Some(index as u16),
+                "attached plain TCP connections receive through the io_uring receive ring"
+            );
+            Some(Box::new(ring))
+        }
+        Err(e) => {
+            crate::log!(
+                WARN,
+                Some(index as u16),
+                "no receive ring ({e}): connections are read through epoll"
+            );
+            None
+        }
+    }
 }
 
 /// The shard's poller and, on a second fd of it, what the runtime waits on: the runtime has

@@ -651,5 +651,6 @@ impl Core {
             // Packets pipelined behind CONNECT.
             let _ = self.process_input(id, &[]);
         }
+        self.ring_adopt(id);
     }
 }

@@ -227,18 +227,24 @@ impl Poller {
         self.register(fd, (libc::EPOLLIN | libc::EPOLLET) as u32, token)
     }
 
+    /// Watches a registered connection's `fd` for output space (and errors) only,
+    /// edge-triggered: its input comes from the shard's receive ring (`uring.rs`), and a
+    /// socket whose writes never fill reports nothing.
+    pub(crate) fn watch_output(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let flags = libc::EPOLLOUT | libc::EPOLLET;
+        self.control(libc::EPOLL_CTL_MOD, fd, flags as u32, token)
+    }
+
     fn register(&self, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
+        self.control(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    fn control(&self, op: i32, fd: BorrowedFd<'_>, events: u32, token: u64) -> io::Result<()> {
         let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: `event` is a valid epoll_event for the duration of the call; `fd` is a
         // live socket borrowed from its owner; the kernel copies the event.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                self.epfd.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
-                &raw mut event,
-            )
-        };
+        let rc =
+            unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), op, fd.as_raw_fd(), &raw mut event) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
