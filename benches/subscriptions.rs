@@ -118,7 +118,6 @@ fn build(shards: usize, exact: bool) -> (Vec<Shard>, isize, isize) {
             local: SubscriptionTrie::new(),
             interest: InterestIndex::for_shard(
                 ShardId::new(i as u8).expect("fewer than 64 shards"),
-                shards,
                 0x5eed,
                 false,
             ),

@@ -386,7 +386,8 @@ pub struct InterestIndex {
     /// Own bits are looked up here too (else only other shards' bits are).
     store_own: bool,
     hasher: KeyHasher,
-    /// 16-shard chunks a lookup probes: `ceil(shards / 16)`.
+    /// 16-shard chunks a lookup probes: one more than the highest chunk of a shard whose op
+    /// this replica applied (1 for brokers of up to 16 shards).
     chunks: usize,
     shapes: Vec<ShapeTable>,
     /// Filters of shapes that did not fit `MAX_HASHED_SHAPES`, exactly.
@@ -412,21 +413,21 @@ impl Default for InterestIndex {
 impl InterestIndex {
     /// A replica that applies every op (tools and tests), with a fixed seed.
     pub fn new() -> Self {
-        Self::build(None, true, MAX_SHARDS, 0)
+        Self::build(None, true, 0)
     }
 
-    /// The replica of shard `me` in a broker of `shards` shards; `seed` must be the same
-    /// on every shard. `store_own`: also answer for `me` in lookups.
-    pub fn for_shard(me: ShardId, shards: usize, seed: u64, store_own: bool) -> Self {
-        Self::build(Some(me), store_own, shards, seed)
+    /// The replica of shard `me`; `seed` must be the same on every shard. `store_own`: also
+    /// answer for `me` in lookups.
+    pub fn for_shard(me: ShardId, seed: u64, store_own: bool) -> Self {
+        Self::build(Some(me), store_own, seed)
     }
 
-    fn build(me: Option<ShardId>, store_own: bool, shards: usize, seed: u64) -> Self {
+    fn build(me: Option<ShardId>, store_own: bool, seed: u64) -> Self {
         InterestIndex {
             me,
             store_own,
             hasher: KeyHasher::new(seed),
-            chunks: shards.clamp(1, MAX_SHARDS).div_ceil(CHUNK_BITS as usize),
+            chunks: 1,
             shapes: Vec::new(),
             overflow: Trie::new(),
             overflow_shapes: hashbrown::HashMap::default(),
@@ -539,6 +540,7 @@ impl InterestIndex {
 
     fn insert(&mut self, shape: Shape, key: u64, filter: &TopicFilter, shard: ShardId) -> bool {
         let (t, bit) = self.tag_bit(key, shard);
+        self.chunks = self.chunks.max(shard.index() / CHUNK_BITS as usize + 1);
         if let Some(s) = self.shapes.iter_mut().find(|s| s.shape == shape) {
             let was = s.table.len;
             let changed = s.table.set(t, bit);
@@ -848,6 +850,13 @@ mod tests {
         assert_eq!(shards(&idx, "z"), [2]);
         assert_eq!(shards(&idx, "$SYS/load"), [3]); // `#` skips `$` topics [MQTT-4.7.2-1]
         assert_eq!(idx.filter_count(), 4);
+        // Shards past 16 sit in further words of the same key.
+        assert!(idx.apply(&add("a/b", 63)));
+        assert!(idx.apply(&add("a/+", 17)));
+        assert_eq!(shards(&idx, "a/b"), [0, 1, 2, 4, 17, 63]);
+        assert_eq!(shards(&idx, "a/c"), [1, 2, 17]);
+        assert!(idx.apply(&remove("a/b", 63)));
+        assert_eq!(shards(&idx, "a/b"), [0, 1, 2, 4, 17]);
     }
 
     #[test]
@@ -990,9 +999,9 @@ mod tests {
             idx.hasher.key_mask = 0;
             idx
         };
-        let mut owner = weak(InterestIndex::for_shard(shard(0), 3, 1, false));
-        let mut hashed = weak(InterestIndex::for_shard(shard(1), 3, 1, false));
-        let mut exact = weak(InterestIndex::for_shard(shard(2), 3, 1, false));
+        let mut owner = weak(InterestIndex::for_shard(shard(0), 1, false));
+        let mut hashed = weak(InterestIndex::for_shard(shard(1), 1, false));
+        let mut exact = weak(InterestIndex::for_shard(shard(2), 1, false));
         // Fill `exact`'s shape tables (ops of shard 1), so `a/...` filters overflow there;
         // none of these shapes fits a topic of two levels.
         for k in 3..3 + MAX_HASHED_SHAPES {
@@ -1069,7 +1078,7 @@ mod tests {
             };
             let mut replicas: Vec<InterestIndex> = (0..3)
                 .map(|i| {
-                    let mut r = InterestIndex::for_shard(shard(i), 3, 9, false);
+                    let mut r = InterestIndex::for_shard(shard(i), 9, false);
                     r.hasher.key_mask = key_mask;
                     r
                 })

@@ -283,7 +283,7 @@ impl Core {
             conns: Slots::new(),
             clients: Slots::new(),
             registry: Registry::default(),
-            routes: Routes::new(id, shards, shared.interest_seed, limits),
+            routes: Routes::new(id, shared.interest_seed, limits),
             wheel: TimerWheel::new(now_ms),
             outboxes: Outboxes::new(shards, limits.cross_shard_queue),
             inbox,

@@ -59,12 +59,12 @@ pub(crate) struct Routes {
 
 impl Routes {
     /// `interest_seed`: the key of the interest replicas' hashes, the same on every shard.
-    pub(crate) fn new(me: ShardId, shards: usize, interest_seed: u64, limits: &Limits) -> Routes {
+    pub(crate) fn new(me: ShardId, interest_seed: u64, limits: &Limits) -> Routes {
         Routes {
             local: SubscriptionTrie::new(),
-            interest: InterestIndex::for_shard(me, shards, interest_seed, false),
+            interest: InterestIndex::for_shard(me, interest_seed, false),
             interest_cache: InterestCache::new(),
-            durable: InterestIndex::for_shard(me, shards, interest_seed, true),
+            durable: InterestIndex::for_shard(me, interest_seed, true),
             durable_cache: InterestCache::new(),
             durable_local: hashbrown::HashMap::default(),
             shared: SharedGroups::new(me, limits.shared_subscription_strategy, random_seed(me)),
