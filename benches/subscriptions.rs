@@ -3,7 +3,8 @@
 //! and 4 shards by `shard::home_shard` as the broker spreads them.
 //!
 //! Each shard holds what `shard::Routes` holds for them: its local `SubscriptionTrie` and its
-//! replica of the `InterestIndex`, fed with the `InterestOp`s every shard broadcasts; each
+//! replica of the `InterestIndex` (none on a broker of one shard), fed with the `InterestOp`s
+//! every shard broadcasts (the home shard records its own filters with `add_local`); each
 //! client holds its session's own record of its filters (`session::Subscriptions`). Memory
 //! is counted by the allocator (mimalloc's usable size of every live block, so size classes
 //! count as the broker pays them) and printed once per shard count; the benchmarks then time
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ringmq::codec::model::{QoS, SubscriptionOptions};
 use ringmq::router::{
-    Fanout, Inserted, InterestIndex, InterestOp, MatchStack, OverlapMode, ShardId, Subscription,
+    Fanout, Inserted, InterestIndex, MatchStack, OverlapMode, ShardId, ShardMask, Subscription,
     SubscriptionTrie, TopicFilter, TopicName,
 };
 use ringmq::session::Subscriptions;
@@ -124,9 +125,13 @@ fn build(shards: usize, exact: bool) -> (Vec<Shard>, Counted) {
         id: None,
     };
     let mut all: Vec<Shard> = (0..shards)
-        .map(|_| Shard {
+        .map(|i| Shard {
             local: SubscriptionTrie::new(),
-            interest: InterestIndex::new(),
+            interest: InterestIndex::for_shard(
+                ShardId::new(i as u8).expect("fewer than 64 shards"),
+                0x5eed,
+                false,
+            ),
         })
         .collect();
     let (mut local_bytes, mut replica_bytes, mut record_bytes) = (0, 0, 0);
@@ -148,14 +153,19 @@ fn build(shards: usize, exact: bool) -> (Vec<Shard>, Counted) {
             record.insert(&f, session_sub);
             let after_record = LIVE.load(Ordering::Relaxed);
             record_bytes += after_record - after_local;
-            if inserted
-                == (Inserted::New {
+            let first = inserted
+                == Inserted::New {
                     first_for_filter: true,
-                })
+                };
+            // One shard keeps no index (`Core::interested_shards`).
+            if first
+                && shards > 1
+                && let Some(op) = all[home].interest.add_local(&f)
             {
-                let op = InterestOp::Add { filter: f, shard };
-                for s in &mut all {
-                    s.interest.apply(&op);
+                for (i, s) in all.iter_mut().enumerate() {
+                    if i != shard.index() {
+                        s.interest.apply(&op);
+                    }
                 }
             }
             replica_bytes += LIVE.load(Ordering::Relaxed) - after_record;
@@ -210,17 +220,27 @@ fn bench_size(c: &mut Criterion, exact: bool) {
         let mut stack = MatchStack::default();
         let mut fanout = Fanout::<u32>::new(OverlapMode::PerSubscription);
         let mut i = 0usize;
+        // As `Core::interested_shards`: the replica's other shards, plus shard 0 itself when
+        // its local trie matches.
+        let mask_for = |t: &TopicName, stack: &mut MatchStack| {
+            if shards == 1 {
+                return ShardMask(1);
+            }
+            let mut mask = all[0].interest.shards_for(t, stack);
+            all[0].local.match_topic(t, stack, |_, _| mask.0 |= 1);
+            mask
+        };
         group.bench_function(BenchmarkId::new("interest", shards), |b| {
             b.iter(|| {
                 i = (i + 1) % topics.len();
-                black_box(all[0].interest.shards_for(&topics[i], &mut stack))
+                black_box(mask_for(&topics[i], &mut stack))
             })
         });
         group.bench_function(BenchmarkId::new("route", shards), |b| {
             b.iter(|| {
                 i = (i + 1) % topics.len();
                 let t = &topics[i];
-                let mask = all[0].interest.shards_for(t, &mut stack);
+                let mask = mask_for(t, &mut stack);
                 let mut delivered = 0;
                 for s in mask.iter() {
                     let local = &all[s.index()].local;

@@ -4,17 +4,30 @@
 //! broadcast by the shard whose local trie saw a filter's first subscriber arrive or its last
 //! one leave (`trie::Inserted::New { first_for_filter: true }` / `Removed::last_for_filter`).
 //! The reference count lives in the owner's local trie; here a shard is just a bit.
+//!
+//! A replica keeps no filter bytes for the common case: filters are grouped by shape (level
+//! count, which levels are `+`, trailing `#`), and per shape a table maps a keyed 64-bit hash
+//! of the literal levels (its high 48 bits) to the shard bits, 8 bytes a slot. A lookup
+//! hashes the topic once per shape that can match it. Shapes beyond `MAX_HASHED_SHAPES` go
+//! to an exact trie. The hash seed is the same on every shard (picked at broker start and
+//! passed in: this module has no randomness of its own). A shard's replica does not hold its
+//! own bits (its local trie answers for itself, cached by `InterestCache::shards_for_with`),
+//! only its own filters' keys, to detect two of its filters sharing one key.
 //! Also owns `InterestCache`, a per-shard topic -> mask cache invalidated by a generation
 //! (measured in `benches/router.rs`: see the `interest/*` group).
 //!
 //! Must never: hold shared-subscription filters (groups are replicated by `shared.rs`; the
-//! publishing shard picks one member and needs no interest bit), or hold a bit for a shard
-//! with no local subscriber once that shard's `Remove` has been applied.
+//! publishing shard picks one member and needs no interest bit), or lose a shard that has a
+//! matching subscriber. A hash collision may leave extra bits (a wasted hop to a shard whose
+//! exact local trie then delivers nothing), never fewer: the owner of a bit does not clear it
+//! while another of its filters has the same key (`InterestOp::Remove::key_shared`). Two of
+//! one shard's filters of different shapes whose 48-bit keys collide leave such a stale
+//! extra bit until the broker restarts (odds about n^2 / 2^49 for n filters on one shard).
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 
 use super::topic::{TopicFilter, TopicName};
-use super::trie::{Inserted, MatchStack, Trie};
+use super::trie::{MatchStack, Trie};
 
 /// Most shards a broker may run: one bit each in a `ShardMask`.
 pub const MAX_SHARDS: usize = 64;
@@ -84,26 +97,414 @@ impl ShardMask {
 pub enum InterestOp {
     /// `shard` now has at least one local subscriber to `filter`.
     Add { filter: TopicFilter, shard: ShardId },
-    /// `shard` no longer has any local subscriber to `filter`.
-    Remove { filter: TopicFilter, shard: ShardId },
+    /// `shard` no longer has any local subscriber to `filter`. `key_shared`: another filter
+    /// of `shard` still has the same hashed key (see `InterestIndex::remove_local`), so
+    /// replicas that hold `filter` by its key keep the bit; those that hold it exactly (the
+    /// overflow trie) drop it.
+    Remove {
+        filter: TopicFilter,
+        shard: ShardId,
+        key_shared: bool,
+    },
 }
 
-/// filter -> mask of shards with at least one subscriber.
+/// Most filter shapes one replica indexes by hash; filters of further shapes go to an exact
+/// trie. A lookup hashes the topic once per shape present, so this bounds what a client
+/// with many odd-shaped filters can make every publish cost.
+pub const MAX_HASHED_SHAPES: usize = 32;
+
+/// Shard bits held by one table entry (the low bits of the `u64`); the other 48 bits are
+/// the key. A broker of more shards keeps one entry per 16-shard chunk.
+const CHUNK_BITS: u32 = 16;
+const CHUNK_MASK: u64 = (1 << CHUNK_BITS) - 1;
+
+/// A filter's shape: its level count, which levels are `+`, and whether it ends in `#`.
+/// Filters of one shape match a topic exactly when the topic's levels at the literal
+/// positions are the filter's literals, so a shape turns matching into one hash lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Shape {
+    /// Levels before a trailing `#` (every level when there is none).
+    levels: u32,
+    /// Ends in `#`: matches topics of `levels` levels or more (`a/#` matches `a`).
+    multi: bool,
+    /// Positions of the `+` levels, ascending.
+    plus: Box<[u32]>,
+}
+
+impl Shape {
+    fn of(filter: &TopicFilter) -> Shape {
+        let mut levels = 0u32;
+        let mut multi = false;
+        let mut plus = Vec::new();
+        for level in filter.levels() {
+            match level {
+                b"#" => multi = true,
+                b"+" => {
+                    plus.push(levels);
+                    levels += 1;
+                }
+                _ => levels += 1,
+            }
+        }
+        Shape {
+            levels,
+            multi,
+            plus: plus.into_boxed_slice(),
+        }
+    }
+
+    /// Whether a topic of `count` levels can match (before the `$` rule).
+    fn fits(&self, count: usize) -> bool {
+        let levels = self.levels as usize;
+        if self.multi {
+            levels <= count
+        } else {
+            levels == count
+        }
+    }
+
+    /// A wildcard at the first level: such filters never match `$` topics [MQTT-4.7.2-1].
+    fn wild_first(&self) -> bool {
+        self.plus.first() == Some(&0) || (self.multi && self.levels == 0)
+    }
+}
+
+/// The keyed hash of (shape, literal levels), the same on every shard (one seed, picked at
+/// broker start). `key_mask` is all ones; tests narrow it to force collisions.
+#[derive(Clone, Debug)]
+struct KeyHasher {
+    state: foldhash::quality::FixedState,
+    key_mask: u64,
+}
+
+impl KeyHasher {
+    fn new(seed: u64) -> KeyHasher {
+        KeyHasher {
+            state: foldhash::quality::FixedState::with_seed(seed),
+            key_mask: u64::MAX,
+        }
+    }
+
+    fn shape_hash(&self, shape: &Shape) -> u64 {
+        self.state.hash_one(shape)
+    }
+
+    /// The key of the levels `levels` (all of the shape's non-`#` levels, in order) under
+    /// a shape whose hash is `shape_hash`; `+` positions are skipped.
+    fn key<'a>(
+        &self,
+        shape_hash: u64,
+        plus: &[u32],
+        levels: impl Iterator<Item = &'a [u8]>,
+    ) -> u64 {
+        let mut h = self.state.build_hasher();
+        h.write_u64(shape_hash);
+        let mut next_plus = plus.iter().copied().peekable();
+        for (i, level) in (0u32..).zip(levels) {
+            if next_plus.peek() == Some(&i) {
+                next_plus.next();
+                continue;
+            }
+            h.write_usize(level.len());
+            h.write(level);
+        }
+        h.finish() & self.key_mask
+    }
+
+    fn filter_key(&self, shape: &Shape, filter: &TopicFilter) -> u64 {
+        let levels = filter.levels().take(shape.levels as usize);
+        self.key(self.shape_hash(shape), &shape.plus, levels)
+    }
+}
+
+/// The 48-bit tag under which `key` is stored for shards `chunk * 16 ..`: the key's high
+/// bits for chunk 0, a fixed remix for the others (only brokers of more than 16 shards).
+fn tag(key: u64, chunk: usize) -> u64 {
+    let k = if chunk == 0 {
+        key
+    } else {
+        // splitmix64's finaliser: a bijection, so distinct keys keep distinct tags per chunk.
+        let mut z = key ^ (chunk as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    k & !CHUNK_MASK
+}
+
+/// Open-addressing set of `tag | bits` words (linear probing, backward-shift deletion, no
+/// tombstones): 8 bytes a slot, at most 80% full, grown by half, so about 12 bytes an
+/// entry. A word is never 0 (its bits are not), so 0 marks a free slot.
 #[derive(Debug, Default)]
+struct KeyTable {
+    slots: Vec<u64>,
+    len: usize,
+}
+
+impl KeyTable {
+    fn home(&self, tag: u64) -> usize {
+        // Multiply-shift onto `0..len`: the tag's high bits are the (keyed, uniform) key.
+        ((u128::from(tag) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    fn find(&self, tag: u64) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut i = self.home(tag);
+        loop {
+            let w = self.slots[i];
+            if w == 0 {
+                return None;
+            }
+            if w & !CHUNK_MASK == tag {
+                return Some(i);
+            }
+            i += 1;
+            if i == self.slots.len() {
+                i = 0;
+            }
+        }
+    }
+
+    fn bits(&self, tag: u64) -> u64 {
+        self.find(tag).map_or(0, |i| self.slots[i] & CHUNK_MASK)
+    }
+
+    /// Sets `bits` (non-zero) under `tag`; returns whether the word changed.
+    fn set(&mut self, tag: u64, bits: u64) -> bool {
+        if let Some(i) = self.find(tag) {
+            let old = self.slots[i];
+            self.slots[i] |= bits;
+            return self.slots[i] != old;
+        }
+        if (self.len + 1) * 5 > self.slots.len() * 4 {
+            self.resize((self.len + 1) * 15 / 8 + 8);
+        }
+        self.place(tag | bits);
+        self.len += 1;
+        true
+    }
+
+    /// Clears `bits` under `tag`, freeing the slot when none are left; returns whether the
+    /// word changed.
+    fn clear(&mut self, tag: u64, bits: u64) -> bool {
+        let Some(i) = self.find(tag) else {
+            return false;
+        };
+        let old = self.slots[i];
+        if old & bits == 0 {
+            return false;
+        }
+        if old & CHUNK_MASK & !bits != 0 {
+            self.slots[i] = old & !bits;
+            return true;
+        }
+        self.delete(i);
+        self.len -= 1;
+        if self.len * 5 < self.slots.len() && self.slots.len() > 16 {
+            self.resize(self.len * 15 / 8 + 8);
+        }
+        true
+    }
+
+    fn place(&mut self, word: u64) {
+        let mut i = self.home(word & !CHUNK_MASK);
+        while self.slots[i] != 0 {
+            i += 1;
+            if i == self.slots.len() {
+                i = 0;
+            }
+        }
+        self.slots[i] = word;
+    }
+
+    /// Backward-shift deletion: later words of the run move up unless that would put them
+    /// before their home slot.
+    fn delete(&mut self, mut hole: usize) {
+        let n = self.slots.len();
+        self.slots[hole] = 0;
+        let mut j = hole;
+        loop {
+            j = if j + 1 == n { 0 } else { j + 1 };
+            let w = self.slots[j];
+            if w == 0 {
+                return;
+            }
+            let home = self.home(w & !CHUNK_MASK);
+            // The word may stay when its home lies cyclically in (hole, j].
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.slots[hole] = w;
+                self.slots[j] = 0;
+                hole = j;
+            }
+        }
+    }
+
+    fn resize(&mut self, slots: usize) {
+        let old = std::mem::replace(&mut self.slots, vec![0; slots.max(8)]);
+        for w in old.into_iter().filter(|&w| w != 0) {
+            self.place(w);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The filters of one shape, by key.
+#[derive(Debug)]
+struct ShapeTable {
+    shape: Shape,
+    shape_hash: u64,
+    wild_first: bool,
+    table: KeyTable,
+}
+
+/// filter -> mask of shards with at least one subscriber, stored as keyed hashes: per
+/// filter shape present, a table of 48-bit keys of the literal levels (8-byte words, the
+/// shard bits in the low 16), and an exact trie for the filters of shapes beyond
+/// `MAX_HASHED_SHAPES`. No filter bytes are kept for hashed shapes.
+///
+/// A hash collision can only add shards (a wasted hop: the destination's local trie is
+/// exact); it never loses one, because the shard that owns a bit withholds the bit's
+/// removal while another of its filters shares the key (`add_local`/`remove_local`).
+///
+/// A replica built with `for_shard` does not store its own shard's bit for lookups (the
+/// shard's local trie answers for it, see `InterestCache::shards_for_with`) unless asked to
+/// (`store_own`); it keeps only the tags of its own filters, to detect those collisions.
+#[derive(Debug)]
 pub struct InterestIndex {
-    /// One entry per filter (key `()`), value the mask; empty masks are removed.
-    trie: Trie<(), ShardMask>,
-    /// Bumped on every change that alters a mask; caches compare it.
+    /// The shard this replica serves, or `None` for a replica that applies every op.
+    me: Option<ShardId>,
+    /// Own bits are looked up here too (else only other shards' bits are).
+    store_own: bool,
+    hasher: KeyHasher,
+    /// 16-shard chunks a lookup probes: one more than the highest chunk of a shard whose op
+    /// this replica applied (1 for brokers of up to 16 shards).
+    chunks: usize,
+    shapes: Vec<ShapeTable>,
+    /// Filters of shapes that did not fit `MAX_HASHED_SHAPES`, exactly.
+    overflow: Trie<(), ShardMask>,
+    /// Shapes held in `overflow`, with their number of filters there.
+    overflow_shapes: hashbrown::HashMap<Shape, u32, foldhash::fast::FixedState>,
+    /// This shard's own filters, by tag (bit 0 set in every word).
+    own: KeyTable,
+    /// Own tags shared by more than one own filter: the number of extra filters.
+    own_collisions: hashbrown::HashMap<u64, u32, foldhash::fast::FixedState>,
+    /// Entries over all tables and the overflow trie.
+    entries: usize,
+    /// Bumped on every change that alters an answer; caches compare it.
     generation: u64,
 }
 
+impl Default for InterestIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl InterestIndex {
+    /// A replica that applies every op (tools and tests), with a fixed seed.
     pub fn new() -> Self {
-        Self::default()
+        Self::build(None, true, 0)
     }
 
-    /// Applies one op; returns whether the index changed. Idempotent: a repeated `Add` or a
-    /// `Remove` of an absent bit changes nothing. Shared filters are ignored (see module doc).
+    /// The replica of shard `me`; `seed` must be the same on every shard. `store_own`: also
+    /// answer for `me` in lookups.
+    pub fn for_shard(me: ShardId, seed: u64, store_own: bool) -> Self {
+        Self::build(Some(me), store_own, seed)
+    }
+
+    fn build(me: Option<ShardId>, store_own: bool, seed: u64) -> Self {
+        InterestIndex {
+            me,
+            store_own,
+            hasher: KeyHasher::new(seed),
+            chunks: 1,
+            shapes: Vec::new(),
+            overflow: Trie::new(),
+            overflow_shapes: hashbrown::HashMap::default(),
+            own: KeyTable::default(),
+            own_collisions: hashbrown::HashMap::default(),
+            entries: 0,
+            generation: 0,
+        }
+    }
+
+    /// This shard (`for_shard`'s `me`) got its first local subscriber to `filter`: records
+    /// the filter's key and returns the op to send to the other shards (`None` for a shared
+    /// filter or a replica without `me`). If another own filter already has the key, the
+    /// collision is counted, so that its `remove_local` does not clear the shared bit.
+    pub fn add_local(&mut self, filter: &TopicFilter) -> Option<InterestOp> {
+        let me = self.me?;
+        if filter.is_shared() {
+            return None;
+        }
+        let shape = Shape::of(filter);
+        let key = self.hasher.filter_key(&shape, filter);
+        let t = tag(key, me.index() / CHUNK_BITS as usize);
+        if self.own.find(t).is_some() {
+            *self.own_collisions.entry(t).or_insert(0) += 1;
+        } else {
+            self.own.set(t, 1);
+        }
+        let op = InterestOp::Add {
+            filter: filter.clone(),
+            shard: me,
+        };
+        if self.store_own {
+            self.insert(shape, key, filter, me);
+        }
+        // The local trie's answer changed even when no table did.
+        self.generation += 1;
+        Some(op)
+    }
+
+    /// This shard's last local subscriber to `filter` left: returns the op to send to the
+    /// other shards, with `key_shared` set while another own filter still has the key.
+    pub fn remove_local(&mut self, filter: &TopicFilter) -> Option<InterestOp> {
+        let me = self.me?;
+        if filter.is_shared() {
+            return None;
+        }
+        let shape = Shape::of(filter);
+        let key = self.hasher.filter_key(&shape, filter);
+        let t = tag(key, me.index() / CHUNK_BITS as usize);
+        let key_shared = match self.own_collisions.get_mut(&t) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    self.own_collisions.remove(&t);
+                }
+                true
+            }
+            None => {
+                self.own.clear(t, 1);
+                false
+            }
+        };
+        if self.store_own {
+            self.delete(shape, key, filter, me, key_shared);
+        }
+        self.generation += 1;
+        Some(InterestOp::Remove {
+            filter: filter.clone(),
+            shard: me,
+            key_shared,
+        })
+    }
+
+    /// Applies one op from another shard; returns whether the index changed. Idempotent: a
+    /// repeated `Add` or a `Remove` of an absent bit changes nothing. Shared filters are
+    /// ignored (see module doc), and so are ops of this replica's own shard (`add_local`
+    /// and `remove_local` handle those).
     pub fn apply(&mut self, op: &InterestOp) -> bool {
         let changed = match op {
             InterestOp::Add { filter, .. } | InterestOp::Remove { filter, .. }
@@ -111,19 +512,25 @@ impl InterestIndex {
             {
                 false
             }
-            InterestOp::Add { filter, shard } => match self.trie.get_mut(filter, ()) {
-                Some(mask) if mask.contains(*shard) => false,
-                Some(mask) => {
-                    mask.insert(*shard);
-                    true
-                }
-                None => {
-                    let mut mask = ShardMask::EMPTY;
-                    mask.insert(*shard);
-                    matches!(self.trie.insert(filter, (), mask), Inserted::New { .. })
-                }
-            },
-            InterestOp::Remove { filter, shard } => self.remove_bit(filter, *shard),
+            InterestOp::Add { shard, .. } | InterestOp::Remove { shard, .. }
+                if Some(*shard) == self.me =>
+            {
+                false
+            }
+            InterestOp::Add { filter, shard } => {
+                let shape = Shape::of(filter);
+                let key = self.hasher.filter_key(&shape, filter);
+                self.insert(shape, key, filter, *shard)
+            }
+            InterestOp::Remove {
+                filter,
+                shard,
+                key_shared,
+            } => {
+                let shape = Shape::of(filter);
+                let key = self.hasher.filter_key(&shape, filter);
+                self.delete(shape, key, filter, *shard, *key_shared)
+            }
         };
         if changed {
             self.generation += 1;
@@ -131,8 +538,67 @@ impl InterestIndex {
         changed
     }
 
-    fn remove_bit(&mut self, filter: &TopicFilter, shard: ShardId) -> bool {
-        let Some(mask) = self.trie.get_mut(filter, ()) else {
+    fn insert(&mut self, shape: Shape, key: u64, filter: &TopicFilter, shard: ShardId) -> bool {
+        let (t, bit) = self.tag_bit(key, shard);
+        self.chunks = self.chunks.max(shard.index() / CHUNK_BITS as usize + 1);
+        if let Some(s) = self.shapes.iter_mut().find(|s| s.shape == shape) {
+            let was = s.table.len;
+            let changed = s.table.set(t, bit);
+            self.entries += s.table.len - was;
+            return changed;
+        }
+        if !self.overflow_shapes.contains_key(&shape) && self.shapes.len() < MAX_HASHED_SHAPES {
+            let mut table = KeyTable::default();
+            table.set(t, bit);
+            self.shapes.push(ShapeTable {
+                shape_hash: self.hasher.shape_hash(&shape),
+                wild_first: shape.wild_first(),
+                shape,
+                table,
+            });
+            self.entries += 1;
+            return true;
+        }
+        match self.overflow.get_mut(filter, ()) {
+            Some(mask) if mask.contains(shard) => false,
+            Some(mask) => {
+                mask.insert(shard);
+                true
+            }
+            None => {
+                let mut mask = ShardMask::EMPTY;
+                mask.insert(shard);
+                self.overflow.insert(filter, (), mask);
+                *self.overflow_shapes.entry(shape).or_insert(0) += 1;
+                self.entries += 1;
+                true
+            }
+        }
+    }
+
+    fn delete(
+        &mut self,
+        shape: Shape,
+        key: u64,
+        filter: &TopicFilter,
+        shard: ShardId,
+        key_shared: bool,
+    ) -> bool {
+        let (t, bit) = self.tag_bit(key, shard);
+        if let Some(i) = self.shapes.iter().position(|s| s.shape == shape) {
+            if key_shared {
+                return false; // Another filter of `shard` has this key.
+            }
+            let table = &mut self.shapes[i].table;
+            let was = table.len;
+            let changed = table.clear(t, bit);
+            self.entries -= was - table.len;
+            if table.is_empty() {
+                self.shapes.swap_remove(i);
+            }
+            return changed;
+        }
+        let Some(mask) = self.overflow.get_mut(filter, ()) else {
             return false;
         };
         if !mask.contains(shard) {
@@ -140,29 +606,94 @@ impl InterestIndex {
         }
         mask.remove(shard);
         if mask.is_empty() {
-            self.trie.remove(filter, ());
+            self.overflow.remove(filter, ());
+            self.entries -= 1;
+            if let Some(n) = self.overflow_shapes.get_mut(&shape) {
+                *n -= 1;
+                if *n == 0 {
+                    self.overflow_shapes.remove(&shape);
+                }
+            }
         }
         true
     }
 
-    /// The shards that must receive a publish to `topic`: the union over matching filters.
+    /// The tag and the word bit of `shard` for `key`.
+    fn tag_bit(&self, key: u64, shard: ShardId) -> (u64, u64) {
+        let i = shard.index();
+        let chunk = i / CHUNK_BITS as usize;
+        (tag(key, chunk), 1 << (i % CHUNK_BITS as usize))
+    }
+
+    /// The shards that must receive a publish to `topic`: the union over matching filters
+    /// (and hash collisions: a superset, never a subset). Without `store_own`, this
+    /// replica's own shard is not included.
     pub fn shards_for(&self, topic: &TopicName, stack: &mut MatchStack) -> ShardMask {
         let mut mask = ShardMask::EMPTY;
-        self.trie.match_topic(topic, stack, |(), m| mask.0 |= m.0);
+        if !self.shapes.is_empty() {
+            let t = topic.as_bytes();
+            let levels = &mut stack.levels;
+            levels.clear();
+            let mut start = 0usize;
+            for (i, &b) in t.iter().enumerate() {
+                if b == b'/' {
+                    levels.push((start as u32, i as u32));
+                    start = i + 1;
+                }
+            }
+            levels.push((start as u32, t.len() as u32));
+            let dollar = topic.is_dollar();
+            for s in &self.shapes {
+                if !s.shape.fits(levels.len()) || (dollar && s.wild_first) {
+                    continue;
+                }
+                let lv = levels[..s.shape.levels as usize]
+                    .iter()
+                    .map(|&(a, b)| &t[a as usize..b as usize]);
+                let key = self.hasher.key(s.shape_hash, &s.shape.plus, lv);
+                for chunk in 0..self.chunks {
+                    let bits = s.table.bits(tag(key, chunk));
+                    mask.0 |= bits << (chunk * CHUNK_BITS as usize);
+                }
+            }
+        }
+        if !self.overflow.is_empty() {
+            self.overflow
+                .match_topic(topic, stack, |(), m| mask.0 |= m.0);
+        }
         mask
     }
 
-    /// The mask recorded for exactly `filter`.
+    /// The mask recorded for `filter`'s key (a superset when keys collide); without
+    /// `store_own`, this replica's own shard is not included.
     pub fn mask_of(&self, filter: &TopicFilter) -> ShardMask {
-        self.trie.get(filter, ()).copied().unwrap_or_default()
+        if filter.is_shared() {
+            return ShardMask::EMPTY;
+        }
+        let shape = Shape::of(filter);
+        if let Some(s) = self.shapes.iter().find(|s| s.shape == shape) {
+            let key = self.hasher.filter_key(&shape, filter);
+            let mut mask = 0;
+            for chunk in 0..self.chunks {
+                mask |= s.table.bits(tag(key, chunk)) << (chunk * CHUNK_BITS as usize);
+            }
+            return ShardMask(mask);
+        }
+        self.overflow.get(filter, ()).copied().unwrap_or_default()
     }
 
-    /// Number of filters with at least one interested shard.
+    /// Number of entries (distinct keys, and filters in the overflow trie) with at least one
+    /// interested shard: the number of filters, less the rare keys they share.
     pub fn filter_count(&self) -> usize {
-        self.trie.len()
+        self.entries
     }
 
-    /// Changes whenever any mask changes.
+    /// Number of filter shapes indexed by hash.
+    pub fn hashed_shapes(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// Changes whenever any answer changes.
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -210,9 +741,24 @@ impl InterestCache {
         topic: &TopicName,
         stack: &mut MatchStack,
     ) -> ShardMask {
+        self.shards_for_with(index, topic, stack, |_, _| ShardMask::EMPTY)
+    }
+
+    /// `index.shards_for(topic)` with the shards `local` adds (the replica's own shard,
+    /// answered by its local trie), from the cache when the index has not changed since:
+    /// the owner's `add_local`/`remove_local` bump the generation whenever the local
+    /// trie's answer may change.
+    pub fn shards_for_with(
+        &mut self,
+        index: &InterestIndex,
+        topic: &TopicName,
+        stack: &mut MatchStack,
+        local: impl FnOnce(&TopicName, &mut MatchStack) -> ShardMask,
+    ) -> ShardMask {
         let t = topic.as_bytes();
         if t.len() > MAX_CACHED_TOPIC_LEN {
-            return index.shards_for(topic, stack);
+            let mask = index.shards_for(topic, stack);
+            return ShardMask(mask.0 | local(topic, stack).0);
         }
         if self.slots.is_empty() {
             self.slots
@@ -225,7 +771,7 @@ impl InterestCache {
         if slot.generation == want && slot.topic == t {
             return slot.mask;
         }
-        let mask = index.shards_for(topic, stack);
+        let mask = ShardMask(index.shards_for(topic, stack).0 | local(topic, stack).0);
         slot.generation = want;
         slot.topic.clear();
         slot.topic.extend_from_slice(t);
@@ -243,6 +789,7 @@ impl InterestCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::topic::topic_matches;
     use bytes::Bytes;
 
     fn shard(i: u8) -> ShardId {
@@ -258,7 +805,14 @@ mod tests {
         InterestOp::Remove {
             filter: TopicFilter::from_static(f),
             shard: shard(s),
+            key_shared: false,
         }
+    }
+    fn filter_of(f: &str) -> TopicFilter {
+        TopicFilter::new(Bytes::from(f.to_owned())).expect("valid filter")
+    }
+    fn topic_of(t: &str) -> TopicName {
+        TopicName::new(Bytes::from(t.to_owned())).expect("valid topic")
     }
     fn shards(index: &InterestIndex, topic: &'static str) -> Vec<usize> {
         let mut stack = MatchStack::default();
@@ -296,6 +850,13 @@ mod tests {
         assert_eq!(shards(&idx, "z"), [2]);
         assert_eq!(shards(&idx, "$SYS/load"), [3]); // `#` skips `$` topics [MQTT-4.7.2-1]
         assert_eq!(idx.filter_count(), 4);
+        // Shards past 16 sit in further words of the same key.
+        assert!(idx.apply(&add("a/b", 63)));
+        assert!(idx.apply(&add("a/+", 17)));
+        assert_eq!(shards(&idx, "a/b"), [0, 1, 2, 4, 17, 63]);
+        assert_eq!(shards(&idx, "a/c"), [1, 2, 17]);
+        assert!(idx.apply(&remove("a/b", 63)));
+        assert_eq!(shards(&idx, "a/b"), [0, 1, 2, 4, 17]);
     }
 
     #[test]
@@ -360,6 +921,271 @@ mod tests {
         assert_eq!(cache.shards_for(&idx, &t, &mut stack), ShardMask(0b11));
         idx.apply(&remove("a/b", 1));
         assert_eq!(cache.shards_for(&idx, &t, &mut stack), ShardMask(0b01));
+    }
+
+    #[test]
+    fn multi_level_wildcards_match_their_parent_and_skip_dollar_topics() {
+        let mut idx = InterestIndex::new();
+        idx.apply(&add("a/#", 0));
+        idx.apply(&add("a/b/#", 1));
+        idx.apply(&add("+/#", 2));
+        idx.apply(&add("+/x", 3));
+        idx.apply(&add("$SYS/+", 4));
+        idx.apply(&add("a/+/c", 5));
+        assert_eq!(shards(&idx, "a"), [0, 2]);
+        assert_eq!(shards(&idx, "a/b"), [0, 1, 2]);
+        assert_eq!(shards(&idx, "a/b/c"), [0, 1, 2, 5]);
+        assert_eq!(shards(&idx, "a/x"), [0, 2, 3]);
+        assert_eq!(shards(&idx, "b"), [2]);
+        assert_eq!(shards(&idx, "$SYS/x"), [4]); // not `+/#` nor `+/x` [MQTT-4.7.2-1]
+        assert_eq!(shards(&idx, "$SYS/x/y"), Vec::<usize>::new());
+        assert_eq!(shards(&idx, "a//c"), [0, 2, 5]); // an empty level is a level
+        assert_eq!(shards(&idx, "/x"), [2, 3]);
+    }
+
+    /// Filters of more shapes than `MAX_HASHED_SHAPES` go to the exact trie, and come out
+    /// of it as they are removed.
+    #[test]
+    fn shapes_beyond_the_cap_fall_back_to_the_trie() {
+        let mut idx = InterestIndex::new();
+        let n = MAX_HASHED_SHAPES + 8;
+        // Shape k: k literal levels then `#`.
+        let filters: Vec<TopicFilter> = (1..=n)
+            .map(|k| filter_of(&format!("{}#", "q/".repeat(k))))
+            .collect();
+        for (i, f) in filters.iter().enumerate() {
+            let op = InterestOp::Add {
+                filter: f.clone(),
+                shard: shard((i % 8) as u8),
+            };
+            assert!(idx.apply(&op));
+        }
+        assert_eq!(idx.hashed_shapes(), MAX_HASHED_SHAPES);
+        assert_eq!(idx.filter_count(), n);
+        let mut stack = MatchStack::default();
+        // `q/.../q` (n levels) matches every filter; `q` alone none.
+        let deep = topic_of(&vec!["q"; n].join("/"));
+        assert_eq!(idx.shards_for(&deep, &mut stack), ShardMask(0xff));
+        let mid = topic_of(&vec!["q"; MAX_HASHED_SHAPES + 3].join("/"));
+        let want = (0..MAX_HASHED_SHAPES + 3).fold(0u64, |m, i| m | 1 << (i % 8));
+        assert_eq!(idx.shards_for(&mid, &mut stack), ShardMask(want));
+        // Another filter of an overflowed shape joins the trie, not a new table.
+        let late = filter_of(&format!("{}#", "q/".repeat(n - 1).replacen('q', "r", 1)));
+        idx.apply(&InterestOp::Add {
+            filter: late.clone(),
+            shard: shard(9),
+        });
+        assert_eq!(idx.hashed_shapes(), MAX_HASHED_SHAPES);
+        assert_eq!(idx.mask_of(&late), ShardMask(1 << 9));
+        for (i, f) in filters.iter().enumerate() {
+            let op = InterestOp::Remove {
+                filter: f.clone(),
+                shard: shard((i % 8) as u8),
+                key_shared: false,
+            };
+            assert!(idx.apply(&op));
+        }
+        assert_eq!(idx.filter_count(), 1);
+        assert_eq!(idx.shards_for(&deep, &mut stack), ShardMask::EMPTY);
+        assert!(idx.overflow_shapes.len() == 1 && idx.shapes.is_empty());
+    }
+
+    /// Every key collides: the owner withholds the bit's removal while another of its
+    /// filters shares the key, so no replica loses a shard; an overflowed replica, which
+    /// holds filters exactly, drops the removed filter all the same.
+    #[test]
+    fn a_shared_key_keeps_its_bit_until_its_last_filter_leaves() {
+        let weak = |mut idx: InterestIndex| {
+            idx.hasher.key_mask = 0;
+            idx
+        };
+        let mut owner = weak(InterestIndex::for_shard(shard(0), 1, false));
+        let mut hashed = weak(InterestIndex::for_shard(shard(1), 1, false));
+        let mut exact = weak(InterestIndex::for_shard(shard(2), 1, false));
+        // Fill `exact`'s shape tables (ops of shard 1), so `a/...` filters overflow there;
+        // none of these shapes fits a topic of two levels.
+        for k in 3..3 + MAX_HASHED_SHAPES {
+            let op = InterestOp::Add {
+                filter: filter_of(&format!("{}#", "q/".repeat(k))),
+                shard: shard(1),
+            };
+            exact.apply(&op);
+        }
+        let mut stack = MatchStack::default();
+        let (f, g) = (filter_of("a/1"), filter_of("a/2"));
+        for filter in [&f, &g] {
+            let op = owner.add_local(filter).expect("an op");
+            hashed.apply(&op);
+            exact.apply(&op);
+        }
+        assert_eq!(owner.own_collisions.len(), 1);
+        let op = owner.remove_local(&f).expect("an op");
+        assert!(matches!(
+            op,
+            InterestOp::Remove {
+                key_shared: true,
+                ..
+            }
+        ));
+        hashed.apply(&op);
+        exact.apply(&op);
+        let t2 = topic_of("a/2");
+        assert_eq!(hashed.shards_for(&t2, &mut stack), ShardMask(1));
+        assert_eq!(exact.shards_for(&t2, &mut stack), ShardMask(1));
+        // The exact replica dropped `a/1`; the hashed one cannot tell it from `a/2`.
+        assert_eq!(exact.shards_for(&topic_of("a/1"), &mut stack), ShardMask(0));
+        let op = owner.remove_local(&g).expect("an op");
+        assert!(matches!(
+            op,
+            InterestOp::Remove {
+                key_shared: false,
+                ..
+            }
+        ));
+        hashed.apply(&op);
+        exact.apply(&op);
+        assert_eq!(hashed.shards_for(&t2, &mut stack), ShardMask::EMPTY);
+        assert_eq!(exact.shards_for(&t2, &mut stack), ShardMask::EMPTY);
+        assert!(owner.own.is_empty() && owner.own_collisions.is_empty());
+    }
+
+    /// Random subscribe/unsubscribe on 3 shards, with keys of 1 to 5 bits (collisions
+    /// everywhere) and with the real one: each replica's answer plus its own shard's local answer must
+    /// cover every shard with a matching filter (and equal it when nothing collides), and
+    /// every replica must agree.
+    #[test]
+    fn replicas_never_lose_a_shard() {
+        let levels = ["a", "b", "+"];
+        let mut pool: Vec<String> = Vec::new();
+        for x in levels {
+            pool.push(x.to_owned());
+            pool.push(format!("{x}/#"));
+            for y in levels {
+                pool.push(format!("{x}/{y}"));
+                pool.push(format!("{x}/{y}/#"));
+            }
+        }
+        pool.push("#".to_owned());
+        let topics = ["a", "b", "a/a", "a/b", "b/a", "a/b/a", "$S/a", "$S", "x/y"];
+        let weak = |bits: u32| !(u64::MAX >> bits);
+        for key_mask in [weak(1), weak(2), weak(3), weak(5), u64::MAX] {
+            let mut rng = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let mut replicas: Vec<InterestIndex> = (0..3)
+                .map(|i| {
+                    let mut r = InterestIndex::for_shard(shard(i), 9, false);
+                    r.hasher.key_mask = key_mask;
+                    r
+                })
+                .collect();
+            // Local subscriber counts per (shard, filter).
+            let mut local = vec![vec![0u32; pool.len()]; 3];
+            let mut stack = MatchStack::default();
+            for _ in 0..20_000 {
+                let s = (next() % 3) as usize;
+                let fi = (next() % pool.len() as u64) as usize;
+                let filter = filter_of(&pool[fi]);
+                // Few filters active at a time, so that a lost bit shows.
+                let subscribe = if local[s][fi] == 0 {
+                    next() % 8 == 0
+                } else {
+                    next() % 3 == 0
+                };
+                if local[s][fi] == 0 && !subscribe {
+                    continue;
+                }
+                let op = if subscribe {
+                    local[s][fi] += 1;
+                    (local[s][fi] == 1).then(|| replicas[s].add_local(&filter))
+                } else {
+                    local[s][fi] -= 1;
+                    (local[s][fi] == 0).then(|| replicas[s].remove_local(&filter))
+                };
+                if let Some(op) = op.flatten() {
+                    for (r, replica) in replicas.iter_mut().enumerate() {
+                        if r != s {
+                            replica.apply(&op);
+                        }
+                    }
+                }
+                for t in topics {
+                    let topic = topic_of(t);
+                    let mut want = ShardMask::EMPTY;
+                    for (sh, counts) in local.iter().enumerate() {
+                        let hit = counts
+                            .iter()
+                            .zip(&pool)
+                            .any(|(&n, f)| n > 0 && topic_matches(f.as_bytes(), t.as_bytes()));
+                        if hit {
+                            want.insert(shard(sh as u8));
+                        }
+                    }
+                    for (r, replica) in replicas.iter().enumerate() {
+                        let mut got = replica.shards_for(&topic, &mut stack);
+                        assert!(!got.contains(shard(r as u8)), "own bit stored");
+                        if want.contains(shard(r as u8)) {
+                            got.insert(shard(r as u8));
+                        }
+                        assert_eq!(got.0 & want.0, want.0, "{t}: lost a shard");
+                        let exact = key_mask == u64::MAX;
+                        assert!(!exact || got == want, "{t}: {got:?} != {want:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_of_a_filter_and_a_matching_topic_agree() {
+        let h = KeyHasher::new(42);
+        for (f, t) in [
+            ("a/+/c", "a/b/c"),
+            ("+/+", "x/y"),
+            ("a/#", "a"),
+            ("a/#", "a/b/c"),
+            ("a//b", "a//b"),
+        ] {
+            let filter = filter_of(f);
+            let shape = Shape::of(&filter);
+            let topic = topic_of(t);
+            let levels = topic.levels().take(shape.levels as usize);
+            assert_eq!(
+                h.filter_key(&shape, &filter),
+                h.key(h.shape_hash(&shape), &shape.plus, levels),
+                "{f} {t}"
+            );
+        }
+        // A level boundary moved is another key.
+        let (a, b) = (filter_of("ab/c"), filter_of("a/bc"));
+        let shape = Shape::of(&a);
+        assert_ne!(h.filter_key(&shape, &a), h.filter_key(&shape, &b));
+    }
+
+    #[test]
+    fn key_table_grows_shrinks_and_deletes_without_losing_entries() {
+        let mut t = KeyTable::default();
+        let tagged = |i: u64| tag(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1 << 63, 0);
+        for i in 0..5000u64 {
+            assert!(t.set(tagged(i), 1 << (i % 16)));
+        }
+        assert_eq!(t.len, 5000);
+        assert!(t.slots.len() * 4 >= 5000 * 5);
+        for i in (0..5000u64).step_by(2) {
+            assert!(t.clear(tagged(i), 1 << (i % 16)));
+        }
+        for i in 0..5000u64 {
+            let want = if i % 2 == 0 { 0 } else { 1 << (i % 16) };
+            assert_eq!(t.bits(tagged(i)), want, "{i}");
+        }
+        for i in (1..5000u64).step_by(2) {
+            assert!(t.clear(tagged(i), 1 << (i % 16)));
+        }
+        assert!(t.is_empty() && t.slots.len() <= 16);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! groups, the shard-interest index and the retained-message store.
 //!
 //! Flow of one publish on shard S (see DESIGN.md, Routing):
-//! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`) gives the shards with a
-//!    non-shared subscriber; S sends one envelope to each.
+//! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`, which adds S itself when S's
+//!    local trie matches) gives the shards with a non-shared subscriber; S sends one
+//!    envelope to each other one.
 //! 2. `SharedGroups::pick(topic)` chooses one member per matching share group (by the
 //!    configured `ShareStrategy`); S sends the message to that member's shard, addressed to
 //!    the member.
@@ -13,7 +14,7 @@
 //!
 //! Replication: `InterestOp` and `ShareOp` are plain data; every shard applies the same ops
 //! to its own replica. A shard emits `InterestOp::Add`/`Remove` when its local trie reports
-//! `first_for_filter`/`last_for_filter`.
+//! `first_for_filter`/`last_for_filter` (`InterestIndex::add_local`/`remove_local` make them).
 //!
 //! Must never: touch a socket or the clock, or use `unsafe`; recurse over topic levels.
 #![forbid(unsafe_code)]

@@ -168,6 +168,8 @@ pub struct Removed<V> {
 pub struct MatchStack {
     /// (node, byte offset of the next topic level; `topic.len() + 1` once all are consumed).
     frames: Vec<(u32, u32)>,
+    /// (start, end) byte offsets of a topic's levels, for `InterestIndex::shards_for`.
+    pub(super) levels: Vec<(u32, u32)>,
 }
 
 /// Topic filters mapped to entries `(K, V)`; at most one entry per (filter, key).

@@ -291,7 +291,7 @@ impl Core {
             conns: Slots::new(),
             clients: Slots::new(),
             registry: Registry::default(),
-            routes: Routes::new(id, limits),
+            routes: Routes::new(id, shared.interest_seed, limits),
             wheel: TimerWheel::new(now_ms),
             outboxes: Outboxes::new(shards, limits.cross_shard_queue),
             inbox,

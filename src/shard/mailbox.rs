@@ -361,9 +361,10 @@ impl Outboxes {
             batch.push(op);
             return;
         }
-        let mut batch = Vec::with_capacity(INTEREST_BATCH.min(16));
-        batch.push(op);
-        q.push_back(Envelope::Interest(batch));
+        // Grown as changes join (capacity 1 now): in a subscription storm each subscription's
+        // fence ends the batch, so most batches hold one change, and 16 slots each (about
+        // 1 KB per subscription per destination) more than doubled the storm's peak RSS.
+        q.push_back(Envelope::Interest(vec![op]));
         self.pending = true;
     }
 

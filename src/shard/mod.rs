@@ -160,6 +160,9 @@ pub(crate) struct Shared {
     pub(crate) wills_routed: AtomicUsize,
     /// Mixed into assigned client ids so two broker runs do not hand out the same ids.
     pub(crate) id_entropy: u64,
+    /// The key of every shard's interest-replica hashes (`InterestIndex::for_shard`): one
+    /// random value per run, the same on every shard.
+    pub(crate) interest_seed: u64,
     /// Wall-clock milliseconds at broker-clock 0 (stored times are wall-clock times).
     pub(crate) wall_epoch_ms: u64,
     /// Shards that restored their stored sessions and sent the routing updates they make
@@ -336,6 +339,10 @@ pub fn start_with(
         stop: AtomicBool::new(false),
         wills_routed: AtomicUsize::new(0),
         id_entropy,
+        interest_seed: {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(id_entropy)
+        },
         restored: AtomicUsize::new(0),
         stats: Arc::new(StatsBoard::new(shards)),
         auth,

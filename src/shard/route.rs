@@ -27,7 +27,7 @@ use super::hold::HoldKey;
 use super::mailbox::{AckRequest, Envelope, Handoff, InterestChange};
 use super::routes::{self, SessionKey};
 use crate::codec::{QoS, RetainHandling};
-use crate::router::interest::{InterestOp, ShardId, ShardMask};
+use crate::router::interest::{ShardId, ShardMask};
 use crate::router::shared::{ShareMember, ShareOp};
 use crate::router::topic::TopicFilter;
 use crate::session::{Delivery, Message, Subscription};
@@ -62,10 +62,21 @@ impl Core {
             mask.insert(self.id);
             return mask;
         }
+        // The replica holds the other shards' bits; this shard's comes from its local trie
+        // (cached with them: a change to it bumps the replica's generation).
+        let me = self.id;
         let routes = &mut self.routes;
-        routes
-            .interest_cache
-            .shards_for(&routes.interest, &message.topic, &mut routes.stack)
+        let local = &routes.local;
+        routes.interest_cache.shards_for_with(
+            &routes.interest,
+            &message.topic,
+            &mut routes.stack,
+            |topic, stack| {
+                let mut mask = ShardMask::EMPTY;
+                local.match_topic(topic, stack, |_, _| mask.insert(me));
+                mask
+            },
+        )
     }
 
     /// The shards where a persistent session subscribed at QoS 1/2 matches `message`
@@ -428,11 +439,7 @@ impl Core {
                 first_for_filter: true
             }
         ) {
-            let op = InterestOp::Add {
-                filter: filter.clone(),
-                shard: self.id,
-            };
-            self.broadcast_interest(false, op);
+            self.broadcast_interest(false, &filter, true);
         }
         if durable {
             if old.is_some_and(|o| o.options.qos != QoS::AtMostOnce) {
@@ -484,11 +491,7 @@ impl Core {
                 self.durable_sub_removed(filter);
             }
             if removed.last_for_filter {
-                let op = InterestOp::Remove {
-                    filter: filter.clone(),
-                    shard: self.id,
-                };
-                self.broadcast_interest(false, op);
+                self.broadcast_interest(false, filter, false);
             }
         }
     }
@@ -498,11 +501,7 @@ impl Core {
         let count = self.routes.durable_local.entry(filter.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            let op = InterestOp::Add {
-                filter: filter.clone(),
-                shard: self.id,
-            };
-            self.broadcast_interest(true, op);
+            self.broadcast_interest(true, filter, true);
         }
     }
 
@@ -514,21 +513,29 @@ impl Core {
         *count -= 1;
         if *count == 0 {
             self.routes.durable_local.remove(filter);
-            let op = InterestOp::Remove {
-                filter: filter.clone(),
-                shard: self.id,
-            };
-            self.broadcast_interest(true, op);
+            self.broadcast_interest(true, filter, false);
         }
     }
 
-    fn broadcast_interest(&mut self, durable: bool, op: InterestOp) {
-        if durable {
-            self.routes.durable.apply(&op);
+    /// This shard's first subscriber to `filter` arrived (`add`) or its last one left:
+    /// records it in this shard's replica (which decides whether a removal keeps a key
+    /// another local filter shares) and sends the op to every other shard.
+    fn broadcast_interest(&mut self, durable: bool, filter: &TopicFilter, add: bool) {
+        let index = if durable {
+            &mut self.routes.durable
         } else if self.shared.shards > 1 {
-            // One shard: no interest index (see `interested_shards`).
-            self.routes.interest.apply(&op);
-        }
+            &mut self.routes.interest
+        } else {
+            return; // One shard: no interest index (see `interested_shards`).
+        };
+        let op = if add {
+            index.add_local(filter)
+        } else {
+            index.remove_local(filter)
+        };
+        let Some(op) = op else {
+            return;
+        };
         for shard in self.other_shards() {
             let change = InterestChange {
                 durable,

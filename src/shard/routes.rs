@@ -35,11 +35,12 @@ pub(crate) struct SessionKey {
 pub(crate) struct Routes {
     /// Non-shared subscriptions of this shard's sessions, keyed by client slot.
     pub(crate) local: SubscriptionTrie<u32>,
-    /// Replica: filter -> shards with a local subscriber. Empty on a broker of one shard
-    /// (`Core::interested_shards`).
+    /// Replica: filter -> the other shards with a local subscriber (this shard's own answer
+    /// is its local trie's). Empty on a broker of one shard (`Core::interested_shards`).
     pub(crate) interest: InterestIndex,
     pub(crate) interest_cache: InterestCache,
-    /// Replica: filter -> shards with a local persistent session subscribed at QoS 1/2.
+    /// Replica: filter -> shards with a local persistent session subscribed at QoS 1/2
+    /// (this shard's bit included).
     /// A QoS 1/2 publish waits (before its acknowledgement) only for these shards.
     pub(crate) durable: InterestIndex,
     pub(crate) durable_cache: InterestCache,
@@ -57,12 +58,13 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(me: ShardId, limits: &Limits) -> Routes {
+    /// `interest_seed`: the key of the interest replicas' hashes, the same on every shard.
+    pub(crate) fn new(me: ShardId, interest_seed: u64, limits: &Limits) -> Routes {
         Routes {
             local: SubscriptionTrie::new(),
-            interest: InterestIndex::new(),
+            interest: InterestIndex::for_shard(me, interest_seed, false),
             interest_cache: InterestCache::new(),
-            durable: InterestIndex::new(),
+            durable: InterestIndex::for_shard(me, interest_seed, true),
             durable_cache: InterestCache::new(),
             durable_local: hashbrown::HashMap::default(),
             shared: SharedGroups::new(me, limits.shared_subscription_strategy, random_seed(me)),
