@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::codec::{MqttStr, PublishProperties, QoS, SubscriptionOptions, Will};
+use crate::codec::{MqttStr, PublishProperties, QoS, Will};
 use crate::config::Limits;
 use crate::router::topic::{TopicFilter, TopicName};
 
@@ -216,12 +216,9 @@ fn detached_properties(p: &PublishProperties) -> PublishProperties {
 }
 
 /// One subscription of this session: the options as granted (`options.qos` is the granted
-/// QoS, already capped by `Limits::max_qos`) and the v5 Subscription Identifier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Subscription {
-    pub options: SubscriptionOptions,
-    pub id: Option<u32>,
-}
+/// QoS, already capped by `Limits::max_qos`) and the v5 Subscription Identifier. The same
+/// type the router stores in its trie under the filter: one description of a subscription.
+pub use crate::router::delivery::Subscription;
 
 /// How one message reaches this session: the result of merging every subscription of the
 /// session that matches the topic (see `Delivery::merge`).

@@ -419,20 +419,19 @@ impl Core {
         else {
             return;
         };
-        let route_sub = routes::route_sub(&sub);
         if filter.is_shared() {
             self.share_member_joined(slot);
             let member = ShareMember {
                 shard: self.id,
                 subscriber: SessionKey { slot, generation },
-                subscription: route_sub,
+                subscription: sub,
                 durable,
             };
             self.broadcast_share(ShareOp::Join { filter, member });
             return;
         }
         let old = self.routes.local.get(&filter, slot).copied();
-        let inserted = self.routes.local.insert(&filter, slot, route_sub);
+        let inserted = self.routes.local.insert(&filter, slot, sub);
         if matches!(
             inserted,
             crate::router::trie::Inserted::New {

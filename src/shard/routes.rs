@@ -15,13 +15,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::config::Limits;
-use crate::router::delivery::{Fanout, Subscription as RouteSub, SubscriptionTrie};
+use crate::router::delivery::{Fanout, SubscriptionTrie};
 use crate::router::interest::{InterestCache, InterestIndex, ShardId};
 use crate::router::retained::{RetainedMessage, RetainedStack, RetainedStore};
 use crate::router::shared::{SharePick, SharedGroups};
 use crate::router::topic::{TopicFilter, TopicName};
 use crate::router::trie::MatchStack;
-use crate::session::{Message, Subscription};
+use crate::session::Message;
 
 /// A session on its home shard, as other shards name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,14 +82,6 @@ impl Routes {
 fn random_seed(me: ShardId) -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(me.index())
-}
-
-/// The router's view of a session subscription.
-pub(crate) fn route_sub(sub: &Subscription) -> RouteSub {
-    RouteSub {
-        options: sub.options,
-        id: sub.id,
-    }
 }
 
 /// The retained-store entry for a retained publish. Topic and payload are copied so that a

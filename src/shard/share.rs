@@ -38,7 +38,7 @@ use super::event_loop::Lifecycle;
 use super::mailbox::Envelope;
 use super::routes::SessionKey;
 use crate::codec::QoS;
-use crate::router::delivery::Subscription as RouteSub;
+use crate::router::delivery::Subscription;
 use crate::router::shared::{ShareOp, ShareStrategy};
 use crate::router::topic::TopicFilter;
 use crate::session::{Delivery, Message, OutboundLoad};
@@ -72,7 +72,7 @@ impl Core {
     pub(crate) fn deliver_shared(
         &mut self,
         key: SessionKey,
-        sub: RouteSub,
+        sub: Subscription,
         group: &Arc<TopicFilter>,
         message: &Arc<Message>,
         hops: u8,
