@@ -1,10 +1,11 @@
 //! Broker configuration: every limit and setting, its default, and loading from TOML and the
 //! command line.
 //!
-//! Owns: the `Config` value handed to the shards at start. Defaults follow DESIGN.md
-//! ("Security and limits"). Every field is a TOML key of the same name; unknown keys are an
-//! error so that a typo never silently leaves a default in place. Listener URLs and their
-//! TLS / PROXY settings live in `listener`.
+//! Owns: the `Config` value handed to the shards at start. Each default is documented on
+//! its field and in README "Command line and configuration" (the `[limits]` table). Every
+//! field is a TOML key of the same name; unknown keys are an error so that a typo never
+//! silently leaves a default in place. Listener URLs and their TLS / PROXY settings live in
+//! `listener`.
 //!
 //! Must never: panic on user input; every error is a `ConfigError` with a message that names
 //! the offending argument, key or value.

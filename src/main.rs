@@ -5,6 +5,7 @@
 //! Must never: panic on bad input (every error is a message and exit code 2: settings,
 //! listener files, an address that cannot be bound; or 1 when the broker fails at run
 //! time, e.g. a store it cannot use).
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -27,6 +28,7 @@ const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Sets mimalloc's purge delay unless `MIMALLOC_PURGE_DELAY` is in the environment (then
 /// mimalloc reads that, which keeps the setting open to measurement).
+#[allow(unsafe_code)] // one FFI call, below
 fn set_allocator_options() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: `mi_option_set` only stores an integer option; mimalloc reads options on

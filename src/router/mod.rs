@@ -1,7 +1,7 @@
 //! Sans-IO routing: topic names and filters, the subscription trie, shared-subscription
 //! groups, the shard-interest index and the retained-message store.
 //!
-//! Flow of one publish on shard S (see DESIGN.md, Routing):
+//! Flow of one publish on shard S (README "Architecture" gives the whole path):
 //! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`, which adds S itself when S's
 //!    local trie matches) gives the shards with a non-shared subscriber; S sends one
 //!    envelope to each other one.

@@ -32,6 +32,7 @@ mod event_loop;
 mod hold;
 mod io;
 mod layered;
+#[allow(unsafe_code)] // getrlimit
 mod limits;
 mod listen;
 mod mailbox;
@@ -47,8 +48,10 @@ mod routes;
 mod share;
 mod slots;
 mod stats;
+#[allow(unsafe_code)] // the socket, epoll and eventfd system calls
 pub mod sys;
 pub mod timer;
+#[allow(unsafe_code)] // the io_uring ring, its buffer ring and their completions
 mod uring;
 
 use std::net::SocketAddr;
