@@ -1,4 +1,4 @@
-//! Black-box tests for every row of `BAD_INPUTS.md`: the literal bytes of each input that has
+//! Black-box tests for every row of `docs/bad-inputs.md`: the literal bytes of each input that has
 //! crashed, leaked or fooled a real MQTT broker go over a real socket to an in-process broker,
 //! and the test checks the exact answer the table (or, where the table leaves it open, the
 //! specification) requires, and that a bystander connected before the bad input is unaffected.

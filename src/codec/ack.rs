@@ -4,7 +4,7 @@
 //! forms (Remaining Length 2: success, no properties; 3: reason code only, 3.4.2.1).
 //!
 //! Must never: decide whether the acknowledgement fits the flow (the session does,
-//! BAD_INPUTS #50).
+//! bad input #50).
 
 use super::DecodeLimits;
 use super::encode::Sink;
@@ -28,7 +28,7 @@ pub(super) fn decode_ack(
         return Ok(Ack::new(packet_id));
     }
     let code = r.u8()?;
-    // 2.4: a code the packet may not carry (BAD_INPUTS #49: 0x82).
+    // 2.4: a code the packet may not carry (bad input #49: 0x82).
     let reason = ReasonCode::from_wire(ctx, code).ok_or(DecodeError::InvalidReasonCode(code))?;
     // 3.4.2.2: with Remaining Length < 4 there is no property length.
     let properties = if r.is_empty() {

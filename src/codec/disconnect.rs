@@ -4,7 +4,7 @@
 //! (Remaining Length 0 means Normal disconnection / Success with no properties).
 //!
 //! Must never: judge whether a client may use a DISCONNECT code or raise its session expiry
-//! (BAD_INPUTS #64, #65): the session does, with `ReasonCode::client_may_disconnect_with`.
+//! (bad input #64, #65): the session does, with `ReasonCode::client_may_disconnect_with`.
 
 use super::DecodeLimits;
 use super::encode::Sink;

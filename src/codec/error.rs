@@ -137,7 +137,7 @@ pub enum DecodeError {
     AuthDataWithoutMethod,
     /// An AUTH packet with properties but no Authentication Method (3.15.2.2.2).
     AuthMethodMissing,
-    /// More user properties than `DecodeLimits::max_user_properties` (BAD_INPUTS #26).
+    /// More user properties than `DecodeLimits::max_user_properties` (bad input #26).
     TooManyUserProperties,
 }
 
@@ -316,7 +316,7 @@ fn topic_name_code(e: TopicError) -> ReasonCode {
 }
 
 /// A topic filter the router refused: too long or too deep is 0x8F; a malformed shared
-/// subscription (empty share name, no filter, 4.8.2) is a protocol error 0x82 (BAD_INPUTS #57);
+/// subscription (empty share name, no filter, 4.8.2) is a protocol error 0x82 (bad input #57);
 /// broken wildcard syntax [MQTT-4.7.1-1], [MQTT-4.7.1-2] or an empty filter [MQTT-4.7.3-1] is
 /// 0x81.
 fn topic_filter_code(e: TopicError) -> ReasonCode {

@@ -63,7 +63,7 @@ pub struct DecodeLimits {
     /// Largest whole packet (fixed header included) accepted; checked against the declared
     /// remaining length before any allocation.
     pub max_packet_size: u32,
-    /// Most user properties accepted in one packet (BAD_INPUTS #26).
+    /// Most user properties accepted in one packet (bad input #26).
     pub max_user_properties: usize,
     /// Which end decodes.
     pub role: Role,
@@ -80,7 +80,7 @@ impl Default for DecodeLimits {
 }
 
 /// Checks the first byte of the fixed header, before the remaining length is read, so that
-/// a wrong first packet or wrong flags fail at once (BAD_INPUTS #2, #3).
+/// a wrong first packet or wrong flags fail at once (bad input #2, #3).
 fn check_first_byte(b: u8, version: Option<ProtocolVersion>) -> Result<(), DecodeError> {
     let packet_type = b >> 4;
     let flags = b & 0x0F;
@@ -123,7 +123,7 @@ fn check_first_byte(b: u8, version: Option<ProtocolVersion>) -> Result<(), Decod
 /// On success the packet's bytes are split off `src` (payloads, topics, strings and binary
 /// properties are zero-copy views of them). `Ok(None)`: more bytes are needed; nothing is
 /// consumed. The declared size is checked against `limits.max_packet_size` as soon as the
-/// remaining length is known, before the body is waited for [BAD_INPUTS #2], and a remaining
+/// remaining length is known, before the body is waited for [bad input #2], and a remaining
 /// length is refused at its fourth byte if that byte says a fifth follows [MQTT-1.5.5-1].
 /// After an error the connection must be closed (see `DecodeError::response`); `src` is then
 /// in an unspecified state.
@@ -160,7 +160,7 @@ pub fn decode(
 }
 
 /// The error for a CONNECT whose reserved fixed-header flags are set [MQTT-2.1.3-1]: a 5.0
-/// client (name `MQTT`, level 5) is answered CONNACK 0x81 (BAD_INPUTS #5), any other is
+/// client (name `MQTT`, level 5) is answered CONNACK 0x81 (bad input #5), any other is
 /// closed without an answer since its level is unknown or has no code for it.
 fn connect_flags_error(first: u8, body: &[u8]) -> DecodeError {
     if body.starts_with(b"\x00\x04MQTT\x05") {

@@ -5,7 +5,7 @@
 //! sub-reader of its declared length; an unknown identifier is 0x81, a known one that the
 //! packet may not carry is 0x82, a second copy of a single-instance property is 0x82
 //! (2.2.2.2), user properties keep their wire order and their count is capped
-//! (`DecodeLimits::max_user_properties`, BAD_INPUTS #26). Parsing is one linear pass.
+//! (`DecodeLimits::max_user_properties`, bad input #26). Parsing is one linear pass.
 //!
 //! Must never: accept a value the spec forbids (receive maximum 0, a boolean byte other
 //! than 0/1, ...), or allocate more than one `Vec` slot per property actually present.

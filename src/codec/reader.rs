@@ -134,7 +134,7 @@ impl Reader {
     }
 
     /// Ends reading: bytes after the last field are an error (the packet is longer than its
-    /// fields, BAD_INPUTS #6).
+    /// fields, bad input #6).
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())

@@ -11,7 +11,7 @@
 //!   characters U+0001..U+001F and U+007F..U+009F and the Unicode non-characters (U+FDD0..U+FDEF
 //!   and U+nFFFE/U+nFFFF of every plane). RingMQ takes the MAY: it rejects them in every string
 //!   (client id, username, topics, property strings) so that no log, ACL substitution or
-//!   subscriber ever sees them (BAD_INPUTS #18).
+//!   subscriber ever sees them (bad input #18).
 //! - [MQTT-1.5.4-3] a BOM (U+FEFF) is kept as is, never stripped: it is not rejected here.
 //! - 1.5.4: at most 65,535 bytes (the length prefix is two bytes).
 

@@ -8,7 +8,7 @@
 //! length below the wire maximum) are settings checked by the caller with `level_count()` and
 //! `len()`.
 //!
-//! Must never: recurse over levels (a topic may have 32k levels, BAD_INPUTS #38), panic on
+//! Must never: recurse over levels (a topic may have 32k levels, bad input #38), panic on
 //! input, or hold a value that breaks the rules checked by the constructors.
 
 use std::fmt;
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn deep_topic_is_not_recursive() {
-        // BAD_INPUTS #38: 10,000 levels must not blow the stack.
+        // bad input #38: 10,000 levels must not blow the stack.
         let deep = "a/".repeat(10_000) + "a";
         let t = name(&deep).expect("valid deep topic");
         assert_eq!(t.level_count(), 10_001);
@@ -466,7 +466,7 @@ mod tests {
             ("a\0", Err(InvalidUtf8)),
             ("$share/", Err(BadSharedSubscription)),
             ("$share/p", Err(BadSharedSubscription)),
-            ("$share/p/", Err(BadSharedSubscription)), // BAD_INPUTS #57
+            ("$share/p/", Err(BadSharedSubscription)), // bad input #57
             ("$share//x", Err(BadSharedSubscription)),
             ("$share/+/x", Err(BadSharedSubscription)),
             ("$share/#/x", Err(BadSharedSubscription)),

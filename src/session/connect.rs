@@ -30,17 +30,17 @@ pub enum ConnectDecision {
 ///
 /// - v5 Authentication Method: not decided here; which methods are supported depends on
 ///   the authentication settings in force (the shard answers 0x8C [MQTT-4.12.0-1] for any
-///   other, BAD_INPUTS #23).
+///   other, bad input #23).
 /// - Empty client id: 3.1 -> refused (the 3.1 spec requires 1..23 characters); 3.1.1 ->
-///   refused unless clean session [MQTT-3.1.3-8] (BAD_INPUTS #17); v5 -> assigned.
+///   refused unless clean session [MQTT-3.1.3-8] (bad input #17); v5 -> assigned.
 ///   Longer than `max_client_id_len` -> 0x85 (3.x return code 2) [MQTT-3.1.3-5].
-/// - Keep alive (BAD_INPUTS #28): 3.x above `max_keep_alive` -> refused with return code 2
+/// - Keep alive (bad input #28): 3.x above `max_keep_alive` -> refused with return code 2
 ///   (as mosquitto: 3.x has no way to tell the client another value); 0 stays "no keep
 ///   alive" for 3.x. v5 is never refused: CONNACK carries Server Keep Alive. A
 ///   `max_keep_alive` of 0 means no cap.
 /// - Will: Will Retain with `retain_available` false -> 0x9A [MQTT-3.2.2-... retain not
 ///   supported]; Will QoS above `max_qos` -> 0x9B [MQTT-3.2.2-12]; a will topic starting with
-///   `$` -> 0x87 (clients never publish into `$` topics, BAD_INPUTS #37); a will topic over
+///   `$` -> 0x87 (clients never publish into `$` topics, bad input #37); a will topic over
 ///   the topic limits -> 0x90.
 pub fn validate_connect(connect: &Connect, limits: &Limits) -> Result<ConnectDecision, ReasonCode> {
     let v = connect.protocol;

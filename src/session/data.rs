@@ -94,7 +94,7 @@ pub struct SessionData {
     pub queued_qos0: u32,
     /// Inbound QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived: a
     /// PUBLISH reusing one is a duplicate and is not routed again [MQTT-4.3.3-... method B],
-    /// BAD_INPUTS #53. Bounded by `Limits::max_awaiting_rel`.
+    /// bad input #53. Bounded by `Limits::max_awaiting_rel`.
     pub awaiting_rel: BTreeSet<PacketId>,
     /// Last packet id handed out for an outbound flow; allocation continues after it.
     pub last_packet_id: u16,

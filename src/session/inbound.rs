@@ -50,7 +50,7 @@ impl Session {
             Packet::Unsubscribe(u) => self.on_unsubscribe(u, out, actions),
             Packet::PingReq => self.send(&Packet::PingResp, out),
             Packet::Disconnect(d) => self.on_disconnect(d, now_ms, out, actions),
-            // Server-to-client packets and a second CONNECT [MQTT-3.1.0-2] (BAD_INPUTS #16,
+            // Server-to-client packets and a second CONNECT [MQTT-3.1.0-2] (bad input #16,
             // #63); AUTH while no enhanced authentication method is in use [MQTT-4.12.0-1]
             // (the shard gives AUTH of a connection that uses one to its `Enhanced`).
             Packet::Connect(_)
@@ -97,7 +97,7 @@ impl Session {
         };
         if publish.qos == QoS::ExactlyOnce && self.data.awaiting_rel.contains(&packet_id) {
             // Same id while its PUBREL is pending: a duplicate, never routed again
-            // [MQTT-4.3.3-... method B] (BAD_INPUTS #46, #53). Answer PUBREC again.
+            // [MQTT-4.3.3-... method B] (bad input #46, #53). Answer PUBREC again.
             let ack = Packet::PubRec(Ack::new(packet_id));
             return self.send(&ack, out);
         }
@@ -106,7 +106,7 @@ impl Session {
             return self.ack_publish(publish.qos, packet_id, code, out);
         }
         if self.inbound_quota_exhausted() {
-            // BAD_INPUTS #52: more unacknowledged QoS>0 than our Receive Maximum
+            // bad input #52: more unacknowledged QoS>0 than our Receive Maximum
             // [MQTT-3.3.4-9]. `max_awaiting_rel` is a hard memory bound, never log-only.
             let hard = self.data.awaiting_rel.len() >= self.limits.max_awaiting_rel;
             if hard || !self.limits.receive_maximum_log_only {
@@ -220,22 +220,22 @@ impl Session {
     fn check_publish(&self, p: &Publish) -> Result<Verdict, ReasonCode> {
         let l = &self.limits;
         if !p.properties.subscription_identifiers.is_empty() {
-            // Server-to-client only [MQTT-3.3.4-6] (BAD_INPUTS #40).
+            // Server-to-client only [MQTT-3.3.4-6] (bad input #40).
             return Err(ReasonCode::ProtocolError);
         }
         if p.topic.len() > l.max_topic_len || p.topic.level_count() > l.max_topic_levels {
-            // Valid per spec but over our limits (BAD_INPUTS #38).
+            // Valid per spec but over our limits (bad input #38).
             return Err(ReasonCode::TopicNameInvalid);
         }
         if p.qos > self.max_qos() {
             return Err(ReasonCode::QoSNotSupported); // [MQTT-3.2.2-11]
         }
         if p.retain && !l.retain_available {
-            return Err(ReasonCode::RetainNotSupported); // [MQTT-3.2.2-14] (BAD_INPUTS #45)
+            return Err(ReasonCode::RetainNotSupported); // [MQTT-3.2.2-14] (bad input #45)
         }
         let v5 = self.connection().is_some_and(|c| c.protocol.is_v5());
         if p.topic.is_dollar() {
-            // Clients never publish into `$` topics (BAD_INPUTS #37): v5 -> 0x87 in the ack;
+            // Clients never publish into `$` topics (bad input #37): v5 -> 0x87 in the ack;
             // 3.x -> acknowledged as success and not routed (as mosquitto).
             let code = if v5 {
                 ReasonCode::NotAuthorized
@@ -248,7 +248,7 @@ impl Session {
             && p.properties.payload_format_indicator == Some(true)
             && std::str::from_utf8(&p.payload).is_err()
         {
-            // [MQTT-3.3.2-4] optional check (BAD_INPUTS #42).
+            // [MQTT-3.3.2-4] optional check (bad input #42).
             return Ok(Verdict::Refuse(ReasonCode::PayloadFormatInvalid));
         }
         Ok(Verdict::Accept)
@@ -275,7 +275,7 @@ impl Session {
     }
 
     /// PUBREL -> PUBCOMP [MQTT-4.3.3-... receiver]; an unknown id still gets PUBCOMP (v5 with
-    /// 0x92) and the connection stays up (BAD_INPUTS #48).
+    /// 0x92) and the connection stays up (bad input #48).
     fn on_pubrel(&mut self, ack: Ack, out: &mut BytesMut, actions: &mut Vec<Action>) {
         let reason = if self.data.awaiting_rel.remove(&ack.packet_id) {
             // Stored before PUBCOMP may leave: a PUBCOMP whose removal a crash undid would
@@ -375,7 +375,7 @@ impl Session {
     ) -> ReasonCode {
         let l = &self.limits;
         if filter.len() > l.max_topic_len || filter.level_count() > l.max_topic_levels {
-            return ReasonCode::TopicFilterInvalid; // BAD_INPUTS #38
+            return ReasonCode::TopicFilterInvalid; // bad input #38
         }
         if filter.is_shared() && !l.shared_subscriptions {
             return ReasonCode::SharedSubscriptionsNotSupported;
@@ -388,7 +388,7 @@ impl Session {
         }
         let existed = self.data.subscriptions.contains(filter);
         if !existed && self.data.subscriptions.len() >= l.max_subscriptions {
-            return ReasonCode::QuotaExceeded; // BAD_INPUTS #61
+            return ReasonCode::QuotaExceeded; // bad input #61
         }
         if !policy.may_subscribe(filter) {
             return ReasonCode::NotAuthorized;
@@ -433,13 +433,13 @@ impl Session {
         actions: &mut Vec<Action>,
     ) {
         if !d.reason.client_may_disconnect_with() {
-            // BAD_INPUTS #64.
+            // bad input #64.
             return self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
         }
         if let Some(expiry) = d.properties.session_expiry_interval {
             let was_zero = self.connection().is_some_and(|c| c.connect_expiry_was_zero);
             if was_zero && expiry != 0 {
-                // [MQTT-3.14.2-2] (BAD_INPUTS #65).
+                // [MQTT-3.14.2-2] (bad input #65).
                 return self.violation(ReasonCode::ProtocolError, now_ms, out, actions);
             }
             self.data.session_expiry_secs = expiry.min(self.limits.max_session_expiry);

@@ -4,7 +4,7 @@
 //!
 //! `violation` is the one function that decides how a protocol violation is answered:
 //! v5 -> DISCONNECT with the reason code, then close; 3.x -> close without a packet
-//! (BAD_INPUTS, "Close"). Either way the will is published [MQTT-3.1.2-8].
+//! (docs/bad-inputs.md, "Close"). Either way the will is published [MQTT-3.1.2-8].
 
 use bytes::BytesMut;
 

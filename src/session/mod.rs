@@ -149,7 +149,7 @@ struct Connection {
     last_packet_ms: u64,
     /// Topic aliases (v5) in both directions, allocated at the first one: inbound up to our
     /// Topic Alias Maximum, outbound up to `out_alias_cap`. Per connection, never persisted
-    /// [MQTT-3.3.2-... aliases end with the connection], BAD_INPUTS #39.
+    /// [MQTT-3.3.2-... aliases end with the connection], bad input #39.
     aliases: Option<Box<alias::TopicAliases>>,
     /// Outbound aliases we may assign: min(the client's Topic Alias Maximum, our cap); 0
     /// when the client takes none, for 3.x, or when `outbound_topic_aliases` is off.
@@ -159,7 +159,7 @@ struct Connection {
     /// Largest packet the client accepts (v5 Maximum Packet Size) [MQTT-3.1.2-24..25].
     client_max_packet: u32,
     /// Session Expiry Interval requested in CONNECT was 0: a DISCONNECT may then not set a
-    /// non-zero one [MQTT-3.14.2-2] (BAD_INPUTS #65).
+    /// non-zero one [MQTT-3.14.2-2] (bad input #65).
     connect_expiry_was_zero: bool,
     /// QoS 1 PUBACKs already answered but not yet written, because the shard holds them
     /// until a commit (or another shard) makes the message safe: the client still counts

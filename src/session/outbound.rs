@@ -198,7 +198,7 @@ impl Session {
     }
 
     /// Encodes the PUBLISH into `out` unless it exceeds the client's Maximum Packet Size
-    /// [MQTT-3.1.2-25] (BAD_INPUTS #29): then nothing is written, the drop is counted and
+    /// [MQTT-3.1.2-25] (bad input #29): then nothing is written, the drop is counted and
     /// `false` returned. With outbound topic aliases, the topic goes out with a new alias
     /// or is replaced by an alias the client knows (see `alias.rs`).
     pub(super) fn write_publish(
@@ -299,7 +299,7 @@ impl Session {
     }
 
     /// PUBACK for our QoS 1 flow [MQTT-4.3.2]. A PUBACK for a QoS 2 flow is the wrong ack
-    /// (BAD_INPUTS #50); an unknown id is tolerated and counted.
+    /// (bad input #50); an unknown id is tolerated and counted.
     pub(super) fn on_puback(
         &mut self,
         ack: Ack,
@@ -311,7 +311,7 @@ impl Session {
     }
 
     /// PUBREC for our QoS 2 flow [MQTT-4.3.3]: success -> PUBREL (resent for a duplicate
-    /// PUBREC, BAD_INPUTS #51); a failure code ends the flow [MQTT-4.3.3-... reason >= 0x80];
+    /// PUBREC, bad input #51); a failure code ends the flow [MQTT-4.3.3-... reason >= 0x80];
     /// an unknown id gets PUBREL (v5 0x92); PUBREC for a QoS 1 flow is the wrong ack (#50).
     pub(super) fn on_pubrec(
         &mut self,
@@ -351,7 +351,7 @@ impl Session {
     }
 
     /// PUBCOMP ends our QoS 2 flow [MQTT-4.3.3]. Before PUBREC, or for a QoS 1 flow, it is
-    /// the wrong ack (BAD_INPUTS #50); an unknown id is tolerated.
+    /// the wrong ack (bad input #50); an unknown id is tolerated.
     pub(super) fn on_pubcomp(
         &mut self,
         ack: Ack,
@@ -364,7 +364,7 @@ impl Session {
 
     /// The last acknowledgement of a flow (PUBACK for QoS 1, PUBCOMP for QoS 2): the flow
     /// ends and the window takes the next queued message. The other ack for that id is the
-    /// wrong one for the flow (BAD_INPUTS #50); an unknown id is tolerated and counted.
+    /// wrong one for the flow (bad input #50); an unknown id is tolerated and counted.
     fn end_flow(
         &mut self,
         ack: Ack,

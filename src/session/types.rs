@@ -56,7 +56,7 @@ impl ClientId {
 }
 
 /// Prefix of server-assigned client ids; `-` and hex digits only follow, so an assigned id
-/// never holds `/`, `+` or `#` (BAD_INPUTS #19).
+/// never holds `/`, `+` or `#` (bad input #19).
 pub const ASSIGNED_ID_PREFIX: &str = "ringmq-";
 
 /// A server-assigned client id [MQTT-3.1.3-6], [MQTT-3.2.2-16]: `ringmq-` followed by `seed`
@@ -65,8 +65,10 @@ pub const ASSIGNED_ID_PREFIX: &str = "ringmq-";
 /// start time.
 pub fn assign_client_id(seed: u64) -> ClientId {
     let s = format!("{ASSIGNED_ID_PREFIX}{seed:016x}");
-    // Only ASCII letters, digits and `-`: always a valid MQTT string.
-    ClientId(MqttStr::try_from_str(&s).unwrap_or_default())
+    ClientId(
+        MqttStr::try_from_str(&s)
+            .expect("an assigned id is ASCII letters, digits and '-': a valid MQTT string"),
+    )
 }
 
 /// An application message as routed between sessions and shards. Immutable once built and
@@ -292,7 +294,7 @@ pub struct SessionStats {
     /// QoS 1/2 messages dropped because the queue was full (messages or bytes).
     pub dropped_queue_full: u64,
     /// Messages dropped because the packet would exceed the client's Maximum Packet Size
-    /// [MQTT-3.1.2-25] (BAD_INPUTS #29).
+    /// [MQTT-3.1.2-25] (bad input #29).
     pub dropped_too_large: u64,
     /// Messages dropped because their Message Expiry Interval passed [MQTT-3.3.2-5].
     pub dropped_expired: u64,
@@ -303,7 +305,7 @@ pub struct SessionStats {
     /// Inbound publishes refused without routing ($-topics, invalid UTF-8 payloads).
     pub refused_publishes: u64,
     /// Times the client exceeded our Receive Maximum while `receive_maximum_log_only` held
-    /// (BAD_INPUTS #52).
+    /// (bad input #52).
     pub receive_maximum_exceeded: u64,
     /// Acknowledgements for packet ids we do not have in flight (tolerated).
     pub unknown_acks: u64,

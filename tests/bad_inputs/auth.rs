@@ -1,4 +1,4 @@
-//! BAD_INPUTS row 19 (ACL pattern substitution), row 23 with a password file in force, ways
+//! bad-input row 19 (ACL pattern substitution), row 23 with a password file in force, ways
 //! around authentication (pipelined packets behind a refused CONNECT, a second CONNECT
 //! while the first is checked, a SCRAM user that differs from the CONNECT's user name,
 //! a refused client homed on another shard), and password files the broker must refuse

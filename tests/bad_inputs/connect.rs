@@ -1,4 +1,4 @@
-//! BAD_INPUTS rows 10-18, 28, 30 and 31: CONNECT framing and flags, client ids, keep alive,
+//! bad-input rows 10-18, 28, 30 and 31: CONNECT framing and flags, client ids, keep alive,
 //! mutated CONNECTs and takeover storms. The 5.0 property rows (20-27, 29) are in
 //! `connect_props.rs`.
 
@@ -244,7 +244,7 @@ fn row_17_empty_client_id_without_clean_session(v: ProtocolVersion) {
 
 /// Byte sequences that are not valid MQTT strings, or hold code points RingMQ refuses:
 /// U+0000 [MQTT-1.5.4-2], surrogates and overlong or truncated UTF-8 [MQTT-1.5.4-1], control
-/// characters and the non-character U+FFFF (BAD_INPUTS row 18 lists them all as "Close").
+/// characters and the non-character U+FFFF (bad-input row 18 lists them all as "Close").
 const FORBIDDEN: [(&str, &[u8]); 12] = [
     ("U+0000", &[0x00]),
     ("U+D800 surrogate", &[0xED, 0xA0, 0x80]),

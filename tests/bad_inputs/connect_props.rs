@@ -1,9 +1,9 @@
-//! BAD_INPUTS rows 20-27 and 29: MQTT 5.0 CONNECT properties (duplicates, bad values,
+//! bad-input rows 20-27 and 29: MQTT 5.0 CONNECT properties (duplicates, bad values,
 //! properties of other packets, authentication, will properties, user-property floods), the
 //! memory cost of rejected CONNECTs, and the client's Maximum Packet Size.
 //!
 //! Spec 2.2.2.2 says "A Control Packet which contains an Identifier which is not valid for its
-//! packet type ... is a Malformed Packet", while BAD_INPUTS rows 22, 24 and 41 answer 0x82:
+//! packet type ... is a Malformed Packet", while bad-input rows 22, 24 and 41 answer 0x82:
 //! where they disagree the tests accept either code.
 
 use std::net::TcpStream;

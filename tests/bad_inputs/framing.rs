@@ -1,4 +1,4 @@
-//! BAD_INPUTS rows 1-9: framing, remaining length, fixed-header flags, packet bodies that are
+//! bad-input rows 1-9: framing, remaining length, fixed-header flags, packet bodies that are
 //! longer or shorter than their fields, malformed property blocks.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! BAD_INPUTS rows 32-45: PUBLISH topics, flags, properties, sizes and retain.
+//! bad-input rows 32-45: PUBLISH topics, flags, properties, sizes and retain.
 
 use ringmq::codec::ReasonCode as R;
 use ringmq::codec::{Packet, ProtocolVersion, QoS};
@@ -84,8 +84,8 @@ fn row_36_dup_on_qos_0(v: ProtocolVersion) {
     });
 }
 
-/// Row 37: `$` topics. Clients never publish into `$SYS` or `$CONTROL` (DESIGN.md "Security and
-/// limits"): such publishes (QoS 0 and 1) and a will to `$CONTROL/...` reach no subscriber,
+/// Row 37: `$` topics. Clients never publish into `$SYS` or `$CONTROL` (the broker owns
+/// them; README "`$SYS` topics"): such publishes (QoS 0 and 1) and a will to `$CONTROL/...` reach no subscriber,
 /// and the publisher stays connected (as tests/publish.rs expects for QoS 0). `#` and `+` at
 /// the first level never match `$` topics [MQTT-4.7.2-1]. The broker's own `$SYS` tree is
 /// off here: its retained topics would reach the `$SYS/#` subscriber.

@@ -1,6 +1,6 @@
-//! BAD_INPUTS rows 46-53: QoS 2 flows, packet ids and the Receive Maximum. Row 54 (commit
-//! inbound QoS 2 state before acknowledging) needs persistence, which RingMQ does not have
-//! yet: not tested here.
+//! Rows 46-53 of `docs/bad-inputs.md`: QoS 2 flows, packet ids and the Receive Maximum.
+//! Row 54 (inbound QoS 2 state committed before it is acknowledged) needs a store and a
+//! restart: `tests/persistence/` covers it.
 
 use ringmq::codec::ReasonCode as R;
 use ringmq::codec::{Ack, Packet, ProtocolVersion, QoS};
@@ -76,9 +76,9 @@ fn row_46_qos2_pubrel_starvation(v: ProtocolVersion) {
 }
 
 /// Row 47: a QoS 2 DUP retry after the broker's awaiting-PUBREL state is gone. RingMQ keeps
-/// awaiting-PUBREL ids until PUBREL (there is no expiry timer yet) and will persist them with
-/// the session (DESIGN.md "Persistence"); neither expiry nor persistence can be exercised
-/// here. What is testable: once an id has been released (PUBREL/PUBCOMP), a DUP PUBLISH with
+/// awaiting-PUBREL ids until PUBREL (there is no expiry timer) and stores them with a
+/// persistent session (`tests/persistence/` restarts the broker between PUBLISH and PUBREL).
+/// What is testable here: once an id has been released (PUBREL/PUBCOMP), a DUP PUBLISH with
 /// that id is a new message [MQTT-4.3.3-... the id is free after PUBCOMP]: PUBREC again, and
 /// it is delivered again.
 fn row_47_dup_retry_after_release(v: ProtocolVersion) {

@@ -1,4 +1,4 @@
-//! BAD_INPUTS rows 63-65: packets only the server may send, and DISCONNECT misuse.
+//! bad-input rows 63-65: packets only the server may send, and DISCONNECT misuse.
 
 use ringmq::codec::ReasonCode as R;
 use ringmq::codec::{Packet, ProtocolVersion, QoS};

@@ -1,4 +1,4 @@
-//! BAD_INPUTS rows 55-62: SUBSCRIBE and UNSUBSCRIBE. Row 60 (fuzzing SUBSCRIBE decoding and
+//! bad-input rows 55-62: SUBSCRIBE and UNSUBSCRIBE. Row 60 (fuzzing SUBSCRIBE decoding and
 //! handling) belongs to the fuzz targets, not to this file.
 
 use ringmq::codec::ReasonCode as R;

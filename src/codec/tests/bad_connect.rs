@@ -1,4 +1,4 @@
-//! BAD_INPUTS.md rows 10 to 27: CONNECT and its properties.
+//! docs/bad-inputs.md rows 10 to 27: CONNECT and its properties.
 
 use bytes::Bytes;
 

@@ -1,4 +1,4 @@
-//! BAD_INPUTS.md rows 1 to 9: framing, remaining length, flags, truncation, property blocks.
+//! docs/bad-inputs.md rows 1 to 9: framing, remaining length, flags, truncation, property blocks.
 
 use super::*;
 use DecodeError as E;

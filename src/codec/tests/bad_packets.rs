@@ -1,4 +1,4 @@
-//! BAD_INPUTS.md rows 32 to 63: PUBLISH, acknowledgements, SUBSCRIBE, server-only packets.
+//! docs/bad-inputs.md rows 32 to 63: PUBLISH, acknowledgements, SUBSCRIBE, server-only packets.
 
 use super::*;
 use crate::codec::topic::TopicError;

@@ -1,5 +1,5 @@
 //! Codec tests with packets as literal bytes: round trips at every level, literal encodings
-//! from the specification, streaming, and one test per decodable row of BAD_INPUTS.md.
+//! from the specification, streaming, and one test per decodable row of docs/bad-inputs.md.
 
 mod bad_connect;
 mod bad_framing;

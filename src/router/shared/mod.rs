@@ -33,7 +33,7 @@
 //! departed member's `Leave` is applied before, so it is never chosen again.
 //!
 //! Independent of the non-shared trie: `$share/g/a` and `a` from one session are two
-//! subscriptions, and removing one never touches the other (BAD_INPUTS #58).
+//! subscriptions, and removing one never touches the other (bad input #58).
 //!
 //! Must never: deliver one message to two members of one group, keep an empty group, or
 //! pick a member this replica has seen leave.

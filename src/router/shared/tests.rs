@@ -322,7 +322,7 @@ fn leave_and_rejoin() {
 
 #[test]
 fn shared_and_plain_subscriptions_are_independent() {
-    // BAD_INPUTS #58: `$share/sharename/test` + `test`, then UNSUB `test`.
+    // bad input #58: `$share/sharename/test` + `test`, then UNSUB `test`.
     use crate::router::delivery::SubscriptionTrie;
     let mut plain: SubscriptionTrie<u32> = SubscriptionTrie::new();
     let mut g = SharedGroups::new(shard(0), ShareStrategy::RoundRobin, 1);

@@ -14,7 +14,7 @@ pub(super) fn connack(h: &mut Harness) -> ConnAck {
 fn client_id_rules() {
     let l = Limits::default();
     use ProtocolVersion::*;
-    // BAD_INPUTS #17: empty id with clean session = 0 (3.1.1) -> 0x02.
+    // bad input #17: empty id with clean session = 0 (3.1.1) -> 0x02.
     let cases = [
         (V311, "", false, Err(ReasonCode::ClientIdentifierNotValid)),
         (V311, "", true, Ok(ConnectDecision::AssignId)),
@@ -44,7 +44,7 @@ fn client_id_rules() {
 
 #[test]
 fn keep_alive_cap() {
-    // BAD_INPUTS #28: 3.x above the cap -> return code 2; v5 -> Server Keep Alive.
+    // bad input #28: 3.x above the cap -> return code 2; v5 -> Server Keep Alive.
     let l = Limits::default();
     let mut c = connect_packet(ProtocolVersion::V311, "c1", true);
     c.keep_alive = 65535;
@@ -77,7 +77,7 @@ fn keep_alive_cap() {
 
 #[test]
 fn the_authentication_method_is_left_to_the_shard() {
-    // BAD_INPUTS #23: which methods exist depends on the settings in force; the shard
+    // bad input #23: which methods exist depends on the settings in force; the shard
     // answers 0x8C for the others (session::auth tests, tests/auth.rs).
     let mut c = connect_packet(ProtocolVersion::V5, "c1", true);
     c.properties.authentication_method = Some(mstr("SCRAM-X"));
@@ -103,7 +103,7 @@ fn will_checks() {
             will("a", QoS::AtLeastOnce, None),
             ReasonCode::QoSNotSupported,
         ),
-        // BAD_INPUTS #37.
+        // bad input #37.
         (
             Limits::default(),
             will("$CONTROL/x", QoS::AtMostOnce, None),

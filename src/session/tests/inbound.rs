@@ -84,7 +84,7 @@ fn qos2_flow_routes_once_and_completes() {
     assert_eq!(routed(&actions).len(), 1);
     assert!(h.s.data().awaiting_rel.contains(&pid(3)));
 
-    // BAD_INPUTS #53: the same id again (DUP or not) is a duplicate: PUBREC, not routed.
+    // bad input #53: the same id again (DUP or not) is a duplicate: PUBREC, not routed.
     let mut dup = publish("a/b", QoS::ExactlyOnce, Some(3));
     dup.dup = true;
     h.packet(Packet::Publish(dup));
@@ -105,7 +105,7 @@ fn qos2_flow_routes_once_and_completes() {
 
 #[test]
 fn unknown_pubrel_gets_pubcomp_and_stays_connected() {
-    // BAD_INPUTS #48.
+    // bad input #48.
     let mut h = Harness::v5();
     h.packet(Packet::PubRel(ack(9)));
     assert_eq!(
@@ -125,7 +125,7 @@ fn unknown_pubrel_gets_pubcomp_and_stays_connected() {
 
 #[test]
 fn receive_maximum_exceeded_disconnects_v5_and_closes_3x() {
-    // BAD_INPUTS #52 with Receive Maximum 2: the third QoS 2 awaiting PUBREL is one too many.
+    // bad input #52 with Receive Maximum 2: the third QoS 2 awaiting PUBREL is one too many.
     let limits = Limits {
         receive_maximum: 2,
         ..Limits::default()
@@ -176,7 +176,7 @@ fn receive_maximum_log_only_counts_and_continues() {
 
 #[test]
 fn awaiting_rel_is_a_hard_bound_even_when_log_only() {
-    // BAD_INPUTS #46: PUBREL starvation.
+    // bad input #46: PUBREL starvation.
     let limits = Limits {
         receive_maximum: 100,
         receive_maximum_log_only: true,
@@ -225,7 +225,7 @@ fn topic_alias_defines_resolves_and_redefines() {
 
 #[test]
 fn topic_alias_above_maximum_or_zero_is_0x94() {
-    // BAD_INPUTS #39.
+    // bad input #39.
     for alias in [0, 11] {
         let mut h = Harness::v5();
         h.packet(Packet::Publish(aliased("a", alias)));
@@ -244,7 +244,7 @@ fn unknown_alias_with_empty_topic_is_protocol_error() {
 
 #[test]
 fn topic_aliases_do_not_survive_the_connection() {
-    // BAD_INPUTS #39: per connection, never persisted.
+    // bad input #39: per connection, never persisted.
     let mut connect = connect_packet(ProtocolVersion::V5, "c1", false);
     connect.properties.session_expiry_interval = Some(100);
     let mut h = Harness::connected(Limits::default(), connect.clone());
@@ -259,7 +259,7 @@ fn topic_aliases_do_not_survive_the_connection() {
 
 #[test]
 fn dollar_topics_are_refused_and_never_routed() {
-    // BAD_INPUTS #37. v5: 0x87 in the ack, QoS 0 dropped silently.
+    // bad input #37. v5: 0x87 in the ack, QoS 0 dropped silently.
     let mut h = Harness::v5();
     h.packet(Packet::Publish(publish(
         "$SYS/x",
@@ -306,7 +306,7 @@ fn publish_checks_that_disconnect() {
     let mut with_sub_id = publish("t", QoS::AtMostOnce, None);
     with_sub_id.properties.subscription_identifiers = vec![1];
     let cases = [
-        // BAD_INPUTS #45.
+        // bad input #45.
         (no_retain, retained, ReasonCode::RetainNotSupported),
         // [MQTT-3.2.2-11].
         (
@@ -314,13 +314,13 @@ fn publish_checks_that_disconnect() {
             publish("t", QoS::ExactlyOnce, Some(1)),
             ReasonCode::QoSNotSupported,
         ),
-        // BAD_INPUTS #38.
+        // bad input #38.
         (
             shallow,
             publish("a/b/c/d", QoS::AtMostOnce, None),
             ReasonCode::TopicNameInvalid,
         ),
-        // BAD_INPUTS #40.
+        // bad input #40.
         (Limits::default(), with_sub_id, ReasonCode::ProtocolError),
     ];
     for (limits, p, code) in cases {
@@ -341,7 +341,7 @@ fn publish_checks_that_disconnect() {
 
 #[test]
 fn invalid_utf8_payload_with_format_indicator_is_0x99() {
-    // BAD_INPUTS #42 (the optional check).
+    // bad input #42 (the optional check).
     let mut h = Harness::v5();
     let mut p = publish("t", QoS::AtLeastOnce, Some(1));
     p.properties.payload_format_indicator = Some(true);
@@ -372,7 +372,7 @@ fn message_expiry_sets_the_deadline() {
 
 #[test]
 fn packets_only_the_server_sends_are_protocol_errors() {
-    // BAD_INPUTS #16 and #63; AUTH without an authentication method.
+    // bad input #16 and #63; AUTH without an authentication method.
     let bad = [
         Packet::Connect(Box::new(connect_packet(ProtocolVersion::V5, "c1", true))),
         Packet::ConnAck(crate::codec::ConnAck {

@@ -95,7 +95,7 @@ fn disconnect_with_will_message_publishes_it() {
 
 #[test]
 fn disconnect_with_server_only_reason_is_protocol_error() {
-    // BAD_INPUTS #64.
+    // bad input #64.
     for code in [
         ReasonCode::ServerBusy,
         ReasonCode::ServerShuttingDown,
@@ -124,7 +124,7 @@ fn disconnect_with_expiry(expiry: u32) -> Packet {
 
 #[test]
 fn disconnect_raising_expiry_from_zero_is_protocol_error() {
-    // BAD_INPUTS #65 [MQTT-3.14.2-2].
+    // bad input #65 [MQTT-3.14.2-2].
     let mut h = Harness::v5();
     h.packet(disconnect_with_expiry(1));
     assert_eq!(h.take().0, vec![disconnect(ReasonCode::ProtocolError)]);
@@ -284,7 +284,7 @@ fn protocol_error_publishes_the_will() {
 
 #[test]
 fn takeover_v5_sends_0x8e_and_keeps_a_persistent_session() {
-    // BAD_INPUTS #31: the same session object serves the new connection.
+    // bad input #31: the same session object serves the new connection.
     let c = with_will(ProtocolVersion::V5, false, Some(100), None);
     let mut h = Harness::connected(Limits::default(), c.clone());
     h.deliver(&message("t", QoS::AtLeastOnce), &live(QoS::AtLeastOnce));

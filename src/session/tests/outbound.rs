@@ -172,7 +172,7 @@ fn qos2_outbound_flow_and_duplicate_pubrec() {
     h.take();
     h.packet(Packet::PubRec(ack(1)));
     assert_eq!(h.packets(), vec![Packet::PubRel(ack(1))]);
-    // BAD_INPUTS #51: PUBREC again -> PUBREL again.
+    // bad input #51: PUBREC again -> PUBREL again.
     h.packet(Packet::PubRec(ack(1)));
     assert_eq!(h.packets(), vec![Packet::PubRel(ack(1))]);
     assert_eq!(
@@ -199,7 +199,7 @@ fn pubrec_with_error_code_ends_the_flow() {
 
 #[test]
 fn wrong_ack_for_the_flow_is_a_protocol_error() {
-    // BAD_INPUTS #50: QoS 1 answered with PUBREC or PUBCOMP; QoS 2 with PUBACK or an early
+    // bad input #50: QoS 1 answered with PUBREC or PUBCOMP; QoS 2 with PUBACK or an early
     // PUBCOMP; PUBREC -> PUBREL -> PUBACK.
     let cases: [(QoS, Vec<Packet>); 5] = [
         (QoS::AtLeastOnce, vec![Packet::PubRec(ack(1))]),

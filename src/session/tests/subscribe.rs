@@ -111,7 +111,7 @@ fn resubscribing_replaces_the_subscription() {
 
 #[test]
 fn subscription_quota_is_0x97() {
-    // BAD_INPUTS #61; replacing an existing filter is still allowed at the quota.
+    // bad input #61; replacing an existing filter is still allowed at the quota.
     let limits = Limits {
         max_subscriptions: 2,
         ..Limits::default()
@@ -196,7 +196,7 @@ fn unavailable_features_and_limits_are_refused_per_filter() {
 
 #[test]
 fn shared_subscription_with_no_local_is_protocol_error() {
-    // BAD_INPUTS #57 [MQTT-3.8.3-4].
+    // bad input #57 [MQTT-3.8.3-4].
     let mut h = Harness::v5();
     let mut opts = sub_opts(QoS::AtMostOnce);
     opts.no_local = true;
@@ -274,7 +274,7 @@ fn unsubscribe_reports_per_filter_in_v5() {
 
 #[test]
 fn shared_and_plain_subscription_to_the_same_filter_are_distinct() {
-    // BAD_INPUTS #58.
+    // bad input #58.
     let mut h = Harness::v5();
     h.packet(subscribe(
         1,

@@ -1,4 +1,4 @@
-//! Literal bytes in, literal bytes out: the BAD_INPUTS rows as they travel on the wire,
+//! Literal bytes in, literal bytes out: the bad-input rows as they travel on the wire,
 //! through the real codec.
 
 use super::*;
