@@ -25,7 +25,7 @@ mod listener;
 mod mqttsn;
 mod ops;
 
-pub use listener::{ListenerConfig, ListenerKind, ListenerUrl, WsPath};
+pub use listener::{ListenerConfig, ListenerKind, ListenerUrl, TlsCipherPreference, WsPath};
 pub use mqttsn::MqttSnConfig;
 pub use ops::{DEFAULT_SYS_INTERVAL_SECS, OpsConfig};
 
@@ -967,6 +967,39 @@ mod tests {
         ] {
             assert!(Config::from_toml(bad, p).is_err(), "{bad}");
         }
+    }
+
+    /// `tls_cipher_preference`: `compact` (the default) or `client`; anything else is an
+    /// error that names the setting.
+    #[test]
+    fn tls_cipher_preference_is_compact_or_client() {
+        let p = std::path::Path::new("t.toml");
+        let table = |v: &str| {
+            format!("[[listeners]]\nurl = \"mqtts://0.0.0.0:8883\"\ncert = \"c\"\nkey = \"k\"\n{v}")
+        };
+        for (line, want) in [
+            ("", None),
+            (
+                "tls_cipher_preference = \"compact\"\n",
+                Some(TlsCipherPreference::Compact),
+            ),
+            (
+                "tls_cipher_preference = \"client\"\n",
+                Some(TlsCipherPreference::Client),
+            ),
+        ] {
+            let c = Config::from_toml(&table(line), p).expect("parses");
+            c.validate().expect("valid");
+            assert_eq!(c.listeners[0].tls_cipher_preference, want, "{line}");
+        }
+        let e = Config::from_toml(&table("tls_cipher_preference = \"aes\"\n"), p)
+            .expect_err("unknown value")
+            .to_string();
+        assert!(
+            e.contains("tls_cipher_preference") && e.contains("compact or client"),
+            "{e}"
+        );
+        assert_eq!(TlsCipherPreference::default(), TlsCipherPreference::Compact);
     }
 
     #[test]

@@ -114,6 +114,15 @@ fn a_listener_whose_files_fail_stops_the_start_with_status_2() {
             "[[listeners]]\nurl = \"ws://127.0.0.1:0/mqtt\"\ncert = \"c.pem\"\n".to_owned(),
             "not TLS",
         ),
+        (
+            format!(
+                "[[listeners]]\nurl = \"mqtts://127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\
+                 tls_cipher_preference = \"fastest\"\n",
+                pki.server.cert_file.display(),
+                pki.server.key_file.display()
+            ),
+            "unknown tls_cipher_preference \"fastest\" (compact or client)",
+        ),
     ];
     for (toml, names) in cases {
         let file = data.0.join("bad.toml");

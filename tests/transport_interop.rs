@@ -1,7 +1,7 @@
 //! The transports against real third-party clients, on the broker as a process:
 //! mosquitto_pub/mosquitto_sub over TLS (`--cafile`) and with client certificates (the
 //! certificate's name is the username), rumqttc over TLS, Eclipse Paho (Python) over ws://
-//! and wss://, `openssl s_client` for the TLS versions, and a real browser (Debian's headless
+//! and wss://, `openssl s_client` for the TLS versions and cipher suites, and a real browser (Debian's headless
 //! Chromium driven by puppeteer-core) running MQTT.js and Paho JavaScript over ws://, with a
 //! TCP client of the test on the other side.
 //!
@@ -23,6 +23,7 @@ use common::process::{BrokerProcess, DataDir};
 use common::transport::Pki;
 use common::{Client, connect_packet, publish};
 use ringmq::codec::{Ack, Packet, ProtocolVersion, QoS};
+use ringmq::config::TlsCipherPreference;
 
 /// The listeners of the interop broker, in this order.
 const PLAIN: usize = 0;
@@ -30,6 +31,8 @@ const MQTTS: usize = 1;
 const MTLS: usize = 2;
 const WS: usize = 3;
 const WSS: usize = 4;
+/// `mqtts://` with `tls_cipher_preference = "client"`.
+const CLIENT_ORDER: usize = 5;
 
 struct Setup {
     broker: BrokerProcess,
@@ -45,6 +48,11 @@ impl Setup {
             Pki::toml(&pki.mtls_listener("mqtts://127.0.0.1:0")),
             Pki::toml(&pki.listener("ws://127.0.0.1:0/mqtt")),
             Pki::toml(&pki.listener("wss://127.0.0.1:0/mqtt")),
+            Pki::toml(&{
+                let mut l = pki.listener("mqtts://127.0.0.1:0");
+                l.tls_cipher_preference = Some(TlsCipherPreference::Client);
+                l
+            }),
         ]
         .concat();
         let broker = BrokerProcess::start_config(&toml, &["--shards", "2"]);
@@ -334,6 +342,56 @@ fn openssl_s_client_tls_versions() {
         if !accepted {
             assert!(!out.status.success(), "{flag}:\n{text}");
         }
+    }
+}
+
+/// The suite `openssl s_client` agrees: ChaCha20-Poly1305 by default (OpenSSL offers it
+/// after AES-GCM), AES-GCM when the client offers nothing else or the listener follows the
+/// client's order.
+#[test]
+fn openssl_s_client_cipher_suites() {
+    require("openssl", "openssl");
+    let setup = Setup::new("ciphers");
+    let ca = setup.pki.ca_file.to_str().expect("path").to_owned();
+    let cases: [(usize, &[&str], &str); 8] = [
+        (MQTTS, &["-tls1_3"], "TLS_CHACHA20_POLY1305_SHA256"),
+        (WSS, &["-tls1_3"], "TLS_CHACHA20_POLY1305_SHA256"),
+        (MQTTS, &["-tls1_2"], "ECDHE-ECDSA-CHACHA20-POLY1305"),
+        (
+            MQTTS,
+            &["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+            "TLS_AES_256_GCM_SHA384",
+        ),
+        (
+            MQTTS,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+        ),
+        (CLIENT_ORDER, &["-tls1_3"], "TLS_AES_256_GCM_SHA384"),
+        (CLIENT_ORDER, &["-tls1_2"], "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        (
+            CLIENT_ORDER,
+            &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+            "TLS_CHACHA20_POLY1305_SHA256",
+        ),
+    ];
+    for (listener, args, want) in cases {
+        let connect = setup.addr(listener).to_string();
+        let out = run(
+            Command::new("openssl")
+                .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+                .args(["-CAfile", &ca, "-verify_return_error"])
+                .args(args),
+            Duration::from_secs(20),
+            "openssl s_client",
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains(&format!("Cipher is {want}\n"))
+                && text.contains("Verify return code: 0 (ok)"),
+            "listener {listener} {args:?}: want {want}:\n{text}"
+        );
     }
 }
 

@@ -2,7 +2,9 @@
 //! heap bytes after N connections finished their handshake and exchanged a packet each,
 //! minus before, divided by N (the `Box<Transport>` included; allocator rounding and the
 //! kernel's socket buffers not). Prints the figures (`--nocapture`) and holds TLS to the
-//! 4 KB goal of issue 10.
+//! 4 KB goal of issue 10, with the listener's default cipher preference (ChaCha20-Poly1305,
+//! whose record keys are 44 bytes a direction) and, for comparison, with the client's
+//! AES-256-GCM (`tls_cipher_preference = "client"`).
 //!
 //! `cargo test --test transport_memory -- --nocapture`
 
@@ -13,8 +15,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::BytesMut;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use ringmq::config::{Limits, ListenerConfig};
+use ringmq::config::{Limits, ListenerConfig, TlsCipherPreference};
 use ringmq::transport::{ListenerRuntime, ReadStatus, Transport};
+use rustls::CipherSuite;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Counts live heap bytes (requested sizes).
@@ -99,7 +102,17 @@ impl Pki {
     }
 
     fn listener(&self, url: &str, mtls: bool) -> Arc<ListenerRuntime> {
+        self.listener_with(url, mtls, None)
+    }
+
+    fn listener_with(
+        &self,
+        url: &str,
+        mtls: bool,
+        preference: Option<TlsCipherPreference>,
+    ) -> Arc<ListenerRuntime> {
         let mut l = ListenerConfig::new(url.parse().expect("url"));
+        l.tls_cipher_preference = preference;
         if url.starts_with("mqtts") || url.starts_with("wss") {
             l.cert = Some(self.dir.join("server.pem"));
             l.key = Some(self.dir.join("server.key"));
@@ -181,8 +194,13 @@ impl Server for rustls::ServerConnection {
     }
 }
 
-/// TLS handshake with a rustls client, then one CONNECT in and one CONNACK out.
-fn tls_session<S: Server>(server: &mut S, client: Arc<rustls::ClientConfig>, ws: bool) {
+/// TLS handshake with a rustls client, then one CONNECT in and one CONNACK out; returns the
+/// cipher suite agreed.
+fn tls_session<S: Server>(
+    server: &mut S,
+    client: Arc<rustls::ClientConfig>,
+    ws: bool,
+) -> CipherSuite {
     let name = "localhost".try_into().expect("name");
     let mut client = rustls::ClientConnection::new(client, name).expect("client");
     let mut app = BytesMut::new();
@@ -213,6 +231,10 @@ fn tls_session<S: Server>(server: &mut S, client: Arc<rustls::ClientConfig>, ws:
         }
     }
     assert_eq!(&app[..], CONNECT);
+    client
+        .negotiated_cipher_suite()
+        .expect("handshake done")
+        .suite()
 }
 
 fn ws_request() -> Vec<u8> {
@@ -260,30 +282,54 @@ fn idle_transport_memory() {
     let pki = Pki::new();
     let mqtts = pki.listener("mqtts://127.0.0.1:8883", false);
     let client13 = pki.client(false, false);
+    // The client (rustls's defaults) lists AES-256-GCM first and ChaCha20-Poly1305 third:
+    // the listener's default preference takes ChaCha20, `client` the client's first.
+    let chacha13 = CipherSuite::TLS13_CHACHA20_POLY1305_SHA256;
     let tls13 = per_connection(|| {
         let mut t = transport(&mqtts);
-        tls_session(&mut t, client13.clone(), false);
+        assert_eq!(tls_session(&mut t, client13.clone(), false), chacha13);
         assert_eq!(t.buffered(), 0);
         t
     });
     let client12 = pki.client(false, true);
     let tls12 = per_connection(|| {
         let mut t = transport(&mqtts);
-        tls_session(&mut t, client12.clone(), false);
+        let suite = tls_session(&mut t, client12.clone(), false);
+        assert_eq!(
+            suite,
+            CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        );
+        t
+    });
+    let by_client = pki.listener_with(
+        "mqtts://127.0.0.1:8885",
+        false,
+        Some(TlsCipherPreference::Client),
+    );
+    let aes13 = per_connection(|| {
+        let mut t = transport(&by_client);
+        let suite = tls_session(&mut t, client13.clone(), false);
+        assert_eq!(suite, CipherSuite::TLS13_AES_256_GCM_SHA384);
+        t
+    });
+    let aes12 = per_connection(|| {
+        let mut t = transport(&by_client);
+        let suite = tls_session(&mut t, client12.clone(), false);
+        assert_eq!(suite, CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384);
         t
     });
     let mtls_listener = pki.listener("mqtts://127.0.0.1:8884", true);
     let mtls_client = pki.client(true, false);
     let mtls = per_connection(|| {
         let mut t = transport(&mtls_listener);
-        tls_session(&mut t, mtls_client.clone(), false);
+        assert_eq!(tls_session(&mut t, mtls_client.clone(), false), chacha13);
         assert_eq!(t.peer_identity().as_deref(), Some("device-1"));
         t
     });
     let config = mqtts.tls().expect("tls").current();
     let buffered = per_connection(|| {
         let mut s = rustls::ServerConnection::new(config.clone()).expect("server");
-        tls_session(&mut s, client13.clone(), false);
+        assert_eq!(tls_session(&mut s, client13.clone(), false), chacha13);
         s
     });
     let ws_listener = pki.listener("ws://127.0.0.1:8080/mqtt", false);
@@ -299,7 +345,7 @@ fn idle_transport_memory() {
     let wss_listener = pki.listener("wss://127.0.0.1:8443/mqtt", false);
     let wss = per_connection(|| {
         let mut t = transport(&wss_listener);
-        tls_session(&mut t, client13.clone(), true);
+        assert_eq!(tls_session(&mut t, client13.clone(), true), chacha13);
         t
     });
     let proxy_listener = {
@@ -320,8 +366,10 @@ fn idle_transport_memory() {
         std::mem::size_of::<Transport>(),
         std::mem::size_of::<rustls::server::UnbufferedServerConnection>()
     );
-    eprintln!("  mqtts, TLS 1.3:                     {tls13:>6}");
-    eprintln!("  mqtts, TLS 1.2:                     {tls12:>6}");
+    eprintln!("  mqtts, TLS 1.3 (ChaCha20-Poly1305):  {tls13:>6}");
+    eprintln!("  mqtts, TLS 1.2 (ChaCha20-Poly1305):  {tls12:>6}");
+    eprintln!("  mqtts, TLS 1.3, client's AES-256-GCM: {aes13:>5}");
+    eprintln!("  mqtts, TLS 1.2, client's AES-256-GCM: {aes12:>5}");
     eprintln!("  mqtts, TLS 1.3, client certificate: {mtls:>6}");
     eprintln!("  rustls::ServerConnection, TLS 1.3:  {buffered:>6}");
     eprintln!("  ws:                                 {ws:>6}");
@@ -332,5 +380,10 @@ fn idle_transport_memory() {
         "idle TLS connection: {tls13} bytes (goal: 4 KB)"
     );
     assert!(tls12 <= 4096 && mtls <= 4096 && wss <= 4096);
+    // The record keys: 2 x 560 bytes with ring's AES-GCM, 2 x 44 with ChaCha20's.
+    assert!(
+        tls13 + 1000 <= aes13 && tls12 + 1000 <= aes12,
+        "ChaCha20 {tls13}/{tls12} B, AES-GCM {aes13}/{aes12} B"
+    );
     assert!(ws <= 256 && proxy <= 256);
 }

@@ -77,6 +77,38 @@ impl ListenerKind {
     }
 }
 
+/// Which cipher suite a TLS listener picks among those the client offers
+/// (`tls_cipher_preference` in a `[[listeners]]` table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TlsCipherPreference {
+    /// `"compact"`: ChaCha20-Poly1305 whenever the client offers it (OpenSSL, rustls and
+    /// browsers all do), else the client's choice (AES-GCM). Its record keys take 44 bytes a
+    /// direction where AES-GCM's take 560, so an idle connection costs about 1 KB less.
+    #[default]
+    Compact,
+    /// `"client"`: the client's first choice (most clients put AES-GCM first).
+    Client,
+}
+
+impl TlsCipherPreference {
+    /// The setting's value in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsCipherPreference::Compact => "compact",
+            TlsCipherPreference::Client => "client",
+        }
+    }
+
+    /// The preference a configuration value names (`compact`, `client`).
+    pub fn from_name(name: &str) -> Option<TlsCipherPreference> {
+        match name {
+            "compact" => Some(TlsCipherPreference::Compact),
+            "client" => Some(TlsCipherPreference::Client),
+            _ => None,
+        }
+    }
+}
+
 /// Longest WebSocket path accepted in a listener URL. A path is compared with the request
 /// line of every upgrade; 256 bytes is far more than any MQTT deployment uses.
 const MAX_WS_PATH: usize = 256;
@@ -233,6 +265,10 @@ pub struct ListenerConfig {
     /// client address; a connection without one is closed.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Which cipher suite the server picks (TLS listeners only); `None`: the default,
+    /// `TlsCipherPreference::Compact`.
+    #[serde(default, deserialize_with = "cipher_preference_from_string")]
+    pub tls_cipher_preference: Option<TlsCipherPreference>,
 }
 
 fn url_from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ListenerUrl, D::Error> {
@@ -251,6 +287,17 @@ fn kind_from_string<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+fn cipher_preference_from_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<TlsCipherPreference>, D::Error> {
+    let s = String::deserialize(d)?;
+    TlsCipherPreference::from_name(&s).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown tls_cipher_preference {s:?} (compact or client)"
+        ))
+    })
+}
+
 impl ListenerConfig {
     /// A listener with no TLS file and no PROXY header for `url`.
     pub fn new(url: ListenerUrl) -> ListenerConfig {
@@ -263,6 +310,7 @@ impl ListenerConfig {
             use_identity_as_username: false,
             proxy_protocol: false,
             protocol: None,
+            tls_cipher_preference: None,
         }
     }
 
@@ -320,6 +368,10 @@ impl ListenerConfig {
                 ("client_ca", self.client_ca.is_some()),
                 ("require_client_cert", self.require_client_cert),
                 ("use_identity_as_username", self.use_identity_as_username),
+                (
+                    "tls_cipher_preference",
+                    self.tls_cipher_preference.is_some(),
+                ),
             ];
             if let Some((name, _)) = tls_keys.iter().find(|(_, set)| *set) {
                 return Err(self.error(format!(
@@ -461,6 +513,14 @@ mod tests {
         l.require_client_cert = false;
         l.use_identity_as_username = true;
         assert!(l.validate().is_err(), "identity with optional client certs");
+
+        let mut ws = ListenerConfig::new(url("ws://0.0.0.0:8080"));
+        ws.tls_cipher_preference = Some(TlsCipherPreference::Client);
+        let e = ws
+            .validate()
+            .expect_err("cipher preference on ws://")
+            .to_string();
+        assert!(e.contains("`tls_cipher_preference`"), "{e}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ impl ListenerRuntime {
                     client_ca: config.client_ca.clone(),
                     require_client_cert: config.require_client_cert,
                     identity_required: config.use_identity_as_username,
+                    cipher_preference: config.tls_cipher_preference.unwrap_or_default(),
                 };
                 let alpn = match config.url.kind {
                     ListenerKind::Wss => ALPN_HTTP1,

@@ -28,6 +28,7 @@ use bytes::BytesMut;
 mod listener;
 pub mod proxy;
 mod tls;
+mod tls_cipher;
 pub mod tls_config;
 mod ws;
 mod ws_handshake;

@@ -13,33 +13,38 @@
 //! Memory of an idle connection after the handshake and one packet each way, measured by
 //! `tests/transport_memory.rs` (live heap bytes requested, counted by the test binary's
 //! allocator, 1,000 connections after 300 warm-up handshakes; `Box<Transport>` included;
-//! rustls 0.23.48 with `ring`, ECDSA P-256 certificates from rcgen; allocator rounding and
-//! kernel socket buffers not included):
+//! rustls 0.23.48 with `ring` and RingMQ's ChaCha20-Poly1305 record protection
+//! (`super::tls_cipher`), ECDSA P-256 certificates from rcgen, a rustls client with its
+//! default suites (AES-256-GCM first, ChaCha20-Poly1305 third); allocator rounding and kernel
+//! socket buffers not included; 2026-12-05):
 //!
 //! | case | bytes per connection |
 //! |---|---|
-//! | `mqtts://`, TLS 1.3 (AES-256-GCM) | 3,345 |
-//! | `mqtts://`, TLS 1.2 | 3,241 |
-//! | `mqtts://`, TLS 1.3, client certificate (rustls keeps the client's chain) | 3,699 |
-//! | `wss://`, TLS 1.3 (`WsSession` in the `TlsSession`'s box) | 3,401 |
-//! | for comparison: `rustls::ServerConnection` alone, TLS 1.3 | 6,306 |
+//! | `mqtts://`, TLS 1.3 (ChaCha20-Poly1305: the listener's default preference) | 2,313 |
+//! | `mqtts://`, TLS 1.2 (ChaCha20-Poly1305) | 2,209 |
+//! | `mqtts://`, TLS 1.3, client certificate (rustls keeps the client's chain) | 2,667 |
+//! | `wss://`, TLS 1.3 (`WsSession` in the `TlsSession`'s box) | 2,369 |
+//! | `mqtts://`, TLS 1.3, AES-256-GCM (`tls_cipher_preference = "client"`) | 3,345 |
+//! | `mqtts://`, TLS 1.2, AES-256-GCM (`tls_cipher_preference = "client"`) | 3,241 |
+//! | for comparison: `rustls::ServerConnection` alone, TLS 1.3 (ChaCha20-Poly1305) | 5,274 |
 //!
-//! Of the 3,345 bytes: 40 are the `Transport` box, about 1,120 the boxed `TlsSession`
+//! Of the 2,313 bytes: 40 are the `Transport` box, about 1,120 the boxed `TlsSession`
 //! (`UnbufferedServerConnection` is 1,088 bytes inline), the rest is rustls's heap: the
-//! traffic keys (`ring` keeps an AES key schedule and GHASH table per direction), the TLS 1.3
-//! key schedule, and what it keeps from the handshake (allocation sizes seen live per idle
-//! connection: 1,120 `TlsSession`, 640 the handshake deframer's span list, 2 x 560 the
-//! record encrypter and decrypter, 224 the boxed TLS 1.3 traffic state (its key schedule;
-//! 120 with TLS 1.2), 2 x 96 two chunk queues, 9 the SNI name). Of these only the
-//! `TlsSession` is ours: the span list (allocated with room for 16 spans by
-//! `HandshakeDeframer::default`) and the queues (a `VecDeque` keeps the room its handshake
-//! records took) stay allocated while idle, and rustls 0.23.48 has no call that frees them.
-//! In mimalloc's size classes the 1,120 B box takes 1,280 B and each 560 B key 640 B, so
-//! the broker's RSS grows by more than this table says (README "Transports"). The buffered
-//! API costs 2.9 KB more because it also keeps its own receive buffer and queue
-//! capacities. A client certificate chain adds
-//! its DER size (a P-256 leaf here: about 350 bytes; an RSA chain with an intermediate
-//! would add 2-3 KB and pass the 4 KB goal).
+//! traffic keys, the TLS 1.3 key schedule, and what it keeps from the handshake (allocation
+//! sizes seen live per idle connection: 1,120 `TlsSession`, 640 the handshake deframer's
+//! span list, 2 x 44 the record encrypter and decrypter (key and IV), 224 the boxed TLS 1.3
+//! traffic state (its key schedule; 120 with TLS 1.2), 2 x 96 two chunk queues, 9 the SNI
+//! name). With AES-GCM the encrypter and decrypter are `ring`'s, 560 bytes each (its key
+//! type holds an AES key schedule and GHASH table whatever the algorithm): 1,032 bytes
+//! more. Of these only the `TlsSession` and the ChaCha20-Poly1305 keys are ours: the span
+//! list (allocated with room for 16 spans by `HandshakeDeframer::default`) and the queues (a
+//! `VecDeque` keeps the room its handshake records took) stay allocated while idle, and
+//! rustls 0.23.48 has no call that frees them. In mimalloc's size classes the 1,120 B box
+//! takes 1,280 B, each 44 B key 48 B (each 560 B AES-GCM key 640 B), so the broker's RSS
+//! grows by more than this table says (README "Transports"). The buffered API costs 2.9 KB
+//! more because it also keeps its own receive buffer and queue capacities. A client
+//! certificate chain adds its DER size (a P-256 leaf here: about 350 bytes; an RSA chain
+//! with an intermediate adds 2-3 KB).
 //!
 //! While reading, rustls 0.23 still copies each decrypted record into a `Vec` of its own
 //! (its unbuffered reader hands records out of an internal queue); that allocation lives

@@ -2,7 +2,8 @@
 //! client CA bundle from PEM files into a rustls `ServerConfig`, replacing it at run time,
 //! and the client-certificate identity used as the MQTT username.
 //!
-//! Owns: the rustls settings RingMQ runs with (the `ring` provider; TLS 1.2 and 1.3 only,
+//! Owns: the rustls settings RingMQ runs with (the `ring` provider with RingMQ's own
+//! ChaCha20-Poly1305 record protection, see `tls_cipher`; TLS 1.2 and 1.3 only,
 //! rustls's safe defaults, which have no renegotiation; ALPN `mqtt`, or `http/1.1` for
 //! WebSocket listeners, chosen when the client offers it), the reloadable holder whose newest
 //! configuration every new connection takes, and the rule that turns a client certificate
@@ -25,6 +26,9 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
+use super::tls_cipher;
+use crate::config::TlsCipherPreference;
+
 /// Largest PEM file read (certificate chain, key or CA bundle). A public CA bundle is about
 /// 220 KB; 4 MiB leaves room while keeping a wrong path (a log file, a device) from being
 /// read whole into memory.
@@ -43,6 +47,8 @@ pub struct TlsFiles {
     pub require_client_cert: bool,
     /// Client certificates must carry an identity (`identity_of`): it becomes the username.
     pub identity_required: bool,
+    /// Which cipher suite the server picks (`tls_cipher_preference`).
+    pub cipher_preference: TlsCipherPreference,
 }
 
 /// What went wrong with one file.
@@ -115,20 +121,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsLoadError> {
     })
 }
 
-/// The provider every listener uses: `ring` (builds with a plain C compiler, quickly;
-/// aws-lc-rs builds a large C library). rustls 0.23.48 deprecates it because it has no
-/// post-quantum key exchange (X25519MLKEM768): with it clients agree on X25519, P-256 or
-/// P-384. Moving to aws-lc-rs is a change of this one function and the Cargo feature.
-#[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Builds a `ServerConfig` from the files, checking that the key matches the certificate.
 pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsLoadError> {
     let chain = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
-    let provider = provider();
+    let provider = tls_cipher::provider(files.cipher_preference);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(&files.cert, TlsFileProblem::Setup(e)))?;
@@ -143,6 +140,7 @@ pub fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, T
         other => fail(&files.key, TlsFileProblem::BadKey(other)),
     })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.ignore_client_order = tls_cipher::ignores_client_order(files.cipher_preference);
     Ok(config)
 }
 

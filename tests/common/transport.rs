@@ -131,6 +131,9 @@ impl Pki {
         if l.proxy_protocol {
             t += "proxy_protocol = true\n";
         }
+        if let Some(p) = l.tls_cipher_preference {
+            t += &format!("tls_cipher_preference = \"{}\"\n", p.name());
+        }
         t
     }
 }

@@ -343,6 +343,7 @@ fn files(pki: &Pki) -> TlsFiles {
         client_ca: None,
         require_client_cert: false,
         identity_required: false,
+        cipher_preference: Default::default(),
     }
 }
 
