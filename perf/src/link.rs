@@ -147,8 +147,12 @@ impl Link {
             wire_pos: 0,
         };
         if let Some((tls, name)) = &config.tls {
-            let conn = rustls::ClientConnection::new(Arc::clone(tls), name.clone())
+            let mut conn = rustls::ClientConnection::new(Arc::clone(tls), name.clone())
                 .map_err(|e| LinkError::Tls(e.to_string()))?;
+            // A window of messages is written at once (512 x 2 KiB is 1 MiB) and `wire` holds
+            // what the socket has not taken yet: rustls's default 64 KiB limit would make
+            // `write_all` fail with WriteZero once a window outgrows it.
+            conn.set_buffer_limit(None);
             link.tls = Some(Box::new(conn));
         }
         if let Some((host, path)) = &config.ws {
