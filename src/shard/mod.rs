@@ -11,7 +11,8 @@
 //! (the same through a TLS, WebSocket or PROXY transport), `core.rs`
 //! (shard state, sessions, actions, timers), `route.rs` (publish/subscribe flow and
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
-//! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
+//! client), `slots.rs` (the chunked slab of connections and clients), `ids.rs` (their
+//! typed keys: `ConnId`, `ClientSlot`, `ConnKey`), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
 //! the epoll `Poller`, signals), `close.rs` (why connections close, the close line),
 //! `stats.rs` (counters, snapshots, `$SYS`), `panic.rs` (the hook that stops the process
@@ -30,6 +31,7 @@ mod close;
 mod core;
 mod event_loop;
 mod hold;
+mod ids;
 mod io;
 mod layered;
 mod limits;

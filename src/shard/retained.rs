@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::core::{Core, Phase};
+use super::ids::ClientSlot;
 use super::routes;
 use crate::router::topic::TopicFilter;
 use crate::session::{Delivery, Message, Subscription};
@@ -31,7 +32,7 @@ const LOOKUP_WORK_PER_TURN: usize = 4096;
 /// One subscription whose retained messages are still to be sent.
 #[derive(Debug)]
 pub(crate) struct RetainedJob {
-    slot: u32,
+    slot: ClientSlot,
     generation: u32,
     filter: TopicFilter,
     sub: Subscription,
@@ -41,8 +42,13 @@ pub(crate) struct RetainedJob {
 
 impl Core {
     /// Queues the retained messages matching `filter` for client `slot`'s new subscription.
-    pub(crate) fn queue_retained(&mut self, slot: u32, filter: TopicFilter, sub: Subscription) {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+    pub(crate) fn queue_retained(
+        &mut self,
+        slot: ClientSlot,
+        filter: TopicFilter,
+        sub: Subscription,
+    ) {
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
             return;
         };
         // A filter that does not start with `$` matches no `$` topic [MQTT-4.7.2-1]: with only
@@ -78,15 +84,12 @@ impl Core {
         self.retained_jobs.iter().any(|job| {
             let conn = self
                 .clients
-                .get(job.slot as usize)
+                .get(job.slot)
                 .filter(|c| c.generation == job.generation)
                 .map(|c| c.conn);
             match conn {
                 None | Some(None) => true,
-                Some(Some(c)) => self
-                    .conns
-                    .get(c as usize)
-                    .is_none_or(|c| c.out.len() < max_out),
+                Some(Some(c)) => self.conns.get(c).is_none_or(|c| c.out.len() < max_out),
             }
         })
     }
@@ -111,14 +114,14 @@ impl Core {
             };
             let live = self
                 .clients
-                .get(job.slot as usize)
+                .get(job.slot)
                 .is_some_and(|c| c.generation == job.generation);
             if !live {
                 continue; // The client left; its subscription with it.
             }
-            let conn = self.clients.get(job.slot as usize).and_then(|c| c.conn);
+            let conn = self.clients.get(job.slot).and_then(|c| c.conn);
             let room = conn
-                .and_then(|c| self.conns.get(c as usize))
+                .and_then(|c| self.conns.get(c))
                 .is_some_and(|c| c.phase == Phase::Open && c.out.len() < max_out);
             if conn.is_some() && !room {
                 // The client reads slowly: its job waits (its flush resumes the loop).
@@ -167,7 +170,12 @@ impl Core {
         found
     }
 
-    fn deliver_retained(&mut self, slot: u32, sub: &Subscription, messages: &[Arc<Message>]) {
+    fn deliver_retained(
+        &mut self,
+        slot: ClientSlot,
+        sub: &Subscription,
+        messages: &[Arc<Message>],
+    ) {
         let ids: &[u32] = match &sub.id {
             Some(id) => std::slice::from_ref(id),
             None => &[],

@@ -13,6 +13,7 @@
 //! Must never: allocate a monoio timer per connection (each costs memory per idle
 //! connection), or fire an entry before its deadline.
 
+use super::ids::{ClientSlot, ConnKey};
 use std::time::Instant;
 
 /// Wheel resolution. MQTT deadlines are in seconds, so one tick per second loses nothing.
@@ -57,9 +58,9 @@ impl Default for Clock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TimerKey {
     /// A connection: CONNECT timeout or slow consumer.
-    Conn { slot: u32, generation: u32 },
+    Conn(ConnKey),
     /// A session on its home shard: `Session::next_deadline`.
-    Client { slot: u32, generation: u32 },
+    Client { slot: ClientSlot, generation: u32 },
 }
 
 /// A hashed timing wheel with 1 s ticks.
@@ -138,10 +139,7 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
-    const K: TimerKey = TimerKey::Conn {
-        slot: 1,
-        generation: 1,
-    };
+    const K: TimerKey = TimerKey::Conn(ConnKey::new(super::super::ids::ConnId::from_raw(1), 1));
 
     /// A burst of entries in one slot does not leave its room behind once they fired.
     #[test]
@@ -151,7 +149,7 @@ mod tests {
             w.schedule(
                 5_000,
                 TimerKey::Client {
-                    slot,
+                    slot: ClientSlot::from_raw(slot),
                     generation: 1,
                 },
             );
