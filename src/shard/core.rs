@@ -519,12 +519,9 @@ impl Core {
     /// `origin` and `skip`: each answers `origin` once it has applied what this shard sent
     /// it before.
     pub(crate) fn send_fences(&mut self, origin: ShardId, hold: HoldKey, skip: Option<ShardId>) {
-        for i in 0..self.shared.shards {
-            match ShardId::new(i as u8) {
-                Some(dst) if dst != origin && Some(dst) != skip => {
-                    self.send_to(dst, Envelope::Fence { origin, hold });
-                }
-                Some(_) | None => {}
+        for dst in ShardId::all(self.shared.shards) {
+            if dst != origin && Some(dst) != skip {
+                self.send_to(dst, Envelope::Fence { origin, hold });
             }
         }
     }

@@ -58,7 +58,7 @@ pub(crate) enum ReadOutcome {
 /// What travels with a handed-off fd.
 #[derive(Debug)]
 pub(crate) struct HandoffParts {
-    pub(crate) home: usize,
+    pub(crate) home: ShardId,
     pub(crate) connect: Box<codec::Connect>,
     pub(crate) client_id: crate::session::ClientId,
     pub(crate) assigned: bool,
@@ -307,9 +307,6 @@ impl Core {
             leftover,
             identity,
         } = parts;
-        let Some(dst) = ShardId::new(home as u8) else {
-            return;
-        };
         let handoff = Handoff {
             fd,
             peer: conn.peer,
@@ -320,7 +317,7 @@ impl Core {
             leftover,
             identity,
         };
-        self.send_to(dst, Envelope::Handoff(Box::new(handoff)));
+        self.send_to(home, Envelope::Handoff(Box::new(handoff)));
     }
 
     /// The socket of connection `id` is readable: read, decode, act.
@@ -604,7 +601,7 @@ impl Core {
         rest: &mut BytesMut,
     ) -> Step {
         let home = super::home_shard(client_id.as_str().as_bytes(), self.shared.shards);
-        if home != self.id.index() {
+        if home != self.id {
             self.stats.handed_off += 1;
             return Step::Handoff(Box::new(HandoffParts {
                 home,
@@ -659,7 +656,7 @@ impl Core {
     pub(crate) fn flush_all(&mut self) -> bool {
         // The storage batch before the envelopes: whatever another shard stores because of
         // an envelope of this turn reaches the writer after this shard's part.
-        self.persist.end_turn(self.id.index());
+        self.persist.end_turn(self.id);
         let sent_all = self.outboxes.flush(self.id, &self.shared.mesh);
         let dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {

@@ -137,15 +137,16 @@ impl BrokerError {
     }
 }
 
-/// The home shard of a client id: where its session, takeover, will and expiry live.
-/// FNV-1a: stable across runs and platforms, so storage keys stay on the same shard.
-pub fn home_shard(client_id: &[u8], shards: usize) -> usize {
+/// The home shard of a client id: where its session, takeover, will and expiry live (and,
+/// for a topic, the shard that orders its retained updates). FNV-1a: stable across runs and
+/// platforms, so storage keys stay on the same shard.
+pub fn home_shard(client_id: &[u8], shards: usize) -> ShardId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in client_id {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h % shards.max(1) as u64) as usize
+    ShardId::of_hash(h, shards)
 }
 
 /// What every shard shares (read-only after start, except the stop flag).

@@ -170,7 +170,7 @@ impl SnRuntime {
     }
 
     /// The home of a CONNECT's client id, if the datagram is a CONNECT.
-    fn connect_home(datagram: &Bytes, shards: usize) -> Option<usize> {
+    fn connect_home(datagram: &Bytes, shards: usize) -> Option<ShardId> {
         match sn_codec::decode(datagram) {
             Ok(SnMessage::Connect(c)) => Some(super::home_shard(&c.client_id, shards)),
             Ok(_) | Err(_) => None,
@@ -231,7 +231,7 @@ impl Core {
         let me = self.id;
         let shards = self.shared.shards;
         let Some(sn) = self.sn.as_mut() else { return };
-        let home = SnRuntime::connect_home(&datagram, shards).and_then(|h| ShardId::new(h as u8));
+        let home = SnRuntime::connect_home(&datagram, shards);
         let old = sn.routes.get(&from).copied();
         // The shard whose client at the address is over (it had a route here).
         let mut tell_old = None;

@@ -190,7 +190,7 @@ impl Persist {
     }
 
     /// Sends this turn's batch (if any) to the writer.
-    pub(crate) fn end_turn(&mut self, shard: usize) {
+    pub(crate) fn end_turn(&mut self, shard: ShardId) {
         if self.batch.is_empty() {
             return;
         }
@@ -198,14 +198,18 @@ impl Persist {
         self.last_put = 0;
         let n = ops.len();
         let batch = storage::Batch {
-            source: shard,
+            source: shard.index(),
             ticket: self.ticket,
             ops,
         };
         if let Some(writer) = &self.writer
             && writer.send(batch).is_err()
         {
-            log!(ERROR, Some(shard as u16), "the storage writer is gone");
+            log!(
+                ERROR,
+                Some(shard.index() as u16),
+                "the storage writer is gone"
+            );
         }
         self.in_flight.push_back((self.ticket, n, Instant::now()));
         self.uncommitted_ops += n;

@@ -194,7 +194,7 @@ fn distribute(r: storage::Recovered, shards: usize, wall_epoch_ms: u64) -> Vec<S
         .collect();
     for session in r.sessions {
         let home = super::home_shard(&session.client, shards);
-        out[home].sessions.push(session);
+        out[home.index()].sessions.push(session);
     }
     for (msg, shard) in r.fanout {
         // The shard count may have changed: the part goes to a shard that exists; it

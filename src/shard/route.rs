@@ -49,9 +49,7 @@ pub(crate) struct Publisher {
 impl Core {
     fn other_shards(&self) -> impl Iterator<Item = ShardId> + use<> {
         let me = self.id;
-        (0..self.shared.shards)
-            .filter_map(|i| ShardId::new(i as u8))
-            .filter(move |s| *s != me)
+        ShardId::all(self.shared.shards).filter(move |s| *s != me)
     }
 
     /// The shards where some subscription matches `message`. A broker of one shard keeps no
@@ -214,8 +212,7 @@ impl Core {
 
     /// The shard that orders (and stores) the retained updates of `message`'s topic.
     fn retain_owner(&self, message: &Message) -> ShardId {
-        let index = super::home_shard(message.topic.as_bytes(), self.shared.shards);
-        ShardId::new(index as u8).expect("home_shard is below the shard count")
+        super::home_shard(message.topic.as_bytes(), self.shared.shards)
     }
 
     /// As the topic's owner: applies and stores a retained update, passes it to every other
