@@ -81,6 +81,12 @@ impl Core {
         };
         let version = connect.protocol;
         let Some(conn) = self.conns.get_mut(id) else {
+            // The caller is handling this connection's CONNECT (read from it, or its
+            // hand-off just made it), and nothing above closes it.
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("connection {id} gone while attaching client slot {slot}"),
+            );
             return;
         };
         conn.phase = Phase::Open;
@@ -102,6 +108,12 @@ impl Core {
             client
                 .session
                 .connect_with_auth(*connect, how, now, &mut conn.out, &mut actions);
+        } else {
+            // Made above, or resumed (live and not ended, checked above).
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("client slot {slot} gone while attaching connection {id}"),
+            );
         }
         log!(
             INFO,

@@ -136,6 +136,25 @@ pub(crate) struct Conn {
     pub(crate) out: BytesMut,
 }
 
+/// A lookup that the shard's own bookkeeping guarantees came back empty: a bug of the
+/// broker, never something a client can cause (a stale id after a close is not this: it is
+/// checked, and ignored, where it can occur). Debug builds and debug tests stop here; a
+/// release build logs it and the caller takes its way out, since a panic would stop the
+/// shard and every client on it.
+#[cold]
+#[track_caller]
+pub(crate) fn broken_invariant(shard: Option<u16>, what: std::fmt::Arguments<'_>) {
+    if cfg!(debug_assertions) {
+        panic!("broken invariant: {what}");
+    }
+    log!(
+        ERROR,
+        shard,
+        "internal error (a bug): {what} at {}",
+        std::panic::Location::caller()
+    );
+}
+
 /// A broker-clock instant in tenths of a second, 0 meaning "none": enough for timeouts
 /// counted in seconds, in 4 bytes (it wraps after 13 years of uptime).
 pub(crate) type Stamp = u32;

@@ -296,6 +296,11 @@ impl Core {
             return;
         };
         let Some(fd) = conn.fd else {
+            // Checked above: a socketless (gateway) connection is never moved.
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("connection {id} handed off without a socket"),
+            );
             return;
         };
         self.poller.delete(fd.as_fd());

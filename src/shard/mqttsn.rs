@@ -456,7 +456,13 @@ impl Core {
         }
         let id = anonymous_client_id(&self.session_limits)?;
         let slot = self.new_client(id);
-        let generation = self.clients.get(slot)?.generation;
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("new anonymous client slot {slot} not in the slab"),
+            );
+            return None;
+        };
         let mut actions = std::mem::take(&mut self.actions);
         if let Some(client) = self.clients.get_mut(slot) {
             client.session.connect(

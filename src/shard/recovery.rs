@@ -319,9 +319,13 @@ impl Core {
         );
         let persistent = self.persist.enabled() && session.is_persistent();
         let slot = self.insert_client(session);
-        if let Some(c) = self.clients.get_mut(slot) {
+        match self.clients.get_mut(slot) {
             // Set before the subscriptions are routed, which count it.
-            c.durable = persistent;
+            Some(c) => c.durable = persistent,
+            None => super::core::broken_invariant(
+                self.log_id,
+                format_args!("restored client slot {slot} not in the slab"),
+            ),
         }
         for (filter, sub) in subs {
             self.route_subscription(slot, filter, sub);

@@ -45,6 +45,10 @@ impl Registry {
     /// no other registered client has.
     pub(crate) fn insert(&mut self, clients: &Clients, slot: ClientSlot) {
         let Some(client) = clients.get(slot) else {
+            super::core::broken_invariant(
+                None,
+                format_args!("client slot {slot} registered but not in the slab"),
+            );
             return;
         };
         let hasher = &self.hasher;

@@ -93,7 +93,12 @@ impl<K: SlotKey, T> Slots<K, T> {
                 return K::from_index(key);
             }
             // Unreachable: the free list names only vacant entries. Forget the list rather
-            // than overwrite a value.
+            // than overwrite a value (values stay where they are: nothing is lost, the
+            // slab only grows instead of reusing).
+            super::core::broken_invariant(
+                None,
+                format_args!("the slab's free list names key {key}, which is occupied"),
+            );
             self.free = NONE;
         }
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
