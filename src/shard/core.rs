@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use super::ids::{ClientSlot, ConnId, ConnKey};
+use super::ids::{ClientSlot, ConnId, ConnKey, SessionKey};
 use super::slots::Slots;
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
@@ -200,6 +200,20 @@ impl Conns {
     /// `live`, for a change.
     pub(crate) fn live_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
         self.get_mut(key.id)
+            .filter(|c| c.generation == key.generation)
+    }
+}
+
+impl Clients {
+    /// The client `key` names, unless it ended (its slot may hold a newer one).
+    pub(crate) fn live(&self, key: SessionKey) -> Option<&Client> {
+        self.get(key.slot)
+            .filter(|c| c.generation == key.generation)
+    }
+
+    /// `live`, for a change.
+    pub(crate) fn live_mut(&mut self, key: SessionKey) -> Option<&mut Client> {
+        self.get_mut(key.slot)
             .filter(|c| c.generation == key.generation)
     }
 }
@@ -581,10 +595,7 @@ impl Core {
         };
         let tick = TimerWheel::tick_of(deadline);
         if client.timer_tick == 0 || tick < client.timer_tick {
-            let key = TimerKey::Client {
-                slot,
-                generation: client.generation,
-            };
+            let key = TimerKey::Client(SessionKey::new(slot, client.generation));
             client.timer_tick = self.wheel.schedule(deadline, key);
         }
     }
@@ -607,18 +618,19 @@ impl Core {
         self.wheel.advance(self.now_ms, &mut fired);
         for (tick, key) in fired {
             match key {
-                TimerKey::Client { slot, generation } => self.client_timer(slot, generation, tick),
+                TimerKey::Client(key) => self.client_timer(key, tick),
                 TimerKey::Conn(key) => self.conn_timer(key, tick),
             }
         }
         self.publish_stats();
     }
 
-    fn client_timer(&mut self, slot: ClientSlot, generation: u32, tick: u32) {
-        let Some(client) = self.clients.get_mut(slot) else {
-            return;
+    fn client_timer(&mut self, key: SessionKey, tick: u32) {
+        let slot = key.slot;
+        let Some(client) = self.clients.live_mut(key) else {
+            return; // Ended (its slot may hold a newer client).
         };
-        if client.generation != generation || client.timer_tick != tick {
+        if client.timer_tick != tick {
             return;
         }
         client.timer_tick = 0;

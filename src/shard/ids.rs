@@ -2,15 +2,15 @@
 //! one of the connections that used a slot.
 //!
 //! Owns: `ConnId` (a connection's key in the shard's connection slab), `ClientSlot` (a
-//! client's key in its client slab), `ConnKey` (a `ConnId` with the generation that tells
-//! the connection apart from a later one in the same slot), the poller token that encodes a
+//! client's key in its client slab), `ConnKey` and `SessionKey` (an id with the generation
+//! that tells the connection or client apart from a later one in the same slot), the poller token that encodes a
 //! `ConnKey`, and `SlotKey`, the one conversion between a typed id and a slab index. Every
 //! id is a `u32` in a newtype: zero cost, but a connection id cannot be passed where a client
 //! slot is meant, nor indexed into the wrong slab.
 //!
-//! Must never: let an id of one slab index another, or compare two connections by `ConnId`
-//! where one of them may be stale (a timer, a verdict, another shard): that takes a
-//! `ConnKey`.
+//! Must never: let an id of one slab index another, or name a connection or client by its
+//! bare id where the reference may be stale (a timer, a verdict, a queued job, another
+//! shard): that takes a `ConnKey` or a `SessionKey`.
 
 use std::fmt;
 
@@ -59,7 +59,7 @@ impl fmt::Display for ConnId {
 
 /// A client (session) homed on this shard: its key in the client slab (`Core::clients`).
 /// Where a reference may outlive the client (another shard's, a queued job), the client's
-/// generation goes with it (`routes::SessionKey`).
+/// generation goes with it (`SessionKey`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(transparent)]
 pub(crate) struct ClientSlot(u32);
@@ -126,6 +126,20 @@ impl ConnKey {
     }
 }
 
+/// A session on its home shard, told apart from a later one in the same slot: what other
+/// shards (shared-subscription members), a timer or a queued job keep to name a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SessionKey {
+    pub(crate) slot: ClientSlot,
+    pub(crate) generation: u32,
+}
+
+impl SessionKey {
+    pub(crate) const fn new(slot: ClientSlot, generation: u32) -> SessionKey {
+        SessionKey { slot, generation }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +153,7 @@ mod tests {
 
     #[test]
     fn ids_are_as_small_as_their_number() {
+        assert_eq!(std::mem::size_of::<SessionKey>(), 8);
         assert_eq!(std::mem::size_of::<ConnId>(), 4);
         assert_eq!(std::mem::size_of::<Option<ConnId>>(), 8);
         assert_eq!(std::mem::size_of::<ClientSlot>(), 4);

@@ -34,7 +34,7 @@ use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use super::hold::HoldKey;
-use super::routes::SessionKey;
+use super::ids::SessionKey;
 use crate::codec::Connect;
 use crate::router::delivery::Subscription;
 use crate::router::interest::{InterestOp, ShardId};

@@ -40,10 +40,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::core::{Core, Phase};
-use super::ids::{ClientSlot, ConnId, ConnKey};
+use super::ids::{ClientSlot, ConnId, ConnKey, SessionKey};
 use super::io::Step;
 use super::mailbox::Envelope;
-use super::routes::SessionKey;
 use crate::codec::Packet;
 use crate::log;
 use crate::mqttsn::codec::{self as sn_codec, SnMessage};
@@ -446,13 +445,13 @@ impl Core {
     /// The anonymous session's slot, connected (made again when it ended).
     fn sn_anonymous_slot(&mut self) -> Option<ClientSlot> {
         let sn = self.sn.as_ref()?;
-        if let Some(SessionKey { slot, generation }) = sn.anonymous
+        if let Some(key) = sn.anonymous
             && self
                 .clients
-                .get(slot)
-                .is_some_and(|c| c.generation == generation && !c.session.is_ended())
+                .live(key)
+                .is_some_and(|c| !c.session.is_ended())
         {
-            return Some(slot);
+            return Some(key.slot);
         }
         let id = anonymous_client_id(&self.session_limits)?;
         let slot = self.new_client(id);
@@ -478,7 +477,7 @@ impl Core {
         self.apply_actions(slot, &mut actions, None);
         self.actions = actions;
         if let Some(sn) = self.sn.as_mut() {
-            sn.anonymous = Some(SessionKey { slot, generation });
+            sn.anonymous = Some(SessionKey::new(slot, generation));
         }
         Some(slot)
     }

@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use super::core::{Core, Phase};
 use super::hold::HoldKey;
-use super::ids::{ClientSlot, ConnKey};
+use super::ids::{ClientSlot, ConnKey, SessionKey};
 use super::mailbox::{AckRequest, Envelope, Handoff, InterestChange};
-use super::routes::{self, SessionKey};
+use super::routes;
 use crate::codec::{QoS, RetainHandling};
 use crate::router::interest::{ShardId, ShardMask};
 use crate::router::shared::{ShareMember, ShareOp};

@@ -10,7 +10,7 @@
 //! Must never: touch a socket or the clock, or hold a retained payload that pins a shard's
 //! read buffer (`retained_entry` copies the payload).
 
-use super::ids::ClientSlot;
+use super::ids::{ClientSlot, SessionKey};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,13 +23,6 @@ use crate::router::shared::{SharePick, SharedGroups};
 use crate::router::topic::{TopicFilter, TopicName};
 use crate::router::trie::MatchStack;
 use crate::session::Message;
-
-/// A session on its home shard, as other shards name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct SessionKey {
-    pub(crate) slot: ClientSlot,
-    pub(crate) generation: u32,
-}
 
 /// The routing tables of one shard.
 #[derive(Debug)]

@@ -35,9 +35,8 @@ use std::sync::Arc;
 
 use super::core::Core;
 use super::event_loop::Lifecycle;
-use super::ids::ClientSlot;
+use super::ids::{ClientSlot, SessionKey};
 use super::mailbox::Envelope;
-use super::routes::SessionKey;
 use crate::codec::QoS;
 use crate::router::delivery::Subscription;
 use crate::router::shared::{ShareOp, ShareStrategy};
@@ -79,10 +78,7 @@ impl Core {
         hops: u8,
     ) {
         let qos = sub.options.qos.min(message.qos);
-        let member = self
-            .clients
-            .get(key.slot)
-            .filter(|c| c.generation == key.generation);
+        let member = self.clients.live(key);
         let Some(member) = member else {
             if qos != QoS::AtMostOnce {
                 self.return_to_group(group, message, hops);

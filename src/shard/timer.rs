@@ -13,7 +13,7 @@
 //! Must never: allocate a monoio timer per connection (each costs memory per idle
 //! connection), or fire an entry before its deadline.
 
-use super::ids::{ClientSlot, ConnKey};
+use super::ids::{ConnKey, SessionKey};
 use std::time::Instant;
 
 /// Wheel resolution. MQTT deadlines are in seconds, so one tick per second loses nothing.
@@ -60,7 +60,7 @@ pub(crate) enum TimerKey {
     /// A connection: CONNECT timeout or slow consumer.
     Conn(ConnKey),
     /// A session on its home shard: `Session::next_deadline`.
-    Client { slot: ClientSlot, generation: u32 },
+    Client(SessionKey),
 }
 
 /// A hashed timing wheel with 1 s ticks.
@@ -148,10 +148,10 @@ mod tests {
         for slot in 0..10_000 {
             w.schedule(
                 5_000,
-                TimerKey::Client {
-                    slot: ClientSlot::from_raw(slot),
-                    generation: 1,
-                },
+                TimerKey::Client(SessionKey::new(
+                    super::super::ids::ClientSlot::from_raw(slot),
+                    1,
+                )),
             );
         }
         assert!(w.capacity() >= 10_000);
