@@ -1,12 +1,12 @@
-//! The typed ids of a shard's runtime tables: which connection, which client, and which
-//! one of the connections that used a slot.
+//! The typed ids of a shard's runtime tables: which connection, which client, and which of
+//! the connections or clients that used a slot.
 //!
 //! Owns: `ConnId` (a connection's key in the shard's connection slab), `ClientSlot` (a
 //! client's key in its client slab), `ConnKey` and `SessionKey` (an id with the generation
-//! that tells the connection or client apart from a later one in the same slot), the poller token that encodes a
-//! `ConnKey`, and `SlotKey`, the one conversion between a typed id and a slab index. Every
-//! id is a `u32` in a newtype: zero cost, but a connection id cannot be passed where a client
-//! slot is meant, nor indexed into the wrong slab.
+//! that tells the connection or client apart from a later one in the same slot), the poller
+//! token that encodes a `ConnKey`, and `SlotKey`, the one conversion between a typed id and
+//! a slab index. Every id is a `u32` in a newtype: zero cost, but a connection id cannot be
+//! passed where a client slot is meant, nor index the wrong slab.
 //!
 //! Must never: let an id of one slab index another, or name a connection or client by its
 //! bare id where the reference may be stale (a timer, a verdict, a queued job, another

@@ -1,7 +1,8 @@
-//! `Slots<T>`: the slab of a shard's connections and clients, in fixed-size chunks.
+//! `Slots<K, T>`: the slab of a shard's connections and clients, in fixed-size chunks.
 //!
-//! Owns: stable keys for values (a typed id per slab, `ids::SlotKey`) (a freed key is reused, newest first), storage that
-//! grows one chunk at a time and never moves what it holds.
+//! Owns: stable keys for values, of the slab's own id type `K` (`ids::SlotKey`: `ConnId`,
+//! `ClientSlot`; a freed key is reused, newest first), storage that grows one chunk at a
+//! time and never moves what it holds.
 //!
 //! Why not one growing vector: doubling a vector of 100k+ connections copies all of them in
 //! one step (a pause of the shard that grows with the connection count) and leaves the old
