@@ -142,8 +142,8 @@ fn build(shards: usize, exact: bool) -> (Vec<Shard>, Counted) {
     };
     for c in 0..CLIENTS {
         let mut record = Subscriptions::new();
-        let home = home_shard(format!("client-{c}").as_bytes(), shards);
-        let shard = ShardId::new(home as u8).expect("fewer than 64 shards");
+        let shard = home_shard(format!("client-{c}").as_bytes(), shards);
+        let home = shard.index();
         for k in 0..FILTERS_PER_CLIENT {
             let f = filter(c, k, exact);
             let before = LIVE.load(Ordering::Relaxed);

@@ -117,7 +117,7 @@ fn acknowledged_retained_message_is_on_every_replica() {
     let (mut sub, _) = Client::connect(broker.addr, v, &broker.client_id_on("ack-sub", 2), true);
     let topics = (0..10_000)
         .map(|i| format!("owned/{i}"))
-        .filter(|t| ringmq::shard::home_shard(t.as_bytes(), 4) == 1)
+        .filter(|t| ringmq::shard::home_shard(t.as_bytes(), 4).index() == 1)
         .take(100);
     for (i, topic) in topics.enumerate() {
         let payload = format!("v{i}");

@@ -41,6 +41,7 @@ use std::sync::Arc;
 use super::auth::Identity;
 use super::close::SessionCall;
 use super::core::Core;
+use super::ids::{ClientSlot, ConnId};
 use crate::auth::Authenticator;
 use crate::auth::acl::{AclSubject, SubscribeAccess};
 use crate::auth::random::OsRandom;
@@ -91,7 +92,7 @@ impl ClientAuth {
 /// The shard's authorization state (see the module documentation).
 #[derive(Debug, Default)]
 pub(crate) struct Access {
-    clients: HashMap<u32, ClientAuth>,
+    clients: HashMap<ClientSlot, ClientAuth>,
     /// Entries whose `partial` is not empty: while 0, no delivery is checked.
     partial_clients: usize,
     cache: ReadCache,
@@ -99,7 +100,7 @@ pub(crate) struct Access {
 }
 
 impl Access {
-    fn get(&self, slot: u32, generation: u32) -> Option<&ClientAuth> {
+    fn get(&self, slot: ClientSlot, generation: u32) -> Option<&ClientAuth> {
         self.clients
             .get(&slot)
             .filter(|e| e.generation == generation)
@@ -107,7 +108,12 @@ impl Access {
 
     /// Runs `f` on client `slot`'s entry (made if missing or stale), then keeps the count of
     /// partial clients and drops an entry that became default.
-    fn update<R>(&mut self, slot: u32, generation: u32, f: impl FnOnce(&mut ClientAuth) -> R) -> R {
+    fn update<R>(
+        &mut self,
+        slot: ClientSlot,
+        generation: u32,
+        f: impl FnOnce(&mut ClientAuth) -> R,
+    ) -> R {
         self.remove_stale(slot, generation);
         let e = self
             .clients
@@ -128,7 +134,7 @@ impl Access {
         r
     }
 
-    fn remove_stale(&mut self, slot: u32, generation: u32) {
+    fn remove_stale(&mut self, slot: ClientSlot, generation: u32) {
         if self
             .clients
             .get(&slot)
@@ -138,7 +144,7 @@ impl Access {
         }
     }
 
-    fn remove(&mut self, slot: u32) {
+    fn remove(&mut self, slot: ClientSlot) {
         if let Some(e) = self.clients.remove(&slot)
             && !e.partial.is_empty()
         {
@@ -205,8 +211,8 @@ impl AccessPolicy for AclPolicy {
 
 impl Core {
     /// The client in `slot` authenticated as `identity` (attach).
-    pub(crate) fn set_identity(&mut self, slot: u32, identity: &Identity) {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+    pub(crate) fn set_identity(&mut self, slot: ClientSlot, identity: &Identity) {
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
             return;
         };
         let access = &mut self.auth.access;
@@ -223,9 +229,9 @@ impl Core {
 
     /// Sessions restored from the store: who they belong to is unknown until their client
     /// connects again.
-    pub(crate) fn mark_restored(&mut self, slots: &[u32]) {
+    pub(crate) fn mark_restored(&mut self, slots: &[ClientSlot]) {
         for &slot in slots {
-            if let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) {
+            if let Some(generation) = self.clients.get(slot).map(|c| c.generation) {
                 self.auth
                     .access
                     .update(slot, generation, |e| e.known = false);
@@ -234,13 +240,13 @@ impl Core {
     }
 
     /// Client `slot`'s session ended.
-    pub(crate) fn access_client_ended(&mut self, slot: u32) {
+    pub(crate) fn access_client_ended(&mut self, slot: ClientSlot) {
         self.auth.access.remove(slot);
     }
 
     /// Client id, user name and whether they are known, for client `slot`.
-    fn subject_of(&self, slot: u32) -> Option<(&str, Option<&str>, bool)> {
-        let client = self.clients.get(slot as usize)?;
+    fn subject_of(&self, slot: ClientSlot) -> Option<(&str, Option<&str>, bool)> {
+        let client = self.clients.get(slot)?;
         let entry = self.auth.access.get(slot, client.generation);
         Some((
             client.session.client_id().as_str(),
@@ -251,12 +257,12 @@ impl Core {
 
     /// The rules a SUBSCRIBE of client `slot` is checked against; `None` for any other
     /// packet, or without an ACL.
-    pub(crate) fn subscribe_policy(&self, slot: u32, packet: &Packet) -> Option<AclPolicy> {
+    pub(crate) fn subscribe_policy(&self, slot: ClientSlot, packet: &Packet) -> Option<AclPolicy> {
         if !matches!(packet, Packet::Subscribe(_)) || self.auth.snapshot.acl().is_none() {
             return None;
         }
         let (_, username, _) = self.subject_of(slot)?;
-        let client = self.clients.get(slot as usize)?;
+        let client = self.clients.get(slot)?;
         Some(AclPolicy {
             snapshot: Arc::clone(&self.auth.snapshot),
             client_id: client.session.client_id().clone(),
@@ -266,7 +272,7 @@ impl Core {
 
     /// Whether client `slot` may publish on `topic` (its PUBLISH, or its will). A restored
     /// session's will was checked at its CONNECT, under the rules then in force.
-    pub(crate) fn may_publish_from(&self, slot: u32, topic: &TopicName) -> bool {
+    pub(crate) fn may_publish_from(&self, slot: ClientSlot, topic: &TopicName) -> bool {
         if self.auth.snapshot.acl().is_none() {
             return true;
         }
@@ -283,10 +289,10 @@ impl Core {
     /// The acknowledgement of a QoS 1/2 publish the ACL refused: v5 0x87; 3.x has no code
     /// for it (an error closes the connection), so it is acknowledged as a success and
     /// dropped, as mosquitto does.
-    pub(crate) fn refused_publish_code(&self, slot: u32) -> ReasonCode {
+    pub(crate) fn refused_publish_code(&self, slot: ClientSlot) -> ReasonCode {
         let v5 = self
             .clients
-            .get(slot as usize)
+            .get(slot)
             .and_then(|c| c.session.protocol())
             .is_some_and(|v| v.is_v5());
         if v5 {
@@ -298,7 +304,7 @@ impl Core {
 
     /// `Action::Subscribe` of client `slot`: a filter the ACL covers in part makes its
     /// deliveries checked.
-    pub(crate) fn note_subscription(&mut self, slot: u32, filter: &TopicFilter) {
+    pub(crate) fn note_subscription(&mut self, slot: ClientSlot, filter: &TopicFilter) {
         let partial = {
             let Some((client_id, username, known)) = self.subject_of(slot) else {
                 return;
@@ -306,7 +312,7 @@ impl Core {
             let who = AclSubject::new(client_id, username);
             known && self.auth.snapshot.subscribe_access(&who, filter) == SubscribeAccess::Partial
         };
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
             return;
         };
         let listed = self
@@ -325,8 +331,8 @@ impl Core {
     }
 
     /// `Action::Unsubscribe` of client `slot`.
-    pub(crate) fn note_unsubscription(&mut self, slot: u32, filter: &TopicFilter) {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+    pub(crate) fn note_unsubscription(&mut self, slot: ClientSlot, filter: &TopicFilter) {
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
             return;
         };
         if self
@@ -342,11 +348,11 @@ impl Core {
     }
 
     /// Whether a message on `topic` may go to client `slot` (module documentation).
-    pub(crate) fn may_deliver(&mut self, slot: u32, topic: &TopicName) -> bool {
+    pub(crate) fn may_deliver(&mut self, slot: ClientSlot, topic: &TopicName) -> bool {
         if self.auth.access.partial_clients == 0 {
             return true;
         }
-        let Some(client) = self.clients.get(slot as usize) else {
+        let Some(client) = self.clients.get(slot) else {
             return true;
         };
         let access = &mut self.auth.access;
@@ -370,7 +376,7 @@ impl Core {
     /// one per resume, whatever the number of messages.
     pub(crate) fn log_unreadable_dropped(
         &self,
-        slot: u32,
+        slot: ClientSlot,
         (dropped, first): (usize, Option<TopicName>),
     ) {
         let Some(first) = first else {
@@ -378,7 +384,7 @@ impl Core {
         };
         let user = self
             .clients
-            .get(slot as usize)
+            .get(slot)
             .and_then(|c| self.auth.access.get(slot, c.generation))
             .and_then(|e| e.username.as_deref())
             .map_or_else(|| "no user name".to_owned(), |u| format!("user {u}"));
@@ -396,9 +402,9 @@ impl Core {
     /// One `may_read` per distinct topic; nothing without an ACL, without messages, or for a
     /// restored session whose client has not come back. Returns how many were dropped and
     /// the first one's topic.
-    pub(crate) fn drop_unreadable(&mut self, slot: u32) -> (usize, Option<TopicName>) {
+    pub(crate) fn drop_unreadable(&mut self, slot: ClientSlot) -> (usize, Option<TopicName>) {
         let snapshot = &self.auth.snapshot;
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+        let Some(client) = self.clients.get_mut(slot) else {
             return (0, None);
         };
         if snapshot.acl().is_none() || !client.session.holds_messages() {
@@ -435,8 +441,8 @@ impl Core {
 
     /// Whether client `slot` authenticated with a method: its AUTH packets are
     /// re-authentication (`on_reauth`), not protocol errors.
-    pub(crate) fn uses_enhanced_auth(&self, slot: u32) -> bool {
-        self.clients.get(slot as usize).is_some_and(|c| {
+    pub(crate) fn uses_enhanced_auth(&self, slot: ClientSlot) -> bool {
+        self.clients.get(slot).is_some_and(|c| {
             self.auth
                 .access
                 .get(slot, c.generation)
@@ -446,13 +452,13 @@ impl Core {
 
     /// An AUTH packet of client `slot` on connection `id` [MQTT-4.12.1]: answered by its
     /// `Enhanced`; a failure ends the connection (DISCONNECT 0x87, or 0x82 out of sequence).
-    pub(crate) fn on_reauth(&mut self, slot: u32, id: u32, auth: Auth) {
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+    pub(crate) fn on_reauth(&mut self, slot: ClientSlot, id: ConnId, auth: Auth) {
+        let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
         client.session.packet_seen(self.now_ms);
         let generation = client.generation;
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let snapshot = &self.auth.snapshot;
@@ -480,10 +486,7 @@ impl Core {
             code.name()
         );
         let mut actions = std::mem::take(&mut self.actions);
-        if let (Some(client), Some(conn)) = (
-            self.clients.get_mut(slot as usize),
-            self.conns.get_mut(id as usize),
-        ) {
+        if let (Some(client), Some(conn)) = (self.clients.get_mut(slot), self.conns.get_mut(id)) {
             client
                 .session
                 .end_connection(code, self.now_ms, &mut conn.out, &mut actions);
@@ -501,8 +504,8 @@ impl Core {
     /// Checks client `slot`'s subscriptions against the rules in force: those it may no
     /// longer hold are revoked, those covered in part are noted. Returns how many were
     /// revoked. A restored session whose client has not come back is left as it is.
-    pub(crate) fn recheck_subscriptions(&mut self, slot: u32) -> usize {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+    pub(crate) fn recheck_subscriptions(&mut self, slot: ClientSlot) -> usize {
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
             return 0;
         };
         let snapshot = Arc::clone(&self.auth.snapshot);
@@ -517,7 +520,7 @@ impl Core {
             }
             let who = AclSubject::new(client_id, username);
             if snapshot.acl().is_some()
-                && let Some(client) = self.clients.get(slot as usize)
+                && let Some(client) = self.clients.get(slot)
             {
                 for (filter, _) in client.session.subscriptions() {
                     match snapshot.subscribe_access(&who, &filter) {
@@ -543,14 +546,14 @@ impl Core {
             revoked[0].as_str()
         );
         let mut actions = std::mem::take(&mut self.actions);
-        if let Some(client) = self.clients.get_mut(slot as usize) {
+        if let Some(client) = self.clients.get_mut(slot) {
             for filter in &revoked {
                 client.session.revoke_subscription(filter, &mut actions);
             }
         }
         self.apply_actions(slot, &mut actions, None);
         self.actions = actions;
-        if let Some(conn) = self.clients.get(slot as usize).and_then(|c| c.conn) {
+        if let Some(conn) = self.clients.get(slot).and_then(|c| c.conn) {
             self.mark_dirty(conn);
         }
         revoked.len()
@@ -562,10 +565,10 @@ impl Core {
     /// client resumes it).
     pub(crate) fn apply_new_rules(&mut self) {
         self.auth.access.cache.clear();
-        let slots: Vec<(u32, bool)> = self
+        let slots: Vec<(ClientSlot, bool)> = self
             .clients
             .iter()
-            .map(|(slot, c)| (slot as u32, c.session.is_connected()))
+            .map(|(slot, c)| (slot, c.session.is_connected()))
             .collect();
         let (mut revoked, mut dropped) = (0, 0);
         for (slot, connected) in slots {

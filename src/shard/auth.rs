@@ -48,6 +48,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::close::CloseReason;
 use super::core::{Core, Phase};
+use super::ids::{ConnId, ConnKey};
 use super::io::Step;
 use super::mailbox::Notifier;
 use crate::auth::acl::AclSubject;
@@ -111,13 +112,6 @@ impl AuthShared {
     fn throttle(&self) -> std::sync::MutexGuard<'_, FailureThrottle> {
         self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// A connection of this shard, told apart from a later one in the same slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct ConnKey {
-    slot: u32,
-    generation: u32,
 }
 
 /// Who a client authenticated as; travels with a handed-off connection to the home shard.
@@ -212,11 +206,8 @@ impl Core {
     }
 
     /// Connection `id` closed: a CONNECT it left waiting is forgotten.
-    pub(crate) fn auth_conn_closed(&mut self, id: u32, generation: u32) {
-        self.auth.pending.remove(&ConnKey {
-            slot: id,
-            generation,
-        });
+    pub(crate) fn auth_conn_closed(&mut self, key: ConnKey) {
+        self.auth.pending.remove(&key);
     }
 
     /// After `validate_connect`: establishes who the client is (at once, after a password
@@ -225,20 +216,17 @@ impl Core {
     /// which authenticates the client by itself: only the client-id policy still applies.
     pub(crate) fn authenticate(
         &mut self,
-        id: u32,
+        id: ConnId,
         connect: Box<Connect>,
         client_id: ClientId,
         assigned: bool,
         certified: bool,
         rest: &mut BytesMut,
     ) -> Step {
-        let Some(conn) = self.conns.get(id as usize) else {
+        let Some(conn) = self.conns.get(id) else {
             return Step::Close;
         };
-        let key = ConnKey {
-            slot: id,
-            generation: conn.generation,
-        };
+        let key = ConnKey::new(id, conn.generation);
         let pending = Pending {
             source: conn.peer.ip(),
             connect,
@@ -301,7 +289,7 @@ impl Core {
                     return self.refuse_auth(id, &pending, Refusal::from(e));
                 }
                 // Parked: nothing more is read or decoded until the verdict.
-                if let Some(conn) = self.conns.get_mut(id as usize) {
+                if let Some(conn) = self.conns.get_mut(id) {
                     conn.phase = Phase::Verifying;
                     if !rest.is_empty() {
                         conn.keep_input(rest.split());
@@ -314,7 +302,13 @@ impl Core {
     }
 
     /// A v5 CONNECT with an Authentication Method: start the exchange (AUTH 0x18) or refuse.
-    fn start_exchange(&mut self, id: u32, key: ConnKey, mut p: Pending, method: MqttStr) -> Step {
+    fn start_exchange(
+        &mut self,
+        id: ConnId,
+        key: ConnKey,
+        mut p: Pending,
+        method: MqttStr,
+    ) -> Step {
         let snapshot = Arc::clone(&self.auth.snapshot);
         let usable = snapshot
             .scram_method(method.as_str())
@@ -325,7 +319,7 @@ impl Core {
         if self.throttled(p.source) {
             return self.refuse_throttled(id, &p);
         }
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return Step::Close;
         };
         let data = p.connect.properties.authentication_data.as_ref();
@@ -346,17 +340,14 @@ impl Core {
     /// exchange; anything else refuses the CONNECT (a DISCONNECT just closes).
     pub(crate) fn on_authenticating_packet(
         &mut self,
-        id: u32,
+        id: ConnId,
         packet: Packet,
         rest: &mut BytesMut,
     ) -> Step {
-        let Some(conn) = self.conns.get(id as usize) else {
+        let Some(conn) = self.conns.get(id) else {
             return Step::Close;
         };
-        let key = ConnKey {
-            slot: id,
-            generation: conn.generation,
-        };
+        let key = ConnKey::new(id, conn.generation);
         let Some(mut p) = self.auth.pending.remove(&key) else {
             return Step::Close;
         };
@@ -385,11 +376,11 @@ impl Core {
         let Some(p) = self.auth.pending.remove(&key) else {
             return; // Closed meanwhile (its CONNECT timeout, a shutdown).
         };
-        let id = key.slot;
+        let id = key.id;
         let live = self
             .conns
-            .get(id as usize)
-            .is_some_and(|c| c.generation == key.generation && c.phase == Phase::Verifying);
+            .live(key)
+            .is_some_and(|c| c.phase == Phase::Verifying);
         if !live {
             return;
         }
@@ -406,7 +397,7 @@ impl Core {
         self.shared.auth.throttle().record_success(p.source);
         let mut rest = self
             .conns
-            .get_mut(id as usize)
+            .get_mut(id)
             .and_then(|c| c.take_input())
             .unwrap_or_default();
         let identity = Identity {
@@ -423,8 +414,8 @@ impl Core {
     /// A connection attached after its verdict: what it sent behind the CONNECT is decoded
     /// now, and its socket is read again (input that arrived while it was parked raised no
     /// new edge).
-    fn resume_input(&mut self, id: u32, rest: BytesMut) {
-        if let Some(conn) = self.conns.get_mut(id as usize)
+    fn resume_input(&mut self, id: ConnId, rest: BytesMut) {
+        if let Some(conn) = self.conns.get_mut(id)
             && !rest.is_empty()
         {
             conn.keep_input(rest);
@@ -435,8 +426,8 @@ impl Core {
             // Attached here: a later hand-off cannot come of it.
             Step::Handoff(parts) => self.hand_off(id, *parts),
         }
-        if let Some(conn) = self.conns.get(id as usize) {
-            self.again.push((id, conn.generation));
+        if let Some(conn) = self.conns.get(id) {
+            self.again.push(ConnKey::new(id, conn.generation));
         }
     }
 
@@ -444,7 +435,7 @@ impl Core {
     /// goes to its home shard or is attached here.
     fn admit(
         &mut self,
-        id: u32,
+        id: ConnId,
         connect: Box<Connect>,
         client_id: ClientId,
         assigned: bool,
@@ -470,7 +461,7 @@ impl Core {
 
     /// Refuses a CONNECT whose credentials or exchange were refused (counted by the throttle
     /// when the credentials were wrong).
-    fn refuse_auth(&mut self, id: u32, p: &Pending, refusal: Refusal) -> Step {
+    fn refuse_auth(&mut self, id: ConnId, p: &Pending, refusal: Refusal) -> Step {
         if refusal == Refusal::BadCredentials {
             self.shared
                 .auth
@@ -481,7 +472,7 @@ impl Core {
         self.refuse_connect_at(id, p.connect.protocol, code, p.client_id.as_str(), "")
     }
 
-    fn refuse_exchange(&mut self, id: u32, p: &Pending, e: crate::session::AuthError) -> Step {
+    fn refuse_exchange(&mut self, id: ConnId, p: &Pending, e: crate::session::AuthError) -> Step {
         if e.is_bad_credentials() {
             self.shared
                 .auth
@@ -494,7 +485,7 @@ impl Core {
 
     /// Refuses a CONNECT from a source that owes a delay: 0x89 Server busy (3.x 0x03), no
     /// check, and one log line a second for all of them.
-    fn refuse_throttled(&mut self, id: u32, p: &Pending) -> Step {
+    fn refuse_throttled(&mut self, id: ConnId, p: &Pending) -> Step {
         self.auth.throttled += 1;
         if self.now_ms >= self.auth.throttled_logged_ms + THROTTLE_LOG_INTERVAL_MS {
             log!(

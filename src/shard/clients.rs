@@ -17,8 +17,8 @@ use super::auth::Identity;
 use super::close::{CloseReason, SessionCall};
 use super::core::{Client, Conn, Core, LINGER_MS, MAX_LINGERING, Phase};
 use super::event_loop::Lifecycle;
+use super::ids::{ClientSlot, ConnId, ConnKey, SessionKey};
 use super::route::Publisher;
-use super::routes::SessionKey;
 use crate::codec::{Connect, PacketId, QoS, ReasonCode};
 use crate::log;
 use crate::session::{Action, Attach, ClientId, Message, Session};
@@ -29,7 +29,7 @@ impl Core {
     /// `client_id`, taking over an existing connection of that client.
     pub(crate) fn attach(
         &mut self,
-        id: u32,
+        id: ConnId,
         connect: Box<Connect>,
         client_id: ClientId,
         assigned: bool,
@@ -42,14 +42,14 @@ impl Core {
             // Clean start (or a session the takeover ended) begins afresh.
             let live = self
                 .clients
-                .get(slot as usize)
+                .get(slot)
                 .is_some_and(|c| !c.session.is_ended());
             if !live || connect.clean_start {
                 if live {
                     // `discard` publishes a pending delayed will (its session ends) and
                     // emits `Ended`; `end_client` then has nothing left to do.
                     let mut actions = std::mem::take(&mut self.actions);
-                    if let Some(client) = self.clients.get_mut(slot as usize) {
+                    if let Some(client) = self.clients.get_mut(slot) {
                         client.session.discard(now, &mut actions);
                     }
                     self.apply_actions(slot, &mut actions, None);
@@ -79,7 +79,13 @@ impl Core {
             (0, None)
         };
         let version = connect.protocol;
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
+            // The caller is handling this connection's CONNECT (read from it, or its
+            // hand-off just made it), and nothing above closes it.
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("connection {id} gone while attaching client slot {slot}"),
+            );
             return;
         };
         conn.phase = Phase::Open;
@@ -94,13 +100,19 @@ impl Core {
             assigned_client_id: assigned,
             auth: identity.enhanced.as_deref(),
         };
-        if let Some(client) = self.clients.get_mut(slot as usize) {
+        if let Some(client) = self.clients.get_mut(slot) {
             client.conn = Some(id);
             self.stats.connects += 1;
             self.stats.connected += 1;
             client
                 .session
                 .connect_with_auth(*connect, how, now, &mut conn.out, &mut actions);
+        } else {
+            // Made above, or resumed (live and not ended, checked above).
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("client slot {slot} gone while attaching connection {id}"),
+            );
         }
         log!(
             INFO,
@@ -124,12 +136,12 @@ impl Core {
     }
 
     /// Refuses connection `id`'s CONNECT with `code` after all (a limit of the home shard).
-    fn refuse_attach(&mut self, id: u32, connect: &Connect, code: ReasonCode) {
+    fn refuse_attach(&mut self, id: ConnId, connect: &Connect, code: ReasonCode) {
         let who = connect.client_id.as_str();
         self.refuse_connect_at(id, connect.protocol, code, who, "max_sessions");
     }
 
-    pub(crate) fn new_client(&mut self, client_id: ClientId) -> u32 {
+    pub(crate) fn new_client(&mut self, client_id: ClientId) -> ClientSlot {
         // Not a view of the CONNECT's read: that would pin the read (with whatever else the
         // client sent in it) for the session's life.
         let client_id = client_id.detached();
@@ -138,7 +150,7 @@ impl Core {
     }
 
     /// Adds a session (new or restored) to this shard's clients and registry.
-    pub(crate) fn insert_client(&mut self, session: Session) -> u32 {
+    pub(crate) fn insert_client(&mut self, session: Session) -> ClientSlot {
         let generation = self.next_generation();
         let slot = self.clients.insert(Client {
             session,
@@ -147,7 +159,7 @@ impl Core {
             timer_tick: 0,
             durable: false,
             share_load: super::share::ShareLoad::NotMember,
-        }) as u32;
+        });
         self.registry.insert(&self.clients, slot);
         slot
     }
@@ -155,8 +167,8 @@ impl Core {
     /// Makes client `slot`'s subscriptions count in the durable routing index exactly while
     /// its session is stored (persistent, with storage on): a QoS 1/2 publish then waits
     /// for this shard's commit before it is acknowledged.
-    pub(crate) fn sync_durability(&mut self, slot: u32) {
-        let Some(client) = self.clients.get(slot as usize) else {
+    pub(crate) fn sync_durability(&mut self, slot: ClientSlot) {
+        let Some(client) = self.clients.get(slot) else {
             return;
         };
         let durable = client.session.is_persistent() && self.persist.enabled();
@@ -164,7 +176,7 @@ impl Core {
             return;
         }
         let subs: Vec<_> = client.session.subscriptions().collect();
-        if let Some(c) = self.clients.get_mut(slot as usize) {
+        if let Some(c) = self.clients.get_mut(slot) {
             c.durable = durable;
         }
         for (filter, sub) in subs {
@@ -186,8 +198,8 @@ impl Core {
 
     /// A new connection claims client `slot`: the old connection (if any) is told and
     /// closed [MQTT-3.1.4-3].
-    fn take_over(&mut self, slot: u32) {
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+    fn take_over(&mut self, slot: ClientSlot) {
+        let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
         let Some(old) = client.conn.take() else {
@@ -195,7 +207,7 @@ impl Core {
         };
         self.stats.connected -= 1;
         let mut actions = std::mem::take(&mut self.actions);
-        if let Some(conn) = self.conns.get_mut(old as usize) {
+        if let Some(conn) = self.conns.get_mut(old) {
             client
                 .session
                 .taken_over(self.now_ms, &mut conn.out, &mut actions);
@@ -203,7 +215,7 @@ impl Core {
         self.mark_dirty(old);
         // Before the connection lets go of its client: the close line names it.
         self.close_for(old, CloseReason::Takeover);
-        if let Some(conn) = self.conns.get_mut(old as usize) {
+        if let Some(conn) = self.conns.get_mut(old) {
             conn.client = None;
         }
         self.apply_actions(slot, &mut actions, None);
@@ -216,7 +228,7 @@ impl Core {
     /// be held (no connection, or a server-side end).
     pub(crate) fn apply_actions(
         &mut self,
-        slot: u32,
+        slot: ClientSlot,
         actions: &mut Vec<Action>,
         hold_from: Option<usize>,
     ) {
@@ -255,7 +267,7 @@ impl Core {
     /// the answer is 0x97 (v5; 3.x is disconnected) and the message is not routed.
     fn publish_from(
         &mut self,
-        slot: u32,
+        slot: ClientSlot,
         mut message: Arc<Message>,
         ack: Option<PacketId>,
         hold_from: Option<usize>,
@@ -276,13 +288,13 @@ impl Core {
             slot,
             hold_from,
             acked: ack.is_some(),
-            persistent: self.clients.get(slot as usize).is_some_and(|c| c.durable),
+            persistent: self.clients.get(slot).is_some_and(|c| c.durable),
         };
         let denied = !self.may_publish_from(slot, &message.topic);
         let over_retained = !denied && self.retained_over_limit(&message);
         let v5 = self
             .clients
-            .get(slot as usize)
+            .get(slot)
             .and_then(|c| c.session.protocol())
             .is_some_and(|p| p.is_v5());
         if over_retained {
@@ -311,11 +323,11 @@ impl Core {
             ReasonCode::Success
         };
         let mut more = Vec::new();
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+        let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
         let conn = client.conn;
-        let out = match conn.and_then(|c| self.conns.get_mut(c as usize)) {
+        let out = match conn.and_then(|c| self.conns.get_mut(c)) {
             Some(c) => &mut c.out,
             None => &mut self.sink,
         };
@@ -351,7 +363,7 @@ impl Core {
     }
 
     /// A publish (or will) the ACL refused: not routed; logged.
-    fn log_denied_publish(&self, slot: u32, message: &Message) {
+    fn log_denied_publish(&self, slot: ClientSlot, message: &Message) {
         log!(
             INFO,
             self.log_id,
@@ -362,31 +374,24 @@ impl Core {
     }
 
     /// The session let go of its connection: flush what it wrote, then close.
-    fn detach_and_close(&mut self, slot: u32) {
-        let Some(conn) = self
-            .clients
-            .get_mut(slot as usize)
-            .and_then(|c| c.conn.take())
-        else {
+    fn detach_and_close(&mut self, slot: ClientSlot) {
+        let Some(conn) = self.clients.get_mut(slot).and_then(|c| c.conn.take()) else {
             return;
         };
         self.stats.connected -= 1;
-        let out = self
-            .conns
-            .get(conn as usize)
-            .map_or(&[][..], |c| &c.out[..]);
+        let out = self.conns.get(conn).map_or(&[][..], |c| &c.out[..]);
         let reason = self.session_call.close_reason(out);
         self.mark_dirty(conn);
         // Before the connection lets go of its client: the close line names it.
         self.close_for(conn, reason);
-        if let Some(c) = self.conns.get_mut(conn as usize) {
+        if let Some(c) = self.conns.get_mut(conn) {
             c.client = None;
         }
     }
 
     /// The session is over: its subscriptions leave the router, the slot is freed.
-    pub(crate) fn end_client(&mut self, slot: u32) {
-        let Some(client) = self.clients.try_remove(slot as usize) else {
+    pub(crate) fn end_client(&mut self, slot: ClientSlot) {
+        let Some(client) = self.clients.try_remove(slot) else {
             return;
         };
         self.forget_session_stats(slot);
@@ -402,7 +407,7 @@ impl Core {
         self.access_client_ended(slot);
         if let Some(conn) = client.conn {
             self.stats.connected -= 1;
-            if let Some(c) = self.conns.get_mut(conn as usize) {
+            if let Some(c) = self.conns.get_mut(conn) {
                 c.client = None;
             }
             self.close_for(conn, CloseReason::SessionEnded);
@@ -414,11 +419,16 @@ impl Core {
     /// close was requested): if the session still counted on it, the connection was lost
     /// (will, expiry). Then the connection lingers (see `Phase::Lingering`) unless the
     /// client already closed its side or too many linger already: it closes at once then.
-    pub(crate) fn finish_conn(&mut self, id: u32, reason: CloseReason, client: Option<ClientId>) {
+    pub(crate) fn finish_conn(
+        &mut self,
+        id: ConnId,
+        reason: CloseReason,
+        client: Option<ClientId>,
+    ) {
         self.tick_clock();
         let farewell = self.farewell_reason(id);
         self.set_close_reason(id, farewell);
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let (slot, peer, peer_closed) = (conn.client.take(), conn.peer, conn.peer_closed);
@@ -431,7 +441,7 @@ impl Core {
             self.log_id,
             format_args!("client {name} at {peer}: connection closed: {reason}"),
         );
-        self.auth_conn_closed(id, generation);
+        self.auth_conn_closed(ConnKey::new(id, generation));
         if let Some(slot) = slot {
             self.connection_lost(slot, id);
         }
@@ -440,7 +450,7 @@ impl Core {
             return;
         }
         let stamp = super::core::stamp(self.now_ms);
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Lingering;
             conn.since = stamp;
             drop(conn.take_input());
@@ -454,16 +464,13 @@ impl Core {
     }
 
     /// Client `slot`'s connection `id` ended without the session letting go first.
-    fn connection_lost(&mut self, slot: u32, id: u32) {
-        let attached = self
-            .clients
-            .get(slot as usize)
-            .is_some_and(|c| c.conn == Some(id));
+    fn connection_lost(&mut self, slot: ClientSlot, id: ConnId) {
+        let attached = self.clients.get(slot).is_some_and(|c| c.conn == Some(id));
         if !attached {
             return;
         }
         let mut actions = std::mem::take(&mut self.actions);
-        if let Some(client) = self.clients.get_mut(slot as usize) {
+        if let Some(client) = self.clients.get_mut(slot) {
             client.conn = None;
             self.stats.connected -= 1;
             client.session.connection_lost(self.now_ms, &mut actions);
@@ -476,18 +483,18 @@ impl Core {
 
     /// Closes connection `id` now: whatever the socket takes up to the first hold (and the
     /// transport's farewell), then the fd closes (a session still attached is told first).
-    pub(crate) fn close_now(&mut self, id: u32) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    pub(crate) fn close_now(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if let Some(slot) = conn.client.take() {
             self.connection_lost(slot, id);
         }
         self.release_partial(id);
-        if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
+        if self.conns.get(id).is_some_and(|c| c.fd.is_none()) {
             self.sn_conn_closing(id);
         }
-        let Some(mut conn) = self.conns.try_remove(id as usize) else {
+        let Some(mut conn) = self.conns.try_remove(id) else {
             return;
         };
         self.ring_release(&conn, id);
@@ -499,9 +506,9 @@ impl Core {
     }
 
     /// The farewell a transport sends when connection `id` ends (see `farewell_reason_of`).
-    fn farewell_reason(&self, id: u32) -> Farewell {
+    fn farewell_reason(&self, id: ConnId) -> Farewell {
         self.conns
-            .get(id as usize)
+            .get(id)
             .map_or(Farewell::Normal, |c| self.farewell_reason_of(c))
     }
 
@@ -523,10 +530,10 @@ impl Core {
     pub(crate) fn route_shutdown_wills(&mut self) {
         self.tick_clock();
         let kept = self.persist.enabled();
-        let slots: Vec<u32> = self.clients.iter().map(|(slot, _)| slot as u32).collect();
+        let slots: Vec<_> = self.clients.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             let mut actions = std::mem::take(&mut self.actions);
-            if let Some(client) = self.clients.get_mut(slot as usize) {
+            if let Some(client) = self.clients.get_mut(slot) {
                 client
                     .session
                     .publish_will_at_shutdown(self.now_ms, kept, &mut actions);
@@ -542,17 +549,15 @@ impl Core {
         self.listeners.close(&self.poller);
         self.sn_close();
         self.tick_clock();
-        let attached: Vec<(u32, u32)> = self
+        let attached: Vec<(ClientSlot, ConnId)> = self
             .clients
             .iter()
-            .filter_map(|(slot, c)| c.conn.map(|conn| (slot as u32, conn)))
+            .filter_map(|(slot, c)| c.conn.map(|conn| (slot, conn)))
             .collect();
         for (slot, conn) in attached {
             let mut actions = std::mem::take(&mut self.actions);
-            if let (Some(client), Some(c)) = (
-                self.clients.get_mut(slot as usize),
-                self.conns.get_mut(conn as usize),
-            ) {
+            if let (Some(client), Some(c)) = (self.clients.get_mut(slot), self.conns.get_mut(conn))
+            {
                 self.session_call = SessionCall::Shutdown;
                 client
                     .session
@@ -563,7 +568,7 @@ impl Core {
             self.session_call = SessionCall::Other;
             self.actions = actions;
         }
-        let all: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
+        let all: Vec<_> = self.conns.iter().map(|(id, _)| id).collect();
         for id in all {
             self.close_for(id, CloseReason::Shutdown);
         }

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
+use super::ids::{ClientSlot, ConnId, ConnKey, SessionKey};
 use super::slots::Slots;
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
@@ -120,7 +121,7 @@ pub(crate) struct Conn {
     pub(crate) holds: Option<Box<Holds>>,
     pub(crate) version: Option<ProtocolVersion>,
     /// The attached client's slot; `None` before CONNECT and once the session let go.
-    pub(crate) client: Option<u32>,
+    pub(crate) client: Option<ClientSlot>,
     /// `AwaitingConnect`: when accepted. `Open`: since when `out` is over
     /// `max_output_buffer` (0: it is not). A `Stamp` (4 B instead of 8: a connection exists
     /// once per idle client).
@@ -133,6 +134,25 @@ pub(crate) struct Conn {
     /// Encoded output not yet written (MQTT bytes: a transport wraps them at flush time);
     /// freed once fully written.
     pub(crate) out: BytesMut,
+}
+
+/// A lookup that the shard's own bookkeeping guarantees came back empty: a bug of the
+/// broker, never something a client can cause (a stale id after a close is not this: it is
+/// checked, and ignored, where it can occur). Debug builds and debug tests stop here; a
+/// release build logs it and the caller takes its way out, since a panic would stop the
+/// shard and every client on it.
+#[cold]
+#[track_caller]
+pub(crate) fn broken_invariant(shard: Option<u16>, what: std::fmt::Arguments<'_>) {
+    if cfg!(debug_assertions) {
+        panic!("broken invariant: {what}");
+    }
+    log!(
+        ERROR,
+        shard,
+        "internal error (a bug): {what} at {}",
+        std::panic::Location::caller()
+    );
 }
 
 /// A broker-clock instant in tenths of a second, 0 meaning "none": enough for timeouts
@@ -149,16 +169,11 @@ pub(crate) fn stamp_ms(stamp: Stamp) -> u64 {
     u64::from(stamp.saturating_sub(1)) * 100
 }
 
-/// The poller token of connection `slot`: its generation tells a reused slot apart.
-pub(crate) fn token(slot: u32, generation: u32) -> u64 {
-    u64::from(generation) << 32 | u64::from(slot)
-}
-
 /// A client id homed on this shard: its session and the attached connection, if any.
 #[derive(Debug)]
 pub(crate) struct Client {
     pub(crate) session: Session,
-    pub(crate) conn: Option<u32>,
+    pub(crate) conn: Option<ConnId>,
     pub(crate) generation: u32,
     /// The wheel tick of this client's live timer entry; 0: none.
     pub(crate) timer_tick: u32,
@@ -168,6 +183,39 @@ pub(crate) struct Client {
     /// Shared-subscription member: what this shard last told the others about its
     /// outbound window (`least_loaded`, see `share.rs`).
     pub(crate) share_load: super::share::ShareLoad,
+}
+
+/// The shard's connection slab.
+pub(crate) type Conns = Slots<ConnId, Conn>;
+
+/// The slab of the clients homed on the shard.
+pub(crate) type Clients = Slots<ClientSlot, Client>;
+
+impl Conns {
+    /// The connection `key` names, unless it closed (its slot may hold a newer one).
+    pub(crate) fn live(&self, key: ConnKey) -> Option<&Conn> {
+        self.get(key.id).filter(|c| c.generation == key.generation)
+    }
+
+    /// `live`, for a change.
+    pub(crate) fn live_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+        self.get_mut(key.id)
+            .filter(|c| c.generation == key.generation)
+    }
+}
+
+impl Clients {
+    /// The client `key` names, unless it ended (its slot may hold a newer one).
+    pub(crate) fn live(&self, key: SessionKey) -> Option<&Client> {
+        self.get(key.slot)
+            .filter(|c| c.generation == key.generation)
+    }
+
+    /// `live`, for a change.
+    pub(crate) fn live_mut(&mut self, key: SessionKey) -> Option<&mut Client> {
+        self.get_mut(key.slot)
+            .filter(|c| c.generation == key.generation)
+    }
 }
 
 /// Everything one shard owns.
@@ -191,22 +239,22 @@ pub(crate) struct Core {
     pub(crate) lifecycle: Lifecycle,
     /// When the timer wheel next advances (the next tick boundary).
     pub(crate) next_tick_ms: u64,
-    /// Connections to close at the next turn: (slot, generation), why, and the client id
-    /// it served (for the close line; the connection may have let go of its client).
-    pub(crate) closing: Vec<(u32, u32, CloseReason, Option<ClientId>)>,
+    /// Connections to close at the next turn, why, and the client id it served (for the
+    /// close line; the connection may have let go of its client).
+    pub(crate) closing: Vec<(ConnKey, CloseReason, Option<ClientId>)>,
     /// Connections that stopped reading with input left (their read budget ran out): the
     /// edge-triggered poller will not report them again, so the next turn reads them.
-    pub(crate) again: Vec<(u32, u32)>,
-    pub(crate) conns: Slots<Conn>,
-    pub(crate) clients: Slots<Client>,
+    pub(crate) again: Vec<ConnKey>,
+    pub(crate) conns: Conns,
+    pub(crate) clients: Clients,
     pub(crate) registry: Registry,
     pub(crate) routes: Routes,
     pub(crate) wheel: TimerWheel,
     pub(crate) outboxes: Outboxes,
     /// Inbound channels, one per source shard.
     pub(crate) inbox: Vec<Receiver<Envelope>>,
-    /// Connections with output to write this turn: (slot, generation).
-    pub(crate) dirty: Vec<(u32, u32)>,
+    /// Connections with output to write this turn.
+    pub(crate) dirty: Vec<ConnKey>,
     /// Reused for every session call.
     pub(crate) actions: Vec<Action>,
     /// The one read buffer of the shard (`SCRATCH_SIZE` bytes, allocated once).
@@ -234,7 +282,7 @@ pub(crate) struct Core {
     pub(crate) persist: Persist,
     /// The connection whose client's call is being handled: it is not written early in the
     /// middle of that call (its hold positions would move).
-    pub(crate) marked_conn: Option<u32>,
+    pub(crate) marked_conn: Option<ConnId>,
     /// The size of the read whose packets are being handled (their views pin it), for
     /// `Message::pinned_read`; `None` outside of a read.
     pub(crate) read_len: Option<u32>,
@@ -338,19 +386,21 @@ impl Core {
         self.next_gen
     }
 
-    /// Registers an accepted (or handed-off) socket with the poller; returns its slot, or
-    /// `None` (the socket is closed) when the poller refuses it.
+    /// Registers an accepted (or handed-off) socket with the poller; returns the new
+    /// connection, or `None` (the socket is closed) when the poller refuses it.
     pub(crate) fn new_conn(
         &mut self,
         fd: Option<OwnedFd>,
         peer: SocketAddr,
         phase: Phase,
         extra: Option<Box<ConnExtra>>,
-    ) -> Option<u32> {
+    ) -> Option<ConnKey> {
         let generation = self.next_generation();
-        let slot = self.conns.next_key() as u32;
+        let id = self.conns.next_key();
         if let Some(fd) = &fd
-            && let Err(e) = self.poller.add(fd.as_fd(), token(slot, generation))
+            && let Err(e) = self
+                .poller
+                .add(fd.as_fd(), ConnKey::new(id, generation).token())
         {
             log!(
                 WARN,
@@ -378,13 +428,14 @@ impl Core {
             extra,
             out: BytesMut::new(),
         };
-        self.conns.insert(conn);
+        let inserted = self.conns.insert(conn);
+        debug_assert_eq!(inserted, id, "the slab's next key");
         if phase == Phase::AwaitingConnect {
             let deadline =
                 self.now_ms + u64::from(self.shared.config.limits.connect_timeout_secs) * 1000;
-            self.schedule_conn(slot, deadline);
+            self.schedule_conn(id, deadline);
         }
-        Some(slot)
+        Some(ConnKey::new(id, generation))
     }
 
     /// A fresh server-assigned client id; unique across shards and restarts of the counter
@@ -399,14 +450,14 @@ impl Core {
     /// Marks connection `id` for a last flush and close at the end of the turn (never at
     /// once: the caller may be in the middle of that connection's input), for no reason
     /// more precise than "the broker closed it" (`close_for` names one).
-    pub(crate) fn request_close(&mut self, id: u32) {
+    pub(crate) fn request_close(&mut self, id: ConnId) {
         self.close_for(id, CloseReason::Other);
     }
 
     /// `request_close` with the reason the close line names and the transport's farewell
     /// follows (the first one given wins).
-    pub(crate) fn close_for(&mut self, id: u32, reason: CloseReason) {
-        let Some(conn) = self.conns.get(id as usize) else {
+    pub(crate) fn close_for(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.conns.get(id) else {
             return;
         };
         if conn.phase.is_closing() {
@@ -414,23 +465,24 @@ impl Core {
         }
         let client = conn
             .client
-            .and_then(|s| self.clients.get(s as usize))
+            .and_then(|s| self.clients.get(s))
             .map(|c| c.session.client_id().clone());
         self.set_close_reason(id, reason.farewell());
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.phase = Phase::Closing;
-            self.closing.push((id, conn.generation, reason, client));
+            self.closing
+                .push((ConnKey::new(id, conn.generation), reason, client));
         }
     }
 
     /// Queues connection `id` for the end-of-turn flush.
-    pub(crate) fn mark_dirty(&mut self, id: u32) {
-        if let Some(conn) = self.conns.get_mut(id as usize)
+    pub(crate) fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id)
             && !conn.dirty
             && conn.has_output()
         {
             conn.dirty = true;
-            self.dirty.push((id, conn.generation));
+            self.dirty.push(ConnKey::new(id, conn.generation));
         }
     }
 
@@ -444,7 +496,7 @@ impl Core {
     pub(crate) fn send_to(&mut self, dst: ShardId, envelope: Envelope) {
         if let Some(id) = self.marked_conn
             && envelope.feeds_deliveries()
-            && let Some(conn) = self.conns.get_mut(id as usize)
+            && let Some(conn) = self.conns.get_mut(id)
         {
             conn.feeds |= Outboxes::bit(dst);
         }
@@ -452,13 +504,12 @@ impl Core {
     }
 
     /// The hold at `offset` in connection `conn_id`'s output (created if needed).
-    pub(crate) fn hold_at(&mut self, conn_id: u32, offset: usize) -> Option<HoldKey> {
-        let conn = self.conns.get_mut(conn_id as usize)?;
+    pub(crate) fn hold_at(&mut self, conn_id: ConnId, offset: usize) -> Option<HoldKey> {
+        let conn = self.conns.get_mut(conn_id)?;
         let holds = conn.holds.get_or_insert_with(Box::default);
         let id = holds.at(offset.min(conn.out.len()));
         Some(HoldKey {
-            conn: conn_id,
-            generation: conn.generation,
+            conn: ConnKey::new(conn_id, conn.generation),
             id,
         })
     }
@@ -466,7 +517,7 @@ impl Core {
     /// Holds client `slot`'s connection output from `offset` until every other shard has
     /// applied what this shard broadcast so far (see `Envelope::Fence`). A no-op with one
     /// shard.
-    pub(crate) fn fence_client(&mut self, slot: u32, offset: usize) {
+    pub(crate) fn fence_client(&mut self, slot: ClientSlot, offset: usize) {
         if let Some(hold) = self.hold_client_for_remote(slot, offset) {
             self.send_fences(self.id, hold, None);
         }
@@ -475,12 +526,16 @@ impl Core {
     /// Makes client `slot`'s connection output from `offset` wait for one answer from every
     /// other shard; returns the hold they will answer for (`None`: one shard, or no
     /// connection, nothing to wait for).
-    pub(crate) fn hold_client_for_remote(&mut self, slot: u32, offset: usize) -> Option<HoldKey> {
+    pub(crate) fn hold_client_for_remote(
+        &mut self,
+        slot: ClientSlot,
+        offset: usize,
+    ) -> Option<HoldKey> {
         let others = self.shared.shards.saturating_sub(1) as u32;
         if others == 0 {
             return None;
         }
-        let conn_id = self.clients.get(slot as usize).and_then(|c| c.conn)?;
+        let conn_id = self.clients.get(slot).and_then(|c| c.conn)?;
         let key = self.hold_at(conn_id, offset)?;
         self.add_remote(key, others);
         Some(key)
@@ -488,12 +543,7 @@ impl Core {
 
     /// Hold `key` waits for `n` more answers from other shards.
     pub(crate) fn add_remote(&mut self, key: HoldKey, n: u32) {
-        if let Some(holds) = self
-            .conns
-            .get_mut(key.conn as usize)
-            .filter(|c| c.generation == key.generation)
-            .and_then(|c| c.holds.as_mut())
-        {
+        if let Some(holds) = self.conns.live_mut(key.conn).and_then(|c| c.holds.as_mut()) {
             holds.add_remote(key.id, n);
         }
     }
@@ -502,12 +552,9 @@ impl Core {
     /// `origin` and `skip`: each answers `origin` once it has applied what this shard sent
     /// it before.
     pub(crate) fn send_fences(&mut self, origin: ShardId, hold: HoldKey, skip: Option<ShardId>) {
-        for i in 0..self.shared.shards {
-            match ShardId::new(i as u8) {
-                Some(dst) if dst != origin && Some(dst) != skip => {
-                    self.send_to(dst, Envelope::Fence { origin, hold });
-                }
-                Some(_) | None => {}
+        for dst in ShardId::all(self.shared.shards) {
+            if dst != origin && Some(dst) != skip {
+                self.send_to(dst, Envelope::Fence { origin, hold });
             }
         }
     }
@@ -525,25 +572,22 @@ impl Core {
     /// Applies `f` to the holds of `key`'s connection (if it is still the same one) and
     /// schedules a flush for what they release.
     fn update_holds(&mut self, key: HoldKey, f: impl FnOnce(&mut Holds)) {
-        let Some(conn) = self.conns.get_mut(key.conn as usize) else {
-            return;
+        let Some(conn) = self.conns.live_mut(key.conn) else {
+            return; // The connection closed meanwhile (its slot may be reused).
         };
-        if conn.generation != key.generation {
-            return; // The connection closed meanwhile; its slot was reused.
-        }
         if let Some(holds) = conn.holds.as_mut() {
             f(holds);
             if holds.is_empty() {
                 conn.holds = None;
             }
         }
-        self.mark_dirty(key.conn);
+        self.mark_dirty(key.conn.id);
     }
 
     /// Arms the wheel for client `slot`'s next session deadline (only when earlier than
     /// the live entry: later deadlines are picked up when that entry fires).
-    pub(crate) fn reschedule_client(&mut self, slot: u32) {
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+    pub(crate) fn reschedule_client(&mut self, slot: ClientSlot) {
+        let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
         let Some(deadline) = client.session.next_deadline() else {
@@ -551,24 +595,18 @@ impl Core {
         };
         let tick = TimerWheel::tick_of(deadline);
         if client.timer_tick == 0 || tick < client.timer_tick {
-            let key = TimerKey::Client {
-                slot,
-                generation: client.generation,
-            };
+            let key = TimerKey::Client(SessionKey::new(slot, client.generation));
             client.timer_tick = self.wheel.schedule(deadline, key);
         }
     }
 
-    pub(crate) fn schedule_conn(&mut self, id: u32, deadline: u64) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    pub(crate) fn schedule_conn(&mut self, id: ConnId, deadline: u64) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let tick = TimerWheel::tick_of(deadline);
         if conn.timer_tick == 0 || tick < conn.timer_tick {
-            let key = TimerKey::Conn {
-                slot: id,
-                generation: conn.generation,
-            };
+            let key = TimerKey::Conn(ConnKey::new(id, conn.generation));
             conn.timer_tick = self.wheel.schedule(deadline, key);
         }
     }
@@ -580,18 +618,19 @@ impl Core {
         self.wheel.advance(self.now_ms, &mut fired);
         for (tick, key) in fired {
             match key {
-                TimerKey::Client { slot, generation } => self.client_timer(slot, generation, tick),
-                TimerKey::Conn { slot, generation } => self.conn_timer(slot, generation, tick),
+                TimerKey::Client(key) => self.client_timer(key, tick),
+                TimerKey::Conn(key) => self.conn_timer(key, tick),
             }
         }
         self.publish_stats();
     }
 
-    fn client_timer(&mut self, slot: u32, generation: u32, tick: u32) {
-        let Some(client) = self.clients.get_mut(slot as usize) else {
-            return;
+    fn client_timer(&mut self, key: SessionKey, tick: u32) {
+        let slot = key.slot;
+        let Some(client) = self.clients.live_mut(key) else {
+            return; // Ended (its slot may hold a newer client).
         };
-        if client.generation != generation || client.timer_tick != tick {
+        if client.timer_tick != tick {
             return;
         }
         client.timer_tick = 0;
@@ -600,13 +639,13 @@ impl Core {
     }
 
     /// Calls client `slot`'s session timers if its next deadline has passed.
-    pub(crate) fn fire_client_deadline(&mut self, slot: u32) {
+    pub(crate) fn fire_client_deadline(&mut self, slot: ClientSlot) {
         let ring_unread = self
             .clients
-            .get(slot as usize)
+            .get(slot)
             .and_then(|c| c.conn)
             .is_some_and(|c| self.ring_unread(c));
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+        let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
         if client
@@ -615,7 +654,7 @@ impl Core {
             .is_some_and(|d| d <= self.now_ms)
         {
             if let Some(c) = client.conn
-                && let Some(conn) = self.conns.get(c as usize)
+                && let Some(conn) = self.conns.get(c)
                 && (conn
                     .fd
                     .as_ref()
@@ -625,12 +664,12 @@ impl Core {
                 // Input this shard has not read yet (reads held while other shards catch
                 // up) may be the packet that keeps the session alive: read it first, and
                 // look again at the next tick.
-                self.again.push((c, conn.generation));
+                self.again.push(ConnKey::new(c, conn.generation));
                 return;
             }
             let mut actions = std::mem::take(&mut self.actions);
             let mut hold_from = None;
-            let out = match client.conn.and_then(|c| self.conns.get_mut(c as usize)) {
+            let out = match client.conn.and_then(|c| self.conns.get_mut(c)) {
                 Some(conn) => {
                     hold_from = Some(conn.out.len());
                     &mut conn.out
@@ -654,12 +693,13 @@ impl Core {
         }
     }
 
-    fn conn_timer(&mut self, id: u32, generation: u32, tick: u32) {
+    fn conn_timer(&mut self, key: ConnKey, tick: u32) {
+        let ConnKey { id, generation } = key;
         let limits = &self.shared.config.limits;
         let connect_ms = u64::from(limits.connect_timeout_secs) * 1000;
         let slow_ms = u64::from(limits.slow_consumer_timeout_secs) * 1000;
         let max_out = limits.max_output_buffer;
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.generation != generation || conn.timer_tick != tick {
@@ -668,7 +708,7 @@ impl Core {
         conn.timer_tick = 0;
         let (phase, since) = (conn.phase, conn.since);
         if matches!(phase, Phase::AwaitingConnect | Phase::Open)
-            && self.incomplete_packet_expired(id, generation)
+            && self.incomplete_packet_expired(key)
         {
             return;
         }
@@ -680,14 +720,14 @@ impl Core {
             {
                 let unread = self
                     .conns
-                    .get(id as usize)
+                    .get(id)
                     .and_then(|c| c.fd.as_ref())
                     .is_some_and(|fd| sys::has_unread_input(fd.as_fd()));
                 if unread {
                     // The client sent in time and this shard has not read it yet (reads
                     // held while other shards catch up): the delay is the broker's. Read
                     // it, and look again in a second.
-                    self.again.push((id, generation));
+                    self.again.push(ConnKey::new(id, generation));
                     self.schedule_conn(id, self.now_ms + 1000);
                 } else {
                     self.close_for(id, CloseReason::ConnectTimeout);
@@ -715,8 +755,8 @@ impl Core {
     }
 
     /// The client id of a client slot, for log lines (`-` before CONNECT).
-    pub(crate) fn client_name(&self, slot: Option<u32>) -> String {
-        slot.and_then(|s| self.clients.get(s as usize)).map_or_else(
+    pub(crate) fn client_name(&self, slot: Option<ClientSlot>) -> String {
+        slot.and_then(|s| self.clients.get(s)).map_or_else(
             || "-".to_owned(),
             |c| c.session.client_id().as_str().to_owned(),
         )

@@ -266,7 +266,7 @@ impl Core {
     fn finish(&mut self) {
         self.flush_all();
         self.sn_log_stats();
-        let left: Vec<u32> = self.conns.iter().map(|(id, _)| id as u32).collect();
+        let left: Vec<_> = self.conns.iter().map(|(id, _)| id).collect();
         for id in left {
             self.close_now(id);
         }

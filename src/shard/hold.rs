@@ -11,14 +11,14 @@
 //! Must never: let bytes after a waiting hold be written, or reorder output (a hold only
 //! delays everything from its position on: acknowledgements stay in order per connection).
 
+use super::ids::ConnKey;
 use std::collections::VecDeque;
 
-/// One hold, as other shards and the commit pipeline name it: the connection's slot and
-/// generation on its shard, and the hold's id on that connection.
+/// One hold, as other shards and the commit pipeline name it: the connection on its shard
+/// (slot and generation), and the hold's id on that connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HoldKey {
-    pub(crate) conn: u32,
-    pub(crate) generation: u32,
+    pub(crate) conn: ConnKey,
     pub(crate) id: u32,
 }
 

@@ -21,6 +21,7 @@ use bytes::{Buf, BytesMut};
 
 use super::close::{CloseReason, SessionCall};
 use super::core::{Conn, Core, Phase};
+use super::ids::{ConnId, ConnKey};
 use super::mailbox::{Envelope, Handoff};
 use super::sys::{self, IoOutcome, PollEvent};
 use crate::codec::{self, DecodeError, ErrorResponse, Packet, QoS};
@@ -57,7 +58,7 @@ pub(crate) enum ReadOutcome {
 /// What travels with a handed-off fd.
 #[derive(Debug)]
 pub(crate) struct HandoffParts {
-    pub(crate) home: usize,
+    pub(crate) home: ShardId,
     pub(crate) connect: Box<codec::Connect>,
     pub(crate) client_id: crate::session::ClientId,
     pub(crate) assigned: bool,
@@ -97,7 +98,7 @@ impl Core {
                 // Completions: taken below, every turn.
                 Some(super::uring::RING_INDEX) => {}
                 Some(index) => self.accept_ready(index),
-                None => self.on_event(token as u32, (token >> 32) as u32, flags),
+                None => self.on_event(ConnKey::from_token(token), flags),
             }
         }
         let ring_more = self.ring_pass();
@@ -106,14 +107,14 @@ impl Core {
             self.sn_readable();
         }
         let again = std::mem::take(&mut self.again);
-        for &(id, generation) in &again {
-            if !self.is_live(id, generation) {
+        for &key in &again {
+            if !self.is_live(key) {
                 continue;
             }
-            if self.read_held(id) {
-                self.again.push((id, generation));
+            if self.read_held(key.id) {
+                self.again.push(key);
             } else {
-                self.service_read(id);
+                self.service_read(key.id);
             }
         }
         n == events.len()
@@ -121,7 +122,7 @@ impl Core {
             || self.handshakes.has_waiting()
             || self.listeners.has_again()
             || self.sn.as_ref().is_some_and(|sn| sn.has_again())
-            || self.again.iter().any(|&(id, _)| !self.read_held(id))
+            || self.again.iter().any(|key| !self.read_held(key.id))
     }
 
     /// Reading any client is held back while the storage writer, or an outbox to another
@@ -133,44 +134,36 @@ impl Core {
     /// Whether connection `id` must not be read now: all reads are held, or its last read
     /// published to a shard whose outbox is backlogged (the others are read: a new client's
     /// CONNECT or another's PINGREQ does not wait for a congested shard).
-    pub(crate) fn read_held(&self, id: u32) -> bool {
+    pub(crate) fn read_held(&self, id: ConnId) -> bool {
         if self.reads_held() {
             return true;
         }
         let mask = self.outboxes.backlogged_mask();
-        mask != 0
-            && self
-                .conns
-                .get(id as usize)
-                .is_some_and(|c| c.feeds & mask != 0)
+        mask != 0 && self.conns.get(id).is_some_and(|c| c.feeds & mask != 0)
     }
 
-    fn is_live(&self, id: u32, generation: u32) -> bool {
-        self.conns
-            .get(id as usize)
-            .is_some_and(|c| c.generation == generation)
+    fn is_live(&self, key: ConnKey) -> bool {
+        self.conns.live(key).is_some()
     }
 
     /// The poller reported connection `id`: output space, input, a peer close or an error.
-    fn on_event(&mut self, id: u32, generation: u32, flags: u32) {
+    fn on_event(&mut self, key: ConnKey, flags: u32) {
+        let id = key.id;
         let hangup = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
         let writable = libc::EPOLLOUT as u32 | hangup;
         let readable = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | hangup;
-        let Some(conn) = self.conns.get_mut(id as usize) else {
-            return; // Closed (or handed off) earlier in this pass.
+        let Some(conn) = self.conns.live_mut(key) else {
+            return; // Closed (or handed off) earlier in this pass, the slot maybe reused.
         };
-        if conn.generation != generation {
-            return; // ... and the slot was reused since.
-        }
         if conn.ring != super::uring::RingRecv::Off {
             // Its input comes from the ring; the poller reports output space (and errors,
             // which the ring reports too).
             if flags & writable != 0 && conn.write_blocked {
                 self.on_writable(id);
             }
-            if self.conns.get(id as usize).is_some_and(|c| c.read_pending) {
+            if self.conns.get(id).is_some_and(|c| c.read_pending) {
                 if self.read_held(id) {
-                    self.again.push((id, generation));
+                    self.again.push(key);
                 } else {
                     self.service_read(id);
                 }
@@ -193,12 +186,12 @@ impl Core {
             return;
         }
         // Input that waited while the connection was paused is read once output drained.
-        let pending = self.conns.get(id as usize).is_some_and(|c| c.read_pending);
+        let pending = self.conns.get(id).is_some_and(|c| c.read_pending);
         if flags & readable != 0 || pending {
             if self.read_held(id) {
                 // Taken from the poller, so no edge will come again: read it once the
                 // other shards catch up.
-                self.again.push((id, generation));
+                self.again.push(key);
             } else {
                 self.service_read(id);
             }
@@ -210,16 +203,15 @@ impl Core {
     /// client. The client's close (EOF) ends the linger at once. At most `READS_PER_WAKE`
     /// reads per turn, like any connection: a client that keeps streaming cannot hold the
     /// shard for the whole linger (the rest waits for the next turn).
-    fn discard_input(&mut self, id: u32) {
+    fn discard_input(&mut self, id: ConnId) {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut reads = 0;
-        while let Some(conn) = self.conns.get(id as usize) {
+        while let Some(conn) = self.conns.get(id) {
             let Some(fd) = conn.fd.as_ref() else {
                 break; // A gateway client: no socket of its own to drain.
             };
             if reads == READS_PER_WAKE {
-                let generation = conn.generation;
-                self.again.push((id, generation));
+                self.again.push(ConnKey::new(id, conn.generation));
                 break;
             }
             reads += 1;
@@ -243,8 +235,8 @@ impl Core {
     }
 
     /// Reads connection `id` (unless it is paused or closing) and acts on what came of it.
-    pub(crate) fn service_read(&mut self, id: u32) {
-        let Some(conn) = self.conns.get(id as usize) else {
+    pub(crate) fn service_read(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get(id) else {
             return;
         };
         if conn.ring != super::uring::RingRecv::Off {
@@ -260,7 +252,7 @@ impl Core {
             return;
         }
         let paused = self.reads_paused(conn);
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.read_pending = paused;
         }
         if paused || self.defer_handshake(id) {
@@ -269,8 +261,8 @@ impl Core {
         match self.on_readable(id) {
             ReadOutcome::Continue { drained: true } => self.ring_adopt(id),
             ReadOutcome::Continue { drained: false } => {
-                if let Some(conn) = self.conns.get(id as usize) {
-                    self.again.push((id, conn.generation));
+                if let Some(conn) = self.conns.get(id) {
+                    self.again.push(ConnKey::new(id, conn.generation));
                 }
                 // What is left in the socket comes through the ring.
                 self.ring_adopt(id);
@@ -283,9 +275,9 @@ impl Core {
     /// Closes every connection marked for closing (closing one may mark others).
     pub(crate) fn finish_closing(&mut self) {
         while !self.closing.is_empty() {
-            for (id, generation, reason, client) in std::mem::take(&mut self.closing) {
-                if self.is_live(id, generation) {
-                    self.finish_conn(id, reason, client);
+            for (key, reason, client) in std::mem::take(&mut self.closing) {
+                if self.is_live(key) {
+                    self.finish_conn(key.id, reason, client);
                 }
             }
         }
@@ -293,17 +285,22 @@ impl Core {
 
     /// Moves connection `id` to its home shard: out of this shard's poller and slab, its fd
     /// and what was read with the CONNECT into an envelope.
-    pub(crate) fn hand_off(&mut self, id: u32, parts: HandoffParts) {
-        if self.conns.get(id as usize).is_some_and(|c| c.fd.is_none()) {
+    pub(crate) fn hand_off(&mut self, id: ConnId, parts: HandoffParts) {
+        if self.conns.get(id).is_some_and(|c| c.fd.is_none()) {
             // A gateway client is placed on its home shard before its CONNECT is decoded
             // (`mqttsn.rs`): there is nothing to move, and nowhere to move it.
             self.request_close(id);
             return;
         }
-        let Some(conn) = self.conns.try_remove(id as usize) else {
+        let Some(conn) = self.conns.try_remove(id) else {
             return;
         };
         let Some(fd) = conn.fd else {
+            // Checked above: a socketless (gateway) connection is never moved.
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("connection {id} handed off without a socket"),
+            );
             return;
         };
         self.poller.delete(fd.as_fd());
@@ -315,9 +312,6 @@ impl Core {
             leftover,
             identity,
         } = parts;
-        let Some(dst) = ShardId::new(home as u8) else {
-            return;
-        };
         let handoff = Handoff {
             fd,
             peer: conn.peer,
@@ -328,11 +322,11 @@ impl Core {
             leftover,
             identity,
         };
-        self.send_to(dst, Envelope::Handoff(Box::new(handoff)));
+        self.send_to(home, Envelope::Handoff(Box::new(handoff)));
     }
 
     /// The socket of connection `id` is readable: read, decode, act.
-    pub(crate) fn on_readable(&mut self, id: u32) -> ReadOutcome {
+    pub(crate) fn on_readable(&mut self, id: ConnId) -> ReadOutcome {
         self.tick_clock();
         // Envelopes already queued for us were sent before these bytes arrived (a shard
         // flushes its outboxes before its sockets): apply them first, so that a publish read
@@ -346,12 +340,9 @@ impl Core {
         outcome
     }
 
-    fn read_loop(&mut self, id: u32, scratch: &mut [u8]) -> ReadOutcome {
-        let layered = self
-            .conns
-            .get(id as usize)
-            .is_some_and(|c| c.transport().is_some());
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+    fn read_loop(&mut self, id: ConnId, scratch: &mut [u8]) -> ReadOutcome {
+        let layered = self.conns.get(id).is_some_and(|c| c.transport().is_some());
+        if let Some(conn) = self.conns.get_mut(id) {
             // What this read publishes decides which shards it feeds (`send_to`).
             conn.feeds = 0;
         }
@@ -361,7 +352,7 @@ impl Core {
                 // the rest in the socket until it drains (the caller queues this one).
                 return ReadOutcome::Continue { drained: false };
             }
-            let Some(conn) = self.conns.get(id as usize) else {
+            let Some(conn) = self.conns.get(id) else {
                 return ReadOutcome::Close;
             };
             match conn.phase {
@@ -415,11 +406,11 @@ impl Core {
     /// id, subscription filters, queued payloads) must pin only the bytes of its own batch,
     /// never the shard's 64 KiB scratch buffer (measured: 70 KB per idle connection when
     /// every CONNECT pinned a scratch chunk).
-    pub(crate) fn process_input(&mut self, id: u32, bytes: &[u8]) -> Step {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    pub(crate) fn process_input(&mut self, id: ConnId, bytes: &[u8]) -> Step {
+        let Some(conn) = self.conns.get_mut(id) else {
             return Step::Close;
         };
-        let generation = conn.generation;
+        let key = ConnKey::new(id, conn.generation);
         let mut work = match conn.take_input() {
             None => BytesMut::from(bytes),
             Some(mut input) => {
@@ -427,19 +418,19 @@ impl Core {
                 input
             }
         };
-        let began = self.partial.take(id, generation);
+        let began = self.partial.take(key);
         self.read_len = Some(u32::try_from(work.len()).unwrap_or(u32::MAX - 1));
         let step = self.decode_all(id, &mut work);
         self.read_len = None;
         if matches!(step, Step::Continue) && !work.is_empty() {
-            return self.keep_partial(id, generation, work, began);
+            return self.keep_partial(key, work, began);
         }
         step
     }
 
-    fn decode_all(&mut self, id: u32, work: &mut BytesMut) -> Step {
+    fn decode_all(&mut self, id: ConnId, work: &mut BytesMut) -> Step {
         loop {
-            let Some(conn) = self.conns.get(id as usize) else {
+            let Some(conn) = self.conns.get(id) else {
                 return Step::Close;
             };
             let limits = match conn.phase {
@@ -467,8 +458,8 @@ impl Core {
         }
     }
 
-    pub(crate) fn on_packet(&mut self, id: u32, packet: Packet, rest: &mut BytesMut) -> Step {
-        let Some(conn) = self.conns.get(id as usize) else {
+    pub(crate) fn on_packet(&mut self, id: ConnId, packet: Packet, rest: &mut BytesMut) -> Step {
+        let Some(conn) = self.conns.get(id) else {
             return Step::Close;
         };
         let slot = match (conn.phase, conn.client, packet) {
@@ -489,7 +480,7 @@ impl Core {
             Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
         ) {
             // Progress: the slow-consumer clock starts again (`track_output`).
-            if let Some(conn) = self.conns.get_mut(id as usize) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.since = 0;
             }
         }
@@ -507,10 +498,7 @@ impl Core {
         };
         let mut actions = std::mem::take(&mut self.actions);
         let mut hold_from = None;
-        if let (Some(client), Some(conn)) = (
-            self.clients.get_mut(slot as usize),
-            self.conns.get_mut(id as usize),
-        ) {
+        if let (Some(client), Some(conn)) = (self.clients.get_mut(slot), self.conns.get_mut(id)) {
             hold_from = Some(conn.out.len());
             if acked != QoS::AtMostOnce {
                 // PUBACKs still held for a commit count against our Receive Maximum.
@@ -531,10 +519,7 @@ impl Core {
         self.apply_actions(slot, &mut actions, hold_from);
         if acked == QoS::AtLeastOnce
             && let Some(offset) = hold_from
-            && let Some(holds) = self
-                .conns
-                .get_mut(id as usize)
-                .and_then(|c| c.holds.as_mut())
+            && let Some(holds) = self.conns.get_mut(id).and_then(|c| c.holds.as_mut())
         {
             // The PUBACK begins where this call's output began; a hold there delays it.
             holds.count_ack(offset);
@@ -552,7 +537,7 @@ impl Core {
     /// `use_identity_as_username` the client certificate names the user first.
     fn on_connect(
         &mut self,
-        id: u32,
+        id: ConnId,
         mut connect: Box<codec::Connect>,
         rest: &mut BytesMut,
     ) -> Step {
@@ -578,7 +563,7 @@ impl Core {
     /// names the client id and `code`, and `why` when not empty.
     pub(crate) fn refuse_connect_at(
         &mut self,
-        id: u32,
+        id: ConnId,
         version: codec::ProtocolVersion,
         code: codec::ReasonCode,
         client_id: &str,
@@ -595,12 +580,12 @@ impl Core {
     /// The CONNACK that refuses connection `id` with `code`, then close for `reason`.
     pub(crate) fn write_refusal(
         &mut self,
-        id: u32,
+        id: ConnId,
         version: codec::ProtocolVersion,
         code: codec::ReasonCode,
         reason: CloseReason,
     ) -> Step {
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
             crate::session::refuse_connect(version, code, &mut conn.out);
             conn.phase = Phase::Open;
         }
@@ -613,7 +598,7 @@ impl Core {
     /// attach it here.
     pub(crate) fn place(
         &mut self,
-        id: u32,
+        id: ConnId,
         connect: Box<codec::Connect>,
         client_id: crate::session::ClientId,
         assigned: bool,
@@ -621,7 +606,7 @@ impl Core {
         rest: &mut BytesMut,
     ) -> Step {
         let home = super::home_shard(client_id.as_str().as_bytes(), self.shared.shards);
-        if home != self.id.index() {
+        if home != self.id {
             self.stats.handed_off += 1;
             return Step::Handoff(Box::new(HandoffParts {
                 home,
@@ -639,8 +624,8 @@ impl Core {
     /// The peer sent bytes that are not a valid packet: answer per the codec's one decision
     /// (CONNACK / DISCONNECT / plain close), log, and close; the session sees a lost
     /// connection (its will is due).
-    fn on_decode_error(&mut self, id: u32, error: DecodeError) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    fn on_decode_error(&mut self, id: ConnId, error: DecodeError) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         // An exchange before CONNACK has a version, but no CONNACK yet.
@@ -664,7 +649,7 @@ impl Core {
     }
 
     /// The socket failed or the peer closed: close; `finish_conn` tells the session.
-    pub(crate) fn close_lost(&mut self, id: u32, error: Option<io::Error>) {
+    pub(crate) fn close_lost(&mut self, id: ConnId, error: Option<io::Error>) {
         let reason = error.map_or(CloseReason::PeerClosed, CloseReason::SocketError);
         self.close_for(id, reason);
     }
@@ -676,16 +661,12 @@ impl Core {
     pub(crate) fn flush_all(&mut self) -> bool {
         // The storage batch before the envelopes: whatever another shard stores because of
         // an envelope of this turn reaches the writer after this shard's part.
-        self.persist.end_turn(self.id.index());
+        self.persist.end_turn(self.id);
         let sent_all = self.outboxes.flush(self.id, &self.shared.mesh);
         let dirty = std::mem::take(&mut self.dirty);
-        for &(id, generation) in &dirty {
-            if self
-                .conns
-                .get(id as usize)
-                .is_some_and(|c| c.generation == generation)
-            {
-                self.flush_conn(id);
+        for &key in &dirty {
+            if self.is_live(key) {
+                self.flush_conn(key.id);
             }
         }
         // Keep the allocation for the next turn.
@@ -699,9 +680,9 @@ impl Core {
 
     /// One `send` of everything queued for connection `id` that no hold keeps back (held
     /// output goes when the hold is released: `Core::update_holds` marks it dirty again).
-    pub(crate) fn flush_conn(&mut self, id: u32) {
+    pub(crate) fn flush_conn(&mut self, id: ConnId) {
         let max_out = self.shared.config.limits.max_output_buffer;
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.fd.is_none() {
@@ -783,16 +764,13 @@ impl Core {
 
     /// Connection `id`'s output went back under `max_output_buffer`: its session sends what
     /// it queued meanwhile (QoS 1/2 deliveries wait in the queue, not in the output).
-    fn resume_output(&mut self, id: u32) {
-        let Some(slot) = self.conns.get(id as usize).and_then(|c| c.client) else {
+    fn resume_output(&mut self, id: ConnId) {
+        let Some(slot) = self.conns.get(id).and_then(|c| c.client) else {
             return;
         };
         let mut actions = std::mem::take(&mut self.actions);
         let mut hold_from = None;
-        if let (Some(client), Some(conn)) = (
-            self.clients.get_mut(slot as usize),
-            self.conns.get_mut(id as usize),
-        ) {
+        if let (Some(client), Some(conn)) = (self.clients.get_mut(slot), self.conns.get_mut(id)) {
             hold_from = Some(conn.out.len());
             client
                 .session
@@ -808,15 +786,15 @@ impl Core {
     /// Whether connection `id`'s client is a slow consumer right now: its output is over
     /// `max_output_buffer`, or its session is behind (messages wait with the inflight window
     /// full, or its queue is full).
-    pub(crate) fn is_slow(&self, id: u32) -> bool {
+    pub(crate) fn is_slow(&self, id: ConnId) -> bool {
         let max_out = self.shared.config.limits.max_output_buffer;
-        let Some(conn) = self.conns.get(id as usize) else {
+        let Some(conn) = self.conns.get(id) else {
             return false;
         };
         conn.output_len() >= max_out
             || conn
                 .client
-                .and_then(|s| self.clients.get(s as usize))
+                .and_then(|s| self.clients.get(s))
                 .is_some_and(|c| c.session.is_behind())
     }
 
@@ -824,11 +802,11 @@ impl Core {
     /// that stays slow for `slow_consumer_timeout_secs` is disconnected by its timer. Every
     /// acknowledgement from the client restarts the clock (`on_packet`), so a subscriber
     /// that keeps up, however full its window, is never taken for a stuck one.
-    fn track_output(&mut self, id: u32) {
+    fn track_output(&mut self, id: ConnId) {
         let slow_ms = u64::from(self.shared.config.limits.slow_consumer_timeout_secs) * 1000;
         let now = self.now_ms;
         let slow = self.is_slow(id);
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         // A gateway client's output is handed on every turn, and what it cannot take yet
@@ -845,8 +823,8 @@ impl Core {
     }
 
     /// The socket of a write-blocked connection has room again: write what waited.
-    fn on_writable(&mut self, id: u32) {
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+    fn on_writable(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.write_blocked = false;
         }
         self.flush_conn(id);

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use super::core::{Conn, Core, Phase};
+use super::ids::{ConnId, ConnKey};
 use super::io::Step;
 use super::sys::{self, IoOutcome};
 use crate::codec::{Connect, MqttStr};
@@ -260,7 +261,7 @@ pub(crate) fn last_flush_layered(conn: &mut Conn, reason: CloseReason) {
 #[derive(Debug, Default)]
 pub(crate) struct HandshakeBudget {
     started: Option<Instant>,
-    waiting: VecDeque<(u32, u32)>,
+    waiting: VecDeque<ConnKey>,
 }
 
 impl HandshakeBudget {
@@ -284,33 +285,29 @@ impl Core {
     pub(crate) fn handshake_turn(&mut self) {
         self.handshakes.started = None;
         let waiting = std::mem::take(&mut self.handshakes.waiting);
-        for (id, generation) in waiting {
-            let live = self
-                .conns
-                .get(id as usize)
-                .is_some_and(|c| c.generation == generation);
-            if !live {
+        for key in waiting {
+            if self.conns.live(key).is_none() {
                 continue;
             }
             if self.reads_held() || self.handshakes.spent() {
-                self.handshakes.waiting.push_back((id, generation));
+                self.handshakes.waiting.push_back(key);
             } else {
-                self.service_read(id);
+                self.service_read(key.id);
             }
         }
     }
 
     /// Whether connection `id` must wait for a later turn before it is read: its read would
     /// run a TLS handshake step and this turn's time for those is spent.
-    pub(crate) fn defer_handshake(&mut self, id: u32) -> bool {
-        let Some(conn) = self.conns.get(id as usize) else {
+    pub(crate) fn defer_handshake(&mut self, id: ConnId) -> bool {
+        let Some(conn) = self.conns.get(id) else {
             return false;
         };
         if !conn.in_tls_handshake() {
             return false;
         }
         if self.handshakes.spent() {
-            let key = (id, conn.generation);
+            let key = ConnKey::new(id, conn.generation);
             if !self.handshakes.waiting.contains(&key) {
                 self.handshakes.waiting.push_back(key);
             }
@@ -324,7 +321,7 @@ impl Core {
     /// the MQTT bytes that come out are decoded, and what the transport must send (handshake
     /// records, the HTTP 101, a pong, a farewell) waits in the connection's wire bytes for
     /// the end of the turn.
-    pub(crate) fn read_through(&mut self, id: u32, input: &mut [u8]) -> Step {
+    pub(crate) fn read_through(&mut self, id: ConnId, input: &mut [u8]) -> Step {
         let mut app = std::mem::take(&mut self.app);
         let step = self.read_through_into(id, input, &mut app);
         app.clear();
@@ -332,8 +329,8 @@ impl Core {
         step
     }
 
-    fn read_through_into(&mut self, id: u32, input: &mut [u8], app: &mut BytesMut) -> Step {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    fn read_through_into(&mut self, id: ConnId, input: &mut [u8], app: &mut BytesMut) -> Step {
+        let Some(conn) = self.conns.get_mut(id) else {
             return Step::Close;
         };
         let socket_peer = conn.peer;
@@ -380,12 +377,8 @@ impl Core {
 
     /// The farewell connection `id`'s transport sends when it closes (no effect on a
     /// plain TCP connection).
-    pub(crate) fn set_close_reason(&mut self, id: u32, reason: CloseReason) {
-        if let Some(extra) = self
-            .conns
-            .get_mut(id as usize)
-            .and_then(|c| c.extra.as_mut())
-        {
+    pub(crate) fn set_close_reason(&mut self, id: ConnId, reason: CloseReason) {
+        if let Some(extra) = self.conns.get_mut(id).and_then(|c| c.extra.as_mut()) {
             extra.close_reason = reason;
         }
     }
@@ -393,8 +386,8 @@ impl Core {
     /// On a listener with `use_identity_as_username`, the client certificate's identity is
     /// the CONNECT's username, whatever the client sent as one. Returns whether it was: the
     /// verified certificate then authenticates the client (no password check).
-    pub(crate) fn apply_identity(&self, id: u32, connect: &mut Connect) -> bool {
-        let Some(conn) = self.conns.get(id as usize) else {
+    pub(crate) fn apply_identity(&self, id: ConnId, connect: &mut Connect) -> bool {
+        let Some(conn) = self.conns.get(id) else {
             return false;
         };
         let Some(identity) = conn.transport().and_then(Transport::peer_identity) else {
@@ -416,8 +409,8 @@ impl Core {
 
     /// A write through connection `id`'s transport failed: its output is dropped and it
     /// closes (at once when it was closing already).
-    pub(crate) fn flush_failed(&mut self, id: u32, failure: FlushFailure) {
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+    pub(crate) fn flush_failed(&mut self, id: ConnId, failure: FlushFailure) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.out = BytesMut::new();
             if matches!(conn.phase, Phase::Lingering | Phase::Draining) {
                 // Closing already, and nothing more can reach the client.

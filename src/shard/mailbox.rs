@@ -34,7 +34,7 @@ use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 
 use super::hold::HoldKey;
-use super::routes::SessionKey;
+use super::ids::SessionKey;
 use crate::codec::Connect;
 use crate::router::delivery::Subscription;
 use crate::router::interest::{InterestOp, ShardId};
@@ -488,13 +488,13 @@ pub(crate) fn any_pending(receivers: &[Receiver<Envelope>]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ids::{ConnId, ConnKey};
     use super::*;
 
     fn fence_done(n: u32) -> Envelope {
         Envelope::FenceDone {
             hold: HoldKey {
-                conn: n,
-                generation: 0,
+                conn: ConnKey::new(ConnId::from_raw(n), 0),
                 id: 0,
             },
         }
@@ -532,7 +532,7 @@ mod tests {
         let mut next = 10;
         drain(&receivers[1], usize::MAX, |e| match e {
             Envelope::FenceDone { hold } => {
-                assert_eq!(hold.conn, next);
+                assert_eq!(hold.conn, ConnKey::new(ConnId::from_raw(next), 0));
                 next += 1;
             }
             other => panic!("unexpected {other:?}"),

@@ -11,7 +11,8 @@
 //! (the same through a TLS, WebSocket or PROXY transport), `core.rs`
 //! (shard state, sessions, actions, timers), `route.rs` (publish/subscribe flow and
 //! envelopes), `routes.rs` (the router tables of a shard), `registry.rs` (client id ->
-//! client), `slots.rs` (the chunked slab of connections and clients), `mailbox.rs`
+//! client), `slots.rs` (the chunked slab of connections and clients), `ids.rs` (their
+//! typed keys: `ConnId`, `ClientSlot`, `ConnKey`), `mailbox.rs`
 //! (channels, notifier, outboxes), `timer.rs` (clock and wheel), `sys.rs` (libc: sockets,
 //! the epoll `Poller`, signals), `close.rs` (why connections close, the close line),
 //! `stats.rs` (counters, snapshots, `$SYS`), `panic.rs` (the hook that stops the process
@@ -30,6 +31,7 @@ mod close;
 mod core;
 mod event_loop;
 mod hold;
+mod ids;
 mod io;
 mod layered;
 #[allow(unsafe_code)] // getrlimit
@@ -138,15 +140,16 @@ impl BrokerError {
     }
 }
 
-/// The home shard of a client id: where its session, takeover, will and expiry live.
-/// FNV-1a: stable across runs and platforms, so storage keys stay on the same shard.
-pub fn home_shard(client_id: &[u8], shards: usize) -> usize {
+/// The home shard of a client id: where its session, takeover, will and expiry live (and,
+/// for a topic, the shard that orders its retained updates). FNV-1a: stable across runs and
+/// platforms, so storage keys stay on the same shard.
+pub fn home_shard(client_id: &[u8], shards: usize) -> ShardId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in client_id {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (h % shards.max(1) as u64) as usize
+    ShardId::of_hash(h, shards)
 }
 
 /// What every shard shares (read-only after start, except the stop flag).

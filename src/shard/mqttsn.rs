@@ -40,6 +40,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::core::{Core, Phase};
+use super::ids::{ClientSlot, ConnId, ConnKey, SessionKey};
 use super::io::Step;
 use super::mailbox::Envelope;
 use crate::codec::Packet;
@@ -88,8 +89,8 @@ pub(crate) struct SnRuntime {
     gateway: Gateway<SocketAddr>,
     /// ADVERTISE destination (`[mqttsn] advertise_to`).
     advertise_to: Option<SocketAddr>,
-    /// The connection of each client of this shard's gateway: (slot, generation).
-    conns: HashMap<SocketAddr, (u32, u32)>,
+    /// The connection of each client of this shard's gateway.
+    conns: HashMap<SocketAddr, ConnKey>,
     /// Addresses this shard reads for a client homed elsewhere: (home, epoch).
     routes: HashMap<SocketAddr, (ShardId, u32)>,
     /// Clients of this gateway read by another shard: (reading shard, epoch).
@@ -98,8 +99,8 @@ pub(crate) struct SnRuntime {
     /// At most this many routes (`Limits::max_connections` in force): each stands for a
     /// connection on another shard.
     max_routes: usize,
-    /// The session QoS -1 publishes come from (slot, generation); made when first needed.
-    anonymous: Option<(u32, u32)>,
+    /// The session QoS -1 publishes come from; made when first needed.
+    anonymous: Option<SessionKey>,
     /// The read budget ran out with datagrams left (the edge-triggered poller will not
     /// report them again).
     again: bool,
@@ -168,7 +169,7 @@ impl SnRuntime {
     }
 
     /// The home of a CONNECT's client id, if the datagram is a CONNECT.
-    fn connect_home(datagram: &Bytes, shards: usize) -> Option<usize> {
+    fn connect_home(datagram: &Bytes, shards: usize) -> Option<ShardId> {
         match sn_codec::decode(datagram) {
             Ok(SnMessage::Connect(c)) => Some(super::home_shard(&c.client_id, shards)),
             Ok(_) | Err(_) => None,
@@ -229,7 +230,7 @@ impl Core {
         let me = self.id;
         let shards = self.shared.shards;
         let Some(sn) = self.sn.as_mut() else { return };
-        let home = SnRuntime::connect_home(&datagram, shards).and_then(|h| ShardId::new(h as u8));
+        let home = SnRuntime::connect_home(&datagram, shards);
         let old = sn.routes.get(&from).copied();
         // The shard whose client at the address is over (it had a route here).
         let mut tell_old = None;
@@ -371,13 +372,10 @@ impl Core {
     }
 
     /// The live connection of the client at `at`.
-    fn sn_conn(&self, at: SocketAddr) -> Option<u32> {
+    fn sn_conn(&self, at: SocketAddr) -> Option<ConnId> {
         let sn = self.sn.as_ref()?;
-        let &(id, generation) = sn.conns.get(&at)?;
-        self.conns
-            .get(id as usize)
-            .is_some_and(|c| c.generation == generation)
-            .then_some(id)
+        let &key = sn.conns.get(&at)?;
+        self.conns.live(key).map(|_| key.id)
     }
 
     /// A gateway CONNECT: a new connection for the client at `at` (the one it had ends),
@@ -389,20 +387,19 @@ impl Core {
             }
             self.request_close(old);
         }
-        let Some(id) = self.new_conn(None, at, Phase::AwaitingConnect, None) else {
+        let Some(key) = self.new_conn(None, at, Phase::AwaitingConnect, None) else {
             return;
         };
-        let generation = self.conns.get(id as usize).map_or(0, |c| c.generation);
         if let Some(sn) = self.sn.as_mut() {
-            sn.conns.insert(at, (id, generation));
+            sn.conns.insert(at, key);
         }
-        self.sn_packet(id, connect);
+        self.sn_packet(key.id, connect);
     }
 
     /// A packet from the client of connection `id`, as if decoded from its socket; what the
     /// session wrote goes to the gateway at once, even nothing (a waking client's PINGRESP
     /// waits for the session's answer: see `crate::mqttsn`).
-    fn sn_packet(&mut self, id: u32, packet: Packet) {
+    fn sn_packet(&mut self, id: ConnId, packet: Packet) {
         let mut rest = BytesMut::new();
         match self.on_packet(id, packet, &mut rest) {
             Step::Continue => self.sn_flush_conn(id),
@@ -432,7 +429,7 @@ impl Core {
             return;
         };
         let mut actions = std::mem::take(&mut self.actions);
-        if let Some(client) = self.clients.get_mut(slot as usize) {
+        if let Some(client) = self.clients.get_mut(slot) {
             client.session.handle_packet(
                 Packet::Publish(publish),
                 self.now_ms,
@@ -446,21 +443,27 @@ impl Core {
     }
 
     /// The anonymous session's slot, connected (made again when it ended).
-    fn sn_anonymous_slot(&mut self) -> Option<u32> {
+    fn sn_anonymous_slot(&mut self) -> Option<ClientSlot> {
         let sn = self.sn.as_ref()?;
-        if let Some((slot, generation)) = sn.anonymous
+        if let Some(key) = sn.anonymous
             && self
                 .clients
-                .get(slot as usize)
-                .is_some_and(|c| c.generation == generation && !c.session.is_ended())
+                .live(key)
+                .is_some_and(|c| !c.session.is_ended())
         {
-            return Some(slot);
+            return Some(key.slot);
         }
         let id = anonymous_client_id(&self.session_limits)?;
         let slot = self.new_client(id);
-        let generation = self.clients.get(slot as usize)?.generation;
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
+            super::core::broken_invariant(
+                self.log_id,
+                format_args!("new anonymous client slot {slot} not in the slab"),
+            );
+            return None;
+        };
         let mut actions = std::mem::take(&mut self.actions);
-        if let Some(client) = self.clients.get_mut(slot as usize) {
+        if let Some(client) = self.clients.get_mut(slot) {
             client.session.connect(
                 translate::anonymous_connect(),
                 false,
@@ -474,7 +477,7 @@ impl Core {
         self.apply_actions(slot, &mut actions, None);
         self.actions = actions;
         if let Some(sn) = self.sn.as_mut() {
-            sn.anonymous = Some((slot, generation));
+            sn.anonymous = Some(SessionKey::new(slot, generation));
         }
         Some(slot)
     }
@@ -482,8 +485,8 @@ impl Core {
     /// `flush_conn` for a gateway client: its output up to the first hold goes to the
     /// gateway (discarded when the connection is no longer the client at its address); a
     /// lingering connection with nothing left closes.
-    pub(crate) fn sn_flush_conn(&mut self, id: u32) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    pub(crate) fn sn_flush_conn(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         conn.dirty = false;
@@ -506,7 +509,7 @@ impl Core {
         let current = self
             .sn
             .as_ref()
-            .is_some_and(|sn| sn.conns.get(&peer) == Some(&(id, generation)));
+            .is_some_and(|sn| sn.conns.get(&peer) == Some(&ConnKey::new(id, generation)));
         if current {
             let now = self.now_ms;
             let mut outputs = Vec::new();
@@ -523,8 +526,8 @@ impl Core {
 
     /// Connection `id` of a gateway client closes now (`close_now`): its last output goes
     /// to the gateway, which then hears that the session let the client go.
-    pub(crate) fn sn_conn_closing(&mut self, id: u32) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    pub(crate) fn sn_conn_closing(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         // Held output (an acknowledgement whose commit never came) is never sent early.
@@ -537,7 +540,7 @@ impl Core {
         conn.holds = None;
         let (peer, generation) = (conn.peer, conn.generation);
         let Some(sn) = self.sn.as_mut() else { return };
-        if sn.conns.get(&peer) != Some(&(id, generation)) {
+        if sn.conns.get(&peer) != Some(&ConnKey::new(id, generation)) {
             return;
         }
         sn.conns.remove(&peer);

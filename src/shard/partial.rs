@@ -22,6 +22,7 @@ use bytes::BytesMut;
 
 use super::close::CloseReason;
 use super::core::{Core, Phase, Stamp, stamp, stamp_ms};
+use super::ids::{ConnId, ConnKey};
 use super::io::Step;
 use crate::codec::{self, Packet, ReasonCode};
 
@@ -46,7 +47,7 @@ struct Entry {
 /// The shard's incomplete packets.
 #[derive(Debug)]
 pub(crate) struct PartialInput {
-    entries: HashMap<u32, Entry>,
+    entries: HashMap<ConnId, Entry>,
     total: usize,
     budget: usize,
 }
@@ -61,26 +62,27 @@ impl PartialInput {
         }
     }
 
-    /// Connection `id` takes its incomplete packet back to add bytes to it: its charge is
-    /// released; returns when the packet began, if it had one charged.
-    pub(crate) fn take(&mut self, id: u32, generation: u32) -> Option<Stamp> {
-        let e = self.entries.remove(&id)?;
+    /// Connection `key` takes its incomplete packet back to add bytes to it: its charge is
+    /// released (whatever connection of its slot it was charged to); returns when the packet
+    /// began, if it had one charged.
+    pub(crate) fn take(&mut self, key: ConnKey) -> Option<Stamp> {
+        let e = self.entries.remove(&key.id)?;
         self.total -= e.charged;
-        (e.generation == generation).then_some(e.since)
+        (e.generation == key.generation).then_some(e.since)
     }
 
     /// Connection `id` keeps an incomplete packet of `charged` bytes that began at `since`.
     /// `false` (nothing recorded): that would take the shard past its budget.
-    pub(crate) fn keep(&mut self, id: u32, generation: u32, since: Stamp, charged: usize) -> bool {
-        let replaced = self.entries.get(&id).map_or(0, |e| e.charged);
+    pub(crate) fn keep(&mut self, key: ConnKey, since: Stamp, charged: usize) -> bool {
+        let replaced = self.entries.get(&key.id).map_or(0, |e| e.charged);
         if (self.total - replaced).saturating_add(charged) > self.budget {
             return false;
         }
         self.total = self.total - replaced + charged;
         self.entries.insert(
-            id,
+            key.id,
             Entry {
-                generation,
+                generation: key.generation,
                 since,
                 charged,
             },
@@ -89,10 +91,10 @@ impl PartialInput {
     }
 
     /// When connection `id`'s incomplete packet began, if it holds one.
-    pub(crate) fn since(&self, id: u32, generation: u32) -> Option<Stamp> {
+    pub(crate) fn since(&self, key: ConnKey) -> Option<Stamp> {
         self.entries
-            .get(&id)
-            .filter(|e| e.generation == generation)
+            .get(&key.id)
+            .filter(|e| e.generation == key.generation)
             .map(|e| e.since)
     }
 
@@ -107,13 +109,13 @@ impl Core {
     /// with this read), unless that takes the shard past its budget: then it is closed.
     pub(crate) fn keep_partial(
         &mut self,
-        id: u32,
-        generation: u32,
+        key: ConnKey,
         work: BytesMut,
         began: Option<Stamp>,
     ) -> Step {
+        let id = key.id;
         let since = began.unwrap_or_else(|| stamp(self.now_ms));
-        if !self.partial.keep(id, generation, since, work.capacity()) {
+        if !self.partial.keep(key, since, work.capacity()) {
             let held = self.partial.total();
             self.close_for_input(
                 id,
@@ -126,7 +128,7 @@ impl Core {
             );
             return Step::Close;
         }
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.keep_input(work);
         }
         let timeout_ms = self.incomplete_packet_timeout_ms();
@@ -139,9 +141,10 @@ impl Core {
     /// Connection `id`'s timer fired: `true` when it was closed because its incomplete
     /// packet is older than `incomplete_packet_timeout_secs`; otherwise its timer is set for
     /// that moment if it holds one.
-    pub(crate) fn incomplete_packet_expired(&mut self, id: u32, generation: u32) -> bool {
+    pub(crate) fn incomplete_packet_expired(&mut self, key: ConnKey) -> bool {
+        let id = key.id;
         let timeout_ms = self.incomplete_packet_timeout_ms();
-        let Some(since) = self.partial.since(id, generation) else {
+        let Some(since) = self.partial.since(key) else {
             return false;
         };
         if timeout_ms == 0 {
@@ -168,11 +171,11 @@ impl Core {
 
     /// Connection `id` ends for what it sent: its incomplete packet is released, a v5 client
     /// past CONNACK gets DISCONNECT with `code`, and it closes with `why` in its close line.
-    fn close_for_input(&mut self, id: u32, code: ReasonCode, why: String) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    fn close_for_input(&mut self, id: ConnId, code: ReasonCode, why: String) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        let generation = conn.generation;
+        let key = ConnKey::new(id, conn.generation);
         drop(conn.take_input());
         let mut sent = None;
         if conn.phase == Phase::Open
@@ -183,14 +186,14 @@ impl Core {
             codec::encode(&packet, v, &mut conn.out);
             sent = Some(code);
         }
-        self.partial.take(id, generation);
+        self.partial.take(key);
         self.close_for(id, CloseReason::IncompletePacket { code: sent, why });
     }
 
     /// Connection `id` closes or stops reading: its incomplete packet's charge is released.
-    pub(crate) fn release_partial(&mut self, id: u32) {
-        if let Some(generation) = self.conns.get(id as usize).map(|c| c.generation) {
-            self.partial.take(id, generation);
+    pub(crate) fn release_partial(&mut self, id: ConnId) {
+        if let Some(generation) = self.conns.get(id).map(|c| c.generation) {
+            self.partial.take(ConnKey::new(id, generation));
         }
     }
 }
@@ -199,26 +202,33 @@ impl Core {
 mod tests {
     use super::*;
 
+    fn key(id: u32, generation: u32) -> ConnKey {
+        ConnKey::new(ConnId::from_raw(id), generation)
+    }
+
     #[test]
     fn the_budget_bounds_the_total_and_a_take_releases_its_charge() {
         let mut p = PartialInput::new(100);
-        assert!(p.keep(1, 7, 5, 60));
-        assert!(!p.keep(2, 7, 5, 41), "61+ would pass 100");
-        assert!(p.keep(2, 7, 5, 40));
+        assert!(p.keep(key(1, 7), 5, 60));
+        assert!(!p.keep(key(2, 7), 5, 41), "61+ would pass 100");
+        assert!(p.keep(key(2, 7), 5, 40));
         assert_eq!(p.total(), 100);
-        assert_eq!(p.take(1, 7), Some(5));
+        assert_eq!(p.take(key(1, 7)), Some(5));
         assert_eq!(p.total(), 40);
-        assert_eq!(p.take(1, 7), None, "charged once");
-        assert!(p.keep(2, 7, 5, 90), "a new charge replaces the old one");
+        assert_eq!(p.take(key(1, 7)), None, "charged once");
+        assert!(
+            p.keep(key(2, 7), 5, 90),
+            "a new charge replaces the old one"
+        );
         assert_eq!(p.total(), 90);
     }
 
     #[test]
     fn a_reused_slot_does_not_inherit_the_start() {
         let mut p = PartialInput::new(100);
-        assert!(p.keep(1, 7, 5, 10));
-        assert_eq!(p.since(1, 8), None);
-        assert_eq!(p.take(1, 8), None);
+        assert!(p.keep(key(1, 7), 5, 10));
+        assert_eq!(p.since(key(1, 8)), None);
+        assert_eq!(p.take(key(1, 8)), None);
         assert_eq!(p.total(), 0, "the old charge is released all the same");
     }
 }

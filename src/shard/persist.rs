@@ -29,6 +29,7 @@ use ringmq_storage as storage;
 use super::close::CloseReason;
 use super::core::Core;
 use super::hold::HoldKey;
+use super::ids::ClientSlot;
 use super::mailbox::Envelope;
 use crate::codec::{self, ReasonCode};
 use crate::log;
@@ -189,7 +190,7 @@ impl Persist {
     }
 
     /// Sends this turn's batch (if any) to the writer.
-    pub(crate) fn end_turn(&mut self, shard: usize) {
+    pub(crate) fn end_turn(&mut self, shard: ShardId) {
         if self.batch.is_empty() {
             return;
         }
@@ -197,14 +198,18 @@ impl Persist {
         self.last_put = 0;
         let n = ops.len();
         let batch = storage::Batch {
-            source: shard,
+            source: shard.index(),
             ticket: self.ticket,
             ops,
         };
         if let Some(writer) = &self.writer
             && writer.send(batch).is_err()
         {
-            log!(ERROR, Some(shard as u16), "the storage writer is gone");
+            log!(
+                ERROR,
+                Some(shard.index() as u16),
+                "the storage writer is gone"
+            );
         }
         self.in_flight.push_back((self.ticket, n, Instant::now()));
         self.uncommitted_ops += n;
@@ -342,11 +347,16 @@ impl Core {
     /// Stores one change of client `slot`'s session. `hold_from`: where in the client's
     /// connection output the call that made the change began writing; output from there on
     /// waits for the commit when the change requires it.
-    pub(crate) fn persist_change(&mut self, slot: u32, change: Change, hold_from: Option<usize>) {
+    pub(crate) fn persist_change(
+        &mut self,
+        slot: ClientSlot,
+        change: Change,
+        hold_from: Option<usize>,
+    ) {
         if !self.persist.enabled() {
             return;
         }
-        let Some(client) = self.clients.get(slot as usize) else {
+        let Some(client) = self.clients.get(slot) else {
             return;
         };
         let key = client
@@ -487,18 +497,18 @@ impl Core {
 
     /// Holds client `slot`'s connection output from `offset` until the current ticket
     /// commits.
-    pub(crate) fn hold_client_for_commit(&mut self, slot: u32, offset: usize) {
+    pub(crate) fn hold_client_for_commit(&mut self, slot: ClientSlot, offset: usize) {
         if !self.persist.waits() {
             return;
         }
-        let Some(conn_id) = self.clients.get(slot as usize).and_then(|c| c.conn) else {
+        let Some(conn_id) = self.clients.get(slot).and_then(|c| c.conn) else {
             return;
         };
         let ticket = self.persist.ticket();
         if let Some(key) = self.hold_at(conn_id, offset) {
             let new = self
                 .conns
-                .get_mut(conn_id as usize)
+                .get_mut(conn_id)
                 .and_then(|c| c.holds.as_mut())
                 .is_some_and(|h| h.add_ticket(key.id, ticket));
             if new {
@@ -562,12 +572,9 @@ impl Core {
     }
 
     fn fail_hold(&mut self, key: HoldKey, ticket: u64, code: ReasonCode) {
-        let Some(conn) = self.conns.get_mut(key.conn as usize) else {
+        let Some(conn) = self.conns.live_mut(key.conn) else {
             return;
         };
-        if conn.generation != key.generation {
-            return;
-        }
         let from = conn.holds.as_ref().and_then(|h| {
             if ticket == u64::MAX {
                 h.offset_of(key.id)
@@ -584,8 +591,8 @@ impl Core {
             codec::encode(&packet, codec::ProtocolVersion::V5, &mut conn.out);
         }
         // The close tells the session its connection was lost (`finish_conn`).
-        self.mark_dirty(key.conn);
-        self.close_for(key.conn, CloseReason::StorageFailure(code));
+        self.mark_dirty(key.conn.id);
+        self.close_for(key.conn.id, CloseReason::StorageFailure(code));
     }
 }
 

@@ -24,6 +24,7 @@ use crossbeam_channel::Receiver;
 use ringmq_storage as storage;
 
 use super::core::Core;
+use super::ids::ClientSlot;
 use super::persist::{Mode, Persist};
 use super::{BrokerError, Shared};
 use crate::codec::{self, MqttStr, PacketId, ProtocolVersion, QoS, SubscriptionOptions, Will};
@@ -193,7 +194,7 @@ fn distribute(r: storage::Recovered, shards: usize, wall_epoch_ms: u64) -> Vec<S
         .collect();
     for session in r.sessions {
         let home = super::home_shard(&session.client, shards);
-        out[home].sessions.push(session);
+        out[home.index()].sessions.push(session);
     }
     for (msg, shard) in r.fanout {
         // The shard count may have changed: the part goes to a shard that exists; it
@@ -240,7 +241,7 @@ impl Core {
     /// subscriptions into the routes (broadcast to the other shards), retained messages
     /// into the replica. Returns the restored slots (their timers are looked at once every
     /// shard's routes are complete).
-    pub(crate) fn restore(&mut self, r: &mut ShardRecovery) -> Vec<u32> {
+    pub(crate) fn restore(&mut self, r: &mut ShardRecovery) -> Vec<ClientSlot> {
         for message in r.retained.iter() {
             self.routes
                 .retained
@@ -266,7 +267,7 @@ impl Core {
         &mut self,
         stored: storage::RecoveredSession,
         r: &ShardRecovery,
-    ) -> Result<u32, (Bytes, &'static str)> {
+    ) -> Result<ClientSlot, (Bytes, &'static str)> {
         let fail = |why| (stored.client.clone(), why);
         let id = MqttStr::try_from_bytes(stored.client.clone()).ok_or(fail("client id"))?;
         let client_id =
@@ -318,9 +319,13 @@ impl Core {
         );
         let persistent = self.persist.enabled() && session.is_persistent();
         let slot = self.insert_client(session);
-        if let Some(c) = self.clients.get_mut(slot as usize) {
+        match self.clients.get_mut(slot) {
             // Set before the subscriptions are routed, which count it.
-            c.durable = persistent;
+            Some(c) => c.durable = persistent,
+            None => super::core::broken_invariant(
+                self.log_id,
+                format_args!("restored client slot {slot} not in the slab"),
+            ),
         }
         for (filter, sub) in subs {
             self.route_subscription(slot, filter, sub);
@@ -357,7 +362,7 @@ impl Core {
 
     /// After every shard's routes are complete: restored sessions whose expiry or will fell
     /// due while the broker was down act now, and fan-outs a crash cut short are finished.
-    pub(crate) fn after_restore(&mut self, slots: &[u32], r: &ShardRecovery) {
+    pub(crate) fn after_restore(&mut self, slots: &[ClientSlot], r: &ShardRecovery) {
         self.tick_clock();
         for &slot in slots {
             self.fire_client_deadline(slot);

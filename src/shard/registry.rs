@@ -1,7 +1,7 @@
 //! The client ids homed on a shard: client id -> slot in the shard's client slab.
 //!
 //! Owns: only the slots. The id itself lives once, in the client's `Session`; the table
-//! hashes it from there. A `HashMap<ClientId, u32>` kept a second handle on every id (and
+//! hashes it from there. A `HashMap<ClientId, ClientSlot>` kept a second handle on every id (and
 //! cloning the id's `Bytes` made it allocate a shared header): about 80 B per client where
 //! this table takes about 5-10 B, and a client exists once per idle connection.
 //!
@@ -13,14 +13,14 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
-use super::core::Client;
-use super::slots::Slots;
+use super::core::Clients;
+use super::ids::ClientSlot;
 use crate::session::ClientId;
 
 /// Slots of the clients homed on this shard, found by client id.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    table: HashTable<u32>,
+    table: HashTable<ClientSlot>,
     hasher: RandomState,
 }
 
@@ -30,12 +30,12 @@ impl Registry {
     }
 
     /// The slot of the client with id `id`.
-    pub(crate) fn get(&self, clients: &Slots<Client>, id: &ClientId) -> Option<u32> {
+    pub(crate) fn get(&self, clients: &Clients, id: &ClientId) -> Option<ClientSlot> {
         let hash = Self::hash(&self.hasher, id);
         self.table
             .find(hash, |&slot| {
                 clients
-                    .get(slot as usize)
+                    .get(slot)
                     .is_some_and(|c| c.session.client_id() == id)
             })
             .copied()
@@ -43,22 +43,26 @@ impl Registry {
 
     /// Registers the client in `slot` (already in `clients`) under its session's id, which
     /// no other registered client has.
-    pub(crate) fn insert(&mut self, clients: &Slots<Client>, slot: u32) {
-        let Some(client) = clients.get(slot as usize) else {
+    pub(crate) fn insert(&mut self, clients: &Clients, slot: ClientSlot) {
+        let Some(client) = clients.get(slot) else {
+            super::core::broken_invariant(
+                None,
+                format_args!("client slot {slot} registered but not in the slab"),
+            );
             return;
         };
         let hasher = &self.hasher;
         let hash = Self::hash(hasher, client.session.client_id());
         self.table.insert_unique(hash, slot, |&other| {
             clients
-                .get(other as usize)
+                .get(other)
                 .map_or(0, |c| Self::hash(hasher, c.session.client_id()))
         });
     }
 
     /// Forgets `slot` if it is registered under `id` (the client's id; the client may
     /// already be out of the slab).
-    pub(crate) fn remove(&mut self, id: &ClientId, slot: u32) {
+    pub(crate) fn remove(&mut self, id: &ClientId, slot: ClientSlot) {
         let hash = Self::hash(&self.hasher, id);
         if let Ok(entry) = self.table.find_entry(hash, |&s| s == slot) {
             entry.remove();
@@ -79,6 +83,7 @@ mod tests {
     use crate::codec::MqttStr;
     use crate::config::Limits;
     use crate::session::Session;
+    use crate::shard::core::Client;
 
     fn client(id: &str) -> Client {
         Client {
@@ -99,10 +104,10 @@ mod tests {
     /// every lookup names the right slot, or none once removed.
     #[test]
     fn finds_each_id_through_growth_and_removal() {
-        let mut clients = Slots::new();
+        let mut clients = Clients::new();
         let mut registry = Registry::default();
         for i in 0..5000 {
-            let slot = clients.insert(client(&format!("c{i}"))) as u32;
+            let slot = clients.insert(client(&format!("c{i}")));
             registry.insert(&clients, slot);
         }
         assert_eq!(registry.len(), 5000);
@@ -110,7 +115,7 @@ mod tests {
             let slot = registry
                 .get(&clients, &id(&format!("c{i}")))
                 .expect("found");
-            let removed = clients.try_remove(slot as usize).expect("live");
+            let removed = clients.try_remove(slot).expect("live");
             registry.remove(removed.session.client_id(), slot);
         }
         assert_eq!(registry.len(), 2500);
@@ -121,11 +126,7 @@ mod tests {
             } else {
                 let slot = found.expect("still registered");
                 assert_eq!(
-                    clients
-                        .get(slot as usize)
-                        .expect("live")
-                        .session
-                        .client_id(),
+                    clients.get(slot).expect("live").session.client_id(),
                     &id(&format!("c{i}"))
                 );
             }
@@ -137,15 +138,18 @@ mod tests {
     /// stale one) leaves the registration alone.
     #[test]
     fn removal_of_another_slot_keeps_the_registration() {
-        let mut clients = Slots::new();
+        let mut clients = Clients::new();
         let mut registry = Registry::default();
-        let old = clients.insert(client("same")) as u32;
+        let old = clients.insert(client("same"));
         registry.insert(&clients, old);
-        let gone = clients.try_remove(old as usize).expect("live");
+        let gone = clients.try_remove(old).expect("live");
         registry.remove(gone.session.client_id(), old);
-        let new = clients.insert(client("same")) as u32;
+        let new = clients.insert(client("same"));
         registry.insert(&clients, new);
-        registry.remove(gone.session.client_id(), old + 1000);
+        registry.remove(
+            gone.session.client_id(),
+            ClientSlot::from_raw(old.raw() + 1000),
+        );
         assert_eq!(registry.get(&clients, &id("same")), Some(new));
     }
 }

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::core::{Core, Phase};
+use super::ids::{ClientSlot, SessionKey};
 use super::routes;
 use crate::router::topic::TopicFilter;
 use crate::session::{Delivery, Message, Subscription};
@@ -31,8 +32,7 @@ const LOOKUP_WORK_PER_TURN: usize = 4096;
 /// One subscription whose retained messages are still to be sent.
 #[derive(Debug)]
 pub(crate) struct RetainedJob {
-    slot: u32,
-    generation: u32,
+    client: SessionKey,
     filter: TopicFilter,
     sub: Subscription,
     /// The messages found, once looked up; `None` until then.
@@ -41,8 +41,13 @@ pub(crate) struct RetainedJob {
 
 impl Core {
     /// Queues the retained messages matching `filter` for client `slot`'s new subscription.
-    pub(crate) fn queue_retained(&mut self, slot: u32, filter: TopicFilter, sub: Subscription) {
-        let Some(generation) = self.clients.get(slot as usize).map(|c| c.generation) else {
+    pub(crate) fn queue_retained(
+        &mut self,
+        slot: ClientSlot,
+        filter: TopicFilter,
+        sub: Subscription,
+    ) {
+        let Some(generation) = self.clients.get(slot).map(|c| c.generation) else {
             return;
         };
         // A filter that does not start with `$` matches no `$` topic [MQTT-4.7.2-1]: with only
@@ -58,8 +63,7 @@ impl Core {
             return;
         }
         self.retained_jobs.push_back(RetainedJob {
-            slot,
-            generation,
+            client: SessionKey::new(slot, generation),
             filter,
             sub,
             found: None,
@@ -76,17 +80,10 @@ impl Core {
     pub(crate) fn retained_ready(&self) -> bool {
         let max_out = self.shared.config.limits.max_output_buffer;
         self.retained_jobs.iter().any(|job| {
-            let conn = self
-                .clients
-                .get(job.slot as usize)
-                .filter(|c| c.generation == job.generation)
-                .map(|c| c.conn);
+            let conn = self.clients.live(job.client).map(|c| c.conn);
             match conn {
                 None | Some(None) => true,
-                Some(Some(c)) => self
-                    .conns
-                    .get(c as usize)
-                    .is_none_or(|c| c.out.len() < max_out),
+                Some(Some(c)) => self.conns.get(c).is_none_or(|c| c.out.len() < max_out),
             }
         })
     }
@@ -109,16 +106,12 @@ impl Core {
             let Some(mut job) = self.retained_jobs.pop_front() else {
                 break;
             };
-            let live = self
-                .clients
-                .get(job.slot as usize)
-                .is_some_and(|c| c.generation == job.generation);
-            if !live {
+            let Some(client) = self.clients.live(job.client) else {
                 continue; // The client left; its subscription with it.
-            }
-            let conn = self.clients.get(job.slot as usize).and_then(|c| c.conn);
+            };
+            let conn = client.conn;
             let room = conn
-                .and_then(|c| self.conns.get(c as usize))
+                .and_then(|c| self.conns.get(c))
                 .is_some_and(|c| c.phase == Phase::Open && c.out.len() < max_out);
             if conn.is_some() && !room {
                 // The client reads slowly: its job waits (its flush resumes the loop).
@@ -140,7 +133,7 @@ impl Core {
             }
             let done = found.is_empty();
             sent += batch.len();
-            self.deliver_retained(job.slot, &job.sub, &batch);
+            self.deliver_retained(job.client.slot, &job.sub, &batch);
             if !done {
                 // Out of budget: it goes on first next turn, before this client's later jobs.
                 progress_left = true;
@@ -167,7 +160,12 @@ impl Core {
         found
     }
 
-    fn deliver_retained(&mut self, slot: u32, sub: &Subscription, messages: &[Arc<Message>]) {
+    fn deliver_retained(
+        &mut self,
+        slot: ClientSlot,
+        sub: &Subscription,
+        messages: &[Arc<Message>],
+    ) {
         let ids: &[u32] = match &sub.id {
             Some(id) => std::slice::from_ref(id),
             None => &[],

@@ -24,8 +24,9 @@ use std::sync::Arc;
 
 use super::core::{Core, Phase};
 use super::hold::HoldKey;
+use super::ids::{ClientSlot, ConnKey, SessionKey};
 use super::mailbox::{AckRequest, Envelope, Handoff, InterestChange};
-use super::routes::{self, SessionKey};
+use super::routes;
 use crate::codec::{QoS, RetainHandling};
 use crate::router::interest::{ShardId, ShardMask};
 use crate::router::shared::{ShareMember, ShareOp};
@@ -36,7 +37,7 @@ use crate::session::{Delivery, Message, Subscription};
 /// begins: holds for the acknowledgement start there.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Publisher {
-    pub(crate) slot: u32,
+    pub(crate) slot: ClientSlot,
     pub(crate) hold_from: Option<usize>,
     /// The publish awaits an acknowledgement (QoS 1/2 from the client).
     pub(crate) acked: bool,
@@ -48,9 +49,7 @@ pub(crate) struct Publisher {
 impl Core {
     fn other_shards(&self) -> impl Iterator<Item = ShardId> + use<> {
         let me = self.id;
-        (0..self.shared.shards)
-            .filter_map(|i| ShardId::new(i as u8))
-            .filter(move |s| *s != me)
+        ShardId::all(self.shared.shards).filter(move |s| *s != me)
     }
 
     /// The shards where some subscription matches `message`. A broker of one shard keeps no
@@ -172,7 +171,7 @@ impl Core {
     /// Holds publisher `p`'s output for `n` answers from other shards.
     fn hold_for_answers(&mut self, p: Publisher, n: u32) -> Option<HoldKey> {
         let offset = p.hold_from?;
-        let conn = self.clients.get(p.slot as usize).and_then(|c| c.conn)?;
+        let conn = self.clients.get(p.slot).and_then(|c| c.conn)?;
         let key = self.hold_at(conn, offset)?;
         self.add_remote(key, n);
         Some(key)
@@ -213,8 +212,7 @@ impl Core {
 
     /// The shard that orders (and stores) the retained updates of `message`'s topic.
     fn retain_owner(&self, message: &Message) -> ShardId {
-        let index = super::home_shard(message.topic.as_bytes(), self.shared.shards);
-        ShardId::new(index as u8).expect("home_shard is below the shard count")
+        super::home_shard(message.topic.as_bytes(), self.shared.shards)
     }
 
     /// As the topic's owner: applies and stores a retained update, passes it to every other
@@ -300,7 +298,7 @@ impl Core {
 
     /// Matches the local trie and delivers once per matching subscription (or once per local
     /// session with `overlapping_subscriptions = "single"`).
-    fn deliver_local(&mut self, message: &Arc<Message>, publisher: Option<u32>) {
+    fn deliver_local(&mut self, message: &Arc<Message>, publisher: Option<ClientSlot>) {
         let mut fanout = std::mem::take(&mut self.routes.fanout);
         fanout.collect(
             &self.routes.local,
@@ -324,13 +322,18 @@ impl Core {
     }
 
     /// Hands one message to the session in client `slot`.
-    pub(crate) fn deliver_to(&mut self, slot: u32, message: &Arc<Message>, delivery: &Delivery) {
+    pub(crate) fn deliver_to(
+        &mut self,
+        slot: ClientSlot,
+        message: &Arc<Message>,
+        delivery: &Delivery,
+    ) {
         if !self.may_deliver(slot, &message.topic) {
             return; // A subscription the ACL covers in part (`access.rs`).
         }
         self.stats.deliveries += 1;
         self.stats.publish_bytes_sent += message.payload.len() as u64;
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+        let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
         if client.session.refuses(message, delivery, self.now_ms) {
@@ -340,7 +343,7 @@ impl Core {
         let mut actions = std::mem::take(&mut self.actions);
         let mut early_flush = false;
         let mut hold_from = None;
-        match conn.and_then(|c| self.conns.get_mut(c as usize)) {
+        match conn.and_then(|c| self.conns.get_mut(c)) {
             Some(c) if c.phase == Phase::Open => {
                 hold_from = Some(c.out.len());
                 client
@@ -377,13 +380,13 @@ impl Core {
     /// SUBACK's call began writing (it waits for the other shards to apply the change).
     pub(crate) fn subscribe(
         &mut self,
-        slot: u32,
+        slot: ClientSlot,
         filter: TopicFilter,
         sub: Subscription,
         existed: bool,
         hold_from: Option<usize>,
     ) {
-        if self.clients.get(slot as usize).is_none() {
+        if self.clients.get(slot).is_none() {
             return;
         }
         let shared = filter.is_shared();
@@ -411,11 +414,13 @@ impl Core {
 
     /// Puts one subscription of client `slot` into the routes: the local trie and the
     /// interest indexes (broadcast), or the share group (broadcast).
-    pub(crate) fn route_subscription(&mut self, slot: u32, filter: TopicFilter, sub: Subscription) {
-        let Some((generation, durable)) = self
-            .clients
-            .get(slot as usize)
-            .map(|c| (c.generation, c.durable))
+    pub(crate) fn route_subscription(
+        &mut self,
+        slot: ClientSlot,
+        filter: TopicFilter,
+        sub: Subscription,
+    ) {
+        let Some((generation, durable)) = self.clients.get(slot).map(|c| (c.generation, c.durable))
         else {
             return;
         };
@@ -457,11 +462,8 @@ impl Core {
     }
 
     /// `Action::Unsubscribe`.
-    pub(crate) fn unsubscribe(&mut self, slot: u32, filter: &TopicFilter) {
-        let Some((generation, durable)) = self
-            .clients
-            .get(slot as usize)
-            .map(|c| (c.generation, c.durable))
+    pub(crate) fn unsubscribe(&mut self, slot: ClientSlot, filter: &TopicFilter) {
+        let Some((generation, durable)) = self.clients.get(slot).map(|c| (c.generation, c.durable))
         else {
             return;
         };
@@ -472,7 +474,7 @@ impl Core {
     /// subscriptions count in the durable index.
     pub(crate) fn remove_subscription(
         &mut self,
-        slot: u32,
+        slot: ClientSlot,
         key: SessionKey,
         filter: &TopicFilter,
         durable: bool,
@@ -646,12 +648,12 @@ impl Core {
             leftover,
             identity,
         } = handoff;
-        let Some(id) = self.new_conn(Some(fd), peer, Phase::Open, extra) else {
+        let Some(ConnKey { id, .. }) = self.new_conn(Some(fd), peer, Phase::Open, extra) else {
             return;
         };
         self.attach(id, connect, client_id, assigned, identity);
         if !leftover.is_empty() {
-            if let Some(conn) = self.conns.get_mut(id as usize) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.keep_input(leftover);
             }
             // Packets pipelined behind CONNECT.

@@ -10,6 +10,7 @@
 //! Must never: touch a socket or the clock, or hold a retained payload that pins a shard's
 //! read buffer (`retained_entry` copies the payload).
 
+use super::ids::{ClientSlot, SessionKey};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,18 +24,11 @@ use crate::router::topic::{TopicFilter, TopicName};
 use crate::router::trie::MatchStack;
 use crate::session::Message;
 
-/// A session on its home shard, as other shards name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct SessionKey {
-    pub(crate) slot: u32,
-    pub(crate) generation: u32,
-}
-
 /// The routing tables of one shard.
 #[derive(Debug)]
 pub(crate) struct Routes {
     /// Non-shared subscriptions of this shard's sessions, keyed by client slot.
-    pub(crate) local: SubscriptionTrie<u32>,
+    pub(crate) local: SubscriptionTrie<ClientSlot>,
     /// Replica: filter -> the other shards with a local subscriber (this shard's own answer
     /// is its local trie's). Empty on a broker of one shard (`Core::interested_shards`).
     pub(crate) interest: InterestIndex,
@@ -53,7 +47,7 @@ pub(crate) struct Routes {
     pub(crate) retained: RetainedStore,
     pub(crate) stack: MatchStack,
     pub(crate) retained_stack: RetainedStack,
-    pub(crate) fanout: Fanout<u32>,
+    pub(crate) fanout: Fanout<ClientSlot>,
     pub(crate) picks: Vec<SharePick<SessionKey>>,
 }
 

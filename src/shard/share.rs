@@ -35,8 +35,8 @@ use std::sync::Arc;
 
 use super::core::Core;
 use super::event_loop::Lifecycle;
+use super::ids::{ClientSlot, SessionKey};
 use super::mailbox::Envelope;
-use super::routes::SessionKey;
 use crate::codec::QoS;
 use crate::router::delivery::Subscription;
 use crate::router::shared::{ShareOp, ShareStrategy};
@@ -78,10 +78,7 @@ impl Core {
         hops: u8,
     ) {
         let qos = sub.options.qos.min(message.qos);
-        let member = self
-            .clients
-            .get(key.slot as usize)
-            .filter(|c| c.generation == key.generation);
+        let member = self.clients.live(key);
         let Some(member) = member else {
             if qos != QoS::AtMostOnce {
                 self.return_to_group(group, message, hops);
@@ -147,8 +144,8 @@ impl Core {
     }
 
     /// Client `slot` subscribed to a share group: from now on its window state counts.
-    pub(crate) fn share_member_joined(&mut self, slot: u32) {
-        if let Some(client) = self.clients.get_mut(slot as usize)
+    pub(crate) fn share_member_joined(&mut self, slot: ClientSlot) {
+        if let Some(client) = self.clients.get_mut(slot)
             && client.share_load == ShareLoad::NotMember
         {
             client.share_load = ShareLoad::Room;
@@ -158,11 +155,11 @@ impl Core {
     /// After a call on client `slot`'s session (a delivery, a packet from the client, a
     /// connect or a lost connection): with `least_loaded`, tells every shard when the
     /// member's window crossed into full or back to room.
-    pub(crate) fn note_share_load(&mut self, slot: u32) {
+    pub(crate) fn note_share_load(&mut self, slot: ClientSlot) {
         if self.routes.shared.strategy() != ShareStrategy::LeastLoaded {
             return;
         }
-        let Some(client) = self.clients.get_mut(slot as usize) else {
+        let Some(client) = self.clients.get_mut(slot) else {
             return;
         };
         let next = match (client.share_load, client.session.outbound_load()) {

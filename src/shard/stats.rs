@@ -21,6 +21,7 @@ use bytes::Bytes;
 
 use super::core::Core;
 use super::event_loop::Lifecycle;
+use super::ids::ClientSlot;
 use super::mailbox::Envelope;
 use super::route::Publisher;
 use crate::codec::{Packet, PublishProperties, QoS};
@@ -94,7 +95,7 @@ pub(crate) struct Telemetry {
     /// the shard's (`Core::collect_session_stats`). Only sessions that counted something
     /// have an entry (a `Client` exists once per idle connection: it holds nothing for
     /// this); removed when the client ends.
-    seen: hashbrown::HashMap<u32, (u32, SessionStats), foldhash::fast::RandomState>,
+    seen: hashbrown::HashMap<ClientSlot, (u32, SessionStats), foldhash::fast::RandomState>,
 }
 
 /// What shard 0 keeps to publish `$SYS`.
@@ -222,8 +223,8 @@ impl Core {
     /// the shard's counters. Called before its actions are handled, after every call on a
     /// session.
     #[inline]
-    pub(crate) fn collect_session_stats(&mut self, slot: u32) {
-        let Some(client) = self.clients.get(slot as usize) else {
+    pub(crate) fn collect_session_stats(&mut self, slot: ClientSlot) {
+        let Some(client) = self.clients.get(slot) else {
             return;
         };
         let Some(&now) = client.session.counted() else {
@@ -235,7 +236,7 @@ impl Core {
 
     /// The part of `collect_session_stats` for a session that counted something.
     #[cold]
-    fn add_session_stats(&mut self, slot: u32, generation: u32, now: SessionStats) {
+    fn add_session_stats(&mut self, slot: ClientSlot, generation: u32, now: SessionStats) {
         let entry = self
             .telemetry
             .seen
@@ -251,7 +252,7 @@ impl Core {
     }
 
     /// Client `slot` ended: its counters were collected with its last actions.
-    pub(crate) fn forget_session_stats(&mut self, slot: u32) {
+    pub(crate) fn forget_session_stats(&mut self, slot: ClientSlot) {
         self.telemetry.seen.remove(&slot);
     }
 

@@ -13,6 +13,7 @@
 //! Must never: allocate a monoio timer per connection (each costs memory per idle
 //! connection), or fire an entry before its deadline.
 
+use super::ids::{ConnKey, SessionKey};
 use std::time::Instant;
 
 /// Wheel resolution. MQTT deadlines are in seconds, so one tick per second loses nothing.
@@ -57,9 +58,9 @@ impl Default for Clock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TimerKey {
     /// A connection: CONNECT timeout or slow consumer.
-    Conn { slot: u32, generation: u32 },
+    Conn(ConnKey),
     /// A session on its home shard: `Session::next_deadline`.
-    Client { slot: u32, generation: u32 },
+    Client(SessionKey),
 }
 
 /// A hashed timing wheel with 1 s ticks.
@@ -138,10 +139,7 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
-    const K: TimerKey = TimerKey::Conn {
-        slot: 1,
-        generation: 1,
-    };
+    const K: TimerKey = TimerKey::Conn(ConnKey::new(super::super::ids::ConnId::from_raw(1), 1));
 
     /// A burst of entries in one slot does not leave its room behind once they fired.
     #[test]
@@ -150,10 +148,10 @@ mod tests {
         for slot in 0..10_000 {
             w.schedule(
                 5_000,
-                TimerKey::Client {
-                    slot,
-                    generation: 1,
-                },
+                TimerKey::Client(SessionKey::new(
+                    super::super::ids::ClientSlot::from_raw(slot),
+                    1,
+                )),
             );
         }
         assert!(w.capacity() >= 10_000);

@@ -358,18 +358,19 @@ pub(crate) const RING_INDEX: usize = u32::MAX as usize - 2;
 
 use std::os::fd::AsFd;
 
-use super::core::{Core, Phase, token};
+use super::core::{Core, Phase};
+use super::ids::{ConnId, ConnKey};
 use super::io::Step;
 
 impl Core {
     /// Moves connection `id`'s input from the poller to the ring, once it is attached here
     /// (a plain TCP connection, open, not closing): the poller then watches only its output
     /// space, and a multishot receive brings its bytes. No-op on the epoll driver.
-    pub(crate) fn ring_adopt(&mut self, id: u32) {
+    pub(crate) fn ring_adopt(&mut self, id: ConnId) {
         let Some(ring) = self.recv_ring.as_mut() else {
             return;
         };
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.ring != RingRecv::Off
@@ -383,7 +384,7 @@ impl Core {
         let Some(fd) = conn.fd.as_ref() else {
             return;
         };
-        let token = token(id, conn.generation);
+        let token = ConnKey::new(id, conn.generation).token();
         if let Err(e) = self.poller.watch_output(fd.as_fd(), token) {
             crate::log!(
                 WARN,
@@ -428,11 +429,12 @@ impl Core {
     }
 
     fn on_completion(&mut self, c: Completion) {
-        let (id, generation) = (c.token as u32, (c.token >> 32) as u32);
+        let key = ConnKey::from_token(c.token);
+        let id = key.id;
         let live = self
             .conns
-            .get(id as usize)
-            .is_some_and(|conn| conn.generation == generation && conn.ring != RingRecv::Off);
+            .live(key)
+            .is_some_and(|conn| conn.ring != RingRecv::Off);
         if live {
             if let (Ok(n @ 1..), Some(bid), Some(ring)) =
                 (usize::try_from(c.result), c.buffer, self.recv_ring.as_ref())
@@ -444,7 +446,7 @@ impl Core {
                 self.ring_input(id, bytes);
             }
             if !c.more {
-                self.ring_ended(id, generation, c.result);
+                self.ring_ended(key, c.result);
             }
         }
         if let (Some(bid), Some(ring)) = (c.buffer, self.recv_ring.as_mut()) {
@@ -453,9 +455,9 @@ impl Core {
     }
 
     /// Whether connection `id`'s input may be decoded now (see `io::service_read`).
-    fn ring_may_read(&self, id: u32) -> bool {
+    fn ring_may_read(&self, id: ConnId) -> bool {
         self.conns
-            .get(id as usize)
+            .get(id)
             .is_some_and(|c| c.phase == Phase::Open && !self.reads_paused(c))
             && !self.read_held(id)
     }
@@ -463,9 +465,9 @@ impl Core {
     /// Bytes the ring received for connection `id`: decoded now, or kept until it may be
     /// read (its receive is then cancelled: what the client sends meanwhile waits in the
     /// socket, as it does on the epoll path).
-    fn ring_input(&mut self, id: u32, bytes: &[u8]) {
+    fn ring_input(&mut self, id: ConnId, bytes: &[u8]) {
         self.stats.bytes_received += bytes.len() as u64;
-        let Some(conn) = self.conns.get(id as usize) else {
+        let Some(conn) = self.conns.get(id) else {
             return;
         };
         if conn.phase != Phase::Open {
@@ -473,7 +475,7 @@ impl Core {
             return;
         }
         if conn.ring == RingRecv::Armed && self.ring_may_read(id) {
-            if let Some(conn) = self.conns.get_mut(id as usize) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 // What this read publishes decides which shards it feeds (`send_to`).
                 conn.feeds = 0;
             }
@@ -489,19 +491,18 @@ impl Core {
         let Some(ring) = self.recv_ring.as_mut() else {
             return;
         };
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let mut input = conn.take_input().unwrap_or_default();
         input.extend_from_slice(bytes);
         conn.keep_input(input);
         if conn.ring == RingRecv::Armed {
-            ring.cancel(token(id, conn.generation));
+            ring.cancel(ConnKey::new(id, conn.generation).token());
             conn.ring = RingRecv::Cancelling;
         }
         if held {
-            let generation = conn.generation;
-            self.again.push((id, generation));
+            self.again.push(ConnKey::new(id, conn.generation));
         } else {
             // Paused for its output (the drained output resumes it, `io::on_event`), or
             // cancelled for a hold that is over (the receive's last completion resumes it,
@@ -511,8 +512,9 @@ impl Core {
     }
 
     /// Connection `id`'s receive ended with `result` (its last completion).
-    fn ring_ended(&mut self, id: u32, generation: u32, result: i32) {
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+    fn ring_ended(&mut self, key: ConnKey, result: i32) {
+        let id = key.id;
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         conn.ring = RingRecv::Stopped;
@@ -537,8 +539,8 @@ impl Core {
                 if self.ring_may_read(id) {
                     self.ring_resume(id);
                 } else if self.read_held(id) {
-                    self.again.push((id, generation));
-                } else if let Some(conn) = self.conns.get_mut(id as usize) {
+                    self.again.push(key);
+                } else if let Some(conn) = self.conns.get_mut(id) {
                     conn.read_pending = true;
                 }
             }
@@ -549,26 +551,26 @@ impl Core {
     }
 
     /// Arms connection `id`'s receive again if none is in the ring.
-    pub(crate) fn ring_arm(&mut self, id: u32) {
+    pub(crate) fn ring_arm(&mut self, id: ConnId) {
         let Some(ring) = self.recv_ring.as_mut() else {
             return;
         };
-        let Some(conn) = self.conns.get_mut(id as usize) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.ring != RingRecv::Stopped || conn.peer_closed {
             return;
         }
         if let Some(fd) = conn.fd.as_ref() {
-            ring.arm(fd.as_raw_fd(), token(id, conn.generation));
+            ring.arm(fd.as_raw_fd(), ConnKey::new(id, conn.generation).token());
             conn.ring = RingRecv::Armed;
         }
     }
 
     /// Connection `id` (on the ring) may be read again: what was kept is decoded, then its
     /// receive is armed again (or, if the peer closed meanwhile, it closes).
-    pub(crate) fn ring_resume(&mut self, id: u32) {
-        let Some(conn) = self.conns.get(id as usize) else {
+    pub(crate) fn ring_resume(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get(id) else {
             return;
         };
         match conn.phase {
@@ -578,14 +580,14 @@ impl Core {
         }
         let paused = self.reads_paused(conn);
         let kept = conn.ring != RingRecv::Armed && conn.has_input();
-        if let Some(conn) = self.conns.get_mut(id as usize) {
+        if let Some(conn) = self.conns.get_mut(id) {
             conn.read_pending = paused;
         }
         if paused {
             return;
         }
         if kept {
-            if let Some(conn) = self.conns.get_mut(id as usize) {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.feeds = 0;
             }
             match self.process_input(id, &[]) {
@@ -596,7 +598,7 @@ impl Core {
                 }
             }
         }
-        let Some(conn) = self.conns.get(id as usize) else {
+        let Some(conn) = self.conns.get(id) else {
             return;
         };
         if conn.phase != Phase::Open {
@@ -611,8 +613,8 @@ impl Core {
 
     /// Connection `id` (on the ring) has input the shard has not decoded yet: kept while it
     /// could not be read, or possibly waiting in the ring while every read is held.
-    pub(crate) fn ring_unread(&self, id: u32) -> bool {
-        self.conns.get(id as usize).is_some_and(|c| {
+    pub(crate) fn ring_unread(&self, id: ConnId) -> bool {
+        self.conns.get(id).is_some_and(|c| {
             c.ring != RingRecv::Off
                 && ((c.ring != RingRecv::Armed && c.has_input()) || self.reads_held())
         })
@@ -621,11 +623,11 @@ impl Core {
     /// The connection leaves the shard (its fd closes next): its receive is cancelled. The
     /// request keeps its own reference to the socket until it ends, and its completions no
     /// longer match a live connection.
-    pub(crate) fn ring_release(&mut self, conn: &super::core::Conn, id: u32) {
+    pub(crate) fn ring_release(&mut self, conn: &super::core::Conn, id: ConnId) {
         if conn.ring == RingRecv::Armed
             && let Some(ring) = self.recv_ring.as_mut()
         {
-            ring.cancel(token(id, conn.generation));
+            ring.cancel(ConnKey::new(id, conn.generation).token());
         }
     }
 

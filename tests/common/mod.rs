@@ -130,7 +130,9 @@ impl Broker {
     pub fn client_id_on(&self, prefix: &str, shard: usize) -> String {
         (0..10_000)
             .map(|i| format!("{prefix}-{i}"))
-            .find(|id| ringmq::shard::home_shard(id.as_bytes(), self.shards) == shard % self.shards)
+            .find(|id| {
+                ringmq::shard::home_shard(id.as_bytes(), self.shards).index() == shard % self.shards
+            })
             .expect("some id hashes to every shard")
     }
 

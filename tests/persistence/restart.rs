@@ -352,7 +352,7 @@ fn message_ids_stay_unique_across_a_restart_with_two_shards() {
     let on = |shard: usize| {
         (0..10_000)
             .map(|i| format!("pub-{i}"))
-            .find(|id| ringmq::shard::home_shard(id.as_bytes(), 2) == shard)
+            .find(|id| ringmq::shard::home_shard(id.as_bytes(), 2).index() == shard)
             .expect("an id on each shard")
     };
     let (p0, p1) = (on(0), on(1));

@@ -48,6 +48,24 @@ impl ShardId {
     pub const fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// Shard `hash % shards` of a broker of `shards` shards (taken as 1 when 0, as
+    /// `MAX_SHARDS` above it): where what `hash` keys lives.
+    pub const fn of_hash(hash: u64, shards: usize) -> ShardId {
+        let n = if shards == 0 {
+            1
+        } else if shards > MAX_SHARDS {
+            MAX_SHARDS
+        } else {
+            shards
+        };
+        ShardId((hash % n as u64) as u8)
+    }
+
+    /// The shards of a broker of `shards` shards (at most `MAX_SHARDS`), in order.
+    pub fn all(shards: usize) -> impl Iterator<Item = ShardId> {
+        (0..shards.min(MAX_SHARDS) as u8).map(ShardId)
+    }
 }
 
 /// A set of shards, one bit per `ShardId`.
