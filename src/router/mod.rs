@@ -21,6 +21,7 @@
 
 pub mod delivery;
 pub mod interest;
+pub mod levels;
 pub mod retained;
 pub mod shared;
 pub mod trie;
@@ -30,7 +31,8 @@ pub use crate::codec::topic;
 
 pub use delivery::{Delivery, Fanout, OverlapMode, Subscription, SubscriptionTrie};
 pub use interest::{InterestCache, InterestIndex, InterestOp, MAX_SHARDS, ShardId, ShardMask};
-pub use retained::{RetainedMessage, RetainedStack, RetainedStore};
+pub use levels::LevelArena;
+pub use retained::{Retained, RetainedMessage, RetainedMut, RetainedStack, RetainedStore};
 pub use shared::{ShareMember, ShareOp, SharePick, ShareStrategy, SharedGroups};
 pub use topic::{TopicError, TopicFilter, TopicName, topic_matches};
 pub use trie::{Inserted, MatchStack, Removed, Trie};
