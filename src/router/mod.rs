@@ -1,5 +1,7 @@
 //! Sans-IO routing: topic names and filters, the subscription trie, shared-subscription
-//! groups, the shard-interest index and the retained-message store.
+//! groups, the shard-interest index and the retained-message store. A shard's local trie and
+//! its replica of the retained store are two sides of one `LevelArena` (`levels.rs`): a
+//! topic level that both a filter and a retained topic have is one node.
 //!
 //! Flow of one publish on shard S (see DESIGN.md, Routing):
 //! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`, which adds S itself when S's

@@ -7,8 +7,9 @@
 //! nothing more. Topic names use only the literal edges; every node on the path to a message
 //! carries a retained slot counting the messages at or below it, so that a new
 //! subscription's filter finds its retained messages by walking only the matching branches
-//! that hold some, never the subscription-only ones. Entries are plain data
-//! (`RetainedMessage`) for the storage layer to persist.
+//! that hold some, never into the subscription-only ones (a wildcard step still reads each
+//! literal child of a node it visits to see its slot, subscription-only children included).
+//! Entries are plain data (`RetainedMessage`) for the storage layer to persist.
 //!
 //! Must never: recurse over levels (BAD_INPUTS #38), return a `$` topic to a filter whose
 //! first level is a wildcard [MQTT-4.7.2-1], keep a retained slot with no message below it,
