@@ -240,7 +240,7 @@ fn bench_retained(c: &mut Criterion) {
     group.sample_size(20);
     let mut store = RetainedStore::new();
     for i in 0..100_000u64 {
-        store.set(RetainedMessage {
+        store.retained_mut().set(RetainedMessage {
             topic: topic(Shape::Exact.topic(i)),
             payload: Bytes::from_static(b"payload"),
             qos: QoS::AtMostOnce,
@@ -259,7 +259,9 @@ fn bench_retained(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut n = 0u64;
-                store.for_each_matching(&f, 0, &mut stack, |_| n += 1);
+                store
+                    .retained()
+                    .for_each_matching(&f, 0, &mut stack, |_| n += 1);
                 assert_eq!(n, hits);
                 n
             })

@@ -1,5 +1,7 @@
 //! Sans-IO routing: topic names and filters, the subscription trie, shared-subscription
-//! groups, the shard-interest index and the retained-message store.
+//! groups, the shard-interest index and the retained-message store. A shard's local trie and
+//! its replica of the retained store are two sides of one `LevelArena` (`levels.rs`): a
+//! topic level that both a filter and a retained topic have is one node.
 //!
 //! Flow of one publish on shard S (README "Architecture" gives the whole path):
 //! 1. `InterestIndex::shards_for(topic)` (or `InterestCache`, which adds S itself when S's
@@ -21,6 +23,7 @@
 
 pub mod delivery;
 pub mod interest;
+pub mod levels;
 pub mod retained;
 pub mod shared;
 pub mod trie;
@@ -30,7 +33,8 @@ pub use crate::codec::topic;
 
 pub use delivery::{Delivery, Fanout, OverlapMode, Subscription, SubscriptionTrie};
 pub use interest::{InterestCache, InterestIndex, InterestOp, MAX_SHARDS, ShardId, ShardMask};
-pub use retained::{RetainedMessage, RetainedStack, RetainedStore};
+pub use levels::LevelArena;
+pub use retained::{Retained, RetainedMessage, RetainedMut, RetainedStack, RetainedStore};
 pub use shared::{ShareMember, ShareOp, SharePick, ShareStrategy, SharedGroups};
 pub use topic::{TopicError, TopicFilter, TopicName, topic_matches};
 pub use trie::{Inserted, MatchStack, Removed, Trie};

@@ -1,148 +1,26 @@
 //! The filter trie: topic filters -> entries `(K, V)`, matched against topic names.
 //!
-//! Owns the tree of filter levels and the entries hung on it. One instance per use: a shard's
-//! local subscriptions (`Trie<SessionKey, Subscription>`), the shared-subscription groups and
-//! the shard-interest index are all tries with different entry types.
+//! Owns the subscription side of a `LevelArena` (`levels.rs`): the entries hung on its nodes,
+//! the `+` and `#` edges, insert / remove / match. One instance per use: a shard's local
+//! subscriptions (`Trie<u32, Subscription>`, whose arena also carries the shard's replica of
+//! the retained store, `retained.rs`), the shared-subscription groups and the shard-interest
+//! index are all tries with different entry types.
 //!
-//! Layout: an arena of nodes addressed by `u32`; each node has a hash map of literal children
-//! (allocated only when it has one), one `+` child, one `#` child and one entry list (the
-//! filters that end at this node). A `#` node never has children [MQTT-4.7.1-2]: it only
-//! holds the entries of the filters that end with that `#`. Keeping the `#` filters in a
+//! Layout: each node has its literal children, one `+` child, one `#` child and one entry
+//! list (the filters that end at this node). A `#` node never has children [MQTT-4.7.1-2]: it
+//! only holds the entries of the filters that end with that `#`. Keeping the `#` filters in a
 //! node of their own rather than in a second list on every node keeps a node at 32 bytes for
-//! `Trie<u32, Subscription>` (48 with two lists); a shard's local trie holds one or two nodes
-//! per distinct filter, so that is 16-32 B per subscription (`node_is_32_bytes`).
+//! `Trie<u32, Subscription>` (48 with two lists), retained slot included; a shard's local trie
+//! holds one or two nodes per distinct filter, so that is 16-32 B per subscription
+//! (`levels.rs`, `node_is_32_bytes`), and the levels a retained topic already has cost nothing.
 //!
 //! Must never: recurse (filters and topics may have tens of thousands of levels, BAD_INPUTS
 //! #38), allocate while matching once the caller's `MatchStack` has grown, or keep a node that
-//! no filter reaches (BAD_INPUTS #58/#59: removal frees empty nodes).
+//! neither a filter nor a retained message reaches (BAD_INPUTS #58/#59: removal frees unused
+//! nodes).
 
-use std::num::NonZeroU32;
-
+use super::levels::{Edge, LevelArena, ROOT};
 use super::topic::{TopicFilter, TopicName};
-
-/// Index of a non-root node. The root is node 0 and is never a child, so child links use
-/// `NonZeroU32` and `Option<NodeId>` costs four bytes.
-type NodeId = NonZeroU32;
-
-const ROOT: usize = 0;
-
-#[derive(Debug)]
-struct Node<K, V> {
-    /// Literal children by level bytes; `None` until the first child, so leaves stay small.
-    /// Boxed: 8 bytes per leaf instead of the map's 48, and most nodes are leaves.
-    children: Option<Box<super::LevelMap<NodeId>>>,
-    /// The `+` child.
-    plus: Option<NodeId>,
-    /// The `#` child: the node of the filters that end here with a further `/#` (or of `#`
-    /// alone, at the root). It has entries and nothing else.
-    hash: Option<NodeId>,
-    /// Entries of the filters that end exactly at this node.
-    entries: Entries<(K, V)>,
-}
-
-/// One entry list of a node: most filters have a single entry (a device's own topic, or one
-/// shard's bit in a replica of the interest index), so one is kept inline and only a second
-/// allocates. Against a `Vec` (which allocates room for four at the first push) this saves
-/// the allocation and, for small entries, half of the node (`benches/subscriptions.rs`).
-#[derive(Debug, Default)]
-enum Entries<T> {
-    #[default]
-    Empty,
-    One(T),
-    /// Two or more; boxed so that the inline case decides the size (8 bytes, not a `Vec`'s 24).
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<T>>),
-}
-
-impl<T> Entries<T> {
-    fn as_slice(&self) -> &[T] {
-        match self {
-            Entries::Empty => &[],
-            Entries::One(t) => std::slice::from_ref(t),
-            Entries::Many(v) => v,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [T] {
-        match self {
-            Entries::Empty => &mut [],
-            Entries::One(t) => std::slice::from_mut(t),
-            Entries::Many(v) => v,
-        }
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, T> {
-        self.as_slice().iter()
-    }
-
-    fn iter_mut(&mut self) -> std::slice::IterMut<'_, T> {
-        self.as_mut_slice().iter_mut()
-    }
-
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    fn is_empty(&self) -> bool {
-        matches!(self, Entries::Empty)
-    }
-
-    fn push(&mut self, t: T) {
-        *self = match std::mem::take(self) {
-            Entries::Empty => Entries::One(t),
-            Entries::One(first) => Entries::Many(Box::new(vec![first, t])),
-            Entries::Many(mut v) => {
-                v.push(t);
-                Entries::Many(v)
-            }
-        };
-    }
-
-    /// Removes entry `i` (the last takes its place); `None` when there is none.
-    fn swap_remove(&mut self, i: usize) -> Option<T> {
-        let (taken, rest) = match std::mem::take(self) {
-            Entries::Empty => (None, Entries::Empty),
-            Entries::One(t) if i == 0 => (Some(t), Entries::Empty),
-            one @ Entries::One(_) => (None, one),
-            Entries::Many(mut v) if i < v.len() => {
-                let t = v.swap_remove(i);
-                let rest = match v.len() {
-                    0 => Entries::Empty,
-                    1 => v.pop().map_or(Entries::Empty, Entries::One),
-                    _ => {
-                        // Give back what a crowd of subscribers left behind.
-                        if v.capacity() > 2 * v.len() {
-                            v.shrink_to_fit();
-                        }
-                        Entries::Many(v)
-                    }
-                };
-                (Some(t), rest)
-            }
-            many @ Entries::Many(_) => (None, many),
-        };
-        *self = rest;
-        taken
-    }
-}
-
-impl<K, V> Node<K, V> {
-    fn new() -> Self {
-        Node {
-            children: None,
-            plus: None,
-            hash: None,
-            entries: Entries::Empty,
-        }
-    }
-
-    fn is_unused(&self) -> bool {
-        self.entries.is_empty()
-            && self.hash.is_none()
-            && self.plus.is_none()
-            && self.children.as_ref().is_none_or(|c| c.is_empty())
-    }
-}
 
 /// What `insert` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,38 +50,11 @@ pub struct MatchStack {
     pub(super) levels: Vec<(u32, u32)>,
 }
 
-/// Topic filters mapped to entries `(K, V)`; at most one entry per (filter, key).
-#[derive(Debug)]
-pub struct Trie<K, V> {
-    nodes: Vec<Node<K, V>>,
-    /// Freed node slots, reused before the arena grows.
-    free: Vec<u32>,
-    /// Number of entries over all filters.
-    len: usize,
-}
+/// Topic filters mapped to entries `(K, V)`; at most one entry per (filter, key). The
+/// subscription side of a level arena: the arena's own methods below.
+pub type Trie<K, V> = LevelArena<K, V>;
 
-impl<K: Copy + Eq, V> Default for Trie<K, V> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// One step of the path from the root to a filter's node: the parent and the edge taken.
-enum Edge<'a> {
-    Literal(&'a [u8]),
-    Plus,
-    Hash,
-}
-
-impl<K: Copy + Eq, V> Trie<K, V> {
-    pub fn new() -> Self {
-        Trie {
-            nodes: vec![Node::new()],
-            free: Vec::new(),
-            len: 0,
-        }
-    }
-
+impl<K: Copy + Eq, V> LevelArena<K, V> {
     /// Number of entries (filter, key) over all filters.
     pub fn len(&self) -> usize {
         self.len
@@ -211,11 +62,6 @@ impl<K: Copy + Eq, V> Trie<K, V> {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Live nodes, root included: 1 when empty. For leak tests and memory figures.
-    pub fn node_count(&self) -> usize {
-        self.nodes.len() - self.free.len()
     }
 
     /// Adds or replaces the entry of `key` under the matched part of `filter`
@@ -257,7 +103,7 @@ impl<K: Copy + Eq, V> Trie<K, V> {
                     next
                 }
                 _ => {
-                    let next = *self.nodes[node].children.as_ref()?.get(level)?;
+                    let next = self.child(node, level)?;
                     path.push((node, Edge::Literal(level)));
                     next
                 }
@@ -274,32 +120,6 @@ impl<K: Copy + Eq, V> Trie<K, V> {
             value,
             last_for_filter,
         })
-    }
-
-    /// Frees `node` and its ancestors while they are unused, bottom-up along `path`.
-    fn prune(&mut self, mut node: usize, mut path: Vec<(usize, Edge<'_>)>) {
-        while node != ROOT && self.nodes[node].is_unused() {
-            let Some((parent, edge)) = path.pop() else {
-                return;
-            };
-            let p = &mut self.nodes[parent];
-            match edge {
-                Edge::Plus => p.plus = None,
-                Edge::Hash => p.hash = None,
-                Edge::Literal(level) => {
-                    if let Some(children) = p.children.as_mut() {
-                        children.remove(level);
-                        if children.is_empty() {
-                            p.children = None;
-                        }
-                    }
-                }
-            }
-            self.nodes[node] = Node::new();
-            // Node ids fit in u32: `alloc` never hands out more.
-            self.free.push(node as u32);
-            node = parent;
-        }
     }
 
     /// The entry of `key` under `filter`, if any.
@@ -335,7 +155,7 @@ impl<K: Copy + Eq, V> Trie<K, V> {
             let next = match level {
                 b"#" => self.nodes[node].hash?,
                 b"+" => self.nodes[node].plus?,
-                _ => *self.nodes[node].children.as_ref()?.get(level)?,
+                _ => self.child(node, level)?,
             };
             node = next.get() as usize;
         }
@@ -343,7 +163,7 @@ impl<K: Copy + Eq, V> Trie<K, V> {
     }
 
     /// The entries of the `#` child of `n`, if it has one.
-    fn hash_entries(&self, n: &Node<K, V>) -> &[(K, V)] {
+    fn hash_entries(&self, n: &super::levels::Node<K, V>) -> &[(K, V)] {
         n.hash
             .map_or(&[], |h| self.nodes[h.get() as usize].entries.as_slice())
     }
@@ -385,61 +205,10 @@ impl<K: Copy + Eq, V> Trie<K, V> {
             if let (true, Some(plus)) = (wildcards_ok, n.plus) {
                 stack.frames.push((plus.get(), next));
             }
-            if let Some(child) = n
-                .children
-                .as_ref()
-                .and_then(|c| c.get(&t[start..level_end]))
-            {
+            if let Some(child) = self.child_in(n.children, &t[start..level_end]) {
                 stack.frames.push((child.get(), next));
             }
         }
-    }
-
-    fn alloc(&mut self) -> NodeId {
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.nodes.push(Node::new());
-                // More than 4e9 nodes cannot fit in memory long before this overflows.
-                u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
-            }
-        };
-        // Slot 0 is the root and is never freed, so `idx >= 1`.
-        NodeId::new(idx).unwrap_or(NodeId::MIN)
-    }
-
-    fn hash_child_or_insert(&mut self, node: usize) -> usize {
-        if let Some(h) = self.nodes[node].hash {
-            return h.get() as usize;
-        }
-        let id = self.alloc();
-        self.nodes[node].hash = Some(id);
-        id.get() as usize
-    }
-
-    fn plus_child_or_insert(&mut self, node: usize) -> usize {
-        if let Some(p) = self.nodes[node].plus {
-            return p.get() as usize;
-        }
-        let id = self.alloc();
-        self.nodes[node].plus = Some(id);
-        id.get() as usize
-    }
-
-    fn literal_child_or_insert(&mut self, node: usize, level: &[u8]) -> usize {
-        if let Some(c) = self.nodes[node]
-            .children
-            .as_ref()
-            .and_then(|c| c.get(level))
-        {
-            return c.get() as usize;
-        }
-        let id = self.alloc();
-        self.nodes[node]
-            .children
-            .get_or_insert_with(Default::default)
-            .insert(level.into(), id);
-        id.get() as usize
     }
 }
 
@@ -636,15 +405,6 @@ mod tests {
         let before = t.nodes.len();
         t.insert(&f("x/y/z"), 1, 0);
         assert_eq!(t.nodes.len(), before);
-    }
-
-    #[test]
-    fn node_is_32_bytes() {
-        // What a shard's local trie pays per node (one or two per distinct filter).
-        assert_eq!(
-            std::mem::size_of::<Node<u32, super::super::delivery::Subscription>>(),
-            32
-        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ impl Core {
         if !message.retain || message.payload.is_empty() {
             return false;
         }
-        let store = &self.routes.retained;
+        let store = self.routes.levels.retained();
         if store.get(&message.topic).is_some() {
             return false;
         }

@@ -244,7 +244,8 @@ impl Core {
     pub(crate) fn restore(&mut self, r: &mut ShardRecovery) -> Vec<ClientSlot> {
         for message in r.retained.iter() {
             self.routes
-                .retained
+                .levels
+                .retained_mut()
                 .set(super::routes::retained_entry(message));
         }
         let mut slots = Vec::with_capacity(r.sessions.len());

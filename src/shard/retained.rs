@@ -53,7 +53,7 @@ impl Core {
         // A filter that does not start with `$` matches no `$` topic [MQTT-4.7.2-1]: with only
         // the broker's `$SYS` topics retained (the usual case), a subscription storm queues
         // no lookups at all.
-        let store = &self.routes.retained;
+        let store = self.routes.levels.retained();
         let may_match = if filter.as_bytes().first() == Some(&b'$') {
             !store.is_empty()
         } else {
@@ -151,7 +151,7 @@ impl Core {
     fn find_retained(&mut self, filter: &TopicFilter) -> VecDeque<Arc<Message>> {
         let mut found = VecDeque::new();
         let routes = &mut self.routes;
-        routes.retained.for_each_matching(
+        routes.levels.retained().for_each_matching(
             filter,
             self.now_ms,
             &mut routes.retained_stack,

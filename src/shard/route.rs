@@ -65,7 +65,7 @@ impl Core {
         // (cached with them: a change to it bumps the replica's generation).
         let me = self.id;
         let routes = &mut self.routes;
-        let local = &routes.local;
+        let local = &routes.levels;
         routes.interest_cache.shards_for_with(
             &routes.interest,
             &message.topic,
@@ -200,7 +200,10 @@ impl Core {
             // This shard's replica holds it at once (a subscriber here right after a
             // delivery finds it); the owner's update, in the owner's order, follows and
             // settles concurrent updates from other shards the same way on every replica.
-            self.routes.retained.set(routes::retained_entry(message));
+            self.routes
+                .levels
+                .retained_mut()
+                .set(routes::retained_entry(message));
             let envelope = Envelope::Retain {
                 message: Arc::clone(message),
                 origin: me,
@@ -224,7 +227,10 @@ impl Core {
         origin: ShardId,
         fence: Option<HoldKey>,
     ) {
-        self.routes.retained.set(routes::retained_entry(message));
+        self.routes
+            .levels
+            .retained_mut()
+            .set(routes::retained_entry(message));
         let before = self.persist.produced();
         if self.persist.enabled() {
             self.persist_retained(message);
@@ -301,7 +307,7 @@ impl Core {
     fn deliver_local(&mut self, message: &Arc<Message>, publisher: Option<ClientSlot>) {
         let mut fanout = std::mem::take(&mut self.routes.fanout);
         fanout.collect(
-            &self.routes.local,
+            &self.routes.levels,
             &message.topic,
             publisher,
             message.qos,
@@ -435,8 +441,8 @@ impl Core {
             self.broadcast_share(ShareOp::Join { filter, member });
             return;
         }
-        let old = self.routes.local.get(&filter, slot).copied();
-        let inserted = self.routes.local.insert(&filter, slot, sub);
+        let old = self.routes.levels.get(&filter, slot).copied();
+        let inserted = self.routes.levels.insert(&filter, slot, sub);
         if matches!(
             inserted,
             crate::router::trie::Inserted::New {
@@ -487,7 +493,7 @@ impl Core {
             });
             return;
         }
-        if let Some(removed) = self.routes.local.remove(filter, slot) {
+        if let Some(removed) = self.routes.levels.remove(filter, slot) {
             if durable && removed.value.options.qos != QoS::AtMostOnce {
                 self.durable_sub_removed(filter);
             }
@@ -574,7 +580,10 @@ impl Core {
             } => {
                 let before = self.persist.produced();
                 if retain {
-                    self.routes.retained.set(routes::retained_entry(&message));
+                    self.routes
+                        .levels
+                        .retained_mut()
+                        .set(routes::retained_entry(&message));
                 }
                 if deliver {
                     self.deliver_local(&message, None);

@@ -1,6 +1,7 @@
-//! One shard's routing state, assembled from the sans-IO router: its local subscription trie,
-//! its replicas of the shard-interest index, of the shared-subscription groups and of the
-//! retained store, plus the reusable match buffers.
+//! One shard's routing state, assembled from the sans-IO router: its level arena (the local
+//! subscription trie and its replica of the retained store, on the same nodes), its replicas
+//! of the shard-interest index and of the shared-subscription groups, plus the reusable match
+//! buffers.
 //!
 //! Owns: the keys the runtime hangs on router entries. Local (non-shared) subscriptions are
 //! keyed by the client's slab slot on this shard (entries are removed before a slot is
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use crate::config::Limits;
 use crate::router::delivery::{Fanout, SubscriptionTrie};
 use crate::router::interest::{InterestCache, InterestIndex, ShardId};
-use crate::router::retained::{RetainedMessage, RetainedStack, RetainedStore};
+use crate::router::retained::{RetainedMessage, RetainedStack};
 use crate::router::shared::{SharePick, SharedGroups};
 use crate::router::topic::{TopicFilter, TopicName};
 use crate::router::trie::MatchStack;
@@ -27,8 +28,11 @@ use crate::session::Message;
 /// The routing tables of one shard.
 #[derive(Debug)]
 pub(crate) struct Routes {
-    /// Non-shared subscriptions of this shard's sessions, keyed by client slot.
-    pub(crate) local: SubscriptionTrie<ClientSlot>,
+    /// One tree of topic levels for two uses: the non-shared subscriptions of this shard's
+    /// sessions, keyed by client slot (the trie's own methods), and the replica of the
+    /// retained store (`retained()` / `retained_mut()`). A level that both a filter and a
+    /// retained topic have is stored once.
+    pub(crate) levels: SubscriptionTrie<ClientSlot>,
     /// Replica: filter -> the other shards with a local subscriber (this shard's own answer
     /// is its local trie's). Empty on a broker of one shard (`Core::interested_shards`).
     pub(crate) interest: InterestIndex,
@@ -43,8 +47,6 @@ pub(crate) struct Routes {
     pub(crate) durable_local: hashbrown::HashMap<TopicFilter, u32, foldhash::fast::RandomState>,
     /// Replica: every share group of the broker.
     pub(crate) shared: SharedGroups<SessionKey>,
-    /// Replica of the retained store.
-    pub(crate) retained: RetainedStore,
     pub(crate) stack: MatchStack,
     pub(crate) retained_stack: RetainedStack,
     pub(crate) fanout: Fanout<ClientSlot>,
@@ -55,14 +57,13 @@ impl Routes {
     /// `interest_seed`: the key of the interest replicas' hashes, the same on every shard.
     pub(crate) fn new(me: ShardId, interest_seed: u64, limits: &Limits) -> Routes {
         Routes {
-            local: SubscriptionTrie::new(),
+            levels: SubscriptionTrie::new(),
             interest: InterestIndex::for_shard(me, interest_seed, false),
             interest_cache: InterestCache::new(),
             durable: InterestIndex::for_shard(me, interest_seed, true),
             durable_cache: InterestCache::new(),
             durable_local: hashbrown::HashMap::default(),
             shared: SharedGroups::new(me, limits.shared_subscription_strategy, random_seed(me)),
-            retained: RetainedStore::new(),
             stack: MatchStack::default(),
             retained_stack: RetainedStack::default(),
             fanout: Fanout::new(limits.overlapping_subscriptions),
