@@ -75,7 +75,7 @@ pub(crate) type RefCounts = foldhash::HashMap<u64, u32>;
 /// An open, recovered store. Hand it to [`Store::start_writer`]; until then it can be read
 /// ([`Store::counts`]) and dropped (which closes the file).
 pub struct Store {
-    pub(crate) db: Database,
+    pub(crate) db: Db,
     pub(crate) path: PathBuf,
     pub(crate) options: StoreOptions,
     /// References per message id (entries + await-rel rows), as of the last commit.
@@ -114,7 +114,7 @@ impl Store {
         })?;
         let path = dir.join(FILE_NAME);
         let opened = contain_panics(&path, || {
-            let db = open_database(&path, options)?;
+            let db = Db(Some(open_database(&path, options)?));
             let (recovered, refs) = recover(&db, &path)?;
             Ok((db, recovered, refs))
         })?;
@@ -159,6 +159,33 @@ impl Store {
 impl From<redb::StorageError> for StatsError {
     fn from(e: redb::StorageError) -> Self {
         StatsError::Read(e.into())
+    }
+}
+
+/// redb's database, closed inside `catch_unwind`: redb finishes its last transaction when
+/// the database is dropped, and on a damaged file that it opened without noticing the damage
+/// (`verify_on_open` off), that transaction can stop on an internal check. A store must never
+/// turn that into a panic at shutdown (or an abort, when the drop runs while a contained
+/// panic unwinds). The file's lock goes with the rest of the database either way.
+pub(crate) struct Db(pub(crate) Option<Database>);
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // `None` only inside `drop`.
+        self.0
+            .as_ref()
+            .expect("the database is present until the store is dropped")
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(db) = self.0.take() {
+            // The panic hook has printed the panic; nothing else is left to do with the file.
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
+        }
     }
 }
 

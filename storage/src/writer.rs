@@ -14,12 +14,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use redb::Database;
 
 use crate::OpenError;
 use crate::error::{SendError, StopError, failure_kind, is_disk_full};
 use crate::flush::{Flushed, flush, read_txn_seq};
-use crate::open::{RefCounts, Store, StoreOptions, contain_panics, open_database};
+use crate::open::{Db, RefCounts, Store, StoreOptions, contain_panics, open_database};
 use crate::pending::Pending;
 use crate::types::{Batch, Completion, FailureKind, Notify};
 
@@ -264,7 +263,7 @@ impl Store {
         // A store whose meta cannot be read failed recovery already; 0 restarts the numbering.
         let committed_seq = read_txn_seq(&self.db).unwrap_or(0);
         let writer = Writer {
-            db: Some(self.db),
+            db: self.db,
             committed_seq,
             unsure: None,
             path: self.path,
@@ -311,7 +310,7 @@ fn apply_ref_changes(refs: &mut RefCounts, changes: &[(u64, u32)]) {
 
 struct Writer {
     /// `None` after a failed commit until the reopen before the next attempt.
-    db: Option<Database>,
+    db: Db,
     /// `META_TXN_SEQ` of the last commit known to be in the file.
     committed_seq: u64,
     /// A failed commit that may have landed: its number and reference changes.
@@ -450,10 +449,10 @@ impl Writer {
     }
 
     fn try_commit(&mut self) -> Result<Flushed, FailureKind> {
-        if self.db.is_none() {
+        if self.db.0.is_none() {
             self.reopen()?;
         }
-        let db = self.db.as_ref().expect("reopened above");
+        let db = self.db.0.as_ref().expect("reopened above");
         let seq = self.committed_seq + 1;
         let (pending, refs, buf) = (&self.pending, &self.refs, &mut self.buf);
         let mut written = None;
@@ -482,7 +481,7 @@ impl Writer {
             (Ok(Ok(())), None) => unreachable!("a commit without a flush"),
         };
         // redb fails every later operation after an I/O error until reopened; reopen always.
-        self.db = None;
+        self.db = Db(None);
         Err(kind)
     }
 
@@ -506,7 +505,7 @@ impl Writer {
             }
             self.unsure = None;
         }
-        self.db = Some(reopened);
+        self.db = Db(Some(reopened));
         Ok(())
     }
 
