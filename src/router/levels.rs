@@ -18,7 +18,7 @@
 //! (`is_unused`: no entries, no retained slot, no child of any kind).
 //!
 //! Must never: recurse over levels (topics and filters may have tens of thousands of levels,
-//! BAD_INPUTS #38), keep a node that neither side reaches (BAD_INPUTS #58/#59), or free one
+//! bad input #38), keep a node that neither side reaches (bad input #58/#59), or free one
 //! that the other side still uses.
 
 use std::num::NonZeroU32;

@@ -11,7 +11,7 @@
 //! literal child of a node it visits to see its slot, subscription-only children included).
 //! Entries are plain data (`RetainedMessage`) for the storage layer to persist.
 //!
-//! Must never: recurse over levels (BAD_INPUTS #38), return a `$` topic to a filter whose
+//! Must never: recurse over levels (bad input #38), return a `$` topic to a filter whose
 //! first level is a wildcard [MQTT-4.7.2-1], keep a retained slot with no message below it,
 //! free a node that a filter still uses, or read a clock (expiry deadlines are compared with
 //! the caller's `now`).

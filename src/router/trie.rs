@@ -14,9 +14,9 @@
 //! holds one or two nodes per distinct filter, so that is 16-32 B per subscription
 //! (`levels.rs`, `node_is_32_bytes`), and the levels a retained topic already has cost nothing.
 //!
-//! Must never: recurse (filters and topics may have tens of thousands of levels, BAD_INPUTS
+//! Must never: recurse (filters and topics may have tens of thousands of levels, bad input
 //! #38), allocate while matching once the caller's `MatchStack` has grown, or keep a node that
-//! neither a filter nor a retained message reaches (BAD_INPUTS #58/#59: removal frees unused
+//! neither a filter nor a retained message reaches (bad input #58/#59: removal frees unused
 //! nodes).
 
 use super::levels::{Edge, LevelArena, ROOT};
@@ -388,7 +388,7 @@ mod tests {
 
     #[test]
     fn subscribe_unsubscribe_sequence_frees_nodes() {
-        // BAD_INPUTS #59: SUB three filters, UNSUB the first, SUB the third again.
+        // bad input #59: SUB three filters, UNSUB the first, SUB the third again.
         let mut t: Trie<u32, u8> = Trie::new();
         for filter in ["drash/1/#", "erash/2/#", "crash/3/#"] {
             t.insert(&f(filter), 7, 0);
@@ -534,7 +534,7 @@ mod tests {
 
     #[test]
     fn deep_filters_do_not_recurse() {
-        // BAD_INPUTS #38.
+        // bad input #38.
         let mut t: Trie<u32, u8> = Trie::new();
         let deep: &'static str = Box::leak(("x/".repeat(20_000) + "#").into_boxed_str());
         let plus: &'static str = Box::leak(("+/".repeat(20_000) + "x").into_boxed_str());
