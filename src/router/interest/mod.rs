@@ -149,6 +149,14 @@ struct Shape {
     plus: Box<[u32]>,
 }
 
+/// One of this shard's own filters, located: its shard, shape, key and key tag.
+struct OwnFilter {
+    me: ShardId,
+    shape: Shape,
+    key: u64,
+    tag: u64,
+}
+
 impl Shape {
     fn of(filter: &TopicFilter) -> Shape {
         let mut levels = 0u32;
@@ -456,18 +464,35 @@ impl InterestIndex {
         }
     }
 
-    /// This shard (`for_shard`'s `me`) got its first local subscriber to `filter`: records
-    /// the filter's key and returns the op to send to the other shards (`None` for a shared
-    /// filter or a replica without `me`). If another own filter already has the key, the
-    /// collision is counted, so that its `remove_local` does not clear the shared bit.
-    pub fn add_local(&mut self, filter: &TopicFilter) -> Option<InterestOp> {
+    /// Where one of this shard's own filters lives in the tables: `None` for a shared filter
+    /// or a replica without `me` (`add_local` and `remove_local` then send nothing).
+    fn own_filter(&self, filter: &TopicFilter) -> Option<OwnFilter> {
         let me = self.me?;
         if filter.is_shared() {
             return None;
         }
         let shape = Shape::of(filter);
         let key = self.hasher.filter_key(&shape, filter);
-        let t = tag(key, me.index() / CHUNK_BITS as usize);
+        let tag = tag(key, me.index() / CHUNK_BITS as usize);
+        Some(OwnFilter {
+            me,
+            shape,
+            key,
+            tag,
+        })
+    }
+
+    /// This shard (`for_shard`'s `me`) got its first local subscriber to `filter`: records
+    /// the filter's key and returns the op to send to the other shards (`None` for a shared
+    /// filter or a replica without `me`). If another own filter already has the key, the
+    /// collision is counted, so that its `remove_local` does not clear the shared bit.
+    pub fn add_local(&mut self, filter: &TopicFilter) -> Option<InterestOp> {
+        let OwnFilter {
+            me,
+            shape,
+            key,
+            tag: t,
+        } = self.own_filter(filter)?;
         if self.own.find(t).is_some() {
             *self.own_collisions.entry(t).or_insert(0) += 1;
         } else {
@@ -488,13 +513,12 @@ impl InterestIndex {
     /// This shard's last local subscriber to `filter` left: returns the op to send to the
     /// other shards, with `key_shared` set while another own filter still has the key.
     pub fn remove_local(&mut self, filter: &TopicFilter) -> Option<InterestOp> {
-        let me = self.me?;
-        if filter.is_shared() {
-            return None;
-        }
-        let shape = Shape::of(filter);
-        let key = self.hasher.filter_key(&shape, filter);
-        let t = tag(key, me.index() / CHUNK_BITS as usize);
+        let OwnFilter {
+            me,
+            shape,
+            key,
+            tag: t,
+        } = self.own_filter(filter)?;
         let key_shared = match self.own_collisions.get_mut(&t) {
             Some(n) => {
                 *n -= 1;
