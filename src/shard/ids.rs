@@ -22,6 +22,32 @@ pub(crate) trait SlotKey: Copy {
     fn index(self) -> usize;
 }
 
+/// A slab key over `u32`: the one place its index is converted, and its number for logs.
+macro_rules! slab_key {
+    ($ty:ident, $what:literal) => {
+        impl SlotKey for $ty {
+            fn from_index(index: usize) -> $ty {
+                debug_assert!(
+                    u32::try_from(index).is_ok_and(|i| i < u32::MAX),
+                    "{} slab index {index}",
+                    $what
+                );
+                $ty(index as u32)
+            }
+
+            fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
 /// A connection of this shard: its key in the connection slab (`Core::conns`). A slot is
 /// reused once its connection is gone; where a reference may outlive the connection, it is a
 /// `ConnKey`.
@@ -37,25 +63,7 @@ impl ConnId {
     }
 }
 
-impl SlotKey for ConnId {
-    fn from_index(index: usize) -> ConnId {
-        debug_assert!(
-            u32::try_from(index).is_ok_and(|i| i < u32::MAX),
-            "connection slab index {index}"
-        );
-        ConnId(index as u32)
-    }
-
-    fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl fmt::Display for ConnId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+slab_key!(ConnId, "connection");
 
 /// A client (session) homed on this shard: its key in the client slab (`Core::clients`).
 /// Where a reference may outlive the client (another shard's, a queued job), the client's
@@ -78,25 +86,7 @@ impl ClientSlot {
     }
 }
 
-impl SlotKey for ClientSlot {
-    fn from_index(index: usize) -> ClientSlot {
-        debug_assert!(
-            u32::try_from(index).is_ok_and(|i| i < u32::MAX),
-            "client slab index {index}"
-        );
-        ClientSlot(index as u32)
-    }
-
-    fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl fmt::Display for ClientSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+slab_key!(ClientSlot, "client");
 
 /// One connection of this shard, told apart from a later one in the same slot: what a timer,
 /// a queue of the turn, a verdict or another shard keeps to name a connection.
